@@ -1,0 +1,1 @@
+"""Platform connectors: each knows one API's endpoints, pagination, payload shapes and write calls."""

@@ -1,0 +1,84 @@
+"""The connector contract: what the sync cycle may ask of any platform, and the errors it may get back.
+
+A connector knows nothing of escalation: it returns raw records exactly as the platform sent them (the
+mapping normalizes them), and it applies a `WriteBack` already planned by the engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from engine.model import WriteBack
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """One ticket as the platform sent it, plus side-loaded records the mapping may read (org, metrics)."""
+
+    id: str
+    data: dict[str, Any]
+    related: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Page:
+    records: list[RawRecord]
+    cursor: str
+    """Where the next poll resumes; committed by the cycle only after every record here is handled."""
+    has_more: bool
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    ticket_id: str
+    revision: str
+    """The ticket's revision after the write, so the echo on the next poll is recognised as ours."""
+
+
+class ConnectorError(Exception):
+    """Base of every error a connector raises; the message names the instance and the ticket."""
+
+
+class TransientError(ConnectorError):
+    """Retries were exhausted (5xx, 429, connection): keep the intent queued and try next cycle."""
+
+
+class AmbiguousWriteError(TransientError):
+    """A write timed out after it may have reached the server: verify (comment key) before retrying."""
+
+
+class ConflictError(ConnectorError):
+    """The ticket changed under us (409, stale revision): re-read it and plan again."""
+
+
+class PermanentWriteError(ConnectorError):
+    """The platform refused the write for good (422, 404, closed or deleted ticket): dead-letter it."""
+
+
+class AuthError(ConnectorError):
+    """401/403: credentials are wrong or lack rights. Fatal for the instance, never retried."""
+
+
+class Connector(Protocol):
+    platform: str
+    instance: str
+
+    def poll(self, cursor: str | None, now: datetime) -> Page:
+        """Return the next page of changed tickets after `cursor` (None: start from the configured look-back)."""
+        ...
+
+    def fetch(self, ticket_id: str) -> RawRecord | None:
+        """Re-read one ticket (after a conflict); None when it no longer exists."""
+        ...
+
+    def apply(self, writeback: WriteBack) -> ApplyResult:
+        """Send the write-back in one API call (tier, tags, internal comment)."""
+        ...
+
+    def has_comment(self, ticket_id: str, idempotency_key: str) -> bool:
+        """Whether an internal comment carrying this key is already on the ticket (crash recovery)."""
+        ...
+
+    def close(self) -> None: ...

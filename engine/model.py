@@ -1,0 +1,257 @@
+"""The common model: what every platform's ticket becomes, and what the engine answers.
+
+Connectors and mappings produce `Ticket`s; the engine turns a `Ticket` into a `Decision`; the planner turns a
+`Decision` and the observed `Ticket` into a `WriteBack`. These types are the only thing the layers share, so
+they carry no behaviour beyond small derived properties. Times are timezone-aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+
+class Status(StrEnum):
+    NEW = "new"
+    OPEN = "open"
+    PENDING = "pending"
+    ON_HOLD = "on_hold"
+    SOLVED = "solved"
+    CLOSED = "closed"
+    DELETED = "deleted"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (Status.SOLVED, Status.CLOSED, Status.DELETED)
+
+    @property
+    def pauses_sla(self) -> bool:
+        return self in (Status.PENDING, Status.ON_HOLD)
+
+
+class Priority(StrEnum):
+    P1 = "P1"
+    P2 = "P2"
+    P3 = "P3"
+    P4 = "P4"
+
+
+class Tier(StrEnum):
+    """Support tiers, lowest first. Management escalation is a separate track (see `Decision.management`)."""
+
+    L1 = "L1"
+    L2 = "L2"
+    L3 = "L3"
+    L4 = "L4"
+
+    @property
+    def rank(self) -> int:
+        return int(self.value[1])
+
+
+class ClockState(StrEnum):
+    OK = "ok"
+    AT_RISK = "at_risk"
+    BREACHED = "breached"
+    PAUSED = "paused"
+    MET = "met"
+
+
+@dataclass(frozen=True)
+class Flags:
+    """Facts the policy reads, filled by the mapping from custom fields, tags or organization fields."""
+
+    churn_threat: bool = False
+    public_complaint: bool = False
+    security_legal: bool = False
+    engineering_required: bool = False
+    vendor_dependency: bool = False
+    customer_requested: bool = False
+    revenue_at_risk: float = 0.0
+    affected_customers: int = 0
+    linked_incidents: int = 0
+    reopen_count: int = 0
+
+
+@dataclass(frozen=True)
+class StatusChange:
+    at: datetime
+    status: Status
+
+
+@dataclass(frozen=True)
+class PlatformSla:
+    """An SLA the platform computes itself (JSM SLA fields, ServiceNow task_sla), read as a fact."""
+
+    name: str
+    breached: bool
+    paused: bool = False
+    remaining: timedelta | None = None
+    due_at: datetime | None = None
+    completed: bool = False
+
+
+@dataclass(frozen=True)
+class Ticket:
+    platform: str
+    instance: str
+    id: str
+    key: str
+    url: str
+    subject: str
+    status: Status
+    priority: Priority
+    created_at: datetime
+    updated_at: datetime
+    description: str = ""
+    first_public_reply_at: datetime | None = None
+    last_public_reply_at: datetime | None = None
+    last_agent_action_at: datetime | None = None
+    solved_at: datetime | None = None
+    requester: str | None = None
+    organization: str | None = None
+    segment: str | None = None
+    tags: frozenset[str] = frozenset()
+    assignee_group: str | None = None
+    tier: Tier | None = None
+    tier_entered_at: datetime | None = None
+    flags: Flags = field(default_factory=Flags)
+    status_history: tuple[StatusChange, ...] = ()
+    platform_slas: tuple[PlatformSla, ...] = ()
+    revision: str = ""
+    """Opaque concurrency token the connector sends back on write (Zendesk `updated_stamp`, Jira/SNOW updated)."""
+
+    @property
+    def effective_tier(self) -> Tier:
+        return self.tier or Tier.L1
+
+
+@dataclass(frozen=True)
+class EscalationHistory:
+    """What the state store remembers of earlier escalations, handed to the engine as plain data."""
+
+    customer_escalations_30d: int = 0
+    tier_entries: tuple[tuple[Tier, datetime], ...] = ()
+
+
+@dataclass(frozen=True)
+class Clock:
+    name: str
+    target: timedelta
+    elapsed: timedelta
+    remaining: timedelta
+    due_at: datetime | None
+    state: ClockState
+    calendar: str
+    breached_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class RuleOutcome:
+    name: str
+    description: str
+    fired: bool
+    reason: str
+    target_tier: Tier | None = None
+    management: bool = False
+
+
+COMMENT_MARKER = "escalation-sync:{key}"
+
+
+@dataclass(frozen=True)
+class Comment:
+    body: str
+    idempotency_key: str
+
+    @property
+    def marker(self) -> str:
+        return COMMENT_MARKER.format(key=self.idempotency_key)
+
+    @property
+    def text(self) -> str:
+        """What is posted: the body plus the key, so a crash-recovery read of the ticket can find it."""
+        return f"{self.body}\n\n[{self.marker}]"
+
+
+@dataclass(frozen=True)
+class TagSignal:
+    """A tag the engine wants present, named abstractly; `TagScheme` turns it into the platform's tag text."""
+
+    kind: str  # "breached" | "at_risk" | "management" | "update_due"
+    clock: str = ""
+
+
+@dataclass(frozen=True)
+class TagScheme:
+    """How signals become tags. Names come from the mapping; every tag matching a pattern is ours to manage."""
+
+    breached: str = "esc_breached_{clock}"
+    at_risk: str = "esc_at_risk_{clock}"
+    management: str = "esc_management"
+    update_due: str = "esc_customer_update_due"
+
+    def render(self, signal: TagSignal) -> str:
+        pattern = getattr(self, signal.kind)
+        return pattern.format(clock=signal.clock)
+
+    def is_managed(self, tag: str) -> bool:
+        for pattern in (self.breached, self.at_risk, self.management, self.update_due):
+            prefix, _, suffix = pattern.partition("{clock}")
+            if "{clock}" in pattern:
+                if tag.startswith(prefix) and tag.endswith(suffix) and len(tag) > len(prefix) + len(suffix):
+                    return True
+            elif tag == pattern:
+                return True
+        return False
+
+
+@dataclass(frozen=True)
+class Decision:
+    platform: str
+    instance: str
+    ticket_id: str
+    evaluated_at: datetime
+    current_tier: Tier
+    target_tier: Tier
+    management: bool
+    clocks: tuple[Clock, ...]
+    rules: tuple[RuleOutcome, ...]
+    signals: frozenset[TagSignal]
+    comment: Comment | None = None
+
+    @property
+    def escalates(self) -> bool:
+        return self.target_tier != self.current_tier
+
+    @property
+    def fired(self) -> tuple[RuleOutcome, ...]:
+        return tuple(rule for rule in self.rules if rule.fired)
+
+
+@dataclass(frozen=True)
+class WriteBack:
+    """The difference between what the platform shows and what the engine wants: one API call's worth."""
+
+    platform: str
+    instance: str
+    ticket_id: str
+    revision: str
+    tier: Tier | None = None
+    add_tags: frozenset[str] = frozenset()
+    remove_tags: frozenset[str] = frozenset()
+    comment: Comment | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        return self.tier is None and not self.add_tags and not self.remove_tags and self.comment is None
+
+    @property
+    def key(self) -> str:
+        """Ledger key: stable across replays of the same intent, so a replay finds its earlier record."""
+        if self.comment is not None:
+            return self.comment.idempotency_key
+        parts = [self.instance, self.ticket_id, self.tier or "-", ",".join(sorted(self.add_tags))]
+        parts.append(",".join(sorted(self.remove_tags)))
+        return "|".join(parts)

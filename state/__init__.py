@@ -1,0 +1,1 @@
+"""Durable state: cursors, the write ledger, quarantine and escalation history (SQLite or PostgreSQL)."""
