@@ -133,6 +133,9 @@ class EscalationHistory:
 
     customer_escalations_30d: int = 0
     tier_entries: tuple[tuple[Tier, datetime], ...] = ()
+    management_started_at: datetime | None = None
+    """When the management track started for this ticket (the store records it when the MGMT comment is
+    written); the management clocks run from here. None: not started yet, or not remembered."""
 
 
 @dataclass(frozen=True)

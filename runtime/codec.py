@@ -1,0 +1,42 @@
+"""WriteBack <-> JSON, for the ledger: a pending intent must be retryable from the database alone."""
+
+from __future__ import annotations
+
+import json
+
+from engine.model import Comment, Tier, WriteBack
+
+
+def encode(writeback: WriteBack) -> str:
+    return json.dumps(
+        {
+            "platform": writeback.platform,
+            "instance": writeback.instance,
+            "ticket_id": writeback.ticket_id,
+            "revision": writeback.revision,
+            "tier": writeback.tier.value if writeback.tier else None,
+            "add_tags": sorted(writeback.add_tags),
+            "remove_tags": sorted(writeback.remove_tags),
+            "comment": (
+                {"body": writeback.comment.body, "idempotency_key": writeback.comment.idempotency_key}
+                if writeback.comment
+                else None
+            ),
+        },
+        sort_keys=True,
+    )
+
+
+def decode(payload: str) -> WriteBack:
+    data = json.loads(payload)
+    comment = data.get("comment")
+    return WriteBack(
+        platform=data["platform"],
+        instance=data["instance"],
+        ticket_id=data["ticket_id"],
+        revision=data["revision"],
+        tier=Tier(data["tier"]) if data.get("tier") else None,
+        add_tags=frozenset(data.get("add_tags", ())),
+        remove_tags=frozenset(data.get("remove_tags", ())),
+        comment=Comment(comment["body"], comment["idempotency_key"]) if comment else None,
+    )

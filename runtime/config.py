@@ -1,0 +1,147 @@
+"""The daemon's configuration file and environment: what to poll, where state lives, where secrets are.
+
+The file (config.toml) names environment variables, never secret values; credentials are read from the
+environment here, typed as `SecretStr`, and handed only to the connector's auth object. Relative paths in
+the file (mappings, the SQLite store) are relative to the file's own directory, so the daemon behaves the
+same whatever directory it is started from.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from engine.configfile import ConfigFileError, load_toml, locate, validate
+from engine.policy import Policy, load_policy
+
+Platform = Literal["zendesk", "jsm", "servicenow"]
+
+
+class Settings(BaseSettings):
+    """Process-level settings from the environment (ESCALATION_SYNC_*), overriding the file where given."""
+
+    model_config = SettingsConfigDict(env_prefix="ESCALATION_SYNC_")
+
+    config: Path = Path("config.toml")
+    state_url: str | None = None
+    log_level: str = "INFO"
+
+
+class DaemonSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    interval_seconds: float = Field(60.0, gt=0)
+    log_format: Literal["json", "text"] = "json"
+    max_write_attempts: int = Field(5, ge=1)
+
+
+class StateSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = "sqlite:///var/escalation-sync.sqlite3"
+
+
+class InstanceSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    platform: Platform
+    base_url: str | None = None
+    subdomain: str | None = None
+    mapping: Path | None = None
+    initial_lookback_hours: float = Field(72.0, gt=0)
+    credentials: dict[str, str] = Field(default_factory=dict)
+    """Credential name -> environment variable name."""
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _needs_a_location(self) -> InstanceSection:
+        if self.base_url is None and not (self.platform == "zendesk" and self.subdomain):
+            hint = "base_url or subdomain" if self.platform == "zendesk" else "base_url"
+            raise ValueError(f"instance {self.name!r} needs {hint}")
+        return self
+
+    @property
+    def url(self) -> str:
+        if self.base_url:
+            return self.base_url.rstrip("/")
+        return f"https://{self.subdomain}.zendesk.com"
+
+    def read_credentials(self, environ: Mapping[str, str]) -> dict[str, SecretStr]:
+        """Secrets from the environment; a missing variable is named (by variable, never by value)."""
+        missing = [variable for variable in self.credentials.values() if not environ.get(variable)]
+        if missing:
+            raise ConfigFileError(
+                "environment",
+                f"instance {self.name!r} needs the environment variable(s) {', '.join(sorted(missing))}",
+            )
+        return {name: SecretStr(environ[variable]) for name, variable in self.credentials.items()}
+
+
+class FileSection(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    daemon: DaemonSection = Field(default_factory=DaemonSection)
+    state: StateSection = Field(default_factory=StateSection)
+    instances: list[InstanceSection] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> FileSection:
+        names = [instance.name for instance in self.instances]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"instance names must be unique; repeated: {', '.join(duplicates)}")
+        return self
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    path: Path
+    daemon: DaemonSection
+    state_url: str
+    instances: tuple[InstanceSection, ...]
+    policy: Policy
+
+    def mapping_path(self, instance: InstanceSection) -> Path | None:
+        if instance.mapping is None:
+            return None
+        return instance.mapping if instance.mapping.is_absolute() else self.path.parent / instance.mapping
+
+
+def resolve_state_url(url: str, base: Path) -> str:
+    """Make a relative SQLite path relative to the config file's directory."""
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and url != prefix + ":memory:":
+        return prefix + str((base / url[len(prefix) :]).resolve())
+    return url
+
+
+def load_config(path: Path, settings: Settings | None = None) -> AppConfig:
+    """Load and validate the whole file (sections, then policy); errors name file, line and key."""
+    data, text = load_toml(path)
+    policy_data = data.pop("policy", None)
+    section = validate(FileSection, data, path, text)
+    unknown = sorted(set(section.model_extra or {}))
+    if unknown:
+        key = unknown[0]
+        raise ConfigFileError(path, "unknown section", key=key, line=locate(text, (key,)))
+    if policy_data is None:
+        raise ConfigFileError(path, "missing [policy] table (see config.example.toml)")
+    state_url = (settings.state_url if settings else None) or section.state.url
+    return AppConfig(
+        path=path,
+        daemon=section.daemon,
+        state_url=resolve_state_url(state_url, path.parent),
+        instances=tuple(section.instances),
+        policy=load_policy(path),
+    )
+
+
+def environment() -> Mapping[str, str]:
+    return os.environ

@@ -1,0 +1,104 @@
+"""Turns one [[instances]] table into a running Syncer: HTTP client, connector, mapping, store, policy.
+
+This is the only place that knows which connector class serves which platform, so `sync.py`, the demo and
+the tests all build instances the same way; the demo differs only by the httpx transport it passes in.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import httpx
+
+from connectors.base import Connector
+from connectors.http import HttpClient, HttpOptions
+from mappings import PlatformMapping, load_mapping
+from runtime.config import AppConfig, InstanceSection
+from runtime.cycle import Event, Syncer
+from state.base import Store
+
+CONNECTOR_CLASSES = {
+    "zendesk": ("connectors.zendesk", "ZendeskConnector"),
+    "jsm": ("connectors.jsm", "JsmConnector"),
+    "servicenow": ("connectors.servicenow", "ServiceNowConnector"),
+}
+
+
+@dataclass
+class Wired:
+    section: InstanceSection
+    http: HttpClient
+    connector: Connector
+    mapping: PlatformMapping
+    syncer: Syncer
+
+    def close(self) -> None:
+        self.connector.close()
+        self.http.close()
+
+
+def load_instance_mapping(config: AppConfig, section: InstanceSection) -> PlatformMapping:
+    return load_mapping(section.platform, config.mapping_path(section))
+
+
+def build_connector(
+    section: InstanceSection, mapping: PlatformMapping, environ: Mapping[str, str], **http_kwargs: Any
+) -> tuple[HttpClient, Connector]:
+    module_name, class_name = CONNECTOR_CLASSES[section.platform]
+    module = importlib.import_module(module_name)
+    credentials = section.read_credentials(environ)
+    http = HttpClient(
+        section.name,
+        section.url,
+        auth=module.make_auth(credentials),
+        secrets=[secret.get_secret_value() for secret in credentials.values()],
+        options=HttpOptions(),
+        **http_kwargs,
+    )
+    options = {"initial_lookback_hours": section.initial_lookback_hours, **section.options}
+    connector = getattr(module, class_name)(section.name, http, mapping, options)
+    return http, connector
+
+
+def wire(
+    config: AppConfig,
+    section: InstanceSection,
+    store: Store,
+    *,
+    environ: Mapping[str, str],
+    clock: Callable[[], datetime],
+    dry_run: bool = False,
+    stop: threading.Event | None = None,
+    on_event: Callable[[Event], None] | None = None,
+    transport: httpx.BaseTransport | None = None,
+    sleep: Callable[[float], None] | None = None,
+) -> Wired:
+    mapping = load_instance_mapping(config, section)
+    http_kwargs: dict[str, Any] = {}
+    if transport is not None:
+        http_kwargs["transport"] = transport
+    if sleep is not None:
+        http_kwargs["sleep"] = sleep
+    http, connector = build_connector(section, mapping, environ, **http_kwargs)
+    syncer = Syncer(
+        instance=section.name,
+        platform=section.platform,
+        connector=connector,
+        mapping=mapping,
+        policy=config.policy,
+        store=store,
+        clock=clock,
+        max_write_attempts=config.daemon.max_write_attempts,
+        dry_run=dry_run,
+        stop=stop,
+        on_event=on_event,
+        api_calls=lambda: (
+            sum(http.stats.values()) - sum(count for name, count in http.stats.items() if name.startswith("retry"))
+        ),
+    )
+    return Wired(section, http, connector, mapping, syncer)

@@ -1,0 +1,238 @@
+"""escalation-sync: the command line and the daemon loop. Thin on purpose: wiring, signals, scheduling.
+
+python sync.py demo [--json]            the daemon against the built-in sandboxes (no credentials)
+python sync.py check  [--config F]      validate config, mappings and policy; say what is wrong
+python sync.py once   [--config F]      one cycle per instance (for cron); --dry-run writes nothing
+python sync.py run    [--config F]      loop every interval; SIGTERM/SIGINT finish the ticket and stop
+python sync.py explain ...              why a ticket is (or is not) escalated
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from connectors.base import ConnectorError, RawRecord
+from engine.configfile import ConfigFileError
+from engine.escalate import evaluate
+from engine.model import EscalationHistory
+from engine.plan import plan
+from engine.policy import load_policy
+from engine.report import explain, explain_dict
+from mappings import NormalizeError, load_mapping
+from runtime import logs
+from runtime.config import AppConfig, Settings, environment, load_config
+from runtime.wiring import Wired, build_connector, load_instance_mapping, wire
+from state import open_store
+
+ROOT = Path(__file__).resolve().parent
+EXAMPLE_CONFIG = ROOT / "config.example.toml"
+log = logging.getLogger("escalation_sync")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _load(args: argparse.Namespace) -> AppConfig:
+    settings = Settings()
+    path = Path(args.config) if args.config else settings.config
+    return load_config(path, settings)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config = _load(args)
+    problems = 0
+    for section in config.instances:
+        try:
+            load_instance_mapping(config, section)
+            section.read_credentials(environment())
+            print(f"ok    {section.name} ({section.platform}) -> {section.url}")
+        except ConfigFileError as error:
+            problems += 1
+            print(f"error {section.name}: {error}")
+    rules = len(config.policy.rules)
+    print(f"ok    policy: {rules} rules" if not problems else f"{problems} problem(s) found")
+    return 1 if problems else 0
+
+
+def _run_cycles(config: AppConfig, args: argparse.Namespace, stop: threading.Event, forever: bool) -> int:
+    store = open_store(config.state_url)
+    selected = [s for s in config.instances if not args.instance or s.name in args.instance]
+    if not selected:
+        print("no instance selected", file=sys.stderr)
+        return 2
+    wired: list[Wired] = [
+        wire(config, section, store, environ=environment(), clock=utcnow, dry_run=args.dry_run, stop=stop)
+        for section in selected
+    ]
+    failures = 0
+    try:
+        while True:
+            started = utcnow()
+            for instance in wired:
+                if stop.is_set():
+                    break
+                try:
+                    report = instance.syncer.run_cycle()
+                except (ConnectorError, OSError) as error:
+                    failures += 1
+                    log.error("cycle failed", extra={"instance": instance.section.name, "error": str(error)})
+                    continue
+                failures += bool(report.error)
+                log.info("cycle", extra={"event": "cycle", **report.as_dict()})
+            if not forever or stop.is_set():
+                break
+            elapsed = (utcnow() - started).total_seconds()
+            stop.wait(max(0.0, config.daemon.interval_seconds - elapsed))
+    finally:
+        for instance in wired:
+            instance.close()
+        store.close()
+    return 1 if failures and not forever else 0
+
+
+def cmd_once(args: argparse.Namespace) -> int:
+    config = _load(args)
+    logs.configure(config.daemon.log_format, Settings().log_level)
+    return _run_cycles(config, args, threading.Event(), forever=False)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _load(args)
+    logs.configure(config.daemon.log_format, Settings().log_level)
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: Any) -> None:
+        log.info("stopping after the current ticket", extra={"signal": signal.Signals(signum).name})
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    return _run_cycles(config, args, stop, forever=True)
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    now = datetime.fromisoformat(args.at).astimezone(UTC) if args.at else utcnow()
+    if args.file:
+        policy = load_policy(Path(args.config) if args.config else EXAMPLE_CONFIG)
+        mapping = load_mapping(args.platform, Path(args.mapping) if args.mapping else None)
+        data = json.loads(Path(args.file).read_text(encoding="utf-8"))
+        data = data.get("ticket", data) if isinstance(data, dict) else data
+        record = RawRecord(id=str(data.get("id") or data.get("sys_id") or data.get("key")), data=data)
+        instance_name = "file"
+    else:
+        config = _load(args)
+        policy = config.policy
+        section = next((s for s in config.instances if s.name == args.instance), None)
+        if section is None:
+            print(f"unknown instance {args.instance!r}", file=sys.stderr)
+            return 2
+        mapping = load_instance_mapping(config, section)
+        http, connector = build_connector(section, mapping, environment())
+        try:
+            fetched = connector.fetch(args.ticket)
+        finally:
+            connector.close()
+            http.close()
+        if fetched is None:
+            print(f"ticket {args.ticket} not found on {section.name}", file=sys.stderr)
+            return 1
+        record, instance_name = fetched, section.name
+    try:
+        ticket = mapping.normalize(record, instance_name)
+    except NormalizeError as error:
+        print(f"cannot normalize: {error}", file=sys.stderr)
+        return 1
+    decision = evaluate(ticket, policy, now, EscalationHistory())
+    writeback = plan(decision, ticket, mapping.tags)
+    if args.json:
+        print(json.dumps(explain_dict(ticket, decision, writeback), indent=2, default=str))
+    else:
+        print(explain(ticket, decision, writeback))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from runtime.demo import print_summary, run_demo
+
+    policy = load_policy(Path(args.config) if args.config else EXAMPLE_CONFIG)
+    summary = run_demo(
+        policy,
+        hours=args.hours,
+        step_minutes=args.step_minutes,
+        tickets=args.tickets,
+        seed=args.seed,
+        loopback=args.loopback,
+        out=sys.stdout,
+        quiet=args.json,
+    )
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print_summary(summary, sys.stdout)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="sync.py", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    commands = root.add_subparsers(dest="command", required=True)
+
+    def with_config(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sub.add_argument("--config", help="config file (default: $ESCALATION_SYNC_CONFIG or config.toml)")
+        return sub
+
+    with_config(commands.add_parser("check", help="validate config, mappings and policy")).set_defaults(func=cmd_check)
+    for name, func, text in (("once", cmd_once, "one cycle per instance"), ("run", cmd_run, "run as a daemon")):
+        sub = with_config(commands.add_parser(name, help=text))
+        sub.add_argument("--dry-run", action="store_true", help="plan and log, write nothing")
+        sub.add_argument("--instance", action="append", help="only this instance (repeatable)")
+        sub.set_defaults(func=func)
+
+    explain_cmd = with_config(commands.add_parser("explain", help="why a ticket is or is not escalated"))
+    explain_cmd.add_argument("ticket", nargs="?", help="ticket id on --instance")
+    explain_cmd.add_argument("--instance", help="instance name from the config")
+    explain_cmd.add_argument("--file", help="a saved raw payload (JSON) instead of a live ticket")
+    explain_cmd.add_argument("--platform", choices=("zendesk", "jsm", "servicenow"), help="platform of --file")
+    explain_cmd.add_argument("--mapping", help="mapping file for --file (default: mappings/<platform>.toml)")
+    explain_cmd.add_argument("--at", help="evaluate at this ISO time instead of now")
+    explain_cmd.add_argument("--json", action="store_true")
+    explain_cmd.set_defaults(func=cmd_explain)
+
+    demo = commands.add_parser("demo", help="run against the built-in sandboxes with simulated time")
+    demo.add_argument("--config", help="take the policy from this file (default: config.example.toml)")
+    demo.add_argument("--json", action="store_true", help="print only the summary, as JSON")
+    demo.add_argument("--hours", type=float, default=10.0, help="simulated hours (default 10)")
+    demo.add_argument("--step-minutes", type=float, default=15.0, help="simulated minutes per cycle (default 15)")
+    demo.add_argument("--tickets", type=int, default=200, help="tickets seeded per platform (default 200)")
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--loopback", action="store_true", help="serve the sandboxes on 127.0.0.1 ports")
+    demo.set_defaults(func=cmd_demo)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "explain" and not args.file and not (args.instance and args.ticket):
+        print("explain needs --instance and a ticket id, or --file and --platform", file=sys.stderr)
+        return 2
+    if args.command == "explain" and args.file and not args.platform:
+        print("explain --file needs --platform", file=sys.stderr)
+        return 2
+    try:
+        return int(args.func(args))
+    except ConfigFileError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
