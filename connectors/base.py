@@ -58,7 +58,15 @@ class PermanentWriteError(ConnectorError):
 
 
 class AuthError(ConnectorError):
-    """401/403: credentials are wrong or lack rights. Fatal for the instance, never retried."""
+    """401/403: credentials are wrong or lack rights. Fatal for the instance, never retried.
+
+    `status` lets a connector tell a 403 on one record's write (an ACL or workflow refusing that record, to be
+    dead-lettered) from credentials that are wrong for everything.
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class Connector(Protocol):

@@ -175,7 +175,8 @@ class Comment:
     @property
     def text(self) -> str:
         """What is posted: the body plus the key, so a crash-recovery read of the ticket can find it."""
-        return f"{self.body}\n\n[{self.marker}]"
+        # Parentheses, not brackets: Jira wiki markup would render "[...]" as a link.
+        return f"{self.body}\n\n({self.marker})"
 
 
 @dataclass(frozen=True)

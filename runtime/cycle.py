@@ -30,7 +30,7 @@ from connectors.base import (
     TransientError,
 )
 from engine.escalate import evaluate
-from engine.model import Comment, Decision, EscalationHistory, Status, Ticket, WriteBack
+from engine.model import Comment, Decision, EscalationHistory, Status, Ticket, Tier, WriteBack
 from engine.plan import plan
 from engine.policy import Policy
 from mappings import NormalizeError, PlatformMapping
@@ -40,6 +40,7 @@ from state.base import IntentState, Store
 log = logging.getLogger("escalation_sync.cycle")
 
 REPEAT_WINDOW = timedelta(days=30)
+TIER_NAMES = frozenset(tier.value for tier in Tier)
 
 
 @dataclass(frozen=True)
@@ -193,10 +194,12 @@ class Syncer:
         return decision, plan(decision, ticket, self.mapping.tags)
 
     def _history(self, ticket: Ticket, now: datetime) -> EscalationHistory:
+        entries = tuple(
+            (Tier(tier), at) for tier, at in self.store.tier_entries(self.instance, ticket.id) if tier in TIER_NAMES
+        )
         customer = ticket.organization or ticket.requester
-        if not customer:
-            return EscalationHistory()
-        return EscalationHistory(customer_escalations_30d=self.store.escalations_since(customer, now - REPEAT_WINDOW))
+        repeats = self.store.escalations_since(customer, now - REPEAT_WINDOW) if customer else 0
+        return EscalationHistory(customer_escalations_30d=repeats, tier_entries=entries)
 
     def _send(
         self,

@@ -187,7 +187,10 @@ def run_demo(
     sandboxes: dict[str, SandboxApp] = {}
     try:
         for index, section in enumerate(DEMO_INSTANCES):
-            sandbox = make_sandbox(section.platform, clock, seed + index)
+            # Each sandbox moves its own clock when it simulates; all start together and advance by the same
+            # step, so they always agree with `clock`, the one the printer reads.
+            sandbox_clock = clock if index == 0 else SimClock(DEMO_START)
+            sandbox = make_sandbox(section.platform, sandbox_clock, seed + index)
             sandbox.seed_tickets(tickets)  # type: ignore[attr-defined]
             sandboxes[section.name] = sandbox
             if loopback:
@@ -210,7 +213,7 @@ def run_demo(
                     section,
                     store,
                     environ=DEMO_ENVIRON,
-                    clock=clock.now,
+                    clock=sandbox_clock.now,
                     stop=stop,
                     on_event=on_event,
                     transport=transport,

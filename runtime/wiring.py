@@ -29,6 +29,14 @@ CONNECTOR_CLASSES = {
 }
 
 
+HTTP_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD"})
+
+
+def api_calls(http: HttpClient) -> int:
+    """Requests sent (every attempt, retries included), from the HTTP layer's per-method counters."""
+    return sum(count for name, count in http.stats.items() if name.split(" ", 1)[0] in HTTP_METHODS)
+
+
 @dataclass
 class Wired:
     section: InstanceSection
@@ -97,8 +105,6 @@ def wire(
         dry_run=dry_run,
         stop=stop,
         on_event=on_event,
-        api_calls=lambda: (
-            sum(http.stats.values()) - sum(count for name, count in http.stats.items() if name.startswith("retry"))
-        ),
+        api_calls=lambda: api_calls(http),
     )
     return Wired(section, http, connector, mapping, syncer)

@@ -83,6 +83,11 @@ class Store(Protocol):
         """Remember an escalation (idempotent per instance, ticket and tier)."""
         ...
 
+    def tier_entries(self, instance: str, ticket_id: str) -> list[tuple[str, datetime]]:
+        """When we moved this ticket into each tier, oldest first: the exact tier-entry times the engine's
+        acknowledgment and time-at-tier clocks need, which most platforms do not expose on the ticket."""
+        ...
+
     def escalations_since(self, customer: str, since: datetime) -> int:
         """Distinct tickets of this customer escalated since `since`, across instances."""
         ...

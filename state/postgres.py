@@ -340,6 +340,14 @@ class PostgresStore:
             (instance, ticket_id, tier, customer, as_utc(at, "at")),
         )
 
+    def tier_entries(self, instance: str, ticket_id: str) -> list[tuple[str, datetime]]:
+        rows = self._all(
+            "reading tier entries",
+            "SELECT tier, at FROM escalations WHERE instance = %s AND ticket_id = %s ORDER BY at, tier",
+            (instance, ticket_id),
+        )
+        return [(tier, as_utc(at)) for tier, at in rows]
+
     def escalations_since(self, customer: str, since: datetime) -> int:
         row = self._one(
             "counting escalations",

@@ -335,6 +335,14 @@ class SqliteStore:
             (instance, ticket_id, tier, customer, _ts(at, "at")),
         )
 
+    def tier_entries(self, instance: str, ticket_id: str) -> list[tuple[str, datetime]]:
+        rows = self._all(
+            "reading tier entries",
+            "SELECT tier, at FROM escalations WHERE instance = ? AND ticket_id = ? ORDER BY at, tier",
+            (instance, ticket_id),
+        )
+        return [(tier, _dt(at)) for tier, at in rows]
+
     def escalations_since(self, customer: str, since: datetime) -> int:
         row = self._one(
             "counting escalations",

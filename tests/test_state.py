@@ -213,6 +213,15 @@ def test_escalations_count_distinct_tickets_across_instances(store: Store) -> No
     assert store.escalations_since("initech", T0) == 0
 
 
+def test_tier_entries_are_per_ticket_oldest_first(store: Store) -> None:
+    store.record_escalation("zd", "acme", "100", "L3", T0 + timedelta(hours=2))
+    store.record_escalation("zd", "acme", "100", "L2", T0)
+    store.record_escalation("zd", "acme", "100", "L2", T0 + timedelta(hours=5))  # repeat keeps the first entry
+    store.record_escalation("jsm", "acme", "100", "L4", T0)  # same id on another instance
+    assert store.tier_entries("zd", "100") == [("L2", T0), ("L3", T0 + timedelta(hours=2))]
+    assert store.tier_entries("zd", "999") == []
+
+
 def test_datetimes_round_trip_as_aware_utc(store: Store) -> None:
     paris = timezone(timedelta(hours=2))
     local = datetime(2026, 6, 1, 11, 0, 0, 654321, tzinfo=paris)

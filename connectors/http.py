@@ -1,0 +1,452 @@
+"""The one HTTP layer every connector goes through: one `httpx.Client` per platform instance.
+
+It owns what must be identical for all platforms: timeouts; retries with tenacity (429/503 honour
+`Retry-After`; reads retry other 5xx and transport errors with exponential backoff and jitter; writes are
+retried only when the server certainly did not act on them: connect errors and 429/503); pacing from
+rate-limit headers; secret redaction; one debug log record and one metric per request; and the `on_exchange`
+hook that records fixtures. zenpy and jira speak `requests`, so `session()` gives them a `requests.Session`
+whose adapter forwards to `request()`: their traffic gets the same retries and limits, and respx sees it at
+the httpx level.
+
+Why writes are special: a PUT that timed out or got a 500 may have been applied; retrying it blindly could
+post a handoff comment twice. Such a failure raises `AmbiguousWriteError`, and the sync cycle checks the
+ticket (comment idempotency key) before trying again.
+
+Time is never read for waiting: every wait goes through the injected `sleep`, so tests never sleep.
+"""
+
+from __future__ import annotations
+
+import collections
+import email.utils
+import logging
+import random
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import requests
+import requests.adapters
+import requests.structures
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
+
+from connectors.base import AmbiguousWriteError, AuthError, TransientError
+
+log = logging.getLogger("escalation_sync.http")
+
+WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+RETRY_AFTER_STATUSES = frozenset({429, 503})
+REDACTED = "[REDACTED]"
+_EXCERPT_CHARS = 200
+_SENSITIVE_QUERY = re.compile(r"(?i)((?:access_|api_|client_)?(?:token|secret|password|key|signature|code)=)[^&#\s]*")
+_TAGS = re.compile(r"<[^>]*>")
+_SPACES = re.compile(r"\s+")
+# Hop-by-hop or length headers that requests computed for its own transport; httpx sets its own.
+_DROP_FORWARDED = frozenset({"connection", "content-length", "host", "transfer-encoding", "keep-alive"})
+
+
+@dataclass(frozen=True)
+class HttpOptions:
+    timeout: float = 30.0
+    max_attempts: int = 5
+    max_retry_after: float = 300.0
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+
+
+class _Retry(Exception):
+    """Internal: one attempt failed in a way worth retrying; carries what the final error should say."""
+
+    def __init__(self, label: str, response: httpx.Response | None = None, wait: float | None = None) -> None:
+        super().__init__(label)
+        self.label = label
+        self.response = response
+        self.wait = wait
+
+
+def parse_retry_after(value: str | None, date_header: str | None = None) -> float | None:
+    """Seconds to wait for a Retry-After value: delta-seconds, or an HTTP-date relative to `Date`."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    now = _parse_http_date(date_header) or datetime.now(UTC)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - now).total_seconds())
+
+
+def _parse_http_date(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def rate_limit_wait(headers: httpx.Headers) -> float | None:
+    """How long to pause before the next request when the platform says the budget is spent, else None.
+
+    Zendesk sends `X-Rate-Limit-Remaining` and `ratelimit-remaining`/`ratelimit-reset` (seconds until
+    reset) plus per-endpoint `Zendesk-RateLimit-<endpoint>: total=..; remaining=..; resets=..` headers
+    (https://developer.zendesk.com/api-reference/introduction/rate-limits/); Jira and ServiceNow send `X-RateLimit-Remaining` with `X-RateLimit-Reset` (Jira an ISO 8601 time,
+    ServiceNow epoch seconds). An absolute reset is measured against the response's `Date` header, not our
+    clock. When the reset is unknown we do not guess: the next request gets a 429 whose Retry-After is exact.
+    """
+    endpoint_wait = _zendesk_endpoint_wait(headers)
+    if endpoint_wait is not None:
+        return endpoint_wait
+    remaining = None
+    for name in ("ratelimit-remaining", "x-rate-limit-remaining", "x-ratelimit-remaining"):
+        if name in headers:
+            remaining = headers[name]
+            break
+    if remaining is None:
+        return None
+    try:
+        if float(remaining.split(",")[0]) > 0:
+            return None
+    except ValueError:
+        return None
+    reset = headers.get("ratelimit-reset") or headers.get("x-ratelimit-reset")
+    if not reset:
+        return None
+    reset = reset.strip()
+    try:
+        number = float(reset)
+    except ValueError:
+        number = None
+    if number is not None:
+        if number < 1_000_000_000:  # a delta in seconds
+            return max(0.0, number)
+        now = _parse_http_date(headers.get("date"))
+        return max(0.0, number - now.timestamp()) if now else None
+    try:
+        when = datetime.fromisoformat(reset.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    now = _parse_http_date(headers.get("date"))
+    if now is None or when.tzinfo is None:
+        return None
+    return max(0.0, (when - now).total_seconds())
+
+
+def _zendesk_endpoint_wait(headers: httpx.Headers) -> float | None:
+    """Zendesk endpoint limits: `Zendesk-RateLimit-<name>: total=100; remaining=0; resets=42` (seconds)."""
+    for name, value in headers.items():
+        if not name.lower().startswith("zendesk-ratelimit-"):
+            continue
+        fields = dict(part.strip().partition("=")[::2] for part in value.split(";") if "=" in part)
+        try:
+            if float(fields.get("remaining", "1")) <= 0 and "resets" in fields:
+                return max(0.0, float(fields["resets"]))
+        except ValueError:
+            continue
+    return None
+
+
+class Redactor:
+    """Replaces secret values (and sensitive query parameters) in any text we log or put in an exception."""
+
+    def __init__(self, secrets: Sequence[Any]) -> None:
+        values: list[str] = []
+        for secret in secrets:
+            text = secret.get_secret_value() if hasattr(secret, "get_secret_value") else str(secret)
+            if text:
+                values.append(text)
+        # Longest first, so a secret containing another is replaced whole.
+        self._values = sorted(set(values), key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for value in self._values:
+            text = text.replace(value, REDACTED)
+        return _SENSITIVE_QUERY.sub(lambda match: match.group(1) + REDACTED, text)
+
+    def headers(self, headers: Mapping[str, str]) -> dict[str, str]:
+        """Headers safe to record: Authorization and cookies blanked, secrets replaced."""
+        safe = {}
+        for name, value in headers.items():
+            lowered = name.lower()
+            sensitive = lowered in ("authorization", "proxy-authorization", "cookie", "set-cookie")
+            safe[name] = REDACTED if sensitive else self(value)
+        return safe
+
+
+def body_excerpt(response: httpx.Response, redact: Callable[[str], str]) -> str:
+    """A short, single-line, redacted excerpt of an error body (HTML bodies lose their tags)."""
+    try:
+        text = response.text
+    except Exception:  # undecodable bodies must not hide the real error
+        return ""
+    if "html" in response.headers.get("content-type", "").lower() or text.lstrip().startswith("<"):
+        text = _TAGS.sub(" ", text)
+    text = _SPACES.sub(" ", text).strip()
+    if len(text) > _EXCERPT_CHARS:
+        text = text[:_EXCERPT_CHARS] + "..."
+    return redact(text)
+
+
+class HttpClient:
+    """HTTP for one platform instance. See the module docstring for the retry and redaction rules."""
+
+    def __init__(
+        self,
+        instance: str,
+        base_url: str,
+        *,
+        auth: httpx.Auth | None = None,
+        secrets: Sequence[str] = (),
+        options: HttpOptions = HttpOptions(),
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        headers: Mapping[str, str] | None = None,
+        on_exchange: Callable[[httpx.Request, httpx.Response], None] | None = None,
+    ) -> None:
+        self.instance = instance
+        self.base_url = base_url.rstrip("/")
+        self.options = options
+        self.stats: collections.Counter[str] = collections.Counter()
+        self._sleep = sleep
+        self._on_exchange = on_exchange
+        # The encoded Basic credentials are as secret as the token: a proxy may echo them in an error body.
+        encoded = getattr(auth, "_auth_header", "").partition(" ")[2] if isinstance(auth, httpx.BasicAuth) else ""
+        self._redact = Redactor([*secrets, encoded])
+        self._has_auth = auth is not None
+        self._pause = 0.0
+        base = urlsplit(self.base_url)
+        self._origin = f"{base.scheme}://{base.netloc}"
+        self._prefix = base.path.rstrip("/")
+        self._client = httpx.Client(
+            auth=auth,
+            timeout=httpx.Timeout(options.timeout),
+            transport=transport,
+            headers={"Accept": "application/json", **(headers or {})},
+            follow_redirects=False,
+        )
+
+    # -- public API ------------------------------------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Any = None,
+        json: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        """Send one request with retries; return any response that is not retried away or an auth failure."""
+        return self._request(method, url, params=params, json=json, headers=headers)
+
+    def session(self) -> requests.Session:
+        """A requests.Session (for zenpy and jira) whose every request goes through this client."""
+        session = requests.Session()
+        adapter = _ForwardingAdapter(self)
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+        return session
+
+    def redact(self, text: str) -> str:
+        """Redact secrets from text (for connectors building their own error messages)."""
+        return self._redact(text)
+
+    def redacted_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
+        return self._redact.headers(headers)
+
+    def close(self) -> None:
+        self._client.close()
+
+    # -- internals -------------------------------------------------------------------------------------------
+
+    def absolute(self, url: str) -> str:
+        """`url` on our base: relative paths are joined; absolute URLs elsewhere are re-based onto it."""
+        if url.startswith(self.base_url + "/") or url == self.base_url:
+            return url
+        parts = urlsplit(url)
+        if parts.scheme and parts.netloc:
+            path = parts.path
+            if self._prefix and (path == self._prefix or path.startswith(self._prefix + "/")):
+                path = path[len(self._prefix) :]
+        else:
+            path = parts.path if parts.path.startswith("/") else "/" + parts.path
+        rebased = f"{self._origin}{self._prefix}{path}"
+        return f"{rebased}?{parts.query}" if parts.query else rebased
+
+    def _request(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Any = None,
+        json: Any = None,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        method = method.upper()
+        request = self._client.build_request(
+            method, self.absolute(url), params=params, json=json, content=content, headers=headers
+        )
+        safe_url = self._redact(str(request.url))
+        is_write = method in WRITE_METHODS
+        retrying = Retrying(
+            stop=stop_after_attempt(max(1, self.options.max_attempts)),
+            wait=self._wait,
+            retry=retry_if_exception_type(_Retry),
+            sleep=self._sleep,
+            before_sleep=lambda state: self._before_sleep(state, method, safe_url),
+            reraise=True,
+        )
+        try:
+            return retrying(self._attempt, request, method, safe_url, is_write)
+        except _Retry as exhausted:
+            self.stats["exhausted"] += 1
+            attempts = max(1, self.options.max_attempts)
+            if exhausted.response is not None:
+                excerpt = body_excerpt(exhausted.response, self._redact)
+                detail = f"HTTP {exhausted.response.status_code}" + (f": {excerpt}" if excerpt else "")
+            else:
+                detail = exhausted.label
+            raise TransientError(
+                f"{self.instance}: {method} {safe_url} failed after {attempts} attempts: {detail}"
+            ) from None
+
+    def _attempt(self, request: httpx.Request, method: str, safe_url: str, is_write: bool) -> httpx.Response:
+        if self._pause > 0:
+            pause, self._pause = self._pause, 0.0
+            self.stats["paced"] += 1
+            log.debug("%s: rate limit spent, pausing %.1f s", self.instance, pause)
+            self._sleep(pause)
+        started = time.perf_counter()
+        try:
+            response = self._client.send(request)
+        except httpx.TransportError as error:
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            kind = type(error).__name__
+            self.stats[f"{method} {kind}"] += 1
+            log.debug(
+                "%s %s -> %s in %d ms",
+                method,
+                safe_url,
+                kind,
+                elapsed_ms,
+                extra={"instance": self.instance, "method": method, "url": safe_url, "status": kind},
+            )
+            # Only these guarantee the request never left us; anything later may have reached the server.
+            connect_failed = isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
+            if is_write and not connect_failed:
+                raise AmbiguousWriteError(
+                    f"{self.instance}: {method} {safe_url}: {kind} after the request may have been sent"
+                ) from None
+            raise _Retry(kind) from None
+        try:
+            response.read()
+        finally:
+            response.close()
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        status = response.status_code
+        self.stats[f"{method} {status}"] += 1
+        log.debug(
+            "%s %s -> %s in %d ms",
+            method,
+            safe_url,
+            status,
+            elapsed_ms,
+            extra={
+                "instance": self.instance,
+                "method": method,
+                "url": safe_url,
+                "status": status,
+                "elapsed_ms": round(elapsed_ms),
+            },
+        )
+        if self._on_exchange is not None:
+            try:
+                self._on_exchange(request, response)
+            except Exception:  # a broken recorder must not break the sync
+                log.warning("%s: on_exchange hook failed", self.instance, exc_info=True)
+        pause = rate_limit_wait(response.headers)
+        retry_after_given = status in RETRY_AFTER_STATUSES and "retry-after" in response.headers
+        if pause and not retry_after_given:  # a Retry-After wait already covers it: never wait twice
+            self._pause = min(pause, self.options.max_retry_after)
+        if status in (401, 403):
+            self.stats["auth_error"] += 1
+            excerpt = body_excerpt(response, self._redact)
+            raise AuthError(f"{self.instance}: {method} {safe_url}: HTTP {status} {excerpt}".rstrip(), status=status)
+        if status in RETRY_AFTER_STATUSES:
+            wait = parse_retry_after(response.headers.get("retry-after"), response.headers.get("date"))
+            raise _Retry(f"HTTP {status}", response, wait)
+        if status >= 500:
+            if is_write:
+                excerpt = body_excerpt(response, self._redact)
+                raise AmbiguousWriteError(f"{self.instance}: {method} {safe_url}: HTTP {status} {excerpt}".rstrip())
+            raise _Retry(f"HTTP {status}", response)
+        return response
+
+    def _wait(self, state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, _Retry) and error.wait is not None:
+            return min(error.wait, self.options.max_retry_after)
+        exponential = self.options.backoff_base * 2 ** (state.attempt_number - 1)
+        jitter = random.uniform(0, self.options.backoff_base)
+        return min(self.options.backoff_max, exponential + jitter)
+
+    def _before_sleep(self, state: RetryCallState, method: str, safe_url: str) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        label = error.label if isinstance(error, _Retry) else type(error).__name__
+        self.stats[f"retry {label.removeprefix('HTTP ')}"] += 1
+        wait = state.next_action.sleep if state.next_action else 0.0
+        log.debug("%s: %s %s: %s, retrying in %.1f s", self.instance, method, safe_url, label, wait)
+
+
+class _ForwardingAdapter(requests.adapters.BaseAdapter):
+    """Sends a requests.PreparedRequest through HttpClient and hands back a requests.Response."""
+
+    def __init__(self, client: HttpClient) -> None:
+        super().__init__()
+        self._client = client
+
+    def send(
+        self,
+        request: requests.PreparedRequest,
+        stream: bool = False,
+        timeout: Any = None,
+        verify: Any = True,
+        cert: Any = None,
+        proxies: Any = None,
+    ) -> requests.Response:
+        headers = {name: value for name, value in request.headers.items() if name.lower() not in _DROP_FORWARDED}
+        if self._client._has_auth:
+            # The HttpClient's own auth is authoritative; never send two Authorization headers.
+            headers = {name: value for name, value in headers.items() if name.lower() != "authorization"}
+        body = request.body
+        content = body.encode("utf-8") if isinstance(body, str) else body
+        reply = self._client._request(request.method or "GET", request.url or "", content=content, headers=headers)
+        response = requests.Response()
+        response.status_code = reply.status_code
+        response.headers = requests.structures.CaseInsensitiveDict(
+            {name: value for name, value in reply.headers.items() if name.lower() != "content-encoding"}
+        )
+        response._content = reply.content
+        response._content_consumed = True
+        response.encoding = reply.encoding
+        response.reason = reply.reason_phrase
+        response.url = str(reply.request.url)
+        response.request = request
+        return response
+
+    def close(self) -> None:
+        """The HttpClient owns the connection pool; it is closed with the client."""

@@ -1,0 +1,345 @@
+"""Jira Service Management connector: polls changed issues, re-reads one, writes tier, labels and a handoff note.
+
+Which calls, and why (every one goes through `connectors.http.HttpClient`, so retries, 429 `Retry-After`,
+pacing, redaction and respx replay are the same as for the other platforms):
+
+- poll: `POST /rest/api/3/search/jql` with `{jql, fields, maxResults, nextPageToken}`, directly on the
+  HttpClient. The `jira` library's `enhanced_search_issues` translates field names through an extra
+  `GET /rest/api/3/field` and returns Issue objects; we need the raw JSON and exactly one call per page.
+  The response is `{issues, nextPageToken, isLast}`: it carries no `maxResults` or `total`, and Jira may return
+  fewer issues than asked (it caps pages by the size of the requested fields), so the end of the data is known
+  only from `isLast` / a missing `nextPageToken`, never from a short page.
+- fetch: the `jira` library (`JIRA.issue(key, fields=...)`, `GET /rest/api/3/issue/{key}`), its requests
+  session replaced by `HttpClient.session()`.
+- apply: one `PUT /rest/api/3/issue/{id}` carrying the tier (a select custom field, `fields`) and the labels as
+  `update.labels` add/remove operations (no read-modify-write, so a label another agent adds meanwhile survives),
+  then, when there is a handoff note, `POST /rest/servicedeskapi/request/{id}/comment` with `public: false`.
+  The second call is unavoidable: the edit endpoint cannot create an internal JSM comment. Each is idempotent
+  or covered by the ledger: the PUT sets absolute values, and the comment carries its idempotency key, which
+  `has_comment` finds before a retry re-posts it. Both are sent directly: the library's `Issue.update` ignores
+  the PUT's status and re-reads the whole issue afterwards (a second call on every write), and the library has
+  no servicedeskapi comment call (its `add_comment(is_internal=True)` uses an issue property instead).
+- has_comment: `GET /rest/servicedeskapi/request/{id}/comment?public=false&internal=true`, paged by
+  `start`/`limit` until `isLastPage`.
+
+The cursor is JSON: the high-water mark (epoch millis of the newest `updated` delivered), the issues delivered
+within the overlap window with their `updated` millis (so the overlap's re-reads are dropped, after a restart
+too), and while a search is being paged its window start and `nextPageToken`. Jira search is eventually
+consistent, so each new search starts `overlap_seconds` before the high-water mark. JQL gets the bound as epoch
+millis: a bare date-time would be read in the API user's time zone.
+
+An idle cycle costs one call: the search of the overlap window, whose issues are all already seen.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+import httpx
+from jira import JIRA, JIRAError
+from pydantic import SecretStr
+
+from connectors.base import (
+    ApplyResult,
+    AuthError,
+    ConflictError,
+    ConnectorError,
+    Page,
+    PermanentWriteError,
+    RawRecord,
+)
+from connectors.http import HttpClient
+from engine.model import COMMENT_MARKER, WriteBack
+from mappings.jsm import JsmMapping
+
+log = logging.getLogger("escalation_sync.jsm")
+
+SEARCH_PATH = "/rest/api/3/search/jql"
+ISSUE_PATH = "/rest/api/3/issue/{id}"
+COMMENT_PATH = "/rest/servicedeskapi/request/{id}/comment"
+DEFAULT_PAGE_SIZE = 50
+DEFAULT_OVERLAP_SECONDS = 120
+DEFAULT_LOOKBACK_HOURS = 72
+COMMENT_PAGE_SIZE = 100
+CURSOR_VERSION = 1
+
+
+def make_auth(credentials: Mapping[str, SecretStr]) -> httpx.Auth:
+    """Jira Cloud: basic auth with the account's email and an API token."""
+    for name in ("email", "api_token"):
+        if name not in credentials or not credentials[name].get_secret_value():
+            raise ValueError(f"JSM credentials need {name!r} (email + api_token)")
+    return httpx.BasicAuth(credentials["email"].get_secret_value(), credentials["api_token"].get_secret_value())
+
+
+def error_text(response: httpx.Response) -> str:
+    """Jira's `{"errorMessages": [...], "errors": {field: message}}` as one line; the raw text otherwise."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:200]
+    if not isinstance(body, Mapping):
+        return str(body)[:200]
+    parts = [str(message) for message in body.get("errorMessages") or []]
+    errors = body.get("errors")
+    if isinstance(errors, Mapping):
+        parts += [f"{field}: {message}" for field, message in errors.items()]
+    if not parts and "message" in body:  # servicedeskapi errors: {"errorMessage": ...} / {"message": ...}
+        parts.append(str(body["message"]))
+    if not parts and "errorMessage" in body:
+        parts.append(str(body["errorMessage"]))
+    return "; ".join(parts) or response.text.strip()[:200]
+
+
+class _Cursor:
+    """Where polling stands; see the module docstring. Serialized as compact JSON."""
+
+    def __init__(
+        self,
+        high_water: int | None = None,
+        seen: dict[str, int] | None = None,
+        since: int | None = None,
+        token: str | None = None,
+    ) -> None:
+        self.high_water = high_water
+        self.seen = dict(seen or {})
+        self.since = since
+        self.token = token
+
+    @classmethod
+    def decode(cls, text: str | None) -> _Cursor:
+        if not text:
+            return cls()
+        try:
+            data = json.loads(text)
+            if data.get("v") != CURSOR_VERSION:
+                raise ValueError("unknown cursor version")
+            seen = {str(key): int(value) for key, value in (data.get("seen") or {}).items()}
+            high_water = data.get("hw")
+            since = data.get("since")
+            return cls(
+                high_water=int(high_water) if high_water is not None else None,
+                seen=seen,
+                since=int(since) if since is not None else None,
+                token=data.get("token") or None,
+            )
+        except (ValueError, TypeError, AttributeError) as error:
+            raise ConnectorError(f"unreadable JSM cursor {text[:80]!r}: {error}") from None
+
+    def encode(self) -> str:
+        data: dict[str, Any] = {"v": CURSOR_VERSION, "hw": self.high_water, "seen": self.seen}
+        if self.token:
+            data["since"] = self.since
+            data["token"] = self.token
+        return json.dumps(data, separators=(",", ":"), sort_keys=True)
+
+
+def _updated_millis(issue: Mapping[str, Any]) -> int | None:
+    fields = issue.get("fields")
+    value = fields.get("updated") if isinstance(fields, Mapping) else None
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        return None
+    return int(parsed.timestamp() * 1000)
+
+
+class JsmConnector:
+    """The Connector for one Jira Service Management site (Cloud)."""
+
+    platform = "jsm"
+
+    def __init__(self, instance: str, http: HttpClient, mapping: JsmMapping, options: Mapping[str, Any]) -> None:
+        self.instance = instance
+        self.http = http
+        self.mapping = mapping
+        self.page_size = int(options.get("page_size", DEFAULT_PAGE_SIZE))
+        self.overlap_ms = int(options.get("overlap_seconds", DEFAULT_OVERLAP_SECONDS)) * 1000
+        self.lookback = timedelta(hours=float(options.get("initial_lookback_hours", DEFAULT_LOOKBACK_HOURS)))
+        self.extra_jql = str(options.get("jql", "")).strip()
+        if self.page_size < 1:
+            raise ValueError(f"{instance}: page_size must be at least 1")
+        # The library only builds URLs and parses responses here; every byte goes through our HttpClient.
+        self._jira = JIRA(
+            server=http.base_url,
+            options={"rest_api_version": "3", "check_update": False},
+            get_server_info=False,
+        )
+        self._jira._session = http.session()  # type: ignore[assignment]
+
+    # -- poll -------------------------------------------------------------------------------------------
+
+    def jql(self, since_millis: int) -> str:
+        bound = f"updated >= {since_millis}"
+        where = f"({self.extra_jql}) AND {bound}" if self.extra_jql else bound
+        return f"{where} ORDER BY updated ASC, key ASC"
+
+    def poll(self, cursor: str | None, now: datetime) -> Page:
+        state = _Cursor.decode(cursor)
+        if state.token and state.since is not None:
+            since = state.since
+            response = self._search(since, state.token)
+            if response.status_code == 400:
+                # An expired or foreign page token: start this window again; the overlap de-dup absorbs it.
+                log.info("%s: search page token refused, restarting the window", self.instance)
+                state.token = None
+                since = self._window_start(state, now)
+                response = self._search(since, None)
+        else:
+            since = self._window_start(state, now)
+            response = self._search(since, None)
+        body = self._search_body(response)
+        issues = body.get("issues") or []
+        records: list[RawRecord] = []
+        for issue in issues:
+            if not isinstance(issue, Mapping):
+                continue
+            key = str(issue.get("key") or issue.get("id") or "")
+            updated = _updated_millis(issue)
+            if updated is not None and key:
+                if state.seen.get(key, -1) >= updated:
+                    continue  # delivered before (the overlap, or a page that shifted under us)
+                state.seen[key] = updated
+                state.high_water = max(state.high_water or updated, updated)
+            records.append(RawRecord(id=str(issue.get("id") or key), data=dict(issue)))
+        token = body.get("nextPageToken") or None
+        has_more = bool(token) and body.get("isLast") is not True
+        state.token = token if has_more else None
+        state.since = since if has_more else None
+        if state.high_water is not None:
+            floor = state.high_water - self.overlap_ms
+            state.seen = {key: value for key, value in state.seen.items() if value >= floor}
+        return Page(records=records, cursor=state.encode(), has_more=has_more)
+
+    def _window_start(self, state: _Cursor, now: datetime) -> int:
+        if state.high_water is None:
+            return int((now - self.lookback).timestamp() * 1000)
+        return state.high_water - self.overlap_ms
+
+    def _search(self, since: int, token: str | None) -> httpx.Response:
+        payload: dict[str, Any] = {
+            "jql": self.jql(since),
+            "maxResults": self.page_size,
+            "fields": self.mapping.request_fields,
+        }
+        if token:
+            payload["nextPageToken"] = token
+        return self.http.request("POST", SEARCH_PATH, json=payload)
+
+    def _search_body(self, response: httpx.Response) -> Mapping[str, Any]:
+        if response.status_code != 200:
+            raise ConnectorError(
+                f"{self.instance}: search refused (HTTP {response.status_code}): "
+                f"{self.http.redact(error_text(response))}"
+            )
+        try:
+            body = response.json()
+        except ValueError:
+            raise ConnectorError(f"{self.instance}: search answered with a body that is not JSON") from None
+        if not isinstance(body, Mapping) or not isinstance(body.get("issues", []), list):
+            raise ConnectorError(f"{self.instance}: search answer has no issues list")
+        return body
+
+    # -- fetch ------------------------------------------------------------------------------------------
+
+    def fetch(self, ticket_id: str) -> RawRecord | None:
+        try:
+            issue = self._jira.issue(ticket_id, fields=",".join(self.mapping.request_fields))
+        except JIRAError as error:
+            if error.status_code == 404:
+                return None
+            raise ConnectorError(
+                f"{self.instance}: reading issue {ticket_id} failed (HTTP {error.status_code}): "
+                f"{self.http.redact(str(error.text))}"
+            ) from None
+        raw = issue.raw
+        return RawRecord(id=str(raw.get("id") or ticket_id), data=raw)
+
+    # -- apply ------------------------------------------------------------------------------------------
+
+    def edit_payload(self, writeback: WriteBack) -> dict[str, Any]:
+        """The one edit body: tier as `fields`, labels as `update` add/remove operations."""
+        payload: dict[str, Any] = {}
+        if writeback.tier is not None:
+            payload["fields"] = self.mapping.tier_fields(writeback.tier)
+        operations = [{"add": label} for label in sorted(writeback.add_tags)]
+        operations += [{"remove": label} for label in sorted(writeback.remove_tags)]
+        if operations:
+            payload["update"] = {"labels": operations}
+        return payload
+
+    def apply(self, writeback: WriteBack) -> ApplyResult:
+        ticket = writeback.ticket_id
+        payload = self.edit_payload(writeback)
+        if payload:
+            response = self._write("PUT", ISSUE_PATH.format(id=ticket), payload, ticket, "edit")
+            self._check(response, ticket, "edit", ok=(200, 204))
+        if writeback.comment is not None:
+            body = {"body": writeback.comment.text, "public": False}
+            response = self._write("POST", COMMENT_PATH.format(id=ticket), body, ticket, "internal comment")
+            self._check(response, ticket, "internal comment", ok=(200, 201))
+        # The edit answers 204 without the new `updated`; the echo costs no write anyway (the planner finds
+        # nothing to change), so we hand back the revision we acted on instead of paying for a re-read.
+        return ApplyResult(ticket_id=ticket, revision=writeback.revision)
+
+    def _write(self, method: str, path: str, body: Any, ticket: str, what: str) -> httpx.Response:
+        try:
+            return self.http.request(method, path, json=body)
+        except AuthError as error:
+            # Jira answers 403 when this account may not edit or comment on this one issue (closed, issue
+            # security, project role): a refusal of this write, not bad credentials. 401 stays fatal.
+            if error.status == 403:
+                raise PermanentWriteError(f"{self.instance}: {what} of {ticket} forbidden: {error}") from None
+            raise
+
+    def _check(self, response: httpx.Response, ticket: str, what: str, ok: tuple[int, ...]) -> None:
+        status = response.status_code
+        if status in ok:
+            return
+        detail = self.http.redact(error_text(response))
+        message = f"{self.instance}: {what} of {ticket} refused (HTTP {status}): {detail}"
+        if status == 409:
+            raise ConflictError(message)
+        if status == 404:
+            raise PermanentWriteError(f"{self.instance}: {what} of {ticket}: issue not found: {detail}")
+        raise PermanentWriteError(message)
+
+    # -- comments ---------------------------------------------------------------------------------------
+
+    def has_comment(self, ticket_id: str, idempotency_key: str) -> bool:
+        marker = COMMENT_MARKER.format(key=idempotency_key)
+        start = 0
+        path = COMMENT_PATH.format(id=ticket_id)
+        while True:
+            params = {"public": "false", "internal": "true", "start": start, "limit": COMMENT_PAGE_SIZE}
+            response = self.http.request("GET", path, params=params)
+            if response.status_code == 404:
+                return False
+            if response.status_code != 200:
+                raise ConnectorError(
+                    f"{self.instance}: reading comments of {ticket_id} failed (HTTP {response.status_code}): "
+                    f"{self.http.redact(error_text(response))}"
+                )
+            try:
+                page = response.json()
+            except ValueError:
+                page = None
+            if not isinstance(page, Mapping) or not isinstance(page.get("values", []), list):
+                raise ConnectorError(f"{self.instance}: comments of {ticket_id}: answer is not a comment page")
+            values = page.get("values") or []
+            if any(marker in str(comment.get("body", "")) for comment in values if isinstance(comment, Mapping)):
+                return True
+            if page.get("isLastPage", True) or not values:
+                return False
+            start = int(page.get("start", start)) + int(page.get("size", len(values)))
+
+    def close(self) -> None:
+        self.http.close()

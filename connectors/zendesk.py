@@ -1,0 +1,334 @@
+"""Zendesk Support connector: incremental polling, re-reads, one safe write per ticket, comment lookup.
+
+Every request goes through `connectors.http.HttpClient` (retries, pacing, redaction, recording). zenpy is used
+where its model fits, over `http.session()`; raw requests through `http.request` where it does not:
+
+- poll: `GET /api/v2/incremental/tickets/cursor.json` through `http.request`. zenpy's
+  `tickets.incremental(cursor=..., paginate_by_time=False)` returns a generator that walks every page itself
+  and hides each page's `after_cursor` and `end_of_stream`; the sync cycle must commit the cursor page by page,
+  after the page's tickets are handled, so we need one page per call with its cursor.
+  `start_time` (epoch seconds) is sent on the first call only (no stored cursor), at most `now - 60 s`:
+  Zendesk excludes the last minute from the export. `exclude_deleted` is left false so deleted tickets come
+  back with `status: "deleted"` (the mapping turns them into tombstones). `include=metric_sets,organizations`
+  sideloads what the mapping reads. Docs:
+  https://developer.zendesk.com/api-reference/ticketing/ticket-management/incremental_exports/
+  https://developer.zendesk.com/documentation/ticketing/managing-tickets/using-the-incremental-export-api/
+- fetch: `GET /api/v2/tickets/{id}.json` through `http.request`: we need the raw JSON for the mapping, and
+  zenpy would deserialize (and cache) an object. 404 -> None.
+- apply: ONE `PUT /api/v2/tickets/{id}.json` through `http.request` with `safe_update: true` and
+  `updated_stamp: <revision>` (the ticket's updated_at as we read it), so a ticket changed under us answers
+  409 instead of being overwritten. Tags: the Tickets API documents `additional_tags`/`remove_tags` only for
+  the bulk `update_many` form ("Updating tag lists"), and says a `tags` array on Update Ticket *replaces*
+  the list. Because the PUT is a safe update, replacing is exact: we send `tags` = the tags we read at
+  `revision`, minus `remove_tags`, plus `add_tags`; if anyone changed the ticket since, Zendesk refuses with
+  409 and the cycle re-reads and re-plans. The tags at `revision` come from the last poll/fetch of the ticket
+  (kept in a small memo); when the memo does not hold that revision we GET the ticket first.
+  Docs: https://developer.zendesk.com/api-reference/ticketing/tickets/tickets/#update-ticket
+  https://developer.zendesk.com/documentation/ticketing/managing-tickets/creating-and-updating-tickets/
+  (Protecting against ticket update collisions; the 409 body is `{"error": "UpdateConflict", ...}`)
+  https://developer.zendesk.com/documentation/ticketing/managing-tickets/adding-tags-to-tickets-without-overwriting-existing-tags/
+  409 -> ConflictError; 422 (e.g. "Status: closed prevents ticket update"), 404 and other 4xx ->
+  PermanentWriteError carrying the API's `error`/`description`/`details`.
+- has_comment: zenpy `tickets.comments(id)` (cursor pagination, `links.next` while `meta.has_more`), over the
+  same session. https://developer.zendesk.com/api-reference/ticketing/tickets/ticket_comments/
+- auth: API token as basic auth `{email}/token:{api_token}`, or an OAuth access token as a bearer token.
+  https://developer.zendesk.com/api-reference/introduction/security-and-auth/
+
+RawRecord.related carries `organization` (the sideloaded organization of the ticket, or absent) and
+`metric_set` (its ticket metric set, or absent): the contract with mappings/zendesk.py.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Generator, Iterable, Mapping
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from pydantic import SecretStr
+from zenpy import Zenpy
+from zenpy.lib.exception import RecordNotFoundException
+
+from connectors.base import (
+    ApplyResult,
+    ConflictError,
+    Page,
+    PermanentWriteError,
+    RawRecord,
+    TransientError,
+)
+from connectors.http import HttpClient
+from engine.model import COMMENT_MARKER, Tier, WriteBack
+from mappings.zendesk import ZendeskMapping
+
+PLATFORM = "zendesk"
+INCREMENTAL_PATH = "/api/v2/incremental/tickets/cursor.json"
+MIN_EXPORT_AGE = timedelta(seconds=60)
+DEFAULT_LOOKBACK_HOURS = 72
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+_MEMO_SIZE = 5000
+_PLACEHOLDER_SUBDOMAIN = "escalation-sync"
+
+
+class BearerAuth(httpx.Auth):
+    """OAuth access token: `Authorization: Bearer <token>`."""
+
+    def __init__(self, token: str) -> None:
+        self._header = f"Bearer {token}"
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers["Authorization"] = self._header
+        yield request
+
+    def __repr__(self) -> str:
+        return "BearerAuth(<redacted>)"
+
+
+def make_auth(credentials: Mapping[str, SecretStr]) -> httpx.Auth:
+    """email + api_token -> basic `{email}/token:{api_token}`; oauth_token alone -> bearer."""
+    if "oauth_token" in credentials:
+        return BearerAuth(_secret(credentials, "oauth_token"))
+    email = _secret(credentials, "email")
+    token = _secret(credentials, "api_token")
+    return httpx.BasicAuth(f"{email}/token", token)
+
+
+def _secret(credentials: Mapping[str, SecretStr], name: str) -> str:
+    value = credentials.get(name)
+    if value is None:
+        raise ValueError(f"zendesk credentials: {name!r} is missing (give email + api_token, or oauth_token)")
+    text = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+    if not text:
+        raise ValueError(f"zendesk credentials: {name!r} is empty")
+    return text
+
+
+class ZendeskConnector:
+    """connectors.base.Connector for one Zendesk Support instance."""
+
+    platform = PLATFORM
+
+    def __init__(self, instance: str, http: HttpClient, mapping: ZendeskMapping, options: Mapping[str, Any]) -> None:
+        self.instance = instance
+        self.http = http
+        self.mapping = mapping
+        self.options = dict(options)
+        self.page_size = max(1, min(int(self.options.get("page_size", DEFAULT_PAGE_SIZE)), MAX_PAGE_SIZE))
+        self.lookback = timedelta(hours=float(self.options.get("initial_lookback_hours", DEFAULT_LOOKBACK_HOURS)))
+        self._memo: OrderedDict[str, tuple[str, frozenset[str], str]] = OrderedDict()
+        # zenpy builds https://{subdomain}.zendesk.com URLs; the adapter re-bases them onto http.base_url.
+        # anonymous=True: the HttpClient owns authentication, so zenpy never holds a secret.
+        self.zenpy = Zenpy(
+            subdomain=self._subdomain(),
+            session=http.session(),
+            anonymous=True,
+            disable_cache=True,
+            timeout=http.options.timeout,
+        )
+
+    def _subdomain(self) -> str:
+        if self.options.get("subdomain"):
+            return str(self.options["subdomain"])
+        host = urlsplit(self.http.base_url).hostname or ""
+        if host.endswith(".zendesk.com"):
+            return host.removesuffix(".zendesk.com")
+        return _PLACEHOLDER_SUBDOMAIN
+
+    # -- poll -------------------------------------------------------------------------------------------------
+
+    def poll(self, cursor: str | None, now: datetime) -> Page:
+        params: dict[str, Any] = {"per_page": self.page_size, "include": ",".join(self.mapping.sideloads)}
+        if cursor:
+            params["cursor"] = cursor
+        else:
+            latest = now - MIN_EXPORT_AGE
+            start = min(now - self.lookback, latest)
+            params["start_time"] = int(start.timestamp())
+        response = self.http.request("GET", INCREMENTAL_PATH, params=params)
+        body = self._json(response, "incremental export")
+        if response.status_code != 200:
+            raise TransientError(
+                f"{self.instance}: incremental export: HTTP {response.status_code}: {_error_text(body)}"
+            )
+        tickets = body.get("tickets")
+        if not isinstance(tickets, list):
+            raise TransientError(f"{self.instance}: incremental export: no tickets list in the page")
+        records = self._records(tickets, body)
+        next_cursor = body.get("after_cursor") or cursor
+        if not next_cursor:
+            raise TransientError(f"{self.instance}: incremental export page has no after_cursor")
+        return Page(records=records, cursor=str(next_cursor), has_more=body.get("end_of_stream") is not True)
+
+    def _records(self, tickets: Iterable[Any], body: Mapping[str, Any]) -> list[RawRecord]:
+        organizations = {org.get("id"): org for org in _objects(body.get("organizations"))}
+        metric_sets = {metric.get("ticket_id"): metric for metric in _objects(body.get("metric_sets"))}
+        if isinstance(body.get("metric_set"), Mapping):
+            metric_sets[body["metric_set"].get("ticket_id")] = body["metric_set"]
+        records = []
+        for ticket in tickets:
+            if not isinstance(ticket, dict):
+                continue
+            related: dict[str, Any] = {}
+            organization = organizations.get(ticket.get("organization_id"))
+            if organization is not None:
+                related["organization"] = organization
+            metric_set = metric_sets.get(ticket.get("id"))
+            if metric_set is not None:
+                related["metric_set"] = metric_set
+            self._remember(ticket)
+            records.append(RawRecord(id=str(ticket.get("id")), data=ticket, related=related))
+        return records
+
+    def _remember(self, ticket: Mapping[str, Any]) -> None:
+        updated_at, tags = ticket.get("updated_at"), ticket.get("tags")
+        if not isinstance(updated_at, str) or not isinstance(tags, list):
+            return
+        key = str(ticket.get("id"))
+        self._memo[key] = (updated_at, frozenset(str(tag) for tag in tags), str(ticket.get("status")))
+        self._memo.move_to_end(key)
+        while len(self._memo) > _MEMO_SIZE:
+            self._memo.popitem(last=False)
+
+    # -- fetch ------------------------------------------------------------------------------------------------
+
+    def fetch(self, ticket_id: str) -> RawRecord | None:
+        params = {"include": ",".join(self.mapping.sideloads)}
+        response = self.http.request("GET", f"/api/v2/tickets/{_ticket_path_id(ticket_id)}.json", params=params)
+        if response.status_code == 404:
+            self._memo.pop(str(ticket_id), None)
+            return None
+        body = self._json(response, f"ticket {ticket_id}")
+        if response.status_code != 200 or not isinstance(body.get("ticket"), dict):
+            raise TransientError(
+                f"{self.instance}: ticket {ticket_id}: HTTP {response.status_code}: {_error_text(body)}"
+            )
+        return self._records([body["ticket"]], body)[0]
+
+    # -- apply ------------------------------------------------------------------------------------------------
+
+    def apply(self, writeback: WriteBack) -> ApplyResult:
+        ticket_id = writeback.ticket_id
+        where = f"{self.instance}: ticket {ticket_id}"
+        update: dict[str, Any] = {}
+        if writeback.tier is not None:
+            update.update(self.mapping.tier_fields(Tier(writeback.tier)))
+        if writeback.add_tags or writeback.remove_tags or (writeback.tier is not None and self.mapping.tier_tags):
+            update["tags"] = sorted(self._new_tags(writeback, where))
+        if writeback.comment is not None:
+            update["comment"] = {"body": writeback.comment.text, "public": False}
+        update["safe_update"] = True
+        update["updated_stamp"] = writeback.revision
+        response = self.http.request(
+            "PUT", f"/api/v2/tickets/{_ticket_path_id(ticket_id)}.json", json={"ticket": update}
+        )
+        status = response.status_code
+        if status == 409:
+            self._memo.pop(str(ticket_id), None)
+            raise ConflictError(
+                f"{where}: changed since revision {writeback.revision}: {_error_text(self._body(response))}"
+            )
+        if status in (200, 201):
+            ticket = self._json(response, where).get("ticket") or {}
+            if isinstance(ticket, dict):
+                self._remember(ticket)
+            return ApplyResult(ticket_id=str(ticket_id), revision=str(ticket.get("updated_at") or ""))
+        text = _error_text(self._body(response))
+        if 400 <= status < 500:
+            if status == 404:
+                self._memo.pop(str(ticket_id), None)
+            raise PermanentWriteError(f"{where}: HTTP {status}: {text}")
+        raise TransientError(f"{where}: unexpected HTTP {status}: {text}")
+
+    def _new_tags(self, writeback: WriteBack, where: str) -> set[str]:
+        """The ticket's tags at `writeback.revision`, with the write-back's changes applied."""
+        memo = self._memo.get(str(writeback.ticket_id))
+        if memo is None or memo[0] != writeback.revision:
+            record = self.fetch(writeback.ticket_id)
+            if record is None:
+                raise PermanentWriteError(f"{where}: ticket no longer exists")
+            memo = self._memo.get(str(writeback.ticket_id))
+            if memo is None or memo[0] != writeback.revision:
+                seen = record.data.get("updated_at")
+                raise ConflictError(
+                    f"{where}: now at revision {seen}, the write-back was planned at {writeback.revision}"
+                )
+        _, current, status = memo
+        if status == "closed":
+            raise PermanentWriteError(f"{where}: closed tickets cannot be updated")
+        tags = (set(current) - set(writeback.remove_tags)) | set(writeback.add_tags)
+        if writeback.tier is not None and self.mapping.tier_tags:
+            # A dropdown field's value is also a tag: keep the tag list in step with the new option.
+            tags -= set(self.mapping.tier_tags)
+            tags.add(self.mapping.config.tier.options[Tier(writeback.tier)])
+        return tags
+
+    # -- has_comment ------------------------------------------------------------------------------------------
+
+    def has_comment(self, ticket_id: str, idempotency_key: str) -> bool:
+        marker = COMMENT_MARKER.format(key=idempotency_key)
+        try:
+            for comment in self.zenpy.tickets.comments(int(ticket_id)):
+                for text in (getattr(comment, "body", None), getattr(comment, "plain_body", None)):
+                    if text and marker in text:
+                        return True
+        except RecordNotFoundException:
+            return False
+        return False
+
+    def close(self) -> None:
+        self.http.close()
+
+    # -- helpers ----------------------------------------------------------------------------------------------
+
+    def _json(self, response: httpx.Response, what: str) -> dict[str, Any]:
+        body = self._body(response)
+        if body is None:
+            excerpt = self.http.redact(response.text[:120].replace("\n", " "))
+            raise TransientError(f"{self.instance}: {what}: HTTP {response.status_code}, not JSON: {excerpt!r}")
+        return body
+
+    @staticmethod
+    def _body(response: httpx.Response) -> dict[str, Any] | None:
+        try:
+            body = response.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return None
+        return body if isinstance(body, dict) else None
+
+
+def _objects(value: Any) -> list[Mapping[str, Any]]:
+    return [item for item in value if isinstance(item, Mapping)] if isinstance(value, list) else []
+
+
+def _ticket_path_id(ticket_id: str) -> int:
+    """Ticket ids are integers; refusing anything else keeps a bad id from building a different URL."""
+    try:
+        return int(str(ticket_id))
+    except ValueError:
+        raise PermanentWriteError(f"not a Zendesk ticket id: {ticket_id!r}") from None
+
+
+def _error_text(body: Mapping[str, Any] | None) -> str:
+    """`RecordInvalid: Record validation errors (status: Status: closed prevents ticket update)`."""
+    if not body:
+        return "no error body"
+    error = body.get("error")
+    if isinstance(error, Mapping):  # some endpoints nest {"error": {"title", "message"}}
+        parts = [str(error.get("title") or ""), str(error.get("message") or "")]
+    else:
+        parts = [str(error or ""), str(body.get("description") or "")]
+    text = ": ".join(part for part in parts if part)
+    details = body.get("details")
+    if isinstance(details, Mapping):
+        notes = []
+        for field, problems in details.items():
+            for problem in problems if isinstance(problems, list) else [problems]:
+                note = problem.get("description") if isinstance(problem, Mapping) else problem
+                notes.append(f"{field}: {note}")
+        if notes:
+            text += f" ({'; '.join(notes)})"
+    return text or json.dumps(body)[:200]

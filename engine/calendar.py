@@ -1,0 +1,336 @@
+"""Business calendars: every piece of time arithmetic the engine does lives here.
+
+A calendar answers two questions: how much business time lies between two instants, and which instant is a
+given amount of business time after another. Working hours are defined in the calendar's local wall time
+(zoneinfo), so a 09:00-17:00 day stays 09:00-17:00 across a DST change; the instants are then converted to UTC
+and all arithmetic happens on UTC datetimes, which makes a 23- or 25-hour local day come out right.
+
+Speed matters (the engine evaluates tens of thousands of tickets a second), so the calendar never walks minute
+by minute: it computes, once per local day, the day's business intervals in UTC and their total, caches them,
+and then sums whole days and clips the two partial ends. Holiday lookups are cached per year.
+
+Three shapes share one class:
+- a zone calendar: weekly hours (several intervals a day allowed) in one time zone, minus holidays taken from
+  the `holidays` package (country and optional subdivision) and custom dates;
+- a 24x7 calendar (`BusinessCalendar.always`), where business time is wall time;
+- a follow-the-sun calendar (`BusinessCalendar.union`): business time whenever any member calendar is open.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+import holidays as holidays_lib
+
+ZERO = timedelta(0)
+DAY = timedelta(days=1)
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_MAX_SEARCH_DAYS = 366 * 20
+"""add_business_time gives up after this many days without business hours (a calendar that is never open)."""
+
+Interval = tuple[datetime, datetime]
+DayHours = tuple[tuple[int, int], ...]
+"""One weekday's working hours as (start minute, end minute) pairs in local wall time; end may be 1440."""
+
+
+def parse_hours(spec: str) -> tuple[int, int]:
+    """Turn "09:00-17:30" into minutes (540, 1050). "24:00" is allowed as an end. Raises ValueError."""
+    try:
+        start_text, end_text = (part.strip() for part in spec.split("-"))
+        start, end = _minutes(start_text), _minutes(end_text)
+    except ValueError:
+        raise ValueError(f"{spec!r} is not a range like 09:00-17:00") from None
+    if not start < end:
+        raise ValueError(f"{spec!r}: the end must come after the start (use 00:00-24:00 for a whole day)")
+    return start, end
+
+
+def _minutes(text: str) -> int:
+    hours, _, minutes = text.partition(":")
+    value = int(hours) * 60 + int(minutes or "0")
+    if not 0 <= value <= 1440 or not 0 <= int(minutes or "0") < 60:
+        raise ValueError(text)
+    return value
+
+
+def _merge(intervals: Iterable[Interval]) -> tuple[Interval, ...]:
+    merged: list[list[datetime]] = []
+    for start, end in sorted(intervals):
+        if end <= start:
+            continue
+        if merged and start <= merged[-1][1]:
+            if end > merged[-1][1]:
+                merged[-1][1] = end
+        else:
+            merged.append([start, end])
+    return tuple((start, end) for start, end in merged)
+
+
+def _utc(moment: datetime) -> datetime:
+    if moment.tzinfo is UTC:
+        return moment
+    if moment.tzinfo is None:
+        raise ValueError(f"naive datetime {moment.isoformat()}: the engine works with timezone-aware UTC times")
+    return moment.astimezone(UTC)
+
+
+class BusinessCalendar:
+    """A named calendar of business time. Build with the constructor, `always()` or `union()`."""
+
+    def __init__(
+        self,
+        name: str,
+        tz: str | ZoneInfo = "UTC",
+        weekly: Mapping[str, Sequence[tuple[int, int]]] | None = None,
+        *,
+        holiday_country: str | None = None,
+        holiday_subdivision: str | None = None,
+        custom_holidays: Iterable[date] = (),
+    ) -> None:
+        self.name = name
+        self.zone = tz if isinstance(tz, ZoneInfo) else ZoneInfo(tz)
+        weekly = weekly or {}
+        unknown = set(weekly) - set(WEEKDAYS)
+        if unknown:
+            raise ValueError(f"unknown weekday(s) {sorted(unknown)}; use {', '.join(WEEKDAYS)}")
+        self.weekly: tuple[DayHours, ...] = tuple(tuple(sorted(weekly.get(day, ()))) for day in WEEKDAYS)
+        if not any(self.weekly):
+            raise ValueError(f"calendar {name!r} has no working hours on any day")
+        self.holiday_country = holiday_country
+        self.holiday_subdivision = holiday_subdivision
+        self.custom_holidays = frozenset(custom_holidays)
+        self._always = False
+        self._members: tuple[BusinessCalendar, ...] = ()
+        self._days: dict[int, tuple[tuple[Interval, ...], timedelta]] = {}
+        # Running totals of business time at the start of each day since _cum_base: measuring or adding a
+        # span of months costs two lookups and a bisection instead of a walk over every day.
+        self._cum_base = 0
+        self._ordinals: dict[datetime, int] = {}
+        self._positions: dict[datetime, timedelta] = {}
+        self._cum: list[timedelta] = []
+        self._holiday_years: dict[int, frozenset[date]] = {}
+        if holiday_country:
+            # Fail at load, not mid-cycle, on an unknown country or subdivision.
+            holidays_lib.country_holidays(holiday_country, subdiv=holiday_subdivision, years=2000)
+
+    @classmethod
+    def always(cls, name: str = "24x7") -> BusinessCalendar:
+        """Open every minute of every day: business time equals wall time."""
+        calendar = cls(name, "UTC", {day: [(0, 1440)] for day in WEEKDAYS})
+        calendar._always = True
+        return calendar
+
+    @classmethod
+    def union(cls, name: str, members: Sequence[BusinessCalendar]) -> BusinessCalendar:
+        """Follow-the-sun: open whenever at least one member is open. Days are counted in UTC."""
+        if not members:
+            raise ValueError(f"follow-the-sun calendar {name!r} needs at least one member calendar")
+        calendar = cls(name, "UTC", {day: [(0, 1440)] for day in WEEKDAYS})
+        calendar._members = tuple(members)
+        calendar._always = all(member._always for member in members)
+        return calendar
+
+    @property
+    def is_always(self) -> bool:
+        return self._always
+
+    def __repr__(self) -> str:
+        return f"BusinessCalendar({self.name!r})"
+
+    # -- holidays and days -----------------------------------------------------------------------------------
+
+    def is_holiday(self, day: date) -> bool:
+        if day in self.custom_holidays:
+            return True
+        if not self.holiday_country:
+            return False
+        year = self._holiday_years.get(day.year)
+        if year is None:
+            table = holidays_lib.country_holidays(self.holiday_country, subdiv=self.holiday_subdivision, years=day.year)
+            year = self._holiday_years[day.year] = frozenset(table.keys())
+        return day in year
+
+    def _day_of(self, moment: datetime) -> int:
+        """The ordinal of the day (in this calendar's day zone) that contains `moment` (a UTC datetime)."""
+        if self._members:
+            return moment.toordinal()
+        # Memoized: `now` and a ticket's creation come back for every clock, and astimezone is the slow part.
+        ordinal = self._ordinals.get(moment)
+        if ordinal is None:
+            if len(self._ordinals) > 65536:
+                self._ordinals.clear()
+            ordinal = self._ordinals[moment] = moment.astimezone(self.zone).toordinal()
+        return ordinal
+
+    def day(self, ordinal: int) -> tuple[tuple[Interval, ...], timedelta]:
+        """The business intervals (UTC, merged, sorted) of one day and their total, cached."""
+        cached = self._days.get(ordinal)
+        if cached is not None:
+            return cached
+        intervals = self._union_day(ordinal) if self._members else self._zone_day(ordinal)
+        total = sum((end - start for start, end in intervals), ZERO)
+        result = self._days[ordinal] = (intervals, total)
+        return result
+
+    def _zone_day(self, ordinal: int) -> tuple[Interval, ...]:
+        local = date.fromordinal(ordinal)
+        hours = self.weekly[local.weekday()]
+        if not hours or self.is_holiday(local):
+            return ()
+        found = []
+        for start_min, end_min in hours:
+            start = self._local_to_utc(local, start_min)
+            end = self._local_to_utc(local, end_min)
+            found.append((start, end))
+        return _merge(found)
+
+    def _local_to_utc(self, local: date, minute: int) -> datetime:
+        if minute >= 1440:
+            local = local + DAY
+            minute -= 1440
+        # A wall time that does not exist (spring forward) maps through the offset before the change, a
+        # repeated one (fall back) to its first occurrence: zoneinfo's fold=0 behaviour, good enough for hours.
+        wall = datetime.combine(local, time(minute // 60, minute % 60), tzinfo=self.zone)
+        return wall.astimezone(UTC)
+
+    def _union_day(self, ordinal: int) -> tuple[Interval, ...]:
+        day_start = datetime.combine(date.fromordinal(ordinal), time(0), tzinfo=UTC)
+        day_end = day_start + DAY
+        found: list[Interval] = []
+        for member in self._members:
+            # Zones lie within +-14 h of UTC, so a UTC day touches at most three local days of a member.
+            for member_day in (ordinal - 1, ordinal, ordinal + 1):
+                for start, end in member.day(member_day)[0]:
+                    start, end = max(start, day_start), min(end, day_end)
+                    if start < end:
+                        found.append((start, end))
+        return _merge(found)
+
+    # -- running totals -------------------------------------------------------------------------------------
+
+    def _cumulative(self, ordinal: int) -> timedelta:
+        """Business time from the start of day `_cum_base` to the start of day `ordinal`."""
+        index = ordinal - self._cum_base
+        if 0 <= index < len(self._cum):
+            return self._cum[index]
+        self._extend_to(ordinal)
+        return self._cum[ordinal - self._cum_base]
+
+    def _extend_to(self, ordinal: int) -> None:
+        if not self._cum:
+            self._cum_base, self._cum = ordinal - 366, [ZERO]
+        if ordinal < self._cum_base:
+            base = ordinal - 366
+            prefix = [ZERO]
+            for day in range(base, self._cum_base):
+                prefix.append(prefix[-1] + self.day(day)[1])
+            shift = prefix.pop()
+            self._cum = prefix + [value + shift for value in self._cum]
+            self._cum_base = base
+            self._positions.clear()  # measured from the old base
+        cum = self._cum
+        while len(cum) <= ordinal - self._cum_base:
+            cum.append(cum[-1] + self.day(self._cum_base + len(cum) - 1)[1])
+
+    def _within(self, ordinal: int, low: datetime | None, high: datetime | None) -> timedelta:
+        """Business time of one day, clipped to [low, high) (None: unbounded)."""
+        total = ZERO
+        for start, end in self.day(ordinal)[0]:
+            if low is not None and start < low:
+                start = low
+            if high is not None and end > high:
+                end = high
+            if start < end:
+                total += end - start
+        return total
+
+    # -- the two questions ----------------------------------------------------------------------------------
+
+    def _position(self, moment: datetime) -> timedelta:
+        """Business time from the start of day `_cum_base` to `moment`: a monotonic clock of business time.
+
+        Memoized, because `now` and a ticket's creation are measured for several clocks.
+        """
+        position = self._positions.get(moment)
+        if position is None:
+            ordinal = self._day_of(moment)
+            position = self._cumulative(ordinal)  # may rebase (and clear the memo) first
+            position += self._within(ordinal, None, moment)
+            if len(self._positions) > 65536:
+                self._positions.clear()
+            self._positions[moment] = position
+        return position
+
+    def business_time_between(self, start: datetime, end: datetime) -> timedelta:
+        """Business time in [start, end); zero if end is not after start."""
+        start, end = _utc(start), _utc(end)
+        if end <= start:
+            return ZERO
+        if self._always:
+            return end - start
+        # start first: reaching back may rebase the totals, reaching forward (end) never does.
+        low = self._position(start)
+        return self._position(end) - low
+
+    def add_business_time(self, start: datetime, duration: timedelta) -> datetime:
+        """The earliest instant at which `duration` of business time has passed since `start`.
+
+        A zero duration returns `start` itself, even outside business hours ("due immediately").
+        """
+        start = _utc(start)
+        if duration <= ZERO:
+            return start
+        if self._always:
+            return start + duration
+        goal = self._position(start) + duration
+        first = self._day_of(start)
+        cum = self._cum
+        while cum[-1] < goal:
+            if len(cum) > first - self._cum_base + _MAX_SEARCH_DAYS:
+                raise ValueError(f"calendar {self.name!r}: no business time found within {_MAX_SEARCH_DAYS} days")
+            self._extend_to(self._cum_base + len(cum) + 30)
+            cum = self._cum
+        # The first day whose end-of-day total reaches the goal holds the answer.
+        index = bisect_left(cum, goal, first - self._cum_base + 1) - 1
+        remaining = goal - cum[index]
+        for iv_start, iv_end in self.day(self._cum_base + index)[0]:
+            length = iv_end - iv_start
+            if remaining <= length:
+                return iv_start + remaining
+            remaining -= length
+        raise AssertionError("running totals and day intervals disagree")  # unreachable: totals come from days
+
+
+def weekly_from_spec(spec: Mapping[str, Sequence[str]]) -> dict[str, list[tuple[int, int]]]:
+    """Expand a config `hours` table: keys mon..sun, plus "weekdays" (mon-fri), "weekend" and "daily"."""
+    groups = {"weekdays": WEEKDAYS[:5], "weekend": WEEKDAYS[5:], "daily": WEEKDAYS}
+    weekly: dict[str, list[tuple[int, int]]] = {}
+    # Group keys first, then single days override them ("weekdays" 9-17 but "fri" 9-15).
+    for key in sorted(spec, key=lambda k: k not in groups):
+        days = groups.get(key, (key,))
+        ranges = [parse_hours(text) for text in spec[key]]
+        for day in days:
+            if day not in WEEKDAYS:
+                raise ValueError(f"unknown day {key!r}; use mon..sun, weekdays, weekend or daily")
+            weekly[day] = ranges
+    return weekly
+
+
+def format_duration(delta: timedelta) -> str:
+    """Short human form used in reasons and reports: "2h30m", "45m", "72h", "-1h05m".
+
+    No days: business durations ("24h" of business time is three working days) read wrong as "1d".
+    """
+    seconds = int(delta.total_seconds())
+    sign = "-" if seconds < 0 else ""
+    seconds = abs(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes = rest // 60
+    if hours:
+        return f"{sign}{hours}h{minutes:02d}m" if minutes else f"{sign}{hours}h"
+    if minutes:
+        return f"{sign}{minutes}m"
+    return f"{sign}{seconds % 60}s" if seconds else "0m"

@@ -1,0 +1,61 @@
+"""plan(decision, observed, tags) -> WriteBack: only the difference between desired and observed.
+
+The engine's Decision is the desired state; the observed Ticket is what the platform shows now. Writing only
+the difference is what makes the daemon idempotent: the echo of our own write, a second poll of the same ticket
+or a replay after a crash all plan an empty WriteBack. Tags we do not manage (`TagScheme.is_managed`) are never
+touched. The one event-like output, the handoff comment, is planned only when the tier actually changes on the
+platform or the management track newly starts (its tag is not there yet); its idempotency key lets the ledger
+catch any remaining duplicate.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from engine.model import Decision, Status, TagScheme, TagSignal, Ticket, WriteBack
+
+_READ_ONLY = frozenset({Status.CLOSED, Status.DELETED})
+
+
+@lru_cache(maxsize=4096)
+def _render(tags: TagScheme, signals: frozenset[TagSignal]) -> frozenset[str]:
+    return frozenset(tags.render(signal) for signal in signals)
+
+
+@lru_cache(maxsize=16384)
+def _managed(tags: TagScheme, tag: str) -> bool:
+    return tags.is_managed(tag)
+
+
+def plan(decision: Decision, observed: Ticket, tags: TagScheme) -> WriteBack:
+    if observed.status in _READ_ONLY:
+        # Closed and deleted tickets refuse every update (Zendesk 422, Jira workflows, ServiceNow ACLs); their
+        # tags are history now, so plan nothing rather than queue a write that can only be dead-lettered.
+        return WriteBack(decision.platform, decision.instance, decision.ticket_id, observed.revision)
+    desired = _render(tags, decision.signals)
+    present = observed.tags
+    add = desired - present
+    remove = frozenset(tag for tag in present if tag not in desired and _managed(tags, tag))
+    observed_tier = observed.effective_tier
+    tier = None
+    if decision.target_tier != observed_tier and (
+        decision.target_tier.rank > observed_tier.rank or decision.target_tier.rank < decision.current_tier.rank
+    ):
+        # Raise when the platform is below the target; lower only when the Decision itself lowered the tier
+        # (policy allows de-escalation), never because the platform moved up on its own meanwhile.
+        tier = decision.target_tier
+    comment = None
+    if decision.comment is not None:
+        management_starts = decision.management and tags.management not in present
+        if (tier is not None and tier.rank > observed_tier.rank) or management_starts:
+            comment = decision.comment
+    return WriteBack(
+        platform=decision.platform,
+        instance=decision.instance,
+        ticket_id=decision.ticket_id,
+        revision=observed.revision,
+        tier=tier,
+        add_tags=add,
+        remove_tags=remove,
+        comment=comment,
+    )

@@ -1,0 +1,155 @@
+"""SLA clocks: from a start, an optional stop, a target, a calendar and pauses to a `model.Clock`.
+
+A clock measures business time on its calendar from `start` until it is stopped (the thing it waits for
+happened: a first reply, the solve, an acknowledgment) or until `now`, leaving out the intervals in which the
+ticket waited on someone else (status pending / on hold). The state follows the model's vocabulary:
+
+- met: stopped; a clock stopped after its target is still MET but carries `breached_at`, so the breached tag
+  stays on the ticket as history;
+- breached: running and elapsed > target;
+- paused: running, not breached, and the ticket is in a pausing status now;
+- at_risk: running and elapsed >= at_risk_fraction * target;
+- ok: otherwise.
+
+Which clocks a ticket has (and their targets) is decided in engine/escalate.py from the policy; this module
+only does the measuring, all of it through engine.calendar.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from engine.calendar import ZERO, BusinessCalendar
+from engine.model import Clock, ClockState, Status, Ticket
+
+Pause = tuple[datetime, datetime | None]
+"""A pause: from, until (None: still paused)."""
+
+
+def pauses_of(ticket: Ticket) -> tuple[Pause, ...]:
+    """The intervals in which the ticket's status paused SLA clocks, oldest first.
+
+    Without status history we only know the current status: a ticket that is pending or on hold now is taken
+    to have been paused since its last update (the best evidence we have of when it got there).
+    """
+    history = sorted(ticket.status_history, key=lambda change: change.at)
+    pauses: list[Pause] = []
+    paused_since: datetime | None = None
+    last_status: Status | None = None
+    for change in history:
+        if change.status.pauses_sla:
+            if paused_since is None:
+                paused_since = change.at
+        elif paused_since is not None:
+            pauses.append((paused_since, change.at))
+            paused_since = None
+        last_status = change.status
+    if last_status is not None and last_status != ticket.status:
+        # History does not end in the current status (the platform trimmed it): trust the current status.
+        if ticket.status.pauses_sla and paused_since is None:
+            paused_since = max(ticket.updated_at, history[-1].at)
+        elif not ticket.status.pauses_sla and paused_since is not None:
+            pauses.append((paused_since, max(ticket.updated_at, paused_since)))
+            paused_since = None
+    if not history and ticket.status.pauses_sla:
+        paused_since = ticket.updated_at
+    if paused_since is not None:
+        pauses.append((paused_since, None))
+    return tuple(pauses)
+
+
+def active_segments(start: datetime, end: datetime, pauses: Sequence[Pause]) -> list[tuple[datetime, datetime]]:
+    """[start, end) minus the pauses, as ordered non-overlapping segments."""
+    if end <= start:
+        return []
+    if not pauses:
+        return [(start, end)]
+    segments = []
+    cursor = start
+    for pause_start, pause_end in pauses:
+        stop = end if pause_end is None else pause_end
+        if stop <= cursor:
+            continue
+        if pause_start >= end:
+            break
+        if pause_start > cursor:
+            segments.append((cursor, pause_start))
+        cursor = stop
+        if cursor >= end:
+            break
+    if cursor < end:
+        segments.append((cursor, end))
+    return segments
+
+
+def active_business_time(
+    start: datetime, end: datetime, pauses: Sequence[Pause], calendar: BusinessCalendar
+) -> timedelta:
+    """Business time between start and end outside the pauses (hours at tier, clock elapsed)."""
+    total = ZERO
+    for seg_start, seg_end in active_segments(start, end, pauses):
+        total += calendar.business_time_between(seg_start, seg_end)
+    return total
+
+
+def is_paused_at(pauses: Sequence[Pause], moment: datetime) -> bool:
+    for start, end in pauses:
+        if start <= moment and (end is None or end > moment):
+            return True
+    return False
+
+
+def compute_clock(
+    name: str,
+    *,
+    start: datetime,
+    stop: datetime | None,
+    target: timedelta,
+    calendar: BusinessCalendar,
+    pauses: Sequence[Pause],
+    now: datetime,
+    at_risk_fraction: float,
+) -> Clock:
+    """Measure one clock as of `now`. A stop later than `now` has not happened yet and is ignored."""
+    stopped = stop is not None and stop <= now
+    end = stop if stopped and stop is not None else now
+    breached_at: datetime | None = None
+    if not pauses:
+        # The common case, without the segment machinery.
+        elapsed = calendar.business_time_between(start, end)
+        if elapsed > target:
+            breached_at = calendar.add_business_time(start, target)
+        paused = False
+    else:
+        elapsed = ZERO
+        for seg_start, seg_end in active_segments(start, end, pauses):
+            part = calendar.business_time_between(seg_start, seg_end)
+            if breached_at is None and elapsed + part > target:
+                breached_at = calendar.add_business_time(seg_start, target - elapsed)
+            elapsed += part
+        paused = not stopped and is_paused_at(pauses, now)
+    remaining = target - elapsed
+    due_at: datetime | None
+    if stopped:
+        state = ClockState.MET
+        due_at = breached_at
+    elif breached_at is not None:
+        state = ClockState.BREACHED
+        due_at = breached_at
+    elif paused:
+        state = ClockState.PAUSED
+        due_at = None  # unknown until the ticket resumes
+    else:
+        state = ClockState.AT_RISK if elapsed >= target * at_risk_fraction else ClockState.OK
+        due_at = calendar.add_business_time(now, remaining)
+    return Clock(
+        name=name,
+        target=target,
+        elapsed=elapsed,
+        remaining=remaining,
+        due_at=due_at,
+        state=state,
+        calendar=calendar.name,
+        breached_at=breached_at,
+    )

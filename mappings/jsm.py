@@ -1,0 +1,596 @@
+"""Jira Service Management mapping: the schema of `mappings/jsm.toml` and the normalizer it drives.
+
+Owns every fact about how a JSM issue (as `/rest/api/3/search/jql` or `GET /rest/api/3/issue/{key}`
+returns it) becomes an `engine.model.Ticket`: which priority names mean P1-P4, which statuses pause or close,
+which select custom field holds the support tier, which custom fields are JSM SLAs, where the customer segment
+and the escalation flags live. The connector asks `JsmMapping.request_fields` for the `fields` list it sends,
+so a search returns nothing the mapping does not read.
+
+Shapes handled (from Atlassian's REST docs and real recordings):
+- timestamps `2015-11-21T07:03:02.000-0500` (no colon in the offset; the offset moves with DST inside one
+  issue): parsed to aware UTC. Date objects of JSM (`{iso8601, jira, friendly, epochMillis}`) are read by
+  `epochMillis` only: `friendly` is localized and relative.
+- `description` is ADF in API v3 (a `doc` node tree) and a plain string in v2; both become plain text.
+- users: Cloud sends `accountId`, Server/Data Center `name`/`key` and no `accountId`.
+- `priority` may be absent or null (default priority), `resolution` may be null on a "Done" issue.
+- select custom fields are option objects `{self, value, id}`, multi-selects arrays of them, the JSM
+  organizations field an array of `{id, name, _links}`.
+- SLA fields: `{id, name, completedCycles: [...], ongoingCycle?: {breached, paused, remainingTime.millis,
+  goalDuration, breachTime.epochMillis}}`; `ongoingCycle` may be missing, `remainingTime.millis` negative.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from connectors.base import RawRecord
+from engine.configfile import ConfigFileError, load_toml, validate
+from engine.model import Flags, PlatformSla, Priority, Status, TagScheme, Ticket, Tier
+from mappings import MappingError, NormalizeError
+
+PLATFORM = "jsm"
+_CUSTOM_FIELD = re.compile(r"^customfield_\d+$")
+_FIELD_ID = re.compile(r"^(customfield_\d+|[a-z][A-Za-z0-9]*)$")
+_CATEGORY_KEYS = ("new", "indeterminate", "done", "undefined")
+_BOOLEAN_FLAGS = (
+    "churn_threat",
+    "public_complaint",
+    "security_legal",
+    "engineering_required",
+    "vendor_dependency",
+    "customer_requested",
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_field_id(value: str) -> str:
+    if not _FIELD_ID.match(value):
+        raise ValueError(f"{value!r} is not a Jira field id (e.g. 'labels' or 'customfield_10010')")
+    return value
+
+
+def _check_custom(value: str) -> str:
+    if not _CUSTOM_FIELD.match(value):
+        raise ValueError(f"{value!r} is not a custom field id (customfield_<number>)")
+    return value
+
+
+FieldId = Annotated[str, AfterValidator(_check_field_id)]
+CustomFieldId = Annotated[str, AfterValidator(_check_custom)]
+
+
+class PriorityMap(_Strict):
+    """Jira priority name (case-insensitive) -> P1..P4; `default` when the issue has no priority."""
+
+    default: Priority = Priority.P3
+    values: dict[str, Priority] = Field(min_length=1)
+
+
+class StatusMap(_Strict):
+    """Status by name first (overrides such as "Waiting for customer" -> pending), then by status category."""
+
+    names: dict[str, Status] = {}
+    categories: dict[str, Status] = {"new": Status.NEW, "indeterminate": Status.OPEN, "done": Status.SOLVED}
+
+    @field_validator("categories")
+    @classmethod
+    def _known_categories(cls, value: dict[str, Status]) -> dict[str, Status]:
+        for key in value:
+            if key not in _CATEGORY_KEYS:
+                raise ValueError(f"unknown status category key {key!r}; Jira has {', '.join(_CATEGORY_KEYS)}")
+        return value
+
+
+class TierOption(_Strict):
+    value: str = Field(min_length=1)
+    id: str | None = None
+
+
+class TierMap(_Strict):
+    """The single-select custom field holding the tier, and its option per tier (written by value or id)."""
+
+    field: CustomFieldId
+    write_by: Literal["value", "id"] = "value"
+    options: dict[Tier, TierOption] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TierMap:
+        values = [option.value.casefold() for option in self.options.values()]
+        if len(set(values)) != len(values):
+            raise ValueError("two tiers share one option value")
+        if self.write_by == "id":
+            missing = [tier.value for tier, option in self.options.items() if not option.id]
+            if missing:
+                raise ValueError(f"write_by = 'id' but no option id for {', '.join(missing)}")
+        return self
+
+
+class FieldRef(_Strict):
+    """A field to read a text value from: option objects give `value`, organizations give `name`."""
+
+    field: FieldId
+    values: dict[str, str] = {}
+    """Optional translation of the raw value (case-insensitive) to the model's value."""
+
+
+class FlagRule(_Strict):
+    """A boolean flag is true when the issue has one of `labels`, or `field` holds one of `values`
+    (any non-empty value when `values` is empty)."""
+
+    labels: list[str] = []
+    field: FieldId | None = None
+    values: list[str] = []
+
+    @model_validator(mode="after")
+    def _has_source(self) -> FlagRule:
+        if not self.labels and self.field is None:
+            raise ValueError("a flag needs labels or a field")
+        if self.values and self.field is None:
+            raise ValueError("values given without a field")
+        return self
+
+
+class NumberRule(_Strict):
+    """A numeric fact read from a number custom field (or a text field holding a number)."""
+
+    field: FieldId
+
+
+class FlagsMap(_Strict):
+    churn_threat: FlagRule | None = None
+    public_complaint: FlagRule | None = None
+    security_legal: FlagRule | None = None
+    engineering_required: FlagRule | None = None
+    vendor_dependency: FlagRule | None = None
+    customer_requested: FlagRule | None = None
+    revenue_at_risk: NumberRule | None = None
+    affected_customers: NumberRule | None = None
+    linked_incidents: NumberRule | None = None
+    reopen_count: NumberRule | None = None
+
+
+class SlaMap(_Strict):
+    """SLA custom field id -> clock name; `first_response`: the SLA whose first stop is the first reply."""
+
+    fields: dict[CustomFieldId, str] = {}
+    first_response: str | None = None
+
+    @model_validator(mode="after")
+    def _first_response_known(self) -> SlaMap:
+        if self.first_response is not None and self.first_response not in self.fields.values():
+            raise ValueError(f"first_response {self.first_response!r} is not one of the SLA names")
+        return self
+
+
+class TagsMap(_Strict):
+    breached: str = "esc_breached_{clock}"
+    at_risk: str = "esc_at_risk_{clock}"
+    management: str = "esc_management"
+    update_due: str = "esc_customer_update_due"
+
+    @model_validator(mode="after")
+    def _no_spaces(self) -> TagsMap:
+        # Jira labels cannot contain spaces: a label with one is rejected by the edit call.
+        for name in ("breached", "at_risk", "management", "update_due"):
+            if " " in getattr(self, name):
+                raise ValueError(f"{name}: Jira labels cannot contain spaces")
+        return self
+
+
+class JsmMappingFile(_Strict):
+    priority: PriorityMap
+    status: StatusMap = StatusMap()
+    tier: TierMap
+    sla: SlaMap = SlaMap()
+    segment: FieldRef | None = None
+    organization: FieldRef | None = None
+    assignee_group: FieldRef | None = None
+    flags: FlagsMap = FlagsMap()
+    tags: TagsMap = TagsMap()
+
+
+# ---- value readers ---------------------------------------------------------------------------------------
+
+
+def parse_jira_time(value: Any, record_id: str, field: str) -> datetime:
+    """`2015-11-21T07:03:02.000-0500` (or a JSM date object) -> aware UTC; anything else: NormalizeError."""
+    if isinstance(value, Mapping) and "epochMillis" in value:
+        return from_epoch_millis(value["epochMillis"], record_id, field)
+    if not isinstance(value, str):
+        raise NormalizeError(record_id, field, f"expected a timestamp, got {type(value).__name__}")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise NormalizeError(record_id, field, f"not a timestamp: {value!r}") from None
+    if parsed.tzinfo is None:
+        raise NormalizeError(record_id, field, f"timestamp without a UTC offset: {value!r}")
+    return parsed.astimezone(UTC)
+
+
+def from_epoch_millis(value: Any, record_id: str, field: str) -> datetime:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise NormalizeError(record_id, field, f"epochMillis is not a number: {value!r}")
+    return datetime.fromtimestamp(value / 1000, UTC)
+
+
+def adf_to_text(node: Any) -> str:
+    """Plain text of an Atlassian Document Format tree (v3) or a plain string (v2); blocks end a line."""
+    if node is None:
+        return ""
+    if isinstance(node, str):
+        return node
+    if isinstance(node, list):
+        return "".join(adf_to_text(child) for child in node)
+    if not isinstance(node, Mapping):
+        return ""
+    kind = node.get("type")
+    if kind == "text":
+        return str(node.get("text", ""))
+    if kind == "hardBreak":
+        return "\n"
+    if kind in ("mention", "emoji"):
+        attrs = node.get("attrs") or {}
+        return str(attrs.get("text") or attrs.get("shortName") or "")
+    if kind in ("inlineCard", "blockCard"):
+        return str((node.get("attrs") or {}).get("url", ""))
+    inner = adf_to_text(node.get("content") or [])
+    if kind in ("paragraph", "heading", "codeBlock", "listItem", "blockquote", "rule", "mediaSingle"):
+        return inner.rstrip("\n") + "\n"
+    return inner
+
+
+def user_ref(user: Any) -> str | None:
+    """Cloud users are identified by accountId; Server/Data Center users by name (or key)."""
+    if not isinstance(user, Mapping):
+        return None
+    for key in ("accountId", "name", "key", "emailAddress"):
+        value = user.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def field_texts(value: Any) -> list[str]:
+    """Every text a field value holds: option objects -> value, orgs/users -> name, arrays flattened."""
+    if value is None:
+        return []
+    if isinstance(value, bool):
+        return ["true"] if value else []
+    if isinstance(value, str):
+        return [value] if value else []
+    if isinstance(value, int | float):
+        return [str(value)]
+    if isinstance(value, list):
+        return [text for item in value for text in field_texts(item)]
+    if isinstance(value, Mapping):
+        for key in ("value", "name", "displayName", "key", "id"):
+            item = value.get(key)
+            if isinstance(item, str) and item:
+                texts = [item]
+                child = value.get("child")  # cascading select: parent and child option
+                return texts + field_texts(child) if child else texts
+    return []
+
+
+class JsmMapping:
+    """A validated `jsm.toml`: normalizes raw JSM issues and names the fields that put a ticket at a tier."""
+
+    platform = PLATFORM
+
+    def __init__(self, spec: JsmMappingFile, path: Path | str) -> None:
+        self.spec = spec
+        self.path = str(path)
+        self.tags = TagScheme(**spec.tags.model_dump())
+        self._priorities = {name.casefold(): value for name, value in spec.priority.values.items()}
+        self._status_names = {name.casefold(): value for name, value in spec.status.names.items()}
+        self._tier_by_text: dict[str, Tier] = {}
+        for tier, option in spec.tier.options.items():
+            self._tier_by_text[option.value.casefold()] = tier
+            if option.id:
+                self._tier_by_text[option.id] = tier
+
+    # -- what the connector needs -------------------------------------------------------------------------
+
+    @property
+    def tier_field(self) -> str:
+        return self.spec.tier.field
+
+    @property
+    def request_fields(self) -> list[str]:
+        """The `fields` list for searches and issue reads: exactly what `normalize` reads."""
+        spec = self.spec
+        wanted = [
+            "summary",
+            "status",
+            "priority",
+            "created",
+            "updated",
+            "resolutiondate",
+            "statuscategorychangedate",
+            "description",
+            "reporter",
+            "labels",
+            spec.tier.field,
+            *spec.sla.fields,
+        ]
+        for ref in (spec.segment, spec.organization, spec.assignee_group):
+            if ref is not None:
+                wanted.append(ref.field)
+        for name in FlagsMap.model_fields:
+            rule = getattr(spec.flags, name)
+            if rule is not None and rule.field:
+                wanted.append(rule.field)
+        return list(dict.fromkeys(wanted))
+
+    def tier_fields(self, tier: Tier) -> dict[str, Any]:
+        """`{customfield_N: {"value": ...}}` (or `{"id": ...}`): the select option that means `tier`."""
+        option = self.spec.tier.options.get(tier)
+        if option is None:
+            raise MappingError(self.path, f"no option configured for tier {tier.value}", key="tier.options")
+        if self.spec.tier.write_by == "id":
+            return {self.spec.tier.field: {"id": option.id}}
+        return {self.spec.tier.field: {"value": option.value}}
+
+    # -- normalize ----------------------------------------------------------------------------------------
+
+    def normalize(self, record: RawRecord, instance: str) -> Ticket:
+        data = record.data
+        rid = str(data.get("key") or record.id)
+        fields = data.get("fields")
+        if not isinstance(fields, Mapping):
+            raise NormalizeError(rid, "fields", "missing or not an object")
+        issue_id = data.get("id")
+        key = data.get("key")
+        if not isinstance(issue_id, str) or not issue_id or not isinstance(key, str) or not key:
+            raise NormalizeError(rid, "id/key", "issue id or key missing")
+        summary = fields.get("summary")
+        if not isinstance(summary, str):
+            raise NormalizeError(rid, "summary", "missing")
+        labels = fields.get("labels") or []
+        if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+            raise NormalizeError(rid, "labels", "not a list of strings")
+        status = self._status(rid, fields)
+        created_at = parse_jira_time(self._required(rid, fields, "created"), rid, "created")
+        updated_at = parse_jira_time(self._required(rid, fields, "updated"), rid, "updated")
+        solved_at = None
+        if fields.get("resolutiondate"):
+            solved_at = parse_jira_time(fields["resolutiondate"], rid, "resolutiondate")
+        elif status.is_terminal and fields.get("statuscategorychangedate"):
+            # "Done" with resolution null: the move into the done category is when it was solved.
+            solved_at = parse_jira_time(fields["statuscategorychangedate"], rid, "statuscategorychangedate")
+        slas = self._slas(rid, fields)
+        first_reply = self._first_reply(rid, fields)
+        tier = self._tier(rid, fields)
+        return Ticket(
+            platform=PLATFORM,
+            instance=instance,
+            id=issue_id,
+            key=key,
+            url=_browse_url(data, key),
+            subject=summary,
+            status=status,
+            priority=self._priority(rid, fields),
+            created_at=created_at,
+            updated_at=updated_at,
+            description=adf_to_text(fields.get("description")).strip(),
+            first_public_reply_at=first_reply,
+            solved_at=solved_at,
+            requester=user_ref(fields.get("reporter")),
+            organization=self._text(fields, self.spec.organization),
+            segment=self._text(fields, self.spec.segment),
+            tags=frozenset(labels),
+            assignee_group=self._text(fields, self.spec.assignee_group),
+            tier=tier,
+            flags=self._flags(rid, fields, labels),
+            platform_slas=slas,
+            revision=str(fields["updated"]) if isinstance(fields["updated"], str) else updated_at.isoformat(),
+        )
+
+    @staticmethod
+    def _required(rid: str, fields: Mapping[str, Any], name: str) -> Any:
+        value = fields.get(name)
+        if value is None:
+            raise NormalizeError(rid, name, "missing")
+        return value
+
+    def _priority(self, rid: str, fields: Mapping[str, Any]) -> Priority:
+        raw = fields.get("priority")
+        if raw is None:
+            return self.spec.priority.default
+        name = raw.get("name") if isinstance(raw, Mapping) else raw
+        if not isinstance(name, str):
+            raise NormalizeError(rid, "priority", f"unreadable priority {raw!r}")
+        found = self._priorities.get(name.casefold())
+        if found is None:
+            raise NormalizeError(rid, "priority", f"unknown priority {name!r} (not in priority.values)")
+        return found
+
+    def _status(self, rid: str, fields: Mapping[str, Any]) -> Status:
+        raw = fields.get("status")
+        if not isinstance(raw, Mapping) or not isinstance(raw.get("name"), str):
+            raise NormalizeError(rid, "status", "missing or without a name")
+        by_name = self._status_names.get(raw["name"].casefold())
+        if by_name is not None:
+            return by_name
+        category = raw.get("statusCategory")
+        category_key = category.get("key") if isinstance(category, Mapping) else None
+        found = self.spec.status.categories.get(category_key) if isinstance(category_key, str) else None
+        if found is None:
+            raise NormalizeError(
+                rid, "status", f"status {raw['name']!r} (category {category_key!r}) is not in the mapping"
+            )
+        return found
+
+    def _tier(self, rid: str, fields: Mapping[str, Any]) -> Tier | None:
+        raw = fields.get(self.spec.tier.field)
+        if raw is None:
+            return None
+        if not isinstance(raw, Mapping):
+            raise NormalizeError(rid, self.spec.tier.field, f"expected a select option, got {raw!r}")
+        for probe in (raw.get("id"), str(raw.get("value", "")).casefold()):
+            if isinstance(probe, str) and probe in self._tier_by_text:
+                return self._tier_by_text[probe]
+        # An option nobody mapped (added in Jira later) is not a tier we know: treat as untiered, not fatal.
+        return None
+
+    @staticmethod
+    def _text(fields: Mapping[str, Any], ref: FieldRef | None) -> str | None:
+        if ref is None:
+            return None
+        texts = field_texts(fields.get(ref.field))
+        if not texts:
+            return None
+        text = texts[0]
+        translations = {raw.casefold(): value for raw, value in ref.values.items()}
+        return translations.get(text.casefold(), text)
+
+    def _flags(self, rid: str, fields: Mapping[str, Any], labels: list[str]) -> Flags:
+        spec = self.spec.flags
+        present = {label.casefold() for label in labels}
+        values: dict[str, Any] = {}
+        for name in _BOOLEAN_FLAGS:
+            values[name] = self._flag(getattr(spec, name), fields, present)
+        for name, kind in (
+            ("revenue_at_risk", float),
+            ("affected_customers", int),
+            ("linked_incidents", int),
+            ("reopen_count", int),
+        ):
+            rule = getattr(spec, name)
+            if rule is not None:
+                values[name] = _number(rid, rule.field, fields.get(rule.field), kind)
+        return Flags(**values)
+
+    @staticmethod
+    def _flag(rule: FlagRule | None, fields: Mapping[str, Any], labels: set[str]) -> bool:
+        if rule is None:
+            return False
+        if any(label.casefold() in labels for label in rule.labels):
+            return True
+        if rule.field is None:
+            return False
+        texts = [text.casefold() for text in field_texts(fields.get(rule.field))]
+        if not rule.values:
+            return bool(texts)
+        return any(value.casefold() in texts for value in rule.values)
+
+    def _slas(self, rid: str, fields: Mapping[str, Any]) -> tuple[PlatformSla, ...]:
+        found = []
+        for field_id, name in self.spec.sla.fields.items():
+            sla = _sla(rid, field_id, name, fields.get(field_id))
+            if sla is not None:
+                found.append(sla)
+        return tuple(found)
+
+    def _first_reply(self, rid: str, fields: Mapping[str, Any]) -> datetime | None:
+        """The first stop of the first-response SLA is when the first public reply went out."""
+        name = self.spec.sla.first_response
+        if name is None:
+            return None
+        field_id = next(fid for fid, sla_name in self.spec.sla.fields.items() if sla_name == name)
+        raw = fields.get(field_id)
+        if not isinstance(raw, Mapping):
+            return None
+        cycles = raw.get("completedCycles") or []
+        if not cycles or not isinstance(cycles[0], Mapping) or "stopTime" not in cycles[0]:
+            return None
+        return parse_jira_time(cycles[0]["stopTime"], rid, f"{field_id}.completedCycles[0].stopTime")
+
+
+def _number(rid: str, field: str, value: Any, kind: type) -> Any:
+    if value is None:
+        return kind(0)
+    if isinstance(value, Mapping):  # a select whose option values are numbers
+        texts = field_texts(value)
+        value = texts[0] if texts else None
+        if value is None:
+            return kind(0)
+    if isinstance(value, bool):
+        raise NormalizeError(rid, field, f"expected a number, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise NormalizeError(rid, field, f"expected a number, got {value!r}") from None
+    return kind(number)
+
+
+def _millis(rid: str, where: str, value: Any) -> timedelta | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or isinstance(value.get("millis"), bool):
+        raise NormalizeError(rid, where, f"expected {{millis, friendly}}, got {value!r}")
+    millis = value.get("millis")
+    if not isinstance(millis, int | float):
+        raise NormalizeError(rid, where, f"millis is not a number: {millis!r}")
+    return timedelta(milliseconds=millis)
+
+
+def _sla(rid: str, field_id: str, name: str, raw: Any) -> PlatformSla | None:
+    """One JSM SLA field -> PlatformSla; None when the SLA does not apply (null, or no cycles at all)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise NormalizeError(rid, field_id, f"expected an SLA object, got {type(raw).__name__}")
+    ongoing = raw.get("ongoingCycle")
+    completed = raw.get("completedCycles") or []
+    if not isinstance(completed, list):
+        raise NormalizeError(rid, f"{field_id}.completedCycles", "not a list")
+    if isinstance(ongoing, Mapping):
+        due_at = None
+        if isinstance(ongoing.get("breachTime"), Mapping):
+            due_at = parse_jira_time(ongoing["breachTime"], rid, f"{field_id}.ongoingCycle.breachTime")
+        return PlatformSla(
+            name=name,
+            breached=bool(ongoing.get("breached")) or any(bool(c.get("breached")) for c in completed),
+            paused=bool(ongoing.get("paused")),
+            remaining=_millis(rid, f"{field_id}.ongoingCycle.remainingTime", ongoing.get("remainingTime")),
+            due_at=due_at,
+            completed=False,
+        )
+    if ongoing is not None:
+        raise NormalizeError(rid, f"{field_id}.ongoingCycle", "not an object")
+    if not completed:
+        return None
+    last = completed[-1]
+    if not isinstance(last, Mapping):
+        raise NormalizeError(rid, f"{field_id}.completedCycles", "cycle is not an object")
+    due_at = None
+    if isinstance(last.get("breachTime"), Mapping):
+        due_at = parse_jira_time(last["breachTime"], rid, f"{field_id}.completedCycles.breachTime")
+    return PlatformSla(
+        name=name,
+        breached=any(isinstance(c, Mapping) and bool(c.get("breached")) for c in completed),
+        paused=False,
+        remaining=_millis(rid, f"{field_id}.completedCycles.remainingTime", last.get("remainingTime")),
+        due_at=due_at,
+        completed=True,
+    )
+
+
+def _browse_url(data: Mapping[str, Any], key: str) -> str:
+    """The agent view of the issue, on the host the issue's `self` link names."""
+    self_url = data.get("self")
+    if isinstance(self_url, str) and "/rest/" in self_url:
+        return f"{self_url.split('/rest/', 1)[0]}/browse/{key}"
+    return f"/browse/{key}"
+
+
+def load(path: Path) -> JsmMapping:
+    """Load and validate a JSM mapping file; every problem is a MappingError naming file, line and key."""
+    try:
+        data, text = load_toml(path)
+        spec = validate(JsmMappingFile, data, path, text)
+    except MappingError:
+        raise
+    except ConfigFileError as error:
+        raise MappingError(error.path, error.reason, key=error.key, line=error.line) from None
+    return JsmMapping(spec, path)

@@ -1,0 +1,453 @@
+"""ServiceNow mapping: turns a Table API record (raw mode) into a `Ticket`, and a tier into record fields.
+
+What the Table API sends with `sysparm_display_value=false` (ServiceNow Table API reference, "Table - GET"; checked
+against recorded responses): every value is a string, an empty value is "" (never null), booleans are "true" /
+"false", numbers are strings ("0"), dates are "YYYY-MM-DD HH:MM:SS" in UTC, choices are their codes ("1"-"8" for
+incident state), and a reference is either `{"link": ..., "value": <sys_id>}` or, with
+`sysparm_exclude_reference_link=true`, the bare sys_id. Dot-walked fields ("company.u_segment") arrive as flat
+keys. Both reference shapes are accepted here, whatever the connector asked for.
+
+Everything platform-specific an admin may change lives in `mappings/servicenow.toml`: which state codes mean what
+(instances customise the incident state choices), which priority codes are P1-P4, which assignment group (or
+custom field value) is which tier, where the customer segment comes from, which fields or tags are flags, and the
+string field that holds our breach/at-risk tags (a comma-separated list: `sys_tags` labels are not writable
+through the Table API).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from connectors.base import RawRecord
+from engine.configfile import ConfigFileError, load_toml, validate
+from engine.model import Flags, PlatformSla, Priority, Status, TagScheme, Ticket, Tier
+from mappings import MappingError, NormalizeError
+
+PLATFORM = "servicenow"
+DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+REVISION_SEPARATOR = "#"
+# What we read of each task_sla row (ServiceNow "Task SLA table" reference). `sla.name` is dot-walked so the SLA
+# definition's name arrives without display values (which would also localise the dates).
+TASK_SLA_FIELDS = (
+    "sys_id",
+    "task",
+    "sla.name",
+    "stage",
+    "has_breached",
+    "planned_end_time",
+    "business_time_left",
+    "time_left",
+    "percentage",
+    "business_percentage",
+    "active",
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FieldNames(_Strict):
+    """Which record field holds each ticket fact. "" means the instance has no such field."""
+
+    id: str = "sys_id"
+    key: str = "number"
+    subject: str = "short_description"
+    description: str = "description"
+    status: str = "state"
+    priority: str = "priority"
+    created_at: str = "opened_at"
+    updated_at: str = "sys_updated_on"
+    mod_count: str = "sys_mod_count"
+    solved_at: str = "resolved_at"
+    closed_at: str = "closed_at"
+    requester: str = "caller_id"
+    organization: str = "company"
+    assignee_group: str = "assignment_group"
+    first_public_reply_at: str = ""
+    last_public_reply_at: str = ""
+    last_agent_action_at: str = ""
+
+    @field_validator("id", "key", "subject", "status", "priority", "created_at", "updated_at", "mod_count")
+    @classmethod
+    def _required(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("this field is required and cannot be empty")
+        return value
+
+
+class StatusMap(_Strict):
+    values: dict[str, Status] = Field(min_length=1)
+    """State code -> status. Codes are the choice values ("1", "2", ...), never the labels."""
+
+
+class PriorityMap(_Strict):
+    values: dict[str, Priority] = Field(min_length=1)
+    empty: Priority | None = None
+    """The priority of a record whose priority field is "" (None: such a record is quarantined)."""
+
+
+class TierMap(_Strict):
+    """The tier is the value of one field: `assignment_group` (a group sys_id per tier) or a custom field."""
+
+    field: str = "assignment_group"
+    values: dict[Tier, str] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> TierMap:
+        seen: dict[str, Tier] = {}
+        for tier, value in self.values.items():
+            if not value.strip():
+                raise ValueError(f"the value for {tier} is empty")
+            if value in seen:
+                raise ValueError(f"{seen[value]} and {tier} have the same value {value!r}")
+            seen[value] = tier
+        return self
+
+
+class SegmentMap(_Strict):
+    """Segment from a field (a reference such as `company`, a `u_` field, or dot-walked `company.u_segment`).
+
+    With `values`, the field's value (a sys_id for a reference) is looked up there, else it is the segment itself.
+    """
+
+    field: str = ""
+    values: dict[str, str] = Field(default_factory=dict)
+    default: str = ""
+
+
+class BoolFlag(_Strict):
+    """A flag is true when `field` holds one of `true_values`, or when `tag` is in the tags field."""
+
+    field: str = ""
+    true_values: list[str] = Field(default_factory=lambda: ["true"], min_length=1)
+    tag: str = ""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> BoolFlag:
+        if bool(self.field) == bool(self.tag):
+            raise ValueError("set exactly one of 'field' or 'tag'")
+        return self
+
+
+class NumberFlag(_Strict):
+    field: str = Field(min_length=1)
+
+
+class FlagsMap(_Strict):
+    churn_threat: BoolFlag | None = None
+    public_complaint: BoolFlag | None = None
+    security_legal: BoolFlag | None = None
+    engineering_required: BoolFlag | None = None
+    vendor_dependency: BoolFlag | None = None
+    customer_requested: BoolFlag | None = None
+    revenue_at_risk: NumberFlag | None = None
+    affected_customers: NumberFlag | None = None
+    linked_incidents: NumberFlag | None = None
+    reopen_count: NumberFlag | None = None
+
+
+class TagsMap(_Strict):
+    """Our breach/at-risk tags live in one string field as a separated list (read-modify-write on update)."""
+
+    field: str = "u_escalation_tags"
+    separator: str = Field(default=",", min_length=1)
+    breached: str = "esc_breached_{clock}"
+    at_risk: str = "esc_at_risk_{clock}"
+    management: str = "esc_management"
+    update_due: str = "esc_customer_update_due"
+
+    @field_validator("breached", "at_risk")
+    @classmethod
+    def _has_clock(cls, value: str) -> str:
+        if "{clock}" not in value:
+            raise ValueError("must contain {clock}")
+        return value
+
+
+class PlatformSlaMap(_Strict):
+    """Read the platform's own SLAs (task_sla rows of the record) as facts; costs one query per page."""
+
+    enabled: bool = False
+    remaining: Literal["business_time_left", "time_left"] = "business_time_left"
+    skip_stages: list[str] = Field(default_factory=lambda: ["cancelled"])
+
+
+class ServiceNowMappingFile(_Strict):
+    fields: FieldNames = Field(default_factory=FieldNames)
+    status: StatusMap
+    priority: PriorityMap
+    tier: TierMap
+    segment: SegmentMap = Field(default_factory=SegmentMap)
+    flags: FlagsMap = Field(default_factory=FlagsMap)
+    tags: TagsMap = Field(default_factory=TagsMap)
+    platform_sla: PlatformSlaMap = Field(default_factory=PlatformSlaMap)
+
+
+def parse_datetime(value: str) -> datetime:
+    """A raw-mode Table API date ("YYYY-MM-DD HH:MM:SS", UTC) as an aware UTC datetime."""
+    return datetime.strptime(value, DATE_FORMAT).replace(tzinfo=UTC)
+
+
+def text_value(value: Any) -> str:
+    """A field value as the string the Table API means: references give their sys_id, null gives ""."""
+    if value is None:
+        return ""
+    if isinstance(value, dict):
+        inner = value.get("value")
+        if isinstance(inner, str):
+            return inner
+        raise TypeError("a reference without 'value' (was sysparm_display_value not false?)")
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float, str)):
+        return str(value)
+    raise TypeError(f"unexpected {type(value).__name__}")
+
+
+def make_revision(updated_on: str, mod_count: str) -> str:
+    """The concurrency token: sys_updated_on has one-second resolution, sys_mod_count tells same-second writes apart."""
+    return f"{updated_on}{REVISION_SEPARATOR}{mod_count}"
+
+
+class ServiceNowMapping:
+    """A validated servicenow mapping file; implements mappings.PlatformMapping."""
+
+    def __init__(self, spec: ServiceNowMappingFile, path: str) -> None:
+        self.spec = spec
+        self.path = path
+        tags = spec.tags
+        self.tags = TagScheme(
+            breached=tags.breached, at_risk=tags.at_risk, management=tags.management, update_due=tags.update_due
+        )
+        self._tier_by_value = {value: tier for tier, value in spec.tier.values.items()}
+
+    # -- what the connector needs to know ---------------------------------------------------------------------
+
+    @property
+    def tags_field(self) -> str:
+        return self.spec.tags.field
+
+    @property
+    def tags_separator(self) -> str:
+        return self.spec.tags.separator
+
+    @property
+    def wants_platform_slas(self) -> bool:
+        return self.spec.platform_sla.enabled
+
+    @property
+    def task_sla_fields(self) -> tuple[str, ...]:
+        return TASK_SLA_FIELDS
+
+    def poll_fields(self) -> list[str]:
+        """Every record field this mapping reads: the connector asks for these and no more (sysparm_fields)."""
+        spec = self.spec
+        names = [value for value in spec.fields.model_dump().values() if value]
+        names += [spec.tier.field, spec.tags.field]
+        if spec.segment.field:
+            names.append(spec.segment.field)
+        for flag in (getattr(spec.flags, name) for name in FlagsMap.model_fields):
+            if flag is not None and getattr(flag, "field", ""):
+                names.append(flag.field)
+        return list(dict.fromkeys(names))
+
+    def tier_fields(self, tier: Tier) -> dict[str, Any]:
+        value = self.spec.tier.values.get(tier)
+        if value is None:
+            raise MappingError(self.path, f"no value for tier {tier}", key="tier.values")
+        return {self.spec.tier.field: value}
+
+    def split_tags(self, value: str) -> list[str]:
+        return [part.strip() for part in value.split(self.spec.tags.separator) if part.strip()]
+
+    def join_tags(self, tags: list[str]) -> str:
+        return self.spec.tags.separator.join(tags)
+
+    def revision_of(self, data: dict[str, Any]) -> str:
+        fields = self.spec.fields
+        return make_revision(text_value(data.get(fields.updated_at)), text_value(data.get(fields.mod_count)))
+
+    # -- normalization ----------------------------------------------------------------------------------------
+
+    def normalize(self, record: RawRecord, instance: str) -> Ticket:
+        return _Normalizer(self, record).ticket(instance)
+
+
+class _Normalizer:
+    """One record's normalization; every failure names the record and the field."""
+
+    def __init__(self, mapping: ServiceNowMapping, record: RawRecord) -> None:
+        self.mapping = mapping
+        self.spec = mapping.spec
+        self.data = record.data
+        self.related = record.related
+        self.record_id = record.id or "?"
+
+    def fail(self, field: str, reason: str) -> NormalizeError:
+        return NormalizeError(self.record_id, field, reason)
+
+    def text(self, field: str) -> str:
+        if not field:
+            return ""
+        try:
+            return text_value(self.data.get(field))
+        except TypeError as error:
+            raise self.fail(field, str(error)) from None
+
+    def date(self, field: str, *, required: bool = False) -> datetime | None:
+        value = self.text(field)
+        if not value:
+            if required:
+                raise self.fail(field, "missing date")
+            return None
+        try:
+            return parse_datetime(value)
+        except ValueError:
+            raise self.fail(field, f"not a date of the form YYYY-MM-DD HH:MM:SS: {value!r}") from None
+
+    def number(self, field: str) -> float:
+        value = self.text(field).replace(",", "")
+        if not value:
+            return 0.0
+        try:
+            return float(value)
+        except ValueError:
+            raise self.fail(field, f"not a number: {value!r}") from None
+
+    def ticket(self, instance: str) -> Ticket:
+        fields = self.spec.fields
+        sys_id = self.text(fields.id)
+        if not sys_id:
+            raise self.fail(fields.id, "missing sys_id")
+        self.record_id = sys_id
+        tags = frozenset(self.mapping.split_tags(self.text(self.spec.tags.field)))
+        status = self.status()
+        solved_at = self.date(fields.solved_at)
+        if solved_at is None and status.is_terminal:
+            solved_at = self.date(fields.closed_at)
+        instance_url = str(self.related.get("instance_url", "")).rstrip("/")
+        table = str(self.related.get("table", "incident"))
+        tier_value = self.text(self.spec.tier.field)
+        updated = self.date(fields.updated_at, required=True)
+        assert updated is not None
+        return Ticket(
+            platform=PLATFORM,
+            instance=instance,
+            id=sys_id,
+            key=self.text(fields.key) or sys_id,
+            url=f"{instance_url}/{table}.do?sys_id={sys_id}",
+            subject=self.text(fields.subject),
+            description=self.text(fields.description),
+            status=status,
+            priority=self.priority(),
+            created_at=self.date(fields.created_at, required=True) or updated,
+            updated_at=updated,
+            first_public_reply_at=self.date(fields.first_public_reply_at),
+            last_public_reply_at=self.date(fields.last_public_reply_at),
+            last_agent_action_at=self.date(fields.last_agent_action_at),
+            solved_at=solved_at,
+            requester=self.text(fields.requester) or None,
+            organization=self.text(fields.organization) or None,
+            segment=self.segment(),
+            tags=tags,
+            assignee_group=self.text(fields.assignee_group) or None,
+            tier=self.mapping._tier_by_value.get(tier_value),
+            flags=self.flags(tags),
+            platform_slas=self.platform_slas(),
+            revision=make_revision(self.text(fields.updated_at), self.text(fields.mod_count)),
+        )
+
+    def status(self) -> Status:
+        field = self.spec.fields.status
+        code = self.text(field)
+        status = self.spec.status.values.get(code)
+        if status is None:
+            raise self.fail(field, f"unknown state code {code!r}; add it to [status.values] in the mapping")
+        return status
+
+    def priority(self) -> Priority:
+        field = self.spec.fields.priority
+        code = self.text(field)
+        if not code and self.spec.priority.empty is not None:
+            return self.spec.priority.empty
+        priority = self.spec.priority.values.get(code)
+        if priority is None:
+            raise self.fail(field, f"unknown priority code {code!r}; add it to [priority.values] in the mapping")
+        return priority
+
+    def segment(self) -> str | None:
+        segment = self.spec.segment
+        if not segment.field:
+            return segment.default or None
+        value = self.text(segment.field)
+        if segment.values:
+            return segment.values.get(value, segment.default) or None
+        return value or segment.default or None
+
+    def flags(self, tags: frozenset[str]) -> Flags:
+        values: dict[str, Any] = {}
+        spec = self.spec.flags
+        for name in FlagsMap.model_fields:
+            flag = getattr(spec, name)
+            if isinstance(flag, BoolFlag):
+                values[name] = flag.tag in tags if flag.tag else self.text(flag.field) in flag.true_values
+            elif isinstance(flag, NumberFlag):
+                number = self.number(flag.field)
+                values[name] = number if name == "revenue_at_risk" else int(number)
+        return replace(Flags(), **values)
+
+    def platform_slas(self) -> tuple[PlatformSla, ...]:
+        rows = self.related.get("task_sla") or []
+        config = self.spec.platform_sla
+        result: list[PlatformSla] = []
+        for row in rows:
+            stage = text_value(row.get("stage"))
+            if stage in config.skip_stages:
+                continue
+            name = text_value(row.get("sla.name")) or text_value(row.get("sla")) or "task_sla"
+            result.append(
+                PlatformSla(
+                    name=name,
+                    breached=text_value(row.get("has_breached")) == "true",
+                    paused=stage == "paused",
+                    remaining=self._duration(text_value(row.get(config.remaining))),
+                    due_at=self._sla_date(text_value(row.get("planned_end_time"))),
+                    completed=stage == "completed",
+                )
+            )
+        return tuple(result)
+
+    def _sla_date(self, value: str) -> datetime | None:
+        if not value:
+            return None
+        try:
+            return parse_datetime(value)
+        except ValueError:
+            raise self.fail("task_sla.planned_end_time", f"not a date: {value!r}") from None
+
+    def _duration(self, value: str) -> timedelta | None:
+        """Raw durations are datetimes after the epoch ("1970-01-01 02:17:00" is 2 h 17 min)."""
+        if not value:
+            return None
+        try:
+            return parse_datetime(value) - datetime(1970, 1, 1, tzinfo=UTC)
+        except ValueError:
+            raise self.fail("task_sla.time_left", f"not a duration: {value!r}") from None
+
+
+def load(path: Path) -> ServiceNowMapping:
+    """Load and validate a ServiceNow mapping; MappingError names file, line, key and reason."""
+    try:
+        data, text = load_toml(path)
+        spec = validate(ServiceNowMappingFile, data, path, text)
+    except MappingError:
+        raise
+    except ConfigFileError as error:
+        raise MappingError(error.path, error.reason, key=error.key, line=error.line) from None
+    return ServiceNowMapping(spec, str(path))

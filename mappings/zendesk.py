@@ -1,0 +1,558 @@
+"""Zendesk mapping: the schema of `mappings/zendesk.toml` and the normalizer it drives.
+
+Owns every fact about how a Zendesk ticket (as the incremental ticket export or `GET /api/v2/tickets/{id}`
+returns it) becomes an `engine.model.Ticket`, and which ticket fields put a ticket at a tier.
+
+Input (a `RawRecord` built by connectors/zendesk.py):
+- `data`: the ticket object exactly as Zendesk sends it. `priority` is urgent/high/normal/low or null;
+  `status` is new/open/pending/hold/solved/closed, or `deleted` in the incremental export (a tombstone);
+  timestamps are ISO 8601 UTC strings such as `2023-09-18T15:57:42Z`; `custom_fields` is a list of
+  `{"id": <int>, "value": <str|bool|number|list|null>}`; dropdown (tagger) field values are option tags.
+- `related["organization"]`: the sideloaded organization (`include=organizations`), with `organization_fields`.
+- `related["metric_set"]`: the sideloaded ticket metric set (`include=metric_sets`), see below.
+
+Times from the metric set (Ticket Metrics JSON format,
+https://developer.zendesk.com/api-reference/ticketing/tickets/ticket_metrics/; sideloading it on the
+incremental export with `include=metric_sets` is documented in
+https://developer.zendesk.com/api-reference/ticketing/ticket-management/incremental_exports/ and
+https://developer.zendesk.com/documentation/ticketing/using-the-zendesk-api/side_loading/):
+- first_public_reply_at = created_at + `reply_time_in_seconds.calendar` (or `reply_time_in_minutes.calendar`
+  when the seconds form is absent): Zendesk's "time to first reply" is measured to the first public agent
+  comment. None while it is null (no reply yet).
+- last_public_reply_at: the metric set has no "last public agent reply" time (`latest_comment_added_at`
+  counts private notes and customer comments too). We only know it when `replies == 1` (then it is the first
+  reply); otherwise it stays None and the engine must not rely on it for Zendesk.
+- last_agent_action_at = `assignee_updated_at` ("when the assignee last updated the ticket").
+- status_history = one entry, the current status since `status_updated_at`: enough for the engine to know
+  since when a pending or on-hold ticket has been paused.
+- solved_at = `solved_at`; flags.reopen_count = `reopens` unless the mapping names another source.
+- tier_entered_at: Zendesk does not say when a ticket entered its current group or field value. With group
+  tiers and `group_stations <= 1` the ticket has been in its group since it was created, so created_at is
+  exact. Otherwise we use the metric set's `assigned_at` (the last assignment, which a group move brings with
+  it), and None when that is missing. Never updated_at: it moves with every edit (our own write included), so
+  tier clocks would restart on each update and breach tags would flap. The state store's record of the tier
+  entries we made ourselves (EscalationHistory.tier_entries) is exact and the engine prefers it.
+
+revision = the ticket's `updated_at` string, byte for byte: it is what `updated_stamp` must carry for a
+safe update (https://developer.zendesk.com/documentation/ticketing/managing-tickets/creating-and-updating-tickets/
+"Protecting against ticket update collisions").
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
+
+from connectors.base import RawRecord
+from engine.configfile import ConfigFileError, load_toml, locate, validate
+from engine.model import Flags, Priority, Status, StatusChange, TagScheme, Ticket, Tier
+from mappings import MappingError, NormalizeError
+
+PLATFORM = "zendesk"
+ZENDESK_PRIORITIES = ("urgent", "high", "normal", "low")
+STATUSES: dict[str, Status] = {
+    "new": Status.NEW,
+    "open": Status.OPEN,
+    "pending": Status.PENDING,
+    "hold": Status.ON_HOLD,
+    "solved": Status.SOLVED,
+    "closed": Status.CLOSED,
+    "deleted": Status.DELETED,
+}
+_TAG = re.compile(r"^[^\s,]+$")
+_TRUE_TEXT = frozenset({"true", "yes", "y", "1", "on"})
+_FALSE_TEXT = frozenset({"", "false", "no", "n", "0", "off", "none", "null"})
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_tag(value: str) -> str:
+    if not _TAG.match(value):
+        raise ValueError(f"{value!r} is not a Zendesk tag (no spaces or commas)")
+    return value.lower()
+
+
+class PriorityMap(_Strict):
+    """Zendesk priority -> P1..P4; `default` is used when the ticket's priority is null (often the case).
+
+    Accounts that triage with a severity dropdown instead name it in `field_id` with its option tags in
+    `field_values`: when the field has a value it wins, an option not listed quarantines the ticket, and an
+    empty field falls back to the native priority."""
+
+    default: Priority = Priority.P3
+    values: dict[str, Priority] = Field(min_length=1)
+    field_id: PositiveInt | None = None
+    field_values: dict[str, Priority] = {}
+
+    @field_validator("values")
+    @classmethod
+    def _known_priorities(cls, value: dict[str, Priority]) -> dict[str, Priority]:
+        for key in value:
+            if key not in ZENDESK_PRIORITIES:
+                raise ValueError(f"{key!r} is not a Zendesk priority ({', '.join(ZENDESK_PRIORITIES)})")
+        return value
+
+
+class TierMap(_Strict):
+    """Where the tier lives: the ticket's group (`mode = "group"`) or a dropdown custom field."""
+
+    mode: Literal["group", "custom_field"] = "group"
+    groups: dict[Tier, PositiveInt] = {}
+    field_id: PositiveInt | None = None
+    options: dict[Tier, str] = {}
+
+    @field_validator("options")
+    @classmethod
+    def _option_tags(cls, value: dict[Tier, str]) -> dict[Tier, str]:
+        return {tier: _check_tag(tag) for tier, tag in value.items()}
+
+
+class SegmentMap(_Strict):
+    """Segment: the organization field `org_field` first, then the first matching tag, then `default`."""
+
+    org_field: str | None = None
+    values: dict[str, str] = {}
+    """Optional translation of the organization field's value (case-insensitive) to the segment name."""
+    tags: dict[str, str] = {}
+    """Tag -> segment, for accounts that tag tickets by customer segment."""
+    default: str | None = None
+
+    @field_validator("tags")
+    @classmethod
+    def _tag_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        return {_check_tag(tag): segment for tag, segment in value.items()}
+
+
+class FlagRule(_Strict):
+    """A boolean flag is true when the ticket has one of `tags`, the custom field `custom_field` is set
+    (checkbox true, or one of `values` for a dropdown/text field), or the organization field `org_field` is."""
+
+    tags: list[str] = []
+    custom_field: PositiveInt | None = None
+    org_field: str | None = None
+    values: list[str] = []
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: list[str]) -> list[str]:
+        return [_check_tag(tag) for tag in value]
+
+
+class NumberRule(_Strict):
+    """A numeric fact from a numeric/decimal custom field or an organization field."""
+
+    custom_field: PositiveInt | None = None
+    org_field: str | None = None
+
+
+class FlagsMap(_Strict):
+    churn_threat: FlagRule | None = None
+    public_complaint: FlagRule | None = None
+    security_legal: FlagRule | None = None
+    engineering_required: FlagRule | None = None
+    vendor_dependency: FlagRule | None = None
+    customer_requested: FlagRule | None = None
+    revenue_at_risk: NumberRule | None = None
+    affected_customers: NumberRule | None = None
+    linked_incidents: NumberRule | None = None
+    reopen_count: NumberRule | None = None
+
+
+class TagsMap(_Strict):
+    """Tag names the engine's signals become (see engine.model.TagScheme)."""
+
+    breached: str = TagScheme.breached
+    at_risk: str = TagScheme.at_risk
+    management: str = TagScheme.management
+    update_due: str = TagScheme.update_due
+
+
+class ZendeskMappingFile(_Strict):
+    priority: PriorityMap
+    tier: TierMap
+    segment: SegmentMap = SegmentMap()
+    flags: FlagsMap = FlagsMap()
+    tags: TagsMap = TagsMap()
+
+
+def parse_time(value: Any) -> datetime:
+    """Zendesk timestamps are ISO 8601 in UTC (`2023-09-18T15:57:42Z`); any offset is honoured."""
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"expected an ISO 8601 timestamp, got {value!r}")
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        raise ValueError(f"timestamp {value!r} has no time zone")
+    return parsed.astimezone(UTC)
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value is None:
+        return False
+    if isinstance(value, (int, float)):
+        return value != 0
+    if isinstance(value, list):
+        return bool(value)
+    text = str(value).strip().lower()
+    return text not in _FALSE_TEXT
+
+
+class ZendeskMapping:
+    """Implements mappings.PlatformMapping for Zendesk; built by `load`, immutable afterwards."""
+
+    platform = PLATFORM
+
+    def __init__(self, config: ZendeskMappingFile, path: str) -> None:
+        self.config = config
+        self.path = path
+        self.tags = TagScheme(
+            breached=config.tags.breached,
+            at_risk=config.tags.at_risk,
+            management=config.tags.management,
+            update_due=config.tags.update_due,
+        )
+        self._group_tiers = {group: tier for tier, group in config.tier.groups.items()}
+        self._option_tiers = {option: tier for tier, option in config.tier.options.items()}
+
+    # -- what the connector asks ------------------------------------------------------------------------------
+
+    @property
+    def sideloads(self) -> tuple[str, ...]:
+        """`include=` values the incremental export needs for this mapping."""
+        return ("metric_sets", "organizations")
+
+    @property
+    def tier_tags(self) -> frozenset[str]:
+        """Tags Zendesk itself adds for the tier dropdown's options: they follow the field, not our tag diff."""
+        return frozenset(self.config.tier.options.values()) if self.config.tier.mode == "custom_field" else frozenset()
+
+    def tier_fields(self, tier: Tier) -> dict[str, Any]:
+        config = self.config.tier
+        if config.mode == "group":
+            return {"group_id": config.groups[tier]}
+        return {"custom_fields": [{"id": config.field_id, "value": config.options[tier]}]}
+
+    # -- normalize --------------------------------------------------------------------------------------------
+
+    def normalize(self, record: RawRecord, instance: str) -> Ticket:
+        data = record.data
+        rid = str(data.get("id", record.id))
+        if not isinstance(data.get("id"), int) or isinstance(data.get("id"), bool):
+            raise NormalizeError(rid, "id", f"missing or not an integer: {data.get('id')!r}")
+        status = self._status(rid, data.get("status"))
+        created_at = self._time(rid, data, "created_at", required=True)
+        updated_at = self._time(rid, data, "updated_at", required=True)
+        assert created_at is not None and updated_at is not None
+        organization = record.related.get("organization") or None
+        metrics = record.related.get("metric_set") or None
+        if metrics is not None and not isinstance(metrics, Mapping):
+            raise NormalizeError(rid, "metric_set", "sideloaded metric set is not an object")
+        if organization is not None and not isinstance(organization, Mapping):
+            raise NormalizeError(rid, "organization", "sideloaded organization is not an object")
+        tags = self._tags(rid, data.get("tags"))
+        fields = self._custom_fields(rid, data.get("custom_fields"))
+        org_fields = (organization or {}).get("organization_fields") or {}
+        tier = self._tier(data, fields)
+        first_reply, last_reply, last_agent, solved_at, reopens = self._metric_times(rid, metrics, created_at)
+        return Ticket(
+            platform=PLATFORM,
+            instance=instance,
+            id=rid,
+            key=rid,
+            url=self._agent_url(data.get("url"), rid),
+            subject=str(data.get("subject") or data.get("raw_subject") or ""),
+            status=status,
+            priority=self._priority(rid, data.get("priority"), fields),
+            created_at=created_at,
+            updated_at=updated_at,
+            description=str(data.get("description") or ""),
+            first_public_reply_at=first_reply,
+            last_public_reply_at=last_reply,
+            last_agent_action_at=last_agent,
+            solved_at=solved_at,
+            requester=_id_text(data.get("requester_id")),
+            organization=self._organization(data, organization),
+            segment=self._segment(tags, org_fields),
+            tags=tags,
+            assignee_group=_id_text(data.get("group_id")),
+            tier=tier,
+            tier_entered_at=self._tier_entered_at(rid, tier, metrics, created_at),
+            status_history=self._current_status_since(rid, status, metrics),
+            flags=self._flags(rid, tags, fields, org_fields, reopens),
+            revision=str(data["updated_at"]),
+        )
+
+    def _status(self, rid: str, value: Any) -> Status:
+        if value is None:
+            raise NormalizeError(rid, "status", "missing")
+        try:
+            return STATUSES[str(value)]
+        except KeyError:
+            raise NormalizeError(rid, "status", f"unknown status {value!r}") from None
+
+    def _priority(self, rid: str, value: Any, fields: Mapping[int, Any]) -> Priority:
+        config = self.config.priority
+        if config.field_id is not None and fields.get(config.field_id) not in (None, ""):
+            option = str(fields[config.field_id])
+            if option not in config.field_values:
+                known = ", ".join(config.field_values)
+                raise NormalizeError(rid, "priority", f"unknown severity option {option!r} (mapped: {known})")
+            return config.field_values[option]
+        if value is None:
+            return self.config.priority.default
+        try:
+            return self.config.priority.values[str(value)]
+        except KeyError:
+            known = ", ".join(self.config.priority.values)
+            raise NormalizeError(rid, "priority", f"unknown priority {value!r} (mapped: {known})") from None
+
+    def _time(self, rid: str, data: Mapping[str, Any], key: str, *, required: bool = False) -> datetime | None:
+        value = data.get(key)
+        if value is None:
+            if required:
+                raise NormalizeError(rid, key, "missing")
+            return None
+        try:
+            return parse_time(value)
+        except ValueError as error:
+            raise NormalizeError(rid, key, str(error)) from None
+
+    @staticmethod
+    def _tags(rid: str, value: Any) -> frozenset[str]:
+        if value is None:
+            return frozenset()
+        if not isinstance(value, list) or not all(isinstance(tag, str) for tag in value):
+            raise NormalizeError(rid, "tags", "not a list of strings")
+        return frozenset(value)
+
+    @staticmethod
+    def _custom_fields(rid: str, value: Any) -> dict[int, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, list):
+            raise NormalizeError(rid, "custom_fields", "not a list")
+        fields: dict[int, Any] = {}
+        for entry in value:
+            if not isinstance(entry, Mapping) or "id" not in entry:
+                raise NormalizeError(rid, "custom_fields", f"entry without an id: {entry!r}")
+            fields[int(entry["id"])] = entry.get("value")
+        return fields
+
+    def _tier(self, data: Mapping[str, Any], fields: Mapping[int, Any]) -> Tier | None:
+        config = self.config.tier
+        if config.mode == "group":
+            group = data.get("group_id")
+            return self._group_tiers.get(group) if isinstance(group, int) else None
+        value = fields.get(config.field_id or 0)
+        return self._option_tiers.get(str(value).lower()) if value is not None else None
+
+    def _current_status_since(
+        self, rid: str, status: Status, metrics: Mapping[str, Any] | None
+    ) -> tuple[StatusChange, ...]:
+        """The metric set's `status_updated_at` dates the current status, so a pending ticket's pause starts
+        when it became pending, not at its last edit (which our own write moves)."""
+        since = self._time(rid, metrics, "status_updated_at") if metrics is not None else None
+        return (StatusChange(since, status),) if since is not None else ()
+
+    def _tier_entered_at(
+        self, rid: str, tier: Tier | None, metrics: Mapping[str, Any] | None, created_at: datetime
+    ) -> datetime | None:
+        if tier is None or metrics is None:
+            return None
+        stations = metrics.get("group_stations")
+        if self.config.tier.mode == "group" and isinstance(stations, int) and stations <= 1:
+            return created_at
+        assigned = self._time(rid, metrics, "assigned_at")
+        return assigned if assigned is not None and assigned >= created_at else None
+
+    def _metric_times(
+        self, rid: str, metrics: Mapping[str, Any] | None, created_at: datetime
+    ) -> tuple[datetime | None, datetime | None, datetime | None, datetime | None, int | None]:
+        if metrics is None:
+            return None, None, None, None, None
+        first_reply = None
+        seconds = (metrics.get("reply_time_in_seconds") or {}).get("calendar")
+        minutes = (metrics.get("reply_time_in_minutes") or {}).get("calendar")
+        if isinstance(seconds, (int, float)):
+            first_reply = created_at + timedelta(seconds=seconds)
+        elif isinstance(minutes, (int, float)):
+            first_reply = created_at + timedelta(minutes=minutes)
+        replies = metrics.get("replies")
+        last_reply = first_reply if replies == 1 else None
+        last_agent = self._time(rid, metrics, "assignee_updated_at")
+        solved_at = self._time(rid, metrics, "solved_at")
+        reopens = metrics.get("reopens")
+        return first_reply, last_reply, last_agent, solved_at, reopens if isinstance(reopens, int) else None
+
+    @staticmethod
+    def _agent_url(api_url: Any, rid: str) -> str:
+        """The agent-facing link: `https://x.zendesk.com/api/v2/tickets/7.json` -> `.../agent/tickets/7`."""
+        if isinstance(api_url, str) and "/api/v2/" in api_url:
+            return api_url.split("/api/v2/", 1)[0] + f"/agent/tickets/{rid}"
+        return ""
+
+    @staticmethod
+    def _organization(data: Mapping[str, Any], organization: Mapping[str, Any] | None) -> str | None:
+        if organization and organization.get("name"):
+            return str(organization["name"])
+        return _id_text(data.get("organization_id"))
+
+    def _segment(self, tags: frozenset[str], org_fields: Mapping[str, Any]) -> str | None:
+        config = self.config.segment
+        if config.org_field:
+            value = org_fields.get(config.org_field)
+            if value not in (None, ""):
+                text = str(value)
+                translated = {key.lower(): segment for key, segment in config.values.items()}
+                return translated.get(text.lower(), text)
+        for tag, segment in config.tags.items():
+            if tag in tags:
+                return segment
+        return config.default
+
+    def _flags(
+        self,
+        rid: str,
+        tags: frozenset[str],
+        fields: Mapping[int, Any],
+        org_fields: Mapping[str, Any],
+        reopens: int | None,
+    ) -> Flags:
+        config = self.config.flags
+        values: dict[str, Any] = {}
+        for name in (
+            "churn_threat",
+            "public_complaint",
+            "security_legal",
+            "engineering_required",
+            "vendor_dependency",
+            "customer_requested",
+        ):
+            rule: FlagRule | None = getattr(config, name)
+            if rule is not None:
+                values[name] = self._flag(rule, tags, fields, org_fields)
+        for name, kind in (
+            ("revenue_at_risk", float),
+            ("affected_customers", int),
+            ("linked_incidents", int),
+            ("reopen_count", int),
+        ):
+            number: NumberRule | None = getattr(config, name)
+            raw = None
+            if number is not None:
+                if number.custom_field is not None:
+                    raw = fields.get(number.custom_field)
+                if raw in (None, "") and number.org_field is not None:
+                    raw = org_fields.get(number.org_field)
+            elif name == "reopen_count":
+                raw = reopens
+            if raw in (None, ""):
+                continue
+            try:
+                values[name] = kind(float(raw)) if kind is int else float(raw)
+            except (TypeError, ValueError):
+                raise NormalizeError(rid, f"flags.{name}", f"not a number: {raw!r}") from None
+        return Flags(**values)
+
+    @staticmethod
+    def _flag(rule: FlagRule, tags: frozenset[str], fields: Mapping[int, Any], org_fields: Mapping[str, Any]) -> bool:
+        if any(tag in tags for tag in rule.tags):
+            return True
+        wanted = {value.lower() for value in rule.values}
+        candidates = []
+        if rule.custom_field is not None:
+            candidates.append(fields.get(rule.custom_field))
+        if rule.org_field is not None:
+            candidates.append(org_fields.get(rule.org_field))
+        for value in candidates:
+            if wanted:
+                items = value if isinstance(value, list) else [value]
+                if any(str(item).lower() in wanted for item in items if item is not None):
+                    return True
+            elif _truthy(value):
+                return True
+        return False
+
+
+def _id_text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+# -- loading ------------------------------------------------------------------------------------------------
+
+
+def _fail(path: Path, text: str, loc: tuple[str | int, ...], reason: str) -> MappingError:
+    return MappingError(path, reason, key=".".join(str(part) for part in loc), line=locate(text, loc))
+
+
+def _cross_check(config: ZendeskMappingFile, path: Path, text: str) -> None:
+    """Consistency pydantic cannot see field by field: every tier mapped once, and to distinct targets."""
+    tier = config.tier
+    if tier.mode == "group":
+        if tier.options or tier.field_id is not None:
+            raise _fail(path, text, ("tier", "mode"), 'mode = "group" but field_id/options are set')
+        targets: Mapping[Tier, Any] = tier.groups
+        section = "groups"
+    else:
+        if tier.field_id is None:
+            raise _fail(path, text, ("tier", "field_id"), 'mode = "custom_field" needs field_id')
+        if tier.groups:
+            raise _fail(path, text, ("tier", "groups"), 'mode = "custom_field" but groups are set')
+        targets = tier.options
+        section = "options"
+    for level in Tier:
+        if level not in targets:
+            raise _fail(path, text, ("tier", section, level.value), f"no {section[:-1]} for tier {level.value}")
+    seen: dict[Any, Tier] = {}
+    for level, target in targets.items():
+        if target in seen:
+            reason = f"tiers {seen[target].value} and {level.value} both map to {target!r}"
+            raise _fail(path, text, ("tier", section, level.value), reason)
+        seen[target] = level
+    patterns = config.tags
+    for name in ("breached", "at_risk", "management", "update_due"):
+        pattern: str = getattr(patterns, name)
+        needs_clock = name in ("breached", "at_risk")
+        if needs_clock and "{clock}" not in pattern:
+            raise _fail(path, text, ("tags", name), f"{pattern!r} must contain {{clock}}")
+        if not _TAG.match(pattern.replace("{clock}", "x")) or re.search(r"\{(?!clock\})", pattern):
+            raise _fail(path, text, ("tags", name), f"{pattern!r} is not a valid tag pattern")
+    rendered = [getattr(patterns, name) for name in ("breached", "at_risk", "management", "update_due")]
+    if len(set(rendered)) != len(rendered):
+        raise _fail(path, text, ("tags",), "two signals use the same tag pattern")
+    for name in FlagsMap.model_fields:
+        rule = getattr(config.flags, name)
+        if isinstance(rule, FlagRule) and not (rule.tags or rule.custom_field or rule.org_field):
+            raise _fail(path, text, ("flags", name), "a flag needs tags, custom_field or org_field")
+        if isinstance(rule, FlagRule) and rule.values and not (rule.custom_field or rule.org_field):
+            raise _fail(path, text, ("flags", name, "values"), "values given without custom_field or org_field")
+        if isinstance(rule, NumberRule) and not (rule.custom_field or rule.org_field):
+            raise _fail(path, text, ("flags", name), "a number needs custom_field or org_field")
+    if (config.priority.field_id is None) != (not config.priority.field_values):
+        raise _fail(path, text, ("priority", "field_id"), "field_id and field_values go together")
+    if config.segment.values and not config.segment.org_field:
+        raise _fail(path, text, ("segment", "values"), "values given without org_field")
+
+
+def load(path: Path) -> ZendeskMapping:
+    """Load and validate a Zendesk mapping file; raise MappingError naming file, line, key and reason."""
+    path = Path(path)
+    try:
+        data, text = load_toml(path)
+        config = validate(ZendeskMappingFile, data, path, text)
+    except MappingError:
+        raise
+    except ConfigFileError as error:
+        # pydantic names a bad dict key "<key>.[key]"; the admin only needs the key.
+        key = error.key.removesuffix(".[key]")
+        raise MappingError(error.path, error.reason, key=key, line=error.line) from None
+    _cross_check(config, path, text)
+    return ZendeskMapping(config, str(path))

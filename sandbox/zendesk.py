@@ -1,0 +1,1603 @@
+"""Zendesk Support sandbox: the tickets, comments, organizations and users the daemon reads and writes.
+
+Written from Zendesk's API documentation, sharing no code with `connectors/zendesk.py`, so it cannot share
+the client's misunderstandings. What it follows (developer.zendesk.com):
+- Incremental Exports, "Incremental Ticket Export, Cursor Based" and "Using the Incremental Exports API":
+  `GET /api/v2/incremental/tickets/cursor.json?start_time=<epoch>|cursor=<opaque>`, `per_page` up to 1000,
+  `{tickets, after_url, after_cursor, before_url, before_cursor, end_of_stream}`; tickets ordered by
+  `generated_timestamp`; deleted tickets included with `status: "deleted"` unless `exclude_deleted=true`;
+  changes made in the minute before the request are left out (announced Oct 2024), and a `start_time` that
+  recent is refused with 422 `InvalidValue` "Too recent start_time" (the 422 and body are what clients in the
+  wild handle; the documented floor moved from five minutes to one).
+- Tickets: show, update with `additional_tags`/`remove_tags` (adding tags without overwriting), `comment`
+  `{body, public, author_id}`, `safe_update` + `updated_stamp` -> 409 `UpdateConflict`; a closed ticket
+  refuses updates with 422 `RecordInvalid` "Status: closed prevents ticket update"; unknown id -> 404
+  `{"error": "RecordNotFound", "description": "Not found"}`; a missing or bad login -> 401
+  `{"error": "Couldn't authenticate you"}`. The update answers `{ticket, audit}`.
+- Ticket Comments: cursor pagination (`page[size]` <= 100, `page[after]`, `page[before]`, `meta.has_more`,
+  `meta.after_cursor`, `links.next`) and the older offset pagination (`next_page`, `count`); `sort_order`.
+- Ticket Metrics (`metric_sets` sideload): minutes as `{calendar, business}`, null until reached.
+- Request format: `X-Rate-Limit` / `X-Rate-Limit-Remaining` on every response; 429 with `Retry-After`.
+Inferred, not documented (kept plausible and marked here): the wording of 422 parameter errors, the 400 for a
+too-large `page[size]`, the cursor encodings (opaque by contract), and the 429 body (text/html, as observed).
+
+The account it models: groups 360000000101..104 are the tiers L1 Support, L2 Specialists, L3 Engineering and
+L4 Vendor; escalation facts are ticket tags (`SIGNAL_TAGS`); the customer segment is the organization's
+`organization_fields.segment`; revenue at risk and affected customers are custom fields. Its activity is
+pseudo-random from `seed`, so a seed and a sequence of calls always produce the same account.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import copy
+import html
+import math
+import random
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, time, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+from sandbox.base import Fault, Request, Response, SandboxApp, SimClock
+
+SUBDOMAIN = "acme"
+
+GROUP_L1 = 360000000101
+GROUP_L2 = 360000000102
+GROUP_L3 = 360000000103
+GROUP_L4 = 360000000104
+GROUPS: dict[int, str] = {
+    GROUP_L1: "L1 Support",
+    GROUP_L2: "L2 Specialists",
+    GROUP_L3: "L3 Engineering",
+    GROUP_L4: "L4 Vendor",
+}
+
+TAG_CHURN = "churn_risk"
+TAG_ENGINEERING = "engineering_required"
+TAG_VENDOR = "vendor_dependency"
+TAG_CUSTOMER_ESCALATION = "customer_requested_escalation"
+TAG_SECURITY = "security_concern"
+TAG_PUBLIC_COMPLAINT = "public_complaint"
+SIGNAL_TAGS = (TAG_CHURN, TAG_ENGINEERING, TAG_VENDOR, TAG_CUSTOMER_ESCALATION, TAG_SECURITY, TAG_PUBLIC_COMPLAINT)
+
+FIELD_REVENUE_AT_RISK = 360020000001
+"""Decimal field; Zendesk returns custom field values as strings ("48000.00"), null when empty."""
+FIELD_AFFECTED_CUSTOMERS = 360020000002
+"""Integer field, value a string ("12")."""
+FIELD_PRODUCT_AREA = 360020000003
+"""Drop-down; its value is also a ticket tag, as Zendesk does for drop-down fields."""
+FIELD_SEVERITY = 360020000004
+"""Drop-down: sev_1..sev_4. Two seeded tickets carry UNMAPPED_SEVERITY, a retired option, for quarantine demos."""
+CUSTOM_FIELD_IDS = (FIELD_REVENUE_AT_RISK, FIELD_AFFECTED_CUSTOMERS, FIELD_PRODUCT_AREA, FIELD_SEVERITY)
+DROPDOWN_FIELDS = frozenset({FIELD_PRODUCT_AREA, FIELD_SEVERITY})
+SEVERITY_VALUES = ("sev_1", "sev_2", "sev_3", "sev_4")
+UNMAPPED_SEVERITY = "sev_legacy_0"
+
+API_USER_ID = 361000000001
+"""The agent the API credentials belong to: author of comments posted through the API without author_id."""
+_SYSTEM_USER_ID = -1
+"""Zendesk attributes automation and trigger updates to user -1."""
+
+STATUSES = ("new", "open", "pending", "hold", "solved", "closed")
+PRIORITIES = ("urgent", "high", "normal", "low")
+TYPES = ("question", "incident", "problem", "task")
+
+RATE_LIMIT = 700
+EXPORT_MAX_PER_PAGE = 1000
+COMMENTS_MAX_PAGE_SIZE = 100
+EXPORT_LAG = 60
+"""Seconds: the incremental export leaves out the minute before the request and refuses a start_time in it."""
+AUTO_CLOSE_AFTER = timedelta(days=4)
+"""Zendesk's default automation closes solved tickets after four days."""
+SCHEDULE_HOURS = (9, 17)
+"""The account's business schedule for metric `business` minutes: Monday-Friday 09:00-17:00 UTC."""
+
+_FORM_ID = 360030000001
+_BRAND_ID = 360040000001
+_CUSTOM_STATUS_IDS = {
+    "new": 360050000001,
+    "open": 360050000002,
+    "pending": 360050000003,
+    "hold": 360050000004,
+    "solved": 360050000005,
+    "closed": 360050000005,
+}
+_MAX_KEY = 2**62
+
+ERROR_UNAUTHENTICATED = {"error": "Couldn't authenticate you"}
+ERROR_NOT_FOUND = {"error": "RecordNotFound", "description": "Not found"}
+ERROR_CONFLICT = {
+    "error": "UpdateConflict",
+    "description": "Safe Update prevented the update due to outdated ticket data. "
+    "Please fetch the latest ticket data and try again.",
+}
+ERROR_CLOSED = {
+    "error": "RecordInvalid",
+    "description": "Record validation errors",
+    "details": {"status": [{"description": "Status: closed prevents ticket update"}]},
+}
+
+
+# --------------------------------------------------------------------------------------------- the account
+
+
+@dataclass(frozen=True)
+class _Org:
+    id: int
+    name: str
+    domain: str
+    segment: str
+    weight: int
+
+
+_ORGS = (
+    _Org(362000000011, "Northwind Logistics", "northwind-logistics.example", "enterprise", 6),
+    _Org(362000000012, "Globex Retail Group", "globex-retail.example", "enterprise", 5),
+    _Org(362000000013, "Umbrella Health Partners", "umbrella-health.example", "enterprise", 4),
+    _Org(362000000014, "Initech Payroll", "initech-payroll.example", "mid_market", 4),
+    _Org(362000000015, "Hooli Analytics", "hooli-analytics.example", "mid_market", 3),
+    _Org(362000000016, "Stark Fabrication", "stark-fab.example", "mid_market", 3),
+    _Org(362000000017, "Pied Piper Storage", "piedpiper-storage.example", "smb", 2),
+    _Org(362000000018, "Vandelay Imports", "vandelay-imports.example", "smb", 2),
+)
+
+_AGENTS = (
+    (GROUP_L1, "Maya Lindqvist"),
+    (GROUP_L1, "Tomás Okafor"),
+    (GROUP_L1, "Priya Raman"),
+    (GROUP_L1, "Jonas Weber"),
+    (GROUP_L2, "Chloé Martin"),
+    (GROUP_L2, "Daniel Park"),
+    (GROUP_L2, "Amara Nwosu"),
+    (GROUP_L3, "Felix Brandt"),
+    (GROUP_L3, "Sofia Costa"),
+    (GROUP_L4, "Hiroshi Tanaka"),
+)
+
+_FIRST = (
+    "Alex",
+    "Jordan",
+    "Sam",
+    "Taylor",
+    "Morgan",
+    "Casey",
+    "Riley",
+    "Jamie",
+    "Avery",
+    "Quinn",
+    "Robin",
+    "Drew",
+    "Elena",
+    "Marcus",
+    "Aisha",
+    "Lena",
+    "Victor",
+    "Nadia",
+    "Oskar",
+    "Ines",
+)
+_LAST = (
+    "Fischer",
+    "Nguyen",
+    "Garcia",
+    "Kowalski",
+    "Haddad",
+    "Johansson",
+    "Moreau",
+    "Silva",
+    "Murphy",
+    "Rossi",
+    "Schmidt",
+    "Kim",
+    "Dubois",
+    "Novak",
+    "Andersen",
+    "Costa",
+)
+
+# (product area, ticket type, subject, description)
+_PROBLEMS = (
+    (
+        "area_sso_login",
+        "incident",
+        "SSO login fails with 'Invalid SAML response' after IdP certificate rotation",
+        "Since we rotated the signing certificate in Okta this morning, every user gets 'Invalid SAML response: "
+        "signature validation failed' when logging in. Password login is disabled for our account, so nobody can "
+        "get in. We uploaded the new certificate under Security > SSO but it made no difference.",
+    ),
+    (
+        "area_sso_login",
+        "question",
+        "How do we enforce 2FA for contractors only?",
+        "We'd like to require two-factor authentication for our contractor accounts but not for staff who log in "
+        "through SSO. Is there a way to scope the 2FA policy to a user group?",
+    ),
+    (
+        "area_sso_login",
+        "incident",
+        "Users logged out every 10 minutes since yesterday",
+        "Since yesterday afternoon our agents are being logged out roughly every ten minutes, mid-task. Session "
+        "timeout in our settings is 8 hours. It happens in Chrome and Edge, on office and home networks.",
+    ),
+    (
+        "area_billing",
+        "question",
+        "Invoice shows 140 seats but we only have 112 active users",
+        "Our November invoice (INV-2026-11-0481) charges for 140 seats. The admin console shows 112 active users "
+        "and 9 deactivated ones. Can you explain the difference and issue a corrected invoice?",
+    ),
+    (
+        "area_billing",
+        "incident",
+        "Card payment declined although the card is valid",
+        "Our renewal payment was declined twice with 'do_not_honor'. Our bank says they never saw the "
+        "authorisation request. The account now shows a past-due banner to all our users.",
+    ),
+    (
+        "area_billing",
+        "question",
+        "Change billing contact and VAT number",
+        "Please update our billing contact to finance@ our domain and add our new VAT number to future invoices. "
+        "The old contact has left the company.",
+    ),
+    (
+        "area_api",
+        "incident",
+        "API returns 502 on /v2/orders for large date ranges",
+        "Calls to GET /v2/orders with a date range over 30 days now fail with 502 Bad Gateway after about 60 "
+        "seconds. Shorter ranges work. This broke our nightly reconciliation job two nights in a row.",
+    ),
+    (
+        "area_api",
+        "problem",
+        "Webhooks delivered twice for the same event",
+        "We are receiving every order.updated webhook twice, a few seconds apart, with the same event id. Our "
+        "consumer is idempotent but the duplicates are triggering double notifications to our customers.",
+    ),
+    (
+        "area_api",
+        "question",
+        "Rate limit headers missing on bulk endpoints",
+        "The bulk import endpoint does not return the X-RateLimit headers, so our client can't pace itself and "
+        "keeps getting 429s. Is there a documented limit for bulk calls?",
+    ),
+    (
+        "area_api",
+        "incident",
+        "OAuth token refresh returns invalid_grant for all integrations",
+        "Starting around 06:40 UTC all of our OAuth integrations fail to refresh their tokens with "
+        "'invalid_grant'. Re-authorising one of them manually worked, but we have 40 of them.",
+    ),
+    (
+        "area_data_sync",
+        "incident",
+        "CRM sync stuck at 'Pending' for 3 days",
+        "The Salesforce sync has shown 'Pending' since Monday. No new contacts have come through and the last "
+        "successful run was 3 days ago. We haven't changed anything on the Salesforce side.",
+    ),
+    (
+        "area_data_sync",
+        "problem",
+        "Duplicate contacts created on every sync run",
+        "Each sync run creates a fresh copy of contacts whose email has uppercase letters. We now have over 2,000 "
+        "duplicates and our sales team is contacting the same people twice.",
+    ),
+    (
+        "area_data_sync",
+        "incident",
+        "Deleted records reappear after nightly import",
+        "Records we delete during the day are back the next morning after the nightly import. It looks like the "
+        "import ignores the deletion flag.",
+    ),
+    (
+        "area_reporting",
+        "incident",
+        "Dashboard widgets show 'Query timed out'",
+        "Since this morning most widgets on our executive dashboard show 'Query timed out'. The board meeting is "
+        "tomorrow and we need these figures.",
+    ),
+    (
+        "area_reporting",
+        "question",
+        "Scheduled report emails not arriving",
+        "Our weekly scheduled report stopped arriving two weeks ago. It's still listed as active and the "
+        "recipients haven't changed. Nothing in our spam folders either.",
+    ),
+    (
+        "area_reporting",
+        "problem",
+        "CSV export cuts off at 65,536 rows",
+        "When exporting the activity report to CSV, the file always ends at row 65,536 even though the report "
+        "shows about 90,000 rows. We need the full export for our auditors.",
+    ),
+    (
+        "area_mobile_app",
+        "incident",
+        "iOS app crashes on launch after update 7.4.0",
+        "After updating to 7.4.0, the iOS app crashes immediately on launch for about half of our field team "
+        "(iPhone 12 and 13, iOS 18). Reinstalling doesn't help. Android is fine.",
+    ),
+    (
+        "area_mobile_app",
+        "question",
+        "Offline mode not syncing photos",
+        "Technicians capture photos while offline, but when they come back online the photos never upload. The "
+        "text notes sync fine.",
+    ),
+    (
+        "area_notifications",
+        "incident",
+        "SMS notifications not delivered to UK numbers",
+        "Since yesterday none of our appointment reminders reach UK mobile numbers. The delivery log says 'sent' "
+        "but customers get nothing. US numbers are fine.",
+    ),
+    (
+        "area_notifications",
+        "question",
+        "Email notifications going to spam",
+        "Our customers report that notification emails from your platform land in spam since last week. Did "
+        "something change in the sending domain or DKIM setup?",
+    ),
+    (
+        "area_integrations",
+        "incident",
+        "Slack integration posts to the wrong channel",
+        "Alerts that should go to #ops-alerts are posted in #general since we reconnected the Slack app. The "
+        "channel mapping in the integration settings still shows #ops-alerts.",
+    ),
+    (
+        "area_integrations",
+        "question",
+        "Jira integration: map custom priority field",
+        "We'd like issues created from your app to fill our custom 'Customer Impact' field in Jira. Is field "
+        "mapping supported for custom fields, and how do we set it up?",
+    ),
+    (
+        "area_integrations",
+        "problem",
+        "Zapier trigger fires with empty payload",
+        "The 'New Invoice' Zapier trigger fires, but every field in the payload is empty. This started after "
+        "we renamed two custom fields.",
+    ),
+    (
+        "area_performance",
+        "incident",
+        "Search takes 30+ seconds for all users",
+        "Global search has become unusable: every query takes 30 to 45 seconds, or fails. It was instant last "
+        "week. Our account has about 1.2 million records.",
+    ),
+    (
+        "area_performance",
+        "incident",
+        "Page loads extremely slow in EU region",
+        "All pages take 10-15 seconds to load for our users in Frankfurt and Dublin. Colleagues in New York "
+        "report normal speed. Started around 08:00 CET.",
+    ),
+    (
+        "area_security",
+        "question",
+        "Request for SOC 2 Type II report and pen test summary",
+        "Our security team needs your latest SOC 2 Type II report and the summary of your most recent "
+        "penetration test for our annual vendor review, due at the end of the month.",
+    ),
+    (
+        "area_security",
+        "incident",
+        "Suspicious API key activity from unknown IP range",
+        "Our audit log shows API calls with one of our keys from an IP range in a country where we have no "
+        "staff. We revoked the key, but we need to know what data was accessed.",
+    ),
+    (
+        "area_permissions",
+        "question",
+        "Custom role can't see archived projects",
+        "Users with our 'Project Lead' custom role cannot open archived projects even though the role has "
+        "'View archived' enabled. Admins can see them.",
+    ),
+    (
+        "area_permissions",
+        "incident",
+        "New hires can't be invited: 'seat limit reached'",
+        "Inviting new users fails with 'seat limit reached', but we bought 25 extra seats last week and the "
+        "subscription page shows them. We have six people starting on Monday.",
+    ),
+    (
+        "area_data_import",
+        "question",
+        "Importing historical data from our old system",
+        "We're migrating from our old ticketing tool and want to import five years of history. What format "
+        "does the importer expect for attachments and timestamps?",
+    ),
+    (
+        "area_data_import",
+        "incident",
+        "Import job failed at 43% with no error message",
+        "Our bulk import of 80,000 records stopped at 43% and the job page just says 'Failed'. No error file "
+        "was produced. We tried twice with the same result.",
+    ),
+)
+
+_AGENT_REPLIES = (
+    "Thanks for the details. I've reproduced this on our side and I'm digging into the logs now. Could you "
+    "confirm the exact time (with time zone) of the last failure?",
+    "Thanks for reaching out. Could you send us a HAR file captured while the problem happens? Open the "
+    "browser developer tools, go to Network, reproduce the issue, then save all as HAR.",
+    "I've corrected a setting on your account that was causing this. Could you try again and let us know "
+    "whether the problem persists?",
+    "Could you share the request ID shown in the error banner (it starts with req_)? That lets us trace the "
+    "call end to end.",
+    "Thanks for your patience. We've confirmed this is a known issue affecting a small number of accounts, "
+    "and I'll update you as soon as the fix is deployed.",
+    "I've cleared the stuck jobs in your queue and re-triggered the run. Please check again in about 15 "
+    "minutes and let me know what you see.",
+    "As a workaround, splitting the request into smaller date ranges avoids the timeout. Could you try that "
+    "while we work on a permanent fix?",
+)
+_AGENT_FOLLOW_UPS = (
+    "Just checking in: were you able to try the steps I suggested?",
+    "Following up on my last message. Let us know if you still need help with this.",
+)
+_SOLVE_REPLIES = (
+    "Glad to hear it's working again! I'll mark this ticket as solved; just reply here if anything comes back.",
+    "The fix has been deployed to all regions. I'm solving this ticket for now; reply anytime to reopen it.",
+    "Since we haven't heard back, I'm marking this as solved. Replying to this email will reopen the ticket.",
+)
+_INTERNAL_NOTES = (
+    "Checked the account: plan limits are fine and there are no recent configuration changes in the audit log.",
+    "Customer is still on legacy v1 API keys, which would explain the auth errors. Asked them to rotate.",
+    "Reproduced on staging with the customer's file: it has a byte-order mark our parser rejects.",
+    "Looked at the job logs: three retries, all failing on the same record. Sent details to the customer.",
+)
+_ENGINEERING_NOTES = (
+    "Looks like a regression from Tuesday's release of the sync worker. Needs engineering; linked to the bug.",
+    "Stack trace points at the report renderer timing out on accounts with more than 50k rows. Needs a code fix.",
+)
+_VENDOR_NOTES = (
+    "This is on the SMS gateway's side: their status page shows degraded delivery to EU carriers. Waiting on "
+    "the vendor's case.",
+    "The payment processor rejects the whole card range. Opened a case with the processor; waiting for them.",
+)
+_CUSTOMER_NUDGES = (
+    "Any update on this? It's still happening for our team.",
+    "Following up: this is blocking our month-end close.",
+    "Is there an ETA? Several of our users are asking.",
+    "We're still seeing this today. Anything else you need from us?",
+)
+_CUSTOMER_ANSWERS = (
+    "Here's the request ID you asked for: req_{n}. It failed again at 14:05 our time.",
+    "I tried the workaround but it didn't help: same error.",
+    "I've attached the HAR file. Let me know if you need anything else.",
+    "Confirmed, we're on the latest version and the problem is still there.",
+)
+_CUSTOMER_REOPENS = (
+    "Unfortunately this started again this morning with the same error as before.",
+    "The fix didn't stick: we're seeing the problem again since yesterday.",
+)
+_SIGNAL_MESSAGES = {
+    TAG_CHURN: (
+        "Honestly, this is the third outage this quarter. If it isn't resolved this week we'll be evaluating "
+        "other vendors at renewal.",
+        "Our renewal is next month and leadership is asking whether we should keep using you. We need this fixed.",
+    ),
+    TAG_CUSTOMER_ESCALATION: (
+        "I'd like this escalated to a manager, please. We've been waiting far too long.",
+        "Please escalate this ticket. It's impacting our whole support floor.",
+    ),
+    TAG_PUBLIC_COMPLAINT: (
+        "We've posted about this on social media and in your community forum because we weren't getting answers.",
+        "Several of our own customers are now complaining publicly about this.",
+    ),
+    TAG_SECURITY: (
+        "One more thing: we noticed an admin login from an IP address we don't recognise around the same time. "
+        "Could this be a security issue?",
+    ),
+}
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _epoch(moment: datetime) -> int:
+    return math.floor(moment.timestamp())
+
+
+def _second(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(microsecond=0)
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed.astimezone(UTC) if parsed.tzinfo else None
+
+
+def _minutes(start: datetime, end: datetime) -> int:
+    return max(0, int((end - start).total_seconds() // 60))
+
+
+def business_minutes(start: datetime, end: datetime) -> int:
+    """Minutes between two moments within the account schedule (Mon-Fri, SCHEDULE_HOURS UTC)."""
+    total = 0.0
+    day = start.date()
+    while day <= end.date():
+        if day.weekday() < 5:
+            opens = datetime.combine(day, time(SCHEDULE_HOURS[0]), UTC)
+            closes = datetime.combine(day, time(SCHEDULE_HOURS[1]), UTC)
+            low, high = max(start, opens), min(end, closes)
+            if high > low:
+                total += (high - low).total_seconds()
+        day += timedelta(days=1)
+    return int(total // 60)
+
+
+def _busy(moment: datetime) -> bool:
+    """When the support floor is staffed (activity is much lower outside): weekdays 08:00-18:00 UTC."""
+    return moment.weekday() < 5 and 8 <= moment.hour < 18
+
+
+def _tag_list(value: Any) -> list[str]:
+    """Zendesk tags are lower case and contain no spaces: a string with spaces is several tags."""
+    if value is None:
+        return []
+    items = value.split() if isinstance(value, str) else [str(v) for v in value]
+    return [word.lower() for item in items for word in str(item).split() if word]
+
+
+def _truthy(value: Any) -> bool:
+    return value is True or (isinstance(value, str) and value.lower() == "true")
+
+
+def _encode_cursor(kind: str, *parts: int) -> str:
+    return base64.b64encode(f"{kind}:{':'.join(str(p) for p in parts)}".encode()).decode()
+
+
+def _decode_cursor(cursor: str, kinds: Iterable[str]) -> tuple[str, list[int]] | None:
+    try:
+        text = base64.b64decode(cursor.encode(), validate=True).decode()
+        kind, _, rest = text.partition(":")
+        parts = [int(p) for p in rest.split(":")]
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+    return (kind, parts) if kind in kinds else None
+
+
+def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(status, body, dict(headers or {}), "application/json; charset=utf-8")
+
+
+def _invalid(description: str) -> Response:
+    return _json(422, {"error": "InvalidValue", "description": description})
+
+
+def _record_invalid(details: dict[str, list[dict[str, str]]]) -> Response:
+    return _json(422, {"error": "RecordInvalid", "description": "Record validation errors", "details": details})
+
+
+class UpdateRefused(Exception):
+    """A test helper asked for an update the API would refuse (closed ticket, bad value)."""
+
+
+@dataclass
+class _TicketState:
+    """One ticket: the resource as the API shows it, plus what the platform tracks behind it (metrics)."""
+
+    data: dict[str, Any]
+    created: datetime
+    updated: datetime
+    generated: int
+    metric_id: int
+    attentiveness: float
+    comments: list[dict[str, Any]] = field(default_factory=list)
+    statuses: list[tuple[datetime, str]] = field(default_factory=list)
+    group_stations: int = 0
+    assignee_stations: int = 0
+    reopens: int = 0
+    deleted: bool = False
+    assigned_at: datetime | None = None
+    initially_assigned_at: datetime | None = None
+    assignee_updated_at: datetime | None = None
+    requester_updated_at: datetime | None = None
+
+
+# --------------------------------------------------------------------------------------------- the sandbox
+
+
+class ZendeskSandbox(SandboxApp):
+    """A Zendesk Support account on a simulated clock; see the module docstring for the API it follows."""
+
+    platform = "zendesk"
+
+    def __init__(self, clock: SimClock, *, seed: int = 7, subdomain: str = SUBDOMAIN) -> None:
+        super().__init__(clock)
+        self.seed = seed
+        self.canonical = f"https://{subdomain}.zendesk.com"
+        """Host of resource `url`s; paging links use the host the request came to (as a proxy would see)."""
+        self.accepted_authorizations: set[str] | None = None
+        """None: any Basic/Bearer Authorization passes; a set: only these exact header values do."""
+        self.rate_limit = RATE_LIMIT
+        self.enforce_rate_limit = False
+        """Off by default: simulated time stands still during a cycle, so a per-minute budget would never refill."""
+        self._rng = random.Random(seed)
+        self._local = threading.local()
+        self._minute_counts: dict[int, int] = {}
+        self._tickets: dict[int, _TicketState] = {}
+        self._counters = {"ticket": 1000, "event": 36100000000000, "audit": 36200000000000, "metric": 36300000000000}
+        self._users: dict[int, dict[str, Any]] = {}
+        self._orgs: dict[int, dict[str, Any]] = {}
+        self._groups: dict[int, dict[str, Any]] = {}
+        self._agents_by_group: dict[int, list[int]] = {}
+        self._requesters: list[tuple[int, int]] = []
+        self._build_directory()
+        for method, pattern, handler in (
+            ("GET", r"/api/v2/incremental/tickets/cursor\.json", self._export),
+            ("GET", r"/api/v2/tickets/(?P<ticket_id>\d+)(?:\.json)?", self._show_ticket),
+            ("PUT", r"/api/v2/tickets/(?P<ticket_id>\d+)(?:\.json)?", self._update_ticket),
+            ("GET", r"/api/v2/tickets/(?P<ticket_id>\d+)/comments(?:\.json)?", self._list_comments),
+            ("GET", r"/api/v2/tickets/(?P<ticket_id>\d+)/metrics(?:\.json)?", self._show_metrics),
+            ("GET", r"/api/v2/organizations/(?P<org_id>\d+)(?:\.json)?", self._show_org),
+            ("GET", r"/api/v2/users/me(?:\.json)?", self._show_me),
+            ("GET", r"/api/v2/users/(?P<user_id>\d+)(?:\.json)?", self._show_user),
+            ("GET", r"/api/v2/groups/(?P<group_id>\d+)(?:\.json)?", self._show_group),
+        ):
+            self.route(method, pattern, self._authed(handler))
+
+    # ------------------------------------------------------------------ directory: orgs, groups, users
+
+    def _next(self, kind: str) -> int:
+        self._counters[kind] += 1
+        return self._counters[kind]
+
+    def _build_directory(self) -> None:
+        since = _iso(_second(self.clock.now() - timedelta(days=400)))
+        for group_id, name in GROUPS.items():
+            self._groups[group_id] = {
+                "url": f"{self.canonical}/api/v2/groups/{group_id}.json",
+                "id": group_id,
+                "is_public": True,
+                "name": name,
+                "description": f"{name} tier",
+                "default": group_id == GROUP_L1,
+                "deleted": False,
+                "created_at": since,
+                "updated_at": since,
+            }
+            self._agents_by_group[group_id] = []
+        self._add_user(API_USER_ID, "Escalation Sync (API)", "escalation-sync@acme.example", "admin", None, since)
+        for index, (group_id, name) in enumerate(_AGENTS):
+            user_id = 361000000101 + index
+            email = name.lower().replace(" ", ".").replace("á", "a").replace("é", "e") + "@acme.example"
+            self._add_user(user_id, name, email, "agent", None, since, default_group_id=group_id)
+            self._agents_by_group[group_id].append(user_id)
+        next_user = 363000000001
+        for org in _ORGS:
+            self._orgs[org.id] = {
+                "url": f"{self.canonical}/api/v2/organizations/{org.id}.json",
+                "id": org.id,
+                "name": org.name,
+                "shared_tickets": False,
+                "shared_comments": False,
+                "external_id": None,
+                "created_at": since,
+                "updated_at": since,
+                "domain_names": [org.domain],
+                "details": "",
+                "notes": "",
+                "group_id": None,
+                "tags": [org.segment],
+                "organization_fields": {"segment": org.segment, "account_manager": None},
+            }
+            for _ in range(2 + org.weight // 2):
+                first, last = self._rng.choice(_FIRST), self._rng.choice(_LAST)
+                email = f"{first}.{last}.{next_user % 1000}@{org.domain}".lower()
+                self._add_user(next_user, f"{first} {last}", email, "end-user", org.id, since)
+                self._requesters.extend([(next_user, org.id)] * org.weight)
+                next_user += 1
+        for _ in range(8):
+            first, last = self._rng.choice(_FIRST), self._rng.choice(_LAST)
+            email = f"{first}.{last}.{next_user % 1000}@mail.example".lower()
+            self._add_user(next_user, f"{first} {last}", email, "end-user", None, since)
+            self._requesters.append((next_user, 0))
+            next_user += 1
+
+    def _add_user(
+        self,
+        user_id: int,
+        name: str,
+        email: str,
+        role: str,
+        org_id: int | None,
+        since: str,
+        *,
+        default_group_id: int | None = None,
+    ) -> None:
+        self._users[user_id] = {
+            "id": user_id,
+            "url": f"{self.canonical}/api/v2/users/{user_id}.json",
+            "name": name,
+            "email": email,
+            "created_at": since,
+            "updated_at": since,
+            "time_zone": "UTC",
+            "iana_time_zone": "Etc/UTC",
+            "phone": None,
+            "locale": "en-US",
+            "locale_id": 1,
+            "organization_id": org_id,
+            "role": role,
+            "verified": True,
+            "external_id": None,
+            "tags": [],
+            "active": True,
+            "suspended": False,
+            "default_group_id": default_group_id,
+            "user_fields": {},
+        }
+
+    def _is_agent(self, user_id: int | None) -> bool:
+        user = self._users.get(user_id or 0)
+        return user is not None and user["role"] in ("agent", "admin")
+
+    # ------------------------------------------------------------------ HTTP plumbing
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        host = environ.get("HTTP_HOST") or environ.get("SERVER_NAME")
+        self._local.origin = f"{environ.get('wsgi.url_scheme', 'https')}://{host}" if host else None
+        return super().__call__(environ, start_response)
+
+    def _origin(self) -> str:
+        return getattr(self._local, "origin", None) or self.canonical
+
+    def dispatch(self, request: Request) -> Response:
+        with self._lock:
+            response = super().dispatch(request)
+            used = self._minute_counts.get(_epoch(self.clock.now()) // 60, 0)
+            response.headers.setdefault("X-Rate-Limit", str(self.rate_limit))
+            response.headers.setdefault("X-Rate-Limit-Remaining", str(max(0, self.rate_limit - used)))
+            return response
+
+    def not_found(self, request: Request) -> Response:
+        return _json(404, {"error": "InvalidEndpoint", "description": "Not found"})
+
+    def _authed(self, handler: Callable[..., Response]) -> Callable[..., Response]:
+        def guarded(request: Request, **params: str) -> Response:
+            header = request.headers.get("authorization", "")
+            if self.accepted_authorizations is not None:
+                allowed = header in self.accepted_authorizations
+            else:
+                scheme, _, credentials = header.partition(" ")
+                allowed = scheme.lower() in ("basic", "bearer") and bool(credentials.strip())
+            if not allowed:
+                return _json(401, ERROR_UNAUTHENTICATED, {"WWW-Authenticate": 'Basic realm="Web Password"'})
+            now = _epoch(self.clock.now())
+            minute = now // 60
+            self._minute_counts[minute] = self._minute_counts.get(minute, 0) + 1
+            if self.enforce_rate_limit and self._minute_counts[minute] > self.rate_limit:
+                return rate_limited_response(60 - now % 60)
+            return handler(request, **params)
+
+        return guarded
+
+    def _includes(self, request: Request) -> set[str]:
+        return {part.strip() for part in (request.param("include") or "").split(",") if part.strip()}
+
+    def _sideloads(self, includes: set[str], states: list[_TicketState]) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        if "metric_sets" in includes:
+            extra["metric_sets"] = [self._metric_set(state) for state in states]
+        if "organizations" in includes:
+            org_ids = sorted({s.data["organization_id"] for s in states if s.data["organization_id"]})
+            extra["organizations"] = [copy.deepcopy(self._orgs[i]) for i in org_ids if i in self._orgs]
+        if "users" in includes:
+            user_ids = sorted(
+                {s.data[k] for s in states for k in ("requester_id", "submitter_id", "assignee_id") if s.data[k]}
+            )
+            extra["users"] = [copy.deepcopy(self._users[i]) for i in user_ids if i in self._users]
+        if "groups" in includes:
+            group_ids = sorted({s.data["group_id"] for s in states if s.data["group_id"]})
+            extra["groups"] = [copy.deepcopy(self._groups[i]) for i in group_ids if i in self._groups]
+        return extra
+
+    # ------------------------------------------------------------------ incremental export
+
+    def _export(self, request: Request) -> Response:
+        cutoff = _epoch(self.clock.now()) - EXPORT_LAG
+        raw_per_page = request.param("per_page")
+        try:
+            per_page = EXPORT_MAX_PER_PAGE if raw_per_page is None else int(raw_per_page)
+        except ValueError:
+            return _invalid("per_page must be an integer")
+        per_page = min(max(per_page, 1), EXPORT_MAX_PER_PAGE)
+        cursor = request.param("cursor")
+        backwards = False
+        if cursor:
+            decoded = _decode_cursor(cursor, ("after", "before"))
+            if decoded is None or len(decoded[1]) != 2:
+                return _invalid("Invalid cursor")
+            backwards = decoded[0] == "before"
+            position = (decoded[1][0], decoded[1][1])
+        else:
+            raw_start = request.param("start_time")
+            if raw_start is None:
+                return _invalid("start_time or cursor is required")
+            try:
+                start_time = int(raw_start)
+            except ValueError:
+                return _invalid("start_time must be a Unix epoch time in seconds")
+            if start_time > cutoff:
+                return _invalid("Too recent start_time. Use a start_time older than 1 minute")
+            position = (start_time - 1, _MAX_KEY)
+        exclude_deleted = _truthy(request.param("exclude_deleted"))
+        keys = sorted(
+            (state.generated, ticket_id)
+            for ticket_id, state in self._tickets.items()
+            if state.generated <= cutoff and not (exclude_deleted and state.deleted)
+        )
+        if backwards:
+            earlier = [key for key in keys if key < position]
+            page, end_of_stream = earlier[-per_page:], False
+        else:
+            later = [key for key in keys if key > position]
+            page, end_of_stream = later[:per_page], len(later) <= per_page
+        after = page[-1] if page else position
+        after_cursor = _encode_cursor("after", *after)
+        before_cursor = _encode_cursor("before", *page[0]) if page and cursor else None
+        states = [self._tickets[ticket_id] for _, ticket_id in page]
+        keep = {k: v for k, v in (("per_page", raw_per_page), ("include", request.param("include"))) if v}
+        if exclude_deleted:
+            keep["exclude_deleted"] = "true"
+        base = f"{self._origin()}/api/v2/incremental/tickets/cursor.json"
+        body: dict[str, Any] = {
+            "tickets": [self._ticket_json(state, exported=True) for state in states],
+            "after_url": f"{base}?{urlencode({'cursor': after_cursor, **keep})}",
+            "after_cursor": after_cursor,
+            "before_url": f"{base}?{urlencode({'cursor': before_cursor, **keep})}" if before_cursor else None,
+            "before_cursor": before_cursor,
+            "end_of_stream": end_of_stream,
+        }
+        body.update(self._sideloads(self._includes(request), states))
+        return _json(200, body)
+
+    # ------------------------------------------------------------------ tickets
+
+    def _live(self, ticket_id: str | int) -> _TicketState | None:
+        state = self._tickets.get(int(ticket_id))
+        return None if state is None or state.deleted else state
+
+    def _ticket_json(self, state: _TicketState, *, exported: bool = False) -> dict[str, Any]:
+        data = copy.deepcopy(state.data)
+        if exported:
+            data["generated_timestamp"] = state.generated
+        return data
+
+    def _show_ticket(self, request: Request, ticket_id: str) -> Response:
+        state = self._live(ticket_id)
+        if state is None:
+            return _json(404, ERROR_NOT_FOUND)
+        body: dict[str, Any] = {"ticket": self._ticket_json(state)}
+        body.update(self._sideloads(self._includes(request), [state]))
+        return _json(200, body)
+
+    def _update_ticket(self, request: Request, ticket_id: str) -> Response:
+        state = self._live(ticket_id)
+        if state is None:
+            return _json(404, ERROR_NOT_FOUND)
+        try:
+            payload = request.json()
+        except ValueError:
+            return _json(400, {"error": "InvalidJSON", "description": "The request body is not valid JSON"})
+        fields = payload.get("ticket") if isinstance(payload, dict) else None
+        if not isinstance(fields, dict):
+            return _invalid("The request body must be an object with a 'ticket' object")
+        refusal = self._refusal(state, fields)
+        if refusal is not None:
+            return refusal
+        audit = self._apply(state, self.clock.now(), API_USER_ID, fields, "api")
+        return _json(200, {"ticket": self._ticket_json(state), "audit": audit})
+
+    def _refusal(self, state: _TicketState, fields: dict[str, Any]) -> Response | None:
+        """What the API answers instead of applying `fields`, or None when it would apply them."""
+        if state.data["status"] == "closed":
+            return _json(422, ERROR_CLOSED)
+        if _truthy(fields.get("safe_update")) and "updated_stamp" in fields:
+            stamp = _parse_time(fields["updated_stamp"])
+            if stamp is None or _second(stamp) != state.updated:
+                return _json(409, ERROR_CONFLICT)
+        details: dict[str, list[dict[str, str]]] = {}
+        if "status" in fields and fields["status"] not in STATUSES:
+            details["status"] = [{"description": f"Status: {fields['status']!r} is not a valid status"}]
+        if "priority" in fields and fields["priority"] not in (*PRIORITIES, None):
+            details["priority"] = [{"description": f"Priority: {fields['priority']!r} is not a valid priority"}]
+        if "group_id" in fields and fields["group_id"] is not None and fields["group_id"] not in self._groups:
+            details["group"] = [{"description": "Group: is invalid"}]
+        if "assignee_id" in fields and fields["assignee_id"] is not None and not self._is_agent(fields["assignee_id"]):
+            details["assignee"] = [{"description": "Assignee: is invalid"}]
+        comment = fields.get("comment")
+        if comment is not None and not isinstance(comment, dict):
+            details["comment"] = [{"description": "Comment: must be an object"}]
+        custom = fields.get("custom_fields")
+        if custom is not None and not (
+            isinstance(custom, list) and all(isinstance(item, dict) and "id" in item for item in custom)
+        ):
+            details["custom_fields"] = [{"description": "Custom fields: each entry needs an id and a value"}]
+        return _record_invalid(details) if details else None
+
+    def _apply(
+        self, state: _TicketState, at: datetime, actor: int, fields: dict[str, Any], channel: str
+    ) -> dict[str, Any]:
+        """Apply an update as Zendesk does: one audit, one event per change, updated_at moves only on change."""
+        at = max(_second(at), state.updated)
+        data = state.data
+        audit_id = self._next("audit")
+        events: list[dict[str, Any]] = []
+        comment_spec = fields.get("comment")
+        author = actor
+        if isinstance(comment_spec, dict):
+            body = str(comment_spec.get("body") or comment_spec.get("html_body") or "")
+            if body.strip():
+                author = int(comment_spec.get("author_id") or actor)
+                public = _truthy(comment_spec.get("public", True))
+                comment = self._make_comment(author, body, public, at, audit_id, channel)
+                state.comments.append(comment)
+                event_keys = ("id", "type", "author_id", "body", "html_body", "plain_body", "public", "attachments")
+                events.append({**{k: copy.deepcopy(comment[k]) for k in event_keys}, "audit_id": audit_id})
+                if not self._is_agent(author):
+                    state.requester_updated_at = at
+                # Zendesk's default behaviour: an agent's public reply opens a new ticket, and a requester's
+                # reply reopens a pending or solved one, unless the update sets a status itself.
+                if "status" not in fields:
+                    by_agent = self._is_agent(author)
+                    opens = data["status"] == "new" if by_agent else data["status"] in ("pending", "solved")
+                    if opens and (public or not by_agent):
+                        fields = {**fields, "status": "open"}
+
+        def change(name: str, value: Any) -> None:
+            if data[name] != value:
+                events.append(
+                    {
+                        "id": self._next("event"),
+                        "type": "Change",
+                        "value": _event_value(value),
+                        "field_name": name,
+                        "previous_value": _event_value(data[name]),
+                    }
+                )
+                data[name] = value
+
+        for name in ("subject", "type", "priority", "due_at"):
+            if name in fields:
+                change(name, fields[name])
+        if "subject" in fields:
+            data["raw_subject"] = data["subject"]
+        if "group_id" in fields and fields["group_id"] != data["group_id"]:
+            change("group_id", fields["group_id"])
+            if fields["group_id"] is not None:
+                state.group_stations += 1
+            assignee = fields.get("assignee_id", data["assignee_id"])
+            if assignee is not None and assignee not in self._agents_by_group.get(fields["group_id"], []):
+                fields = {**fields, "assignee_id": None}
+        if "assignee_id" in fields and fields["assignee_id"] != data["assignee_id"]:
+            change("assignee_id", fields["assignee_id"])
+            if fields["assignee_id"] is not None:
+                state.assignee_stations += 1
+                state.assigned_at = at
+                state.initially_assigned_at = state.initially_assigned_at or at
+                if data["group_id"] is None:
+                    change("group_id", self._users[fields["assignee_id"]]["default_group_id"])
+                    state.group_stations += 1
+        if "status" in fields and fields["status"] != data["status"]:
+            if data["status"] == "solved" and fields["status"] != "closed":
+                state.reopens += 1
+            change("status", fields["status"])
+            data["custom_status_id"] = _CUSTOM_STATUS_IDS[data["status"]]
+            state.statuses.append((at, data["status"]))
+        tags = set(data["tags"])
+        if "tags" in fields:
+            tags = set(_tag_list(fields["tags"]))
+        if "custom_fields" in fields:
+            values = {item["id"]: item.get("value") for item in fields["custom_fields"]}
+            for entry in data["custom_fields"]:
+                if entry["id"] in values and entry["value"] != values[entry["id"]]:
+                    old, new = entry["value"], values[entry["id"]]
+                    events.append(
+                        {
+                            "id": self._next("event"),
+                            "type": "Change",
+                            "value": new,
+                            "field_name": str(entry["id"]),
+                            "previous_value": old,
+                        }
+                    )
+                    entry["value"] = new
+                    if entry["id"] in DROPDOWN_FIELDS:
+                        tags.discard(str(old))
+                        tags.update(_tag_list(new))
+            data["fields"] = copy.deepcopy(data["custom_fields"])
+        tags.update(_tag_list(fields.get("additional_tags")))
+        tags.difference_update(_tag_list(fields.get("remove_tags")))
+        if sorted(tags) != data["tags"]:
+            change("tags", sorted(tags))
+        if not events:
+            return self._audit(audit_id, state, at, actor, [], channel)
+        if self._is_agent(author) and author == data["assignee_id"]:
+            state.assignee_updated_at = at
+        data["updated_at"] = _iso(at)
+        state.updated = at
+        state.generated = _epoch(at)
+        return self._audit(audit_id, state, at, author, events, channel)
+
+    def _audit(
+        self, audit_id: int, state: _TicketState, at: datetime, author: int, events: list[dict[str, Any]], channel: str
+    ) -> dict[str, Any]:
+        return {
+            "id": audit_id,
+            "ticket_id": state.data["id"],
+            "created_at": _iso(at),
+            "author_id": author,
+            "metadata": {"system": {"client": "sandbox", "ip_address": "127.0.0.1"}, "custom": {}},
+            "events": events,
+            "via": {"channel": channel, "source": {"from": {}, "to": {}, "rel": None}},
+        }
+
+    def _make_comment(
+        self, author: int, body: str, public: bool, at: datetime, audit_id: int, channel: str
+    ) -> dict[str, Any]:
+        paragraphs = "".join(f'<p dir="auto">{html.escape(p)}</p>' for p in body.split("\n\n") if p.strip())
+        return {
+            "id": self._next("event"),
+            "type": "Comment",
+            "author_id": author,
+            "body": body,
+            "html_body": f'<div class="zd-comment" dir="auto">{paragraphs}</div>',
+            "plain_body": body,
+            "public": public,
+            "attachments": [],
+            "audit_id": audit_id,
+            "via": {"channel": channel, "source": {"from": {}, "to": {}, "rel": None}},
+            "created_at": _iso(at),
+            "metadata": {"system": {"client": "sandbox", "ip_address": "127.0.0.1"}, "custom": {}},
+        }
+
+    # ------------------------------------------------------------------ comments, metrics, directory reads
+
+    def _list_comments(self, request: Request, ticket_id: str) -> Response:
+        state = self._live(ticket_id)
+        if state is None:
+            return _json(404, ERROR_NOT_FOUND)
+        descending = (request.param("sort_order") or "asc").lower() == "desc"
+        ordered = list(reversed(state.comments)) if descending else list(state.comments)
+        base = f"{self._origin()}/api/v2/tickets/{state.data['id']}/comments.json"
+        extra = {k: v for k, v in (("sort_order", request.param("sort_order")),) if v}
+        if any(key.startswith("page[") for key in request.query):
+            response = self._comments_cursor_page(request, ordered, base, extra)
+        else:
+            response = self._comments_offset_page(request, ordered, base, extra)
+        if response.status == 200 and "users" in self._includes(request):
+            authors = sorted({c["author_id"] for c in response.body["comments"]})
+            response.body["users"] = [copy.deepcopy(self._users[a]) for a in authors if a in self._users]
+        return response
+
+    def _comments_cursor_page(
+        self, request: Request, ordered: list[dict[str, Any]], base: str, extra: dict[str, str]
+    ) -> Response:
+        try:
+            size = int(request.param("page[size]") or COMMENTS_MAX_PAGE_SIZE)
+        except ValueError:
+            return _json(400, {"error": "InvalidPaginationParameter", "description": "page[size] must be an integer"})
+        if not 1 <= size <= COMMENTS_MAX_PAGE_SIZE:
+            return _json(
+                400,
+                {
+                    "error": "InvalidPaginationParameter",
+                    "description": f"page[size] must be between 1 and {COMMENTS_MAX_PAGE_SIZE}",
+                },
+            )
+        ids = [c["id"] for c in ordered]
+        after, before = request.param("page[after]"), request.param("page[before]")
+        start, stop = 0, min(size, len(ordered))
+        for raw, kind in ((after, "after"), (before, "before")):
+            if not raw:
+                continue
+            decoded = _decode_cursor(raw, ("comment",))
+            if decoded is None or decoded[1][0] not in ids:
+                return _json(400, {"error": "InvalidPaginationParameter", "description": f"page[{kind}] is invalid"})
+            index = ids.index(decoded[1][0])
+            if kind == "after":
+                start, stop = index + 1, min(index + 1 + size, len(ordered))
+            else:
+                start, stop = max(0, index - size), index
+            break
+        page = ordered[start:stop]
+        has_more = stop < len(ordered) if not before else start > 0
+        after_cursor = _encode_cursor("comment", page[-1]["id"]) if page else None
+        before_cursor = _encode_cursor("comment", page[0]["id"]) if page else None
+        return _json(
+            200,
+            {
+                "comments": copy.deepcopy(page),
+                "meta": {"has_more": has_more, "after_cursor": after_cursor, "before_cursor": before_cursor},
+                "links": {
+                    "prev": f"{base}?{urlencode({**extra, 'page[before]': before_cursor, 'page[size]': size})}"
+                    if before_cursor
+                    else None,
+                    "next": f"{base}?{urlencode({**extra, 'page[after]': after_cursor, 'page[size]': size})}"
+                    if after_cursor
+                    else None,
+                },
+            },
+        )
+
+    def _comments_offset_page(
+        self, request: Request, ordered: list[dict[str, Any]], base: str, extra: dict[str, str]
+    ) -> Response:
+        try:
+            per_page = min(max(int(request.param("per_page") or COMMENTS_MAX_PAGE_SIZE), 1), COMMENTS_MAX_PAGE_SIZE)
+            number = max(int(request.param("page") or 1), 1)
+        except ValueError:
+            return _invalid("page and per_page must be integers")
+        start = (number - 1) * per_page
+        page = ordered[start : start + per_page]
+
+        def link(target: int) -> str:
+            return f"{base}?{urlencode({**extra, 'page': target, 'per_page': per_page})}"
+
+        return _json(
+            200,
+            {
+                "comments": copy.deepcopy(page),
+                "next_page": link(number + 1) if start + per_page < len(ordered) else None,
+                "previous_page": link(number - 1) if number > 1 else None,
+                "count": len(ordered),
+            },
+        )
+
+    def _show_metrics(self, request: Request, ticket_id: str) -> Response:
+        state = self._live(ticket_id)
+        if state is None:
+            return _json(404, ERROR_NOT_FOUND)
+        return _json(200, {"ticket_metric": self._metric_set(state)})
+
+    def _show_org(self, request: Request, org_id: str) -> Response:
+        org = self._orgs.get(int(org_id))
+        return _json(200, {"organization": copy.deepcopy(org)}) if org else _json(404, ERROR_NOT_FOUND)
+
+    def _show_user(self, request: Request, user_id: str) -> Response:
+        user = self._users.get(int(user_id))
+        return _json(200, {"user": copy.deepcopy(user)}) if user else _json(404, ERROR_NOT_FOUND)
+
+    def _show_me(self, request: Request) -> Response:
+        return _json(200, {"user": copy.deepcopy(self._users[API_USER_ID])})
+
+    def _show_group(self, request: Request, group_id: str) -> Response:
+        group = self._groups.get(int(group_id))
+        return _json(200, {"group": copy.deepcopy(group)}) if group else _json(404, ERROR_NOT_FOUND)
+
+    def _metric_set(self, state: _TicketState) -> dict[str, Any]:
+        """Ticket metrics computed from the ticket's own comments and status history, so they agree with them."""
+        created = state.created
+        replies = [c for c in state.comments if c["public"] and self._is_agent(c["author_id"])]
+        first_reply = _parse_time(replies[0]["created_at"]) if replies else None
+        solved_times = [at for at, status in state.statuses if status == "solved"]
+        current = state.data["status"]
+        # Waits are summed over completed status intervals (up to the last status change), like Zendesk's
+        # metrics, which are recomputed on ticket updates: the agent waits while pending, the requester while
+        # new, open or on hold.
+        durations = {"pending": 0.0, "hold": 0.0, "waiting": 0.0}
+        business = {"pending": 0, "hold": 0, "waiting": 0}
+        for (start, status), (end, _) in zip(state.statuses, state.statuses[1:], strict=False):
+            keys = {"pending": ("pending",), "hold": ("hold", "waiting"), "new": ("waiting",), "open": ("waiting",)}
+            for key in keys.get(status, ()):
+                durations[key] += (end - start).total_seconds()
+                business[key] += business_minutes(start, end)
+
+        def span(end: datetime | None) -> dict[str, int | None]:
+            if end is None:
+                return {"calendar": None, "business": None}
+            return {"calendar": _minutes(created, end), "business": business_minutes(created, end)}
+
+        resolved = current in ("solved", "closed")
+        latest_comment = state.comments[-1]["created_at"] if state.comments else None
+        status_at = state.statuses[-1][0] if state.statuses else created
+
+        def optional(moment: datetime | None) -> str | None:
+            return _iso(moment) if moment else None
+
+        return {
+            "url": f"{self.canonical}/api/v2/ticket_metrics/{state.metric_id}.json",
+            "id": state.metric_id,
+            "ticket_id": state.data["id"],
+            "created_at": _iso(created),
+            "updated_at": state.data["updated_at"],
+            "group_stations": state.group_stations,
+            "assignee_stations": state.assignee_stations,
+            "reopens": state.reopens,
+            "replies": len(replies),
+            "assignee_updated_at": optional(state.assignee_updated_at),
+            "requester_updated_at": optional(state.requester_updated_at),
+            "status_updated_at": _iso(status_at),
+            "initially_assigned_at": optional(state.initially_assigned_at),
+            "assigned_at": optional(state.assigned_at),
+            "solved_at": optional(solved_times[-1]) if resolved and solved_times else None,
+            "latest_comment_added_at": latest_comment,
+            "custom_status_updated_at": _iso(status_at),
+            "reply_time_in_minutes": span(first_reply),
+            "reply_time_in_seconds": {
+                "calendar": int((first_reply - created).total_seconds()) if first_reply else None
+            },
+            "first_resolution_time_in_minutes": span(solved_times[0] if solved_times else None),
+            "full_resolution_time_in_minutes": span(solved_times[-1] if resolved and solved_times else None),
+            "agent_wait_time_in_minutes": {
+                "calendar": int(durations["pending"] // 60),
+                "business": business["pending"],
+            },
+            "requester_wait_time_in_minutes": {
+                "calendar": int(durations["waiting"] // 60),
+                "business": business["waiting"],
+            },
+            "on_hold_time_in_minutes": {"calendar": int(durations["hold"] // 60), "business": business["hold"]},
+        }
+
+    # ------------------------------------------------------------------ helpers for tests
+
+    def ticket(self, ticket_id: int) -> dict[str, Any]:
+        """The stored resource (deleted tickets too, with status "deleted"); KeyError when it never existed."""
+        with self._lock:
+            return self._ticket_json(self._tickets[ticket_id])
+
+    def comments(self, ticket_id: int) -> list[dict[str, Any]]:
+        with self._lock:
+            return copy.deepcopy(self._tickets[ticket_id].comments)
+
+    def metric_set(self, ticket_id: int) -> dict[str, Any]:
+        with self._lock:
+            return self._metric_set(self._tickets[ticket_id])
+
+    def ticket_ids(self, *, include_deleted: bool = False) -> list[int]:
+        with self._lock:
+            return sorted(i for i, s in self._tickets.items() if include_deleted or not s.deleted)
+
+    def organization(self, org_id: int) -> dict[str, Any]:
+        return copy.deepcopy(self._orgs[org_id])
+
+    def user(self, user_id: int) -> dict[str, Any]:
+        return copy.deepcopy(self._users[user_id])
+
+    def agents(self, group_id: int) -> list[int]:
+        return list(self._agents_by_group[group_id])
+
+    def update(self, ticket_id: int, *, author_id: int | None = None, **fields: Any) -> dict[str, Any]:
+        """Act like another agent (default: the assignee, else the group's first agent), now, with PUT fields."""
+        with self._lock:
+            state = self._live(ticket_id)
+            if state is None:
+                raise KeyError(ticket_id)
+            refusal = self._refusal(state, fields)
+            if refusal is not None:
+                raise UpdateRefused(str(refusal.body))
+            actor = author_id or self._default_agent(state)
+            self._apply(state, self.clock.now(), actor, fields, "web")
+            return self._ticket_json(state)
+
+    def add_comment(
+        self, ticket_id: int, body: str, public: bool = True, author_id: int | None = None
+    ) -> dict[str, Any]:
+        """Post a comment now, by an agent by default; pass the requester's id to reply as the customer."""
+        with self._lock:
+            state = self._live(ticket_id)
+            if state is None:
+                raise KeyError(ticket_id)
+            if state.data["status"] == "closed":
+                raise UpdateRefused(str(ERROR_CLOSED))
+            actor = author_id or self._default_agent(state)
+            self._apply(state, self.clock.now(), actor, {"comment": {"body": body, "public": public}}, "web")
+            return copy.deepcopy(state.comments[-1])
+
+    def delete(self, ticket_id: int) -> None:
+        """Delete a ticket as an agent would: it leaves the API but stays in the export as status "deleted"."""
+        with self._lock:
+            state = self._live(ticket_id)
+            if state is None:
+                raise KeyError(ticket_id)
+            self._delete(state, self.clock.now())
+
+    def rate_limit_fault(self, times: int = 1, retry_after: int = 7, path_pattern: str = "") -> Fault:
+        """Inject (and return) the 429 Zendesk sends when over the limit: Retry-After in seconds, an HTML body."""
+        response = rate_limited_response(retry_after)
+        fault = Fault(429, times, None, path_pattern, response.headers, response.body, response.content_type)
+        self.inject(fault)
+        return fault
+
+    def _default_agent(self, state: _TicketState) -> int:
+        assignee = state.data["assignee_id"]
+        return assignee or self._agents_by_group[state.data["group_id"] or GROUP_L1][0]
+
+    def _delete(self, state: _TicketState, at: datetime) -> None:
+        at = max(_second(at), state.updated)
+        state.deleted = True
+        state.data["status"] = "deleted"
+        state.data["updated_at"] = _iso(at)
+        state.updated = at
+        state.generated = _epoch(at)
+        state.statuses.append((at, "deleted"))
+
+    # ------------------------------------------------------------------ seeding and simulation
+
+    def seed_tickets(self, count: int) -> list[int]:
+        """Create `count` tickets over the last ten days, each with a history replayed up to now."""
+        with self._lock:
+            now = self.clock.now()
+            ages = sorted((self._draw_age() for _ in range(count)), reverse=True)
+            created_ids = []
+            for index, age in enumerate(ages):
+                created = _second(now - age)
+                state = self._spawn(created, seeded_index=index)
+                created_ids.append(state.data["id"])
+                moment = created
+                while moment < now:
+                    step_end = min(moment + timedelta(minutes=45), now)
+                    self._tick(state, moment, step_end)
+                    moment = step_end
+            return created_ids
+
+    def simulate(self, delta: timedelta) -> int:
+        """Advance the clock by `delta` in 5-15 minute steps with activity; returns the number of changes made."""
+        with self._lock:
+            end = self.clock.now() + delta
+            changes = 0
+            while self.clock.now() < end:
+                start = self.clock.now()
+                step = min(timedelta(minutes=self._rng.randint(5, 15)), end - start)
+                self.clock.advance(step)
+                changes += self._step(start, self.clock.now())
+            return changes
+
+    def _step(self, start: datetime, end: datetime) -> int:
+        changes = 0
+        for ticket_id in sorted(self._tickets):
+            state = self._tickets[ticket_id]
+            if not state.deleted and state.data["status"] != "closed":
+                changes += self._tick(state, start, end)
+        hours = (end - start).total_seconds() / 3600
+        arrivals = self._poisson((5.0 if _busy(start) else 0.8) * hours)
+        for moment in sorted(self._moment(start, end) for _ in range(arrivals)):
+            self._spawn(moment)
+            changes += 1
+        if self._rng.random() < 0.02 * hours:
+            fresh = [s for _, s in sorted(self._tickets.items()) if s.data["status"] == "new" and not s.deleted]
+            if fresh:
+                self._delete(self._rng.choice(fresh), self._moment(start, end))
+                changes += 1
+        return changes
+
+    def _moment(self, start: datetime, end: datetime) -> datetime:
+        return _second(start + (end - start) * self._rng.random())
+
+    def _poisson(self, mean: float) -> int:
+        threshold, count, product = math.exp(-mean), 0, self._rng.random()
+        while product > threshold:
+            count += 1
+            product *= self._rng.random()
+        return count
+
+    def _draw_age(self) -> timedelta:
+        roll = self._rng.random()
+        if roll < 0.3:
+            return timedelta(minutes=self._rng.uniform(5, 8 * 60))
+        if roll < 0.7:
+            return timedelta(hours=self._rng.uniform(8, 72))
+        return timedelta(hours=self._rng.uniform(72, 240))
+
+    def _spawn(self, at: datetime, seeded_index: int | None = None) -> _TicketState:
+        rng = self._rng
+        requester, org_id = rng.choice(self._requesters)
+        area, kind, subject, description = rng.choice(_PROBLEMS)
+        segment = next((o.segment for o in _ORGS if o.id == org_id), None)
+        priority = rng.choices((*PRIORITIES, None), weights=(8, 22, 40, 12, 18))[0]
+        group = rng.choices((GROUP_L1, GROUP_L2, GROUP_L3, GROUP_L4, None), weights=(70, 15, 6, 3, 6))[0]
+        channel = rng.choice(("email", "web", "web", "api"))
+        tags = {area, {"email": "email", "web": "web_form", "api": "api_created"}[channel]}
+        chances = {
+            TAG_CHURN: 0.10 if segment == "enterprise" else 0.04,
+            TAG_ENGINEERING: 0.35 if group == GROUP_L3 else 0.05,
+            TAG_VENDOR: 1.0 if group == GROUP_L4 else 0.03,
+            TAG_CUSTOMER_ESCALATION: 0.04,
+            TAG_SECURITY: 0.5 if area == "area_security" else 0.02,
+            TAG_PUBLIC_COMPLAINT: 0.03,
+        }
+        tags.update(tag for tag, chance in chances.items() if rng.random() < chance)
+        custom: dict[int, Any] = {FIELD_PRODUCT_AREA: area}
+        if rng.random() < 0.6:
+            custom[FIELD_SEVERITY] = SEVERITY_VALUES[PRIORITIES.index(priority or "normal")]
+        if seeded_index in (7, 19):
+            custom[FIELD_SEVERITY] = UNMAPPED_SEVERITY
+        if FIELD_SEVERITY in custom:
+            tags.add(custom[FIELD_SEVERITY])
+        if segment == "enterprise" and (TAG_CHURN in tags or rng.random() < 0.2):
+            custom[FIELD_REVENUE_AT_RISK] = f"{rng.randrange(20, 400) * 1000}.00"
+        if kind == "incident" and rng.random() < 0.5:
+            custom[FIELD_AFFECTED_CUSTOMERS] = str(rng.choice((1, 3, 12, 40, 150, 600)))
+        ticket_id = self._next("ticket")
+        user = self._users[requester]
+        source = (
+            {
+                "from": {"address": user["email"], "name": user["name"]},
+                "to": {"name": "Acme Support", "address": "support@acme.example"},
+                "rel": None,
+            }
+            if channel == "email"
+            else {"from": {}, "to": {}, "rel": None}
+        )
+        custom_fields = [{"id": fid, "value": custom.get(fid)} for fid in CUSTOM_FIELD_IDS]
+        data: dict[str, Any] = {
+            "url": f"{self.canonical}/api/v2/tickets/{ticket_id}.json",
+            "id": ticket_id,
+            "external_id": None,
+            "via": {"channel": channel, "source": source},
+            "created_at": _iso(at),
+            "updated_at": _iso(at),
+            "type": kind if rng.random() < 0.8 else None,
+            "subject": subject,
+            "raw_subject": subject,
+            "description": description,
+            "priority": priority,
+            "status": "new",
+            "recipient": "support@acme.example" if channel == "email" else None,
+            "requester_id": requester,
+            "submitter_id": requester,
+            "assignee_id": None,
+            "organization_id": org_id or None,
+            "group_id": group,
+            "collaborator_ids": [],
+            "follower_ids": [],
+            "email_cc_ids": [],
+            "forum_topic_id": None,
+            "problem_id": None,
+            "has_incidents": False,
+            "is_public": True,
+            "due_at": None,
+            "tags": sorted(tags),
+            "custom_fields": custom_fields,
+            "satisfaction_rating": None,
+            "sharing_agreement_ids": [],
+            "custom_status_id": _CUSTOM_STATUS_IDS["new"],
+            "fields": copy.deepcopy(custom_fields),
+            "followup_ids": [],
+            "ticket_form_id": _FORM_ID,
+            "brand_id": _BRAND_ID,
+            "allow_channelback": False,
+            "allow_attachments": True,
+            "from_messaging_channel": False,
+        }
+        state = _TicketState(
+            data=data,
+            created=at,
+            updated=at,
+            generated=_epoch(at),
+            metric_id=self._next("metric"),
+            attentiveness=rng.choice((0.15, 0.5, 1.0, 1.0, 1.4)),
+            statuses=[(at, "new")],
+            group_stations=1 if group else 0,
+            requester_updated_at=at,
+        )
+        state.comments.append(self._make_comment(requester, description, True, at, self._next("audit"), channel))
+        self._tickets[ticket_id] = state
+        return state
+
+    def _tick(self, state: _TicketState, start: datetime, end: datetime) -> int:
+        """Let the ticket live through [start, end): maybe an agent acts, maybe the customer writes."""
+        status = state.data["status"]
+        if status == "solved":
+            solved_at = state.statuses[-1][0]
+            if solved_at + AUTO_CLOSE_AFTER <= end:
+                closing = max(solved_at + AUTO_CLOSE_AFTER, start)
+                self._apply(state, closing, _SYSTEM_USER_ID, {"status": "closed"}, "rule")
+                return 1
+        hours = (end - start).total_seconds() / 3600
+        busy = _busy(start)
+        base = {"urgent": 1.2, "high": 0.6, "normal": 0.3, "low": 0.15}.get(state.data["priority"], 0.25)
+        agent_rate = base * state.attentiveness * (1.0 if busy else 0.05)
+        agent_rate *= {"new": 0.8, "open": 1.0, "pending": 0.12, "hold": 0.15}.get(status, 0.0)
+        customer_rate = {"new": 0.04, "open": 0.05, "pending": 0.25, "hold": 0.03, "solved": 0.008}.get(status, 0.0)
+        customer_rate *= 1.0 if busy else 0.35
+        acted = 0
+        if self._rng.random() < 1 - math.exp(-agent_rate * hours):
+            self._agent_action(state, self._moment(start, end))
+            acted += 1
+        if self._rng.random() < 1 - math.exp(-customer_rate * hours):
+            self._customer_action(state, self._moment(start, end))
+            acted += 1
+        return acted
+
+    def _agent_action(self, state: _TicketState, at: datetime) -> None:
+        rng, data = self._rng, state.data
+        group = data["group_id"] or GROUP_L1
+        agent = data["assignee_id"] or rng.choice(self._agents_by_group[group])
+        fields: dict[str, Any] = {}
+        if data["assignee_id"] is None:
+            fields.update(assignee_id=agent, group_id=group)
+        roll, status = rng.random(), data["status"]
+        if status == "hold":
+            if roll < 0.5:
+                fields["comment"] = {"body": rng.choice(_INTERNAL_NOTES), "public": False}
+            else:
+                fields.update(status="open", comment={"body": rng.choice(_AGENT_REPLIES), "public": True})
+        elif status == "pending":
+            if roll < 0.55:
+                fields.update(status="solved", comment={"body": rng.choice(_SOLVE_REPLIES), "public": True})
+            else:
+                fields["comment"] = {"body": rng.choice(_AGENT_FOLLOW_UPS), "public": True}
+        elif roll < 0.07 and group in (GROUP_L1, GROUP_L2):
+            fields.update(
+                comment={"body": rng.choice(_ENGINEERING_NOTES), "public": False},
+                additional_tags=[TAG_ENGINEERING],
+                status="open",
+            )
+            if rng.random() < 0.5:
+                fields["group_id"] = GROUP_L3
+        elif roll < 0.10:
+            fields.update(
+                comment={"body": rng.choice(_VENDOR_NOTES), "public": False},
+                additional_tags=[TAG_VENDOR],
+                status="hold",
+            )
+            if rng.random() < 0.4:
+                fields["group_id"] = GROUP_L4
+        elif roll < 0.18:
+            fields.update(comment={"body": rng.choice(_INTERNAL_NOTES), "public": False}, status="open")
+        elif roll < 0.30:
+            fields.update(status="solved", comment={"body": rng.choice(_SOLVE_REPLIES), "public": True})
+        else:
+            fields.update(
+                status="pending" if rng.random() < 0.65 else "open",
+                comment={"body": rng.choice(_AGENT_REPLIES), "public": True},
+            )
+        self._apply(state, at, agent, fields, "web")
+
+    def _customer_action(self, state: _TicketState, at: datetime) -> None:
+        rng, data = self._rng, state.data
+        status = data["status"]
+        fields: dict[str, Any] = {}
+        if status == "pending":
+            body = rng.choice(_CUSTOMER_ANSWERS).format(n=rng.randrange(10**7, 10**8))
+        elif status == "solved":
+            body = rng.choice(_CUSTOMER_REOPENS)
+        else:
+            body = rng.choice(_CUSTOMER_NUDGES)
+            age_days = (at - state.created).total_seconds() / 86400
+            if rng.random() < min(0.25, 0.04 + 0.03 * age_days):
+                options = [tag for tag in _SIGNAL_MESSAGES if tag not in data["tags"]]
+                if options:
+                    tag = rng.choice(options)
+                    body = rng.choice(_SIGNAL_MESSAGES[tag])
+                    fields["additional_tags"] = [tag]
+        fields["comment"] = {"body": body, "public": True}
+        self._apply(state, at, data["requester_id"], fields, data["via"]["channel"])
+
+
+def rate_limited_response(retry_after: int) -> Response:
+    """The 429 Zendesk answers when over the limit: the wait in `Retry-After` seconds, a short HTML body."""
+    return Response(
+        429,
+        "<html><body><h1>429 Too Many Requests</h1></body></html>",
+        {"Retry-After": str(max(1, retry_after))},
+        "text/html; charset=utf-8",
+    )
+
+
+def _event_value(value: Any) -> Any:
+    """Audit events carry ids as strings and tags as lists, as Zendesk's audits do."""
+    if isinstance(value, bool) or value is None or isinstance(value, (list, str)):
+        return value
+    return str(value)
