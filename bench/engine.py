@@ -140,6 +140,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tickets", type=int, default=100_000)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     policy = load_policy(ROOT / "config.example.toml")
     tickets = synthetic_tickets(args.tickets)
@@ -151,7 +152,9 @@ def main() -> None:
     # Steady state: the next cycle a minute later sees the echo of those writes (what a running daemon sees).
     later = NOW + timedelta(minutes=1)
     echoed = [apply(ticket, writeback, NOW) for ticket, writeback in zip(tickets, writebacks, strict=True)]
-    seconds, writebacks, escalations = run(policy, echoed, later, histories)
+    # Best of `--repeat` runs: other processes on the machine only ever make a run slower.
+    runs = [run(policy, echoed, later, dict(histories)) for _ in range(args.repeat)]
+    seconds, writebacks, escalations = min(runs, key=lambda result: result[0])
     report("steady", len(echoed), seconds, writebacks, escalations)
     print(f"engine.tickets {len(tickets)} tickets")
     if args.profile:
