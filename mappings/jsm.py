@@ -27,12 +27,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from connectors.base import RawRecord
 from engine.configfile import ConfigFileError, load_toml, validate
-from engine.model import Flags, PlatformSla, Priority, Status, TagScheme, Ticket, Tier
+from engine.model import Flags, PlatformSla, Priority, Status, Ticket, Tier
 from mappings import MappingError, NormalizeError
+from mappings.common import Strict, TagNames
 
 PLATFORM = "jsm"
 _CUSTOM_FIELD = re.compile(r"^customfield_\d+$")
@@ -46,10 +47,6 @@ _BOOLEAN_FLAGS = (
     "vendor_dependency",
     "customer_requested",
 )
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def _check_field_id(value: str) -> str:
@@ -68,14 +65,14 @@ FieldId = Annotated[str, AfterValidator(_check_field_id)]
 CustomFieldId = Annotated[str, AfterValidator(_check_custom)]
 
 
-class PriorityMap(_Strict):
+class PriorityMap(Strict):
     """Jira priority name (case-insensitive) -> P1..P4; `default` when the issue has no priority."""
 
     default: Priority = Priority.P3
     values: dict[str, Priority] = Field(min_length=1)
 
 
-class StatusMap(_Strict):
+class StatusMap(Strict):
     """Status by name first (overrides such as "Waiting for customer" -> pending), then by status category."""
 
     names: dict[str, Status] = {}
@@ -90,12 +87,12 @@ class StatusMap(_Strict):
         return value
 
 
-class TierOption(_Strict):
+class TierOption(Strict):
     value: str = Field(min_length=1)
     id: str | None = None
 
 
-class TierMap(_Strict):
+class TierMap(Strict):
     """The single-select custom field holding the tier, and its option per tier (written by value or id)."""
 
     field: CustomFieldId
@@ -114,7 +111,7 @@ class TierMap(_Strict):
         return self
 
 
-class FieldRef(_Strict):
+class FieldRef(Strict):
     """A field to read a text value from: option objects give `value`, organizations give `name`."""
 
     field: FieldId
@@ -122,7 +119,7 @@ class FieldRef(_Strict):
     """Optional translation of the raw value (case-insensitive) to the model's value."""
 
 
-class FlagRule(_Strict):
+class FlagRule(Strict):
     """A boolean flag is true when the issue has one of `labels`, or `field` holds one of `values`
     (any non-empty value when `values` is empty)."""
 
@@ -139,13 +136,13 @@ class FlagRule(_Strict):
         return self
 
 
-class NumberRule(_Strict):
+class NumberRule(Strict):
     """A numeric fact read from a number custom field (or a text field holding a number)."""
 
     field: FieldId
 
 
-class FlagsMap(_Strict):
+class FlagsMap(Strict):
     churn_threat: FlagRule | None = None
     public_complaint: FlagRule | None = None
     security_legal: FlagRule | None = None
@@ -158,7 +155,7 @@ class FlagsMap(_Strict):
     reopen_count: NumberRule | None = None
 
 
-class SlaMap(_Strict):
+class SlaMap(Strict):
     """SLA custom field id -> clock name; `first_response`: the SLA whose first stop is the first reply."""
 
     fields: dict[CustomFieldId, str] = {}
@@ -171,22 +168,7 @@ class SlaMap(_Strict):
         return self
 
 
-class TagsMap(_Strict):
-    breached: str = "esc_breached_{clock}"
-    at_risk: str = "esc_at_risk_{clock}"
-    management: str = "esc_management"
-    update_due: str = "esc_customer_update_due"
-
-    @model_validator(mode="after")
-    def _no_spaces(self) -> TagsMap:
-        # Jira labels cannot contain spaces: a label with one is rejected by the edit call.
-        for name in ("breached", "at_risk", "management", "update_due"):
-            if " " in getattr(self, name):
-                raise ValueError(f"{name}: Jira labels cannot contain spaces")
-        return self
-
-
-class JsmMappingFile(_Strict):
+class JsmMappingFile(Strict):
     priority: PriorityMap
     status: StatusMap = StatusMap()
     tier: TierMap
@@ -195,7 +177,7 @@ class JsmMappingFile(_Strict):
     organization: FieldRef | None = None
     assignee_group: FieldRef | None = None
     flags: FlagsMap = FlagsMap()
-    tags: TagsMap = TagsMap()
+    tags: TagNames = TagNames()
 
 
 # ---- value readers ---------------------------------------------------------------------------------------
@@ -289,7 +271,7 @@ class JsmMapping:
     def __init__(self, spec: JsmMappingFile, path: Path | str) -> None:
         self.spec = spec
         self.path = str(path)
-        self.tags = TagScheme(**spec.tags.model_dump())
+        self.tags = spec.tags.scheme()
         self._priorities = {name.casefold(): value for name, value in spec.priority.values.items()}
         self._status_names = {name.casefold(): value for name, value in spec.status.names.items()}
         self._tier_by_text: dict[str, Tier] = {}

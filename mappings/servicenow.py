@@ -21,12 +21,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from connectors.base import RawRecord
 from engine.configfile import ConfigFileError, load_toml, validate
-from engine.model import Flags, PlatformSla, Priority, Status, TagScheme, Ticket, Tier
+from engine.model import Flags, PlatformSla, Priority, Status, Ticket, Tier
 from mappings import MappingError, NormalizeError
+from mappings.common import Strict, TagNames
 
 PLATFORM = "servicenow"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -48,11 +49,7 @@ TASK_SLA_FIELDS = (
 )
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class FieldNames(_Strict):
+class FieldNames(Strict):
     """Which record field holds each ticket fact. "" means the instance has no such field."""
 
     id: str = "sys_id"
@@ -81,18 +78,18 @@ class FieldNames(_Strict):
         return value
 
 
-class StatusMap(_Strict):
+class StatusMap(Strict):
     values: dict[str, Status] = Field(min_length=1)
     """State code -> status. Codes are the choice values ("1", "2", ...), never the labels."""
 
 
-class PriorityMap(_Strict):
+class PriorityMap(Strict):
     values: dict[str, Priority] = Field(min_length=1)
     empty: Priority | None = None
     """The priority of a record whose priority field is "" (None: such a record is quarantined)."""
 
 
-class TierMap(_Strict):
+class TierMap(Strict):
     """The tier is the value of one field: `assignment_group` (a group sys_id per tier) or a custom field."""
 
     field: str = "assignment_group"
@@ -110,7 +107,7 @@ class TierMap(_Strict):
         return self
 
 
-class SegmentMap(_Strict):
+class SegmentMap(Strict):
     """Segment from a field (a reference such as `company`, a `u_` field, or dot-walked `company.u_segment`).
 
     With `values`, the field's value (a sys_id for a reference) is looked up there, else it is the segment itself.
@@ -121,7 +118,7 @@ class SegmentMap(_Strict):
     default: str = ""
 
 
-class BoolFlag(_Strict):
+class BoolFlag(Strict):
     """A flag is true when `field` holds one of `true_values`, or when `tag` is in the tags field."""
 
     field: str = ""
@@ -135,11 +132,11 @@ class BoolFlag(_Strict):
         return self
 
 
-class NumberFlag(_Strict):
+class NumberFlag(Strict):
     field: str = Field(min_length=1)
 
 
-class FlagsMap(_Strict):
+class FlagsMap(Strict):
     churn_threat: BoolFlag | None = None
     public_complaint: BoolFlag | None = None
     security_legal: BoolFlag | None = None
@@ -152,25 +149,14 @@ class FlagsMap(_Strict):
     reopen_count: NumberFlag | None = None
 
 
-class TagsMap(_Strict):
+class TagsMap(TagNames):
     """Our breach/at-risk tags live in one string field as a separated list (read-modify-write on update)."""
 
     field: str = "u_escalation_tags"
     separator: str = Field(default=",", min_length=1)
-    breached: str = "esc_breached_{clock}"
-    at_risk: str = "esc_at_risk_{clock}"
-    management: str = "esc_management"
-    update_due: str = "esc_customer_update_due"
-
-    @field_validator("breached", "at_risk")
-    @classmethod
-    def _has_clock(cls, value: str) -> str:
-        if "{clock}" not in value:
-            raise ValueError("must contain {clock}")
-        return value
 
 
-class PlatformSlaMap(_Strict):
+class PlatformSlaMap(Strict):
     """Read the platform's own SLAs (task_sla rows of the record) as facts; costs one query per page."""
 
     enabled: bool = False
@@ -178,7 +164,7 @@ class PlatformSlaMap(_Strict):
     skip_stages: list[str] = Field(default_factory=lambda: ["cancelled"])
 
 
-class ServiceNowMappingFile(_Strict):
+class ServiceNowMappingFile(Strict):
     fields: FieldNames = Field(default_factory=FieldNames)
     status: StatusMap
     priority: PriorityMap
@@ -221,10 +207,7 @@ class ServiceNowMapping:
     def __init__(self, spec: ServiceNowMappingFile, path: str) -> None:
         self.spec = spec
         self.path = path
-        tags = spec.tags
-        self.tags = TagScheme(
-            breached=tags.breached, at_risk=tags.at_risk, management=tags.management, update_due=tags.update_due
-        )
+        self.tags = spec.tags.scheme()
         self._tier_by_value = {value: tier for tier, value in spec.tier.values.items()}
 
     # -- what the connector needs to know ---------------------------------------------------------------------

@@ -46,12 +46,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
+from pydantic import Field, PositiveInt, field_validator
 
 from connectors.base import RawRecord
 from engine.configfile import ConfigFileError, load_toml, locate, validate
-from engine.model import Flags, Priority, Status, StatusChange, TagScheme, Ticket, Tier
+from engine.model import Flags, Priority, Status, StatusChange, Ticket, Tier
 from mappings import MappingError, NormalizeError
+from mappings.common import Strict, TagNames
 
 PLATFORM = "zendesk"
 ZENDESK_PRIORITIES = ("urgent", "high", "normal", "low")
@@ -69,17 +70,13 @@ _TRUE_TEXT = frozenset({"true", "yes", "y", "1", "on"})
 _FALSE_TEXT = frozenset({"", "false", "no", "n", "0", "off", "none", "null"})
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
 def _check_tag(value: str) -> str:
     if not _TAG.match(value):
         raise ValueError(f"{value!r} is not a Zendesk tag (no spaces or commas)")
     return value.lower()
 
 
-class PriorityMap(_Strict):
+class PriorityMap(Strict):
     """Zendesk priority -> P1..P4; `default` is used when the ticket's priority is null (often the case).
 
     Accounts that triage with a severity dropdown instead name it in `field_id` with its option tags in
@@ -100,7 +97,7 @@ class PriorityMap(_Strict):
         return value
 
 
-class TierMap(_Strict):
+class TierMap(Strict):
     """Where the tier lives: the ticket's group (`mode = "group"`) or a dropdown custom field."""
 
     mode: Literal["group", "custom_field"] = "group"
@@ -114,7 +111,7 @@ class TierMap(_Strict):
         return {tier: _check_tag(tag) for tier, tag in value.items()}
 
 
-class SegmentMap(_Strict):
+class SegmentMap(Strict):
     """Segment: the organization field `org_field` first, then the first matching tag, then `default`."""
 
     org_field: str | None = None
@@ -130,7 +127,7 @@ class SegmentMap(_Strict):
         return {_check_tag(tag): segment for tag, segment in value.items()}
 
 
-class FlagRule(_Strict):
+class FlagRule(Strict):
     """A boolean flag is true when the ticket has one of `tags`, the custom field `custom_field` is set
     (checkbox true, or one of `values` for a dropdown/text field), or the organization field `org_field` is."""
 
@@ -145,14 +142,14 @@ class FlagRule(_Strict):
         return [_check_tag(tag) for tag in value]
 
 
-class NumberRule(_Strict):
+class NumberRule(Strict):
     """A numeric fact from a numeric/decimal custom field or an organization field."""
 
     custom_field: PositiveInt | None = None
     org_field: str | None = None
 
 
-class FlagsMap(_Strict):
+class FlagsMap(Strict):
     churn_threat: FlagRule | None = None
     public_complaint: FlagRule | None = None
     security_legal: FlagRule | None = None
@@ -165,21 +162,12 @@ class FlagsMap(_Strict):
     reopen_count: NumberRule | None = None
 
 
-class TagsMap(_Strict):
-    """Tag names the engine's signals become (see engine.model.TagScheme)."""
-
-    breached: str = TagScheme.breached
-    at_risk: str = TagScheme.at_risk
-    management: str = TagScheme.management
-    update_due: str = TagScheme.update_due
-
-
-class ZendeskMappingFile(_Strict):
+class ZendeskMappingFile(Strict):
     priority: PriorityMap
     tier: TierMap
     segment: SegmentMap = SegmentMap()
     flags: FlagsMap = FlagsMap()
-    tags: TagsMap = TagsMap()
+    tags: TagNames = TagNames()
 
 
 def parse_time(value: Any) -> datetime:
@@ -213,12 +201,7 @@ class ZendeskMapping:
     def __init__(self, config: ZendeskMappingFile, path: str) -> None:
         self.config = config
         self.path = path
-        self.tags = TagScheme(
-            breached=config.tags.breached,
-            at_risk=config.tags.at_risk,
-            management=config.tags.management,
-            update_due=config.tags.update_due,
-        )
+        self.tags = config.tags.scheme()
         self._group_tiers = {group: tier for tier, group in config.tier.groups.items()}
         self._option_tiers = {option: tier for tier, option in config.tier.options.items()}
 

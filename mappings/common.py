@@ -1,0 +1,38 @@
+"""Schema pieces every platform's mapping file shares: strictness and the names of the tags we write."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
+
+from engine.model import TagScheme
+
+
+class Strict(BaseModel):
+    """Refuse unknown keys: a typo in a mapping file must fail at load, not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TagNames(Strict):
+    """Tag names the engine's signals become (see engine.model.TagScheme); `{clock}` names the SLA clock."""
+
+    breached: str = TagScheme.breached
+    at_risk: str = TagScheme.at_risk
+    management: str = TagScheme.management
+    update_due: str = TagScheme.update_due
+
+    @field_validator("breached", "at_risk", "management", "update_due")
+    @classmethod
+    def _well_formed(cls, value: str, info: ValidationInfo) -> str:
+        if info.field_name in ("breached", "at_risk") and "{clock}" not in value:
+            raise ValueError("must contain {clock}, one tag per SLA clock")
+        if any(character.isspace() for character in value):
+            # Zendesk tags, Jira labels and most list fields split on whitespace: a tag with a space would
+            # come back as two, and we would never recognise our own tag again.
+            raise ValueError("a tag cannot contain spaces")
+        return value
+
+    def scheme(self) -> TagScheme:
+        return TagScheme(
+            breached=self.breached, at_risk=self.at_risk, management=self.management, update_due=self.update_due
+        )
