@@ -30,6 +30,7 @@ from engine.report import explain, explain_dict
 from mappings import NormalizeError, load_mapping
 from runtime import logs
 from runtime.config import AppConfig, Settings, environment, load_config
+from runtime.metrics import Metrics
 from runtime.wiring import Wired, build_connector, load_instance_mapping, wire
 from state import open_store
 
@@ -64,7 +65,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def _run_cycles(config: AppConfig, args: argparse.Namespace, stop: threading.Event, forever: bool) -> int:
+def _run_cycles(
+    config: AppConfig,
+    args: argparse.Namespace,
+    stop: threading.Event,
+    forever: bool,
+    metrics: Metrics | None = None,
+) -> int:
     store = open_store(config.state_url)
     selected = [s for s in config.instances if not args.instance or s.name in args.instance]
     if not selected:
@@ -89,6 +96,9 @@ def _run_cycles(config: AppConfig, args: argparse.Namespace, stop: threading.Eve
                     continue
                 failures += bool(report.error)
                 log.info("cycle", extra={"event": "cycle", **report.as_dict()})
+                if metrics is not None:
+                    metrics.record_cycle(report)
+                    metrics.record_http(instance.section.name, instance.http.stats)
             if not forever or stop.is_set():
                 break
             elapsed = (utcnow() - started).total_seconds()
@@ -117,7 +127,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    return _run_cycles(config, args, stop, forever=True)
+    metrics = Metrics()
+    if config.daemon.metrics_port:
+        metrics.serve(config.daemon.metrics_port, config.daemon.metrics_address)
+    return _run_cycles(config, args, stop, forever=True, metrics=metrics)
 
 
 def cmd_explain(args: argparse.Namespace) -> int:

@@ -39,6 +39,8 @@ class DaemonSection(BaseModel):
     interval_seconds: float = Field(60.0, gt=0)
     log_format: Literal["json", "text"] = "json"
     max_write_attempts: int = Field(5, ge=1)
+    metrics_port: int | None = Field(None, ge=1, le=65535)
+    metrics_address: str = "127.0.0.1"
 
 
 class StateSection(BaseModel):

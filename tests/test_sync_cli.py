@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import pytest
 
 import sync
@@ -33,7 +35,7 @@ CREDENTIALS = {
 }
 
 
-def zendesk_only_config(tmp_path: Path, base_url: str) -> Path:
+def zendesk_only_config(tmp_path: Path, base_url: str, daemon_extra: str = "") -> Path:
     """config.example.toml with one Zendesk instance pointed at `base_url` and a state file in tmp_path."""
     text = EXAMPLE.read_text(encoding="utf-8")
     policy = text.split("# ---- escalation policy", 1)[1]
@@ -41,6 +43,7 @@ def zendesk_only_config(tmp_path: Path, base_url: str) -> Path:
 [daemon]
 interval_seconds = 0.2
 log_format = "json"
+{daemon_extra}
 
 [state]
 url = "sqlite:///{tmp_path / "state.sqlite3"}"
@@ -138,9 +141,16 @@ def test_once_dry_run_writes_nothing(tmp_path: Path, monkeypatch, live_sandbox, 
     assert summary[0]["planned"] > 0 and summary[0]["writes"] == 0
 
 
-def test_run_stops_cleanly_on_sigterm(tmp_path: Path, live_sandbox) -> None:
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_run_serves_metrics_and_stops_cleanly_on_sigterm(tmp_path: Path, live_sandbox) -> None:
     sandbox, base_url = live_sandbox
-    config = zendesk_only_config(tmp_path, base_url)
+    port = free_port()
+    config = zendesk_only_config(tmp_path, base_url, f"metrics_port = {port}")
     env = {**os.environ, **CREDENTIALS, "PYTHONPATH": str(ROOT)}
     daemon = subprocess.Popen(
         [sys.executable, str(ROOT / "sync.py"), "run", "--config", str(config)],
@@ -156,6 +166,9 @@ def test_run_stops_cleanly_on_sigterm(tmp_path: Path, live_sandbox) -> None:
             line = daemon.stderr.readline()
             cycles += '"event": "cycle"' in line
         assert cycles == 2, "the daemon must loop"
+        scraped = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        assert 'escalation_sync_cycles_total{instance="local-zendesk",platform="zendesk"}' in scraped
+        assert "escalation_sync_http_requests_total" in scraped
         daemon.send_signal(signal.SIGTERM)
         _, rest = daemon.communicate(timeout=30)
     finally:
