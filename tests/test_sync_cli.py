@@ -219,3 +219,18 @@ def test_demo_on_loopback_ports_gives_the_same_result(capsys) -> None:
     assert sync.main([*args, "--loopback"]) == 0
     on_loopback = json.loads(capsys.readouterr().out)
     assert in_process["totals"] == on_loopback["totals"]
+
+
+def test_explain_a_live_ticket_fetches_it_from_the_instance(tmp_path: Path, monkeypatch, live_sandbox, capsys) -> None:
+    sandbox, base_url = live_sandbox
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    config = zendesk_only_config(tmp_path, base_url)
+    ticket_id = str(sandbox.ticket_ids()[0])
+    assert sync.main(["explain", "--config", str(config), "--instance", "local-zendesk", ticket_id, "--json"]) == 0
+    explained = json.loads(capsys.readouterr().out)
+    assert sandbox.calls("GET", rf"/api/v2/tickets/{ticket_id}\.json") == 1
+    assert sandbox.calls("PUT") == 0, "explain never writes"
+    assert ticket_id in json.dumps(explained)
+    assert sync.main(["explain", "--config", str(config), "--instance", "local-zendesk", "999999"]) == 1
+    assert "not found" in capsys.readouterr().err
