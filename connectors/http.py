@@ -248,9 +248,14 @@ class HttpClient:
         params: Any = None,
         json: Any = None,
         headers: Mapping[str, str] | None = None,
+        read_only: bool = False,
     ) -> httpx.Response:
-        """Send one request with retries; return any response that is not retried away or an auth failure."""
-        return self._request(method, url, params=params, json=json, headers=headers)
+        """Send one request with retries; return any response that is not retried away or an auth failure.
+
+        `read_only=True` marks a POST that only reads (Jira's JQL search), so it is retried like a GET: it
+        cannot have changed anything on the server, whatever happened to it.
+        """
+        return self._request(method, url, params=params, json=json, headers=headers, read_only=read_only)
 
     def session(self) -> requests.Session:
         """A requests.Session (for zenpy and jira) whose every request goes through this client."""
@@ -295,13 +300,14 @@ class HttpClient:
         json: Any = None,
         content: bytes | None = None,
         headers: Mapping[str, str] | None = None,
+        read_only: bool = False,
     ) -> httpx.Response:
         method = method.upper()
         request = self._client.build_request(
             method, self.absolute(url), params=params, json=json, content=content, headers=headers
         )
         safe_url = self._redact(str(request.url))
-        is_write = method in WRITE_METHODS
+        is_write = method in WRITE_METHODS and not read_only
         retrying = Retrying(
             stop=stop_after_attempt(max(1, self.options.max_attempts)),
             wait=self._wait,

@@ -232,7 +232,7 @@ class JsmConnector:
         }
         if token:
             payload["nextPageToken"] = token
-        return self.http.request("POST", SEARCH_PATH, json=payload)
+        return self.http.request("POST", SEARCH_PATH, json=payload, read_only=True)
 
     def _search_body(self, response: httpx.Response) -> Mapping[str, Any]:
         if response.status_code != 200:

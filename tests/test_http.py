@@ -142,6 +142,16 @@ def test_read_timeout_on_post_is_ambiguous(client: HttpClient) -> None:
 
 
 @respx.mock
+def test_a_read_only_post_is_retried_like_a_get(client: HttpClient) -> None:
+    route = respx.post(f"{BASE}/rest/api/3/search/jql").mock(
+        side_effect=[httpx.Response(500), httpx.ReadTimeout("slow"), httpx.Response(200, json={"issues": []})]
+    )
+    response = client.request("POST", "/rest/api/3/search/jql", json={"jql": "x"}, read_only=True)
+    assert response.status_code == 200
+    assert route.call_count == 3
+
+
+@respx.mock
 def test_connect_error_on_post_is_retried(client: HttpClient) -> None:
     route = respx.post(f"{BASE}/x").mock(side_effect=[httpx.ConnectError("refused"), httpx.Response(201)])
     assert client.request("POST", "/x", json={"a": 1}).status_code == 201
