@@ -25,6 +25,7 @@ The account it models: groups 360000000101..104 are the tiers L1 Support, L2 Spe
 L4 Vendor; escalation facts are ticket tags (`SIGNAL_TAGS`); the customer segment is the organization's
 `organization_fields.segment`; revenue at risk and affected customers are custom fields. Its activity is
 pseudo-random from `seed`, so a seed and a sequence of calls always produce the same account.
+This module is the behaviour; the text it draws tickets and messages from is in sandbox/zendesk_data.py.
 """
 
 from __future__ import annotations
@@ -43,6 +44,23 @@ from typing import Any
 from urllib.parse import urlencode
 
 from sandbox.base import Fault, Request, Response, SandboxApp, SimClock
+from sandbox.zendesk_data import (
+    AGENT_FOLLOW_UPS,
+    AGENT_REPLIES,
+    AGENTS,
+    CUSTOMER_ANSWERS,
+    CUSTOMER_NUDGES,
+    CUSTOMER_REOPENS,
+    ENGINEERING_NOTES,
+    FIRST_NAMES,
+    INTERNAL_NOTES,
+    LAST_NAMES,
+    ORGS,
+    PROBLEMS,
+    SIGNAL_MESSAGES,
+    SOLVE_REPLIES,
+    VENDOR_NOTES,
+)
 
 SUBDOMAIN = "acme"
 
@@ -126,377 +144,12 @@ ERROR_CLOSED = {
 # --------------------------------------------------------------------------------------------- the account
 
 
-@dataclass(frozen=True)
-class _Org:
-    id: int
-    name: str
-    domain: str
-    segment: str
-    weight: int
-
-
-_ORGS = (
-    _Org(362000000011, "Northwind Logistics", "northwind-logistics.example", "enterprise", 6),
-    _Org(362000000012, "Globex Retail Group", "globex-retail.example", "enterprise", 5),
-    _Org(362000000013, "Umbrella Health Partners", "umbrella-health.example", "enterprise", 4),
-    _Org(362000000014, "Initech Payroll", "initech-payroll.example", "mid_market", 4),
-    _Org(362000000015, "Hooli Analytics", "hooli-analytics.example", "mid_market", 3),
-    _Org(362000000016, "Stark Fabrication", "stark-fab.example", "mid_market", 3),
-    _Org(362000000017, "Pied Piper Storage", "piedpiper-storage.example", "smb", 2),
-    _Org(362000000018, "Vandelay Imports", "vandelay-imports.example", "smb", 2),
-)
-
-_AGENTS = (
-    (GROUP_L1, "Maya Lindqvist"),
-    (GROUP_L1, "Tomás Okafor"),
-    (GROUP_L1, "Priya Raman"),
-    (GROUP_L1, "Jonas Weber"),
-    (GROUP_L2, "Chloé Martin"),
-    (GROUP_L2, "Daniel Park"),
-    (GROUP_L2, "Amara Nwosu"),
-    (GROUP_L3, "Felix Brandt"),
-    (GROUP_L3, "Sofia Costa"),
-    (GROUP_L4, "Hiroshi Tanaka"),
-)
-
-_FIRST = (
-    "Alex",
-    "Jordan",
-    "Sam",
-    "Taylor",
-    "Morgan",
-    "Casey",
-    "Riley",
-    "Jamie",
-    "Avery",
-    "Quinn",
-    "Robin",
-    "Drew",
-    "Elena",
-    "Marcus",
-    "Aisha",
-    "Lena",
-    "Victor",
-    "Nadia",
-    "Oskar",
-    "Ines",
-)
-_LAST = (
-    "Fischer",
-    "Nguyen",
-    "Garcia",
-    "Kowalski",
-    "Haddad",
-    "Johansson",
-    "Moreau",
-    "Silva",
-    "Murphy",
-    "Rossi",
-    "Schmidt",
-    "Kim",
-    "Dubois",
-    "Novak",
-    "Andersen",
-    "Costa",
-)
-
-# (product area, ticket type, subject, description)
-_PROBLEMS = (
-    (
-        "area_sso_login",
-        "incident",
-        "SSO login fails with 'Invalid SAML response' after IdP certificate rotation",
-        "Since we rotated the signing certificate in Okta this morning, every user gets 'Invalid SAML response: "
-        "signature validation failed' when logging in. Password login is disabled for our account, so nobody can "
-        "get in. We uploaded the new certificate under Security > SSO but it made no difference.",
-    ),
-    (
-        "area_sso_login",
-        "question",
-        "How do we enforce 2FA for contractors only?",
-        "We'd like to require two-factor authentication for our contractor accounts but not for staff who log in "
-        "through SSO. Is there a way to scope the 2FA policy to a user group?",
-    ),
-    (
-        "area_sso_login",
-        "incident",
-        "Users logged out every 10 minutes since yesterday",
-        "Since yesterday afternoon our agents are being logged out roughly every ten minutes, mid-task. Session "
-        "timeout in our settings is 8 hours. It happens in Chrome and Edge, on office and home networks.",
-    ),
-    (
-        "area_billing",
-        "question",
-        "Invoice shows 140 seats but we only have 112 active users",
-        "Our November invoice (INV-2026-11-0481) charges for 140 seats. The admin console shows 112 active users "
-        "and 9 deactivated ones. Can you explain the difference and issue a corrected invoice?",
-    ),
-    (
-        "area_billing",
-        "incident",
-        "Card payment declined although the card is valid",
-        "Our renewal payment was declined twice with 'do_not_honor'. Our bank says they never saw the "
-        "authorisation request. The account now shows a past-due banner to all our users.",
-    ),
-    (
-        "area_billing",
-        "question",
-        "Change billing contact and VAT number",
-        "Please update our billing contact to finance@ our domain and add our new VAT number to future invoices. "
-        "The old contact has left the company.",
-    ),
-    (
-        "area_api",
-        "incident",
-        "API returns 502 on /v2/orders for large date ranges",
-        "Calls to GET /v2/orders with a date range over 30 days now fail with 502 Bad Gateway after about 60 "
-        "seconds. Shorter ranges work. This broke our nightly reconciliation job two nights in a row.",
-    ),
-    (
-        "area_api",
-        "problem",
-        "Webhooks delivered twice for the same event",
-        "We are receiving every order.updated webhook twice, a few seconds apart, with the same event id. Our "
-        "consumer is idempotent but the duplicates are triggering double notifications to our customers.",
-    ),
-    (
-        "area_api",
-        "question",
-        "Rate limit headers missing on bulk endpoints",
-        "The bulk import endpoint does not return the X-RateLimit headers, so our client can't pace itself and "
-        "keeps getting 429s. Is there a documented limit for bulk calls?",
-    ),
-    (
-        "area_api",
-        "incident",
-        "OAuth token refresh returns invalid_grant for all integrations",
-        "Starting around 06:40 UTC all of our OAuth integrations fail to refresh their tokens with "
-        "'invalid_grant'. Re-authorising one of them manually worked, but we have 40 of them.",
-    ),
-    (
-        "area_data_sync",
-        "incident",
-        "CRM sync stuck at 'Pending' for 3 days",
-        "The Salesforce sync has shown 'Pending' since Monday. No new contacts have come through and the last "
-        "successful run was 3 days ago. We haven't changed anything on the Salesforce side.",
-    ),
-    (
-        "area_data_sync",
-        "problem",
-        "Duplicate contacts created on every sync run",
-        "Each sync run creates a fresh copy of contacts whose email has uppercase letters. We now have over 2,000 "
-        "duplicates and our sales team is contacting the same people twice.",
-    ),
-    (
-        "area_data_sync",
-        "incident",
-        "Deleted records reappear after nightly import",
-        "Records we delete during the day are back the next morning after the nightly import. It looks like the "
-        "import ignores the deletion flag.",
-    ),
-    (
-        "area_reporting",
-        "incident",
-        "Dashboard widgets show 'Query timed out'",
-        "Since this morning most widgets on our executive dashboard show 'Query timed out'. The board meeting is "
-        "tomorrow and we need these figures.",
-    ),
-    (
-        "area_reporting",
-        "question",
-        "Scheduled report emails not arriving",
-        "Our weekly scheduled report stopped arriving two weeks ago. It's still listed as active and the "
-        "recipients haven't changed. Nothing in our spam folders either.",
-    ),
-    (
-        "area_reporting",
-        "problem",
-        "CSV export cuts off at 65,536 rows",
-        "When exporting the activity report to CSV, the file always ends at row 65,536 even though the report "
-        "shows about 90,000 rows. We need the full export for our auditors.",
-    ),
-    (
-        "area_mobile_app",
-        "incident",
-        "iOS app crashes on launch after update 7.4.0",
-        "After updating to 7.4.0, the iOS app crashes immediately on launch for about half of our field team "
-        "(iPhone 12 and 13, iOS 18). Reinstalling doesn't help. Android is fine.",
-    ),
-    (
-        "area_mobile_app",
-        "question",
-        "Offline mode not syncing photos",
-        "Technicians capture photos while offline, but when they come back online the photos never upload. The "
-        "text notes sync fine.",
-    ),
-    (
-        "area_notifications",
-        "incident",
-        "SMS notifications not delivered to UK numbers",
-        "Since yesterday none of our appointment reminders reach UK mobile numbers. The delivery log says 'sent' "
-        "but customers get nothing. US numbers are fine.",
-    ),
-    (
-        "area_notifications",
-        "question",
-        "Email notifications going to spam",
-        "Our customers report that notification emails from your platform land in spam since last week. Did "
-        "something change in the sending domain or DKIM setup?",
-    ),
-    (
-        "area_integrations",
-        "incident",
-        "Slack integration posts to the wrong channel",
-        "Alerts that should go to #ops-alerts are posted in #general since we reconnected the Slack app. The "
-        "channel mapping in the integration settings still shows #ops-alerts.",
-    ),
-    (
-        "area_integrations",
-        "question",
-        "Jira integration: map custom priority field",
-        "We'd like issues created from your app to fill our custom 'Customer Impact' field in Jira. Is field "
-        "mapping supported for custom fields, and how do we set it up?",
-    ),
-    (
-        "area_integrations",
-        "problem",
-        "Zapier trigger fires with empty payload",
-        "The 'New Invoice' Zapier trigger fires, but every field in the payload is empty. This started after "
-        "we renamed two custom fields.",
-    ),
-    (
-        "area_performance",
-        "incident",
-        "Search takes 30+ seconds for all users",
-        "Global search has become unusable: every query takes 30 to 45 seconds, or fails. It was instant last "
-        "week. Our account has about 1.2 million records.",
-    ),
-    (
-        "area_performance",
-        "incident",
-        "Page loads extremely slow in EU region",
-        "All pages take 10-15 seconds to load for our users in Frankfurt and Dublin. Colleagues in New York "
-        "report normal speed. Started around 08:00 CET.",
-    ),
-    (
-        "area_security",
-        "question",
-        "Request for SOC 2 Type II report and pen test summary",
-        "Our security team needs your latest SOC 2 Type II report and the summary of your most recent "
-        "penetration test for our annual vendor review, due at the end of the month.",
-    ),
-    (
-        "area_security",
-        "incident",
-        "Suspicious API key activity from unknown IP range",
-        "Our audit log shows API calls with one of our keys from an IP range in a country where we have no "
-        "staff. We revoked the key, but we need to know what data was accessed.",
-    ),
-    (
-        "area_permissions",
-        "question",
-        "Custom role can't see archived projects",
-        "Users with our 'Project Lead' custom role cannot open archived projects even though the role has "
-        "'View archived' enabled. Admins can see them.",
-    ),
-    (
-        "area_permissions",
-        "incident",
-        "New hires can't be invited: 'seat limit reached'",
-        "Inviting new users fails with 'seat limit reached', but we bought 25 extra seats last week and the "
-        "subscription page shows them. We have six people starting on Monday.",
-    ),
-    (
-        "area_data_import",
-        "question",
-        "Importing historical data from our old system",
-        "We're migrating from our old ticketing tool and want to import five years of history. What format "
-        "does the importer expect for attachments and timestamps?",
-    ),
-    (
-        "area_data_import",
-        "incident",
-        "Import job failed at 43% with no error message",
-        "Our bulk import of 80,000 records stopped at 43% and the job page just says 'Failed'. No error file "
-        "was produced. We tried twice with the same result.",
-    ),
-)
-
-_AGENT_REPLIES = (
-    "Thanks for the details. I've reproduced this on our side and I'm digging into the logs now. Could you "
-    "confirm the exact time (with time zone) of the last failure?",
-    "Thanks for reaching out. Could you send us a HAR file captured while the problem happens? Open the "
-    "browser developer tools, go to Network, reproduce the issue, then save all as HAR.",
-    "I've corrected a setting on your account that was causing this. Could you try again and let us know "
-    "whether the problem persists?",
-    "Could you share the request ID shown in the error banner (it starts with req_)? That lets us trace the "
-    "call end to end.",
-    "Thanks for your patience. We've confirmed this is a known issue affecting a small number of accounts, "
-    "and I'll update you as soon as the fix is deployed.",
-    "I've cleared the stuck jobs in your queue and re-triggered the run. Please check again in about 15 "
-    "minutes and let me know what you see.",
-    "As a workaround, splitting the request into smaller date ranges avoids the timeout. Could you try that "
-    "while we work on a permanent fix?",
-)
-_AGENT_FOLLOW_UPS = (
-    "Just checking in: were you able to try the steps I suggested?",
-    "Following up on my last message. Let us know if you still need help with this.",
-)
-_SOLVE_REPLIES = (
-    "Glad to hear it's working again! I'll mark this ticket as solved; just reply here if anything comes back.",
-    "The fix has been deployed to all regions. I'm solving this ticket for now; reply anytime to reopen it.",
-    "Since we haven't heard back, I'm marking this as solved. Replying to this email will reopen the ticket.",
-)
-_INTERNAL_NOTES = (
-    "Checked the account: plan limits are fine and there are no recent configuration changes in the audit log.",
-    "Customer is still on legacy v1 API keys, which would explain the auth errors. Asked them to rotate.",
-    "Reproduced on staging with the customer's file: it has a byte-order mark our parser rejects.",
-    "Looked at the job logs: three retries, all failing on the same record. Sent details to the customer.",
-)
-_ENGINEERING_NOTES = (
-    "Looks like a regression from Tuesday's release of the sync worker. Needs engineering; linked to the bug.",
-    "Stack trace points at the report renderer timing out on accounts with more than 50k rows. Needs a code fix.",
-)
-_VENDOR_NOTES = (
-    "This is on the SMS gateway's side: their status page shows degraded delivery to EU carriers. Waiting on "
-    "the vendor's case.",
-    "The payment processor rejects the whole card range. Opened a case with the processor; waiting for them.",
-)
-_CUSTOMER_NUDGES = (
-    "Any update on this? It's still happening for our team.",
-    "Following up: this is blocking our month-end close.",
-    "Is there an ETA? Several of our users are asking.",
-    "We're still seeing this today. Anything else you need from us?",
-)
-_CUSTOMER_ANSWERS = (
-    "Here's the request ID you asked for: req_{n}. It failed again at 14:05 our time.",
-    "I tried the workaround but it didn't help: same error.",
-    "I've attached the HAR file. Let me know if you need anything else.",
-    "Confirmed, we're on the latest version and the problem is still there.",
-)
-_CUSTOMER_REOPENS = (
-    "Unfortunately this started again this morning with the same error as before.",
-    "The fix didn't stick: we're seeing the problem again since yesterday.",
-)
-_SIGNAL_MESSAGES = {
-    TAG_CHURN: (
-        "Honestly, this is the third outage this quarter. If it isn't resolved this week we'll be evaluating "
-        "other vendors at renewal.",
-        "Our renewal is next month and leadership is asking whether we should keep using you. We need this fixed.",
-    ),
-    TAG_CUSTOMER_ESCALATION: (
-        "I'd like this escalated to a manager, please. We've been waiting far too long.",
-        "Please escalate this ticket. It's impacting our whole support floor.",
-    ),
-    TAG_PUBLIC_COMPLAINT: (
-        "We've posted about this on social media and in your community forum because we weren't getting answers.",
-        "Several of our own customers are now complaining publicly about this.",
-    ),
-    TAG_SECURITY: (
-        "One more thing: we noticed an admin login from an IP address we don't recognise around the same time. "
-        "Could this be a security issue?",
-    ),
-}
+# The corpus (organizations, people, ticket texts) lives in sandbox/zendesk_data.py; this binds it to the account.
+_TIER_GROUPS = {"L1": GROUP_L1, "L2": GROUP_L2, "L3": GROUP_L3, "L4": GROUP_L4}
+_AGENTS = tuple((_TIER_GROUPS[tier], name) for tier, name in AGENTS)
+"""(group id, name) of each agent, in corpus order: the order fixes their user ids."""
+if not set(SIGNAL_MESSAGES) <= set(SIGNAL_TAGS):  # the corpus names tags by their text; keep the two in step
+    raise RuntimeError(f"zendesk_data.SIGNAL_MESSAGES names unknown tags: {set(SIGNAL_MESSAGES) - set(SIGNAL_TAGS)}")
 
 
 # --------------------------------------------------------------------------------------------- helpers
@@ -682,7 +335,7 @@ class ZendeskSandbox(SandboxApp):
             self._add_user(user_id, name, email, "agent", None, since, default_group_id=group_id)
             self._agents_by_group[group_id].append(user_id)
         next_user = 363000000001
-        for org in _ORGS:
+        for org in ORGS:
             self._orgs[org.id] = {
                 "url": f"{self.canonical}/api/v2/organizations/{org.id}.json",
                 "id": org.id,
@@ -700,13 +353,13 @@ class ZendeskSandbox(SandboxApp):
                 "organization_fields": {"segment": org.segment, "account_manager": None},
             }
             for _ in range(2 + org.weight // 2):
-                first, last = self._rng.choice(_FIRST), self._rng.choice(_LAST)
+                first, last = self._rng.choice(FIRST_NAMES), self._rng.choice(LAST_NAMES)
                 email = f"{first}.{last}.{next_user % 1000}@{org.domain}".lower()
                 self._add_user(next_user, f"{first} {last}", email, "end-user", org.id, since)
                 self._requesters.extend([(next_user, org.id)] * org.weight)
                 next_user += 1
         for _ in range(8):
-            first, last = self._rng.choice(_FIRST), self._rng.choice(_LAST)
+            first, last = self._rng.choice(FIRST_NAMES), self._rng.choice(LAST_NAMES)
             email = f"{first}.{last}.{next_user % 1000}@mail.example".lower()
             self._add_user(next_user, f"{first} {last}", email, "end-user", None, since)
             self._requesters.append((next_user, 0))
@@ -1402,8 +1055,8 @@ class ZendeskSandbox(SandboxApp):
     def _spawn(self, at: datetime, seeded_index: int | None = None) -> _TicketState:
         rng = self._rng
         requester, org_id = rng.choice(self._requesters)
-        area, kind, subject, description = rng.choice(_PROBLEMS)
-        segment = next((o.segment for o in _ORGS if o.id == org_id), None)
+        area, kind, subject, description = rng.choice(PROBLEMS)
+        segment = next((o.segment for o in ORGS if o.id == org_id), None)
         priority = rng.choices((*PRIORITIES, None), weights=(8, 22, 40, 12, 18))[0]
         group = rng.choices((GROUP_L1, GROUP_L2, GROUP_L3, GROUP_L4, None), weights=(70, 15, 6, 3, 6))[0]
         channel = rng.choice(("email", "web", "web", "api"))
@@ -1530,17 +1183,17 @@ class ZendeskSandbox(SandboxApp):
         roll, status = rng.random(), data["status"]
         if status == "hold":
             if roll < 0.5:
-                fields["comment"] = {"body": rng.choice(_INTERNAL_NOTES), "public": False}
+                fields["comment"] = {"body": rng.choice(INTERNAL_NOTES), "public": False}
             else:
-                fields.update(status="open", comment={"body": rng.choice(_AGENT_REPLIES), "public": True})
+                fields.update(status="open", comment={"body": rng.choice(AGENT_REPLIES), "public": True})
         elif status == "pending":
             if roll < 0.55:
-                fields.update(status="solved", comment={"body": rng.choice(_SOLVE_REPLIES), "public": True})
+                fields.update(status="solved", comment={"body": rng.choice(SOLVE_REPLIES), "public": True})
             else:
-                fields["comment"] = {"body": rng.choice(_AGENT_FOLLOW_UPS), "public": True}
+                fields["comment"] = {"body": rng.choice(AGENT_FOLLOW_UPS), "public": True}
         elif roll < 0.07 and group in (GROUP_L1, GROUP_L2):
             fields.update(
-                comment={"body": rng.choice(_ENGINEERING_NOTES), "public": False},
+                comment={"body": rng.choice(ENGINEERING_NOTES), "public": False},
                 additional_tags=[TAG_ENGINEERING],
                 status="open",
             )
@@ -1548,20 +1201,20 @@ class ZendeskSandbox(SandboxApp):
                 fields["group_id"] = GROUP_L3
         elif roll < 0.10:
             fields.update(
-                comment={"body": rng.choice(_VENDOR_NOTES), "public": False},
+                comment={"body": rng.choice(VENDOR_NOTES), "public": False},
                 additional_tags=[TAG_VENDOR],
                 status="hold",
             )
             if rng.random() < 0.4:
                 fields["group_id"] = GROUP_L4
         elif roll < 0.18:
-            fields.update(comment={"body": rng.choice(_INTERNAL_NOTES), "public": False}, status="open")
+            fields.update(comment={"body": rng.choice(INTERNAL_NOTES), "public": False}, status="open")
         elif roll < 0.30:
-            fields.update(status="solved", comment={"body": rng.choice(_SOLVE_REPLIES), "public": True})
+            fields.update(status="solved", comment={"body": rng.choice(SOLVE_REPLIES), "public": True})
         else:
             fields.update(
                 status="pending" if rng.random() < 0.65 else "open",
-                comment={"body": rng.choice(_AGENT_REPLIES), "public": True},
+                comment={"body": rng.choice(AGENT_REPLIES), "public": True},
             )
         self._apply(state, at, agent, fields, "web")
 
@@ -1570,17 +1223,17 @@ class ZendeskSandbox(SandboxApp):
         status = data["status"]
         fields: dict[str, Any] = {}
         if status == "pending":
-            body = rng.choice(_CUSTOMER_ANSWERS).format(n=rng.randrange(10**7, 10**8))
+            body = rng.choice(CUSTOMER_ANSWERS).format(n=rng.randrange(10**7, 10**8))
         elif status == "solved":
-            body = rng.choice(_CUSTOMER_REOPENS)
+            body = rng.choice(CUSTOMER_REOPENS)
         else:
-            body = rng.choice(_CUSTOMER_NUDGES)
+            body = rng.choice(CUSTOMER_NUDGES)
             age_days = (at - state.created).total_seconds() / 86400
             if rng.random() < min(0.25, 0.04 + 0.03 * age_days):
-                options = [tag for tag in _SIGNAL_MESSAGES if tag not in data["tags"]]
+                options = [tag for tag in SIGNAL_MESSAGES if tag not in data["tags"]]
                 if options:
                     tag = rng.choice(options)
-                    body = rng.choice(_SIGNAL_MESSAGES[tag])
+                    body = rng.choice(SIGNAL_MESSAGES[tag])
                     fields["additional_tags"] = [tag]
         fields["comment"] = {"body": body, "public": True}
         self._apply(state, at, data["requester_id"], fields, data["via"]["channel"])

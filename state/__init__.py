@@ -9,6 +9,9 @@
 
 Errors a user can hit (bad URL, unwritable file, server refusing) raise `StoreError` naming the URL with any
 password replaced by ``***``; a malformed URL raises `StoreUrlError`, which is also a `ValueError`.
+
+Layout: state/base.py is the `Store` contract, state/sql.py implements it once in SQL, and state/sqlite.py and
+state/postgres.py add only what each database does its own way (connection, settings, migrations, time types).
 """
 
 from __future__ import annotations
