@@ -132,8 +132,9 @@ class _Cursor:
 
     def encode(self) -> str:
         data: dict[str, Any] = {"v": CURSOR_VERSION, "hw": self.high_water, "seen": self.seen}
-        if self.token:
+        if self.since is not None:
             data["since"] = self.since
+        if self.token:
             data["token"] = self.token
         return json.dumps(data, separators=(",", ":"), sort_keys=True)
 
@@ -184,36 +185,45 @@ class JsmConnector:
 
     def poll(self, cursor: str | None, now: datetime) -> Page:
         state = _Cursor.decode(cursor)
-        if state.token and state.since is not None:
-            since = state.since
-            response = self._search(since, state.token)
-            if response.status_code == 400:
-                # An expired or foreign page token: start this window again; the overlap de-dup absorbs it.
-                log.info("%s: search page token refused, restarting the window", self.instance)
-                state.token = None
-                since = self._window_start(state, now)
-                response = self._search(since, None)
+        if state.since is None:
+            since, token = self._window_start(state, now), None
         else:
-            since = self._window_start(state, now)
+            since, token = state.since, state.token
+        response = self._search(since, token)
+        if token and response.status_code == 400:
+            # An expired or foreign page token: start this window again; the overlap de-dup absorbs it.
+            log.info("%s: search page token refused, restarting the window", self.instance)
+            since, token = self._window_start(state, now), None
             response = self._search(since, None)
         body = self._search_body(response)
         issues = body.get("issues") or []
         records: list[RawRecord] = []
+        last_updated: int | None = None
         for issue in issues:
             if not isinstance(issue, Mapping):
                 continue
             key = str(issue.get("key") or issue.get("id") or "")
             updated = _updated_millis(issue)
+            if updated is not None:
+                last_updated = max(last_updated or updated, updated)
             if updated is not None and key:
                 if state.seen.get(key, -1) >= updated:
-                    continue  # delivered before (the overlap, or a page that shifted under us)
+                    continue  # delivered before (the overlap, or the key boundary of the previous page)
                 state.seen[key] = updated
                 state.high_water = max(state.high_water or updated, updated)
             records.append(RawRecord(id=str(issue.get("id") or key), data=dict(issue)))
-        token = body.get("nextPageToken") or None
-        has_more = bool(token) and body.get("isLast") is not True
-        state.token = token if has_more else None
-        state.since = since if has_more else None
+        next_token = body.get("nextPageToken") or None
+        has_more = bool(next_token) and body.get("isLast") is not True
+        if not has_more:
+            state.since = state.token = None
+        elif last_updated is not None and last_updated > since:
+            # Keyset: the next page is a fresh search from where this one ended, not the page token. Issues
+            # updated while we page (our own writes among them) move to the end of `ORDER BY updated`; with a
+            # token that shift would skip the issues behind them, with a fresh search it only re-reads them.
+            state.since, state.token = last_updated, None
+        else:
+            # A whole page tied on one `updated` instant: only the token can step past the tie.
+            state.since, state.token = since, next_token
         if state.high_water is not None:
             floor = state.high_water - self.overlap_ms
             state.seen = {key: value for key, value in state.seen.items() if value >= floor}

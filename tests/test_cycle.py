@@ -1,4 +1,4 @@
-"""The reconciliation properties of the sync cycle, on the Zendesk sandbox (DESIGN.md principles 1, 2, 7).
+"""The reconciliation properties of the sync cycle, on each platform's sandbox (DESIGN.md principles 1, 2, 7).
 
 Each test runs the real Syncer, connector, HTTP layer, mapping, engine and SQLite store against a sandbox
 seeded with tickets; only the httpx transport differs from production. Time is the sandbox's SimClock.
@@ -7,38 +7,108 @@ seeded with tickets; only the httpx transport differs from production. Time is t
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from engine.model import COMMENT_MARKER
 from engine.policy import load_policy
 from runtime.config import AppConfig, DaemonSection, InstanceSection
-from runtime.cycle import CycleReport
+from runtime.cycle import CycleReport, Syncer
 from runtime.demo import DEMO_START
 from runtime.wiring import Wired, wire
-from sandbox.base import Fault, SimClock
+from sandbox.base import Fault, SandboxApp, SimClock
+from sandbox.jsm import JsmSandbox
+from sandbox.servicenow import ServiceNowSandbox
 from sandbox.zendesk import ZendeskSandbox
 from state import open_store
 from state.base import Store
 
 ROOT = Path(__file__).resolve().parent.parent
-ENVIRON = {"ZD_EMAIL": "bot@example.com", "ZD_TOKEN": "s3cr3t-token-value"}
-SECTION = InstanceSection(
-    name="zd",
-    platform="zendesk",
-    base_url="https://example.zendesk.com",
-    credentials={"email": "ZD_EMAIL", "api_token": "ZD_TOKEN"},
-    options={"page_size": 25},
-)
+# A refusal in the platform's own error shape is not needed: the connectors map any 422 to a dead letter.
+REFUSAL = '{"error": "invalid"}'
 MARKER = re.compile(re.escape(COMMENT_MARKER.format(key="")) + r"[^)\s]+")
 
 
+@dataclass(frozen=True)
+class Platform:
+    """What the generic scenarios need to know of one platform's sandbox."""
+
+    section: InstanceSection
+    environ: dict[str, str]
+    sandbox: Callable[[SimClock], SandboxApp]
+    ticket_ids: Callable[[Any], list[Any]]
+    note_text: str
+    """The key of a stored comment or journal row that holds its text."""
+    write: tuple[str, str]
+    """Method and path pattern of the call that carries tier and tags."""
+    write_for: Callable[[str], str]
+    """The write path pattern for one ticket id."""
+    echo_next_cycle: bool = True
+    """False where the poll re-reads our writes within the same cycle (JSM's keyset search moves an issue we
+    updated to the end of the order it is reading)."""
+
+
+PLATFORMS = {
+    "zendesk": Platform(
+        section=InstanceSection(
+            name="zd",
+            platform="zendesk",
+            base_url="https://example.zendesk.com",
+            credentials={"email": "ZD_EMAIL", "api_token": "ZD_TOKEN"},
+            options={"page_size": 25},
+        ),
+        environ={"ZD_EMAIL": "bot@example.com", "ZD_TOKEN": "s3cr3t-token-value"},
+        sandbox=lambda clock: ZendeskSandbox(clock, seed=11),
+        ticket_ids=lambda sandbox: sandbox.ticket_ids(),
+        note_text="body",
+        write=("PUT", r"^/api/v2/tickets/\d+\.json$"),
+        write_for=lambda ticket_id: rf"^/api/v2/tickets/{ticket_id}\.json$",
+    ),
+    "jsm": Platform(
+        section=InstanceSection(
+            name="jsm",
+            platform="jsm",
+            base_url="https://example.atlassian.net",
+            credentials={"email": "JSM_EMAIL", "api_token": "JSM_TOKEN"},
+            options={"page_size": 25},
+        ),
+        environ={"JSM_EMAIL": "bot@example.com", "JSM_TOKEN": "jsm-token-value"},
+        sandbox=lambda clock: JsmSandbox(clock, seed=11),
+        ticket_ids=lambda sandbox: sandbox.issue_keys(),
+        note_text="body",
+        write=("PUT", r"^/rest/api/3/issue/[^/]+$"),
+        write_for=lambda ticket_id: rf"^/rest/api/3/issue/{ticket_id}$",
+        echo_next_cycle=False,
+    ),
+    "servicenow": Platform(
+        section=InstanceSection(
+            name="snow",
+            platform="servicenow",
+            base_url="https://example.service-now.com",
+            credentials={"username": "SNOW_USER", "password": "SNOW_PASSWORD"},
+            options={"page_size": 25},
+        ),
+        environ={"SNOW_USER": "integration", "SNOW_PASSWORD": "snow-password-value"},
+        sandbox=lambda clock: ServiceNowSandbox(clock, seed=11),
+        ticket_ids=lambda sandbox: sandbox.incident_ids(),
+        note_text="value",
+        write=("PATCH", r"^/api/now/table/incident/[0-9a-f]{32}$"),
+        write_for=lambda ticket_id: rf"^/api/now/table/incident/{ticket_id}$",
+    ),
+}
+
+
 class World:
-    def __init__(self, tmp_path: Path, tickets: int = 60) -> None:
+    def __init__(self, tmp_path: Path, platform: Platform, tickets: int = 60) -> None:
+        self.platform = platform
+        self.name = platform.section.name
         self.clock = SimClock(DEMO_START)
-        self.sandbox = ZendeskSandbox(self.clock, seed=11)
+        self.sandbox: Any = platform.sandbox(self.clock)
         self.sandbox.seed_tickets(tickets)
         self.store_url = f"sqlite:///{tmp_path / 'state.sqlite3'}"
         self.store: Store = open_store(self.store_url)
@@ -46,17 +116,17 @@ class World:
             path=ROOT / "config.example.toml",
             daemon=DaemonSection(max_write_attempts=3),
             state_url=self.store_url,
-            instances=(SECTION,),
+            instances=(platform.section,),
             policy=load_policy(ROOT / "config.example.toml"),
         )
         self.wired: list[Wired] = []
 
-    def syncer(self, store: Store | None = None):
+    def syncer(self, store: Store | None = None) -> Syncer:
         wired = wire(
             self.config,
-            SECTION,
+            self.platform.section,
             store or self.store,
-            environ=ENVIRON,
+            environ=self.platform.environ,
             clock=self.clock.now,
             transport=self.sandbox.transport(),
             sleep=lambda seconds: None,
@@ -64,15 +134,15 @@ class World:
         self.wired.append(wired)
         return wired.syncer
 
-    def puts(self) -> int:
-        return self.sandbox.calls("PUT", r"^/api/v2/tickets/\d+\.json$")
+    def writes(self) -> int:
+        return self.sandbox.calls(*self.platform.write)
 
     def marker_counts(self) -> dict[str, int]:
-        """How many times each idempotency key appears across all ticket comments."""
+        """How many times each idempotency key appears across all tickets' comments (or work notes)."""
         counts: dict[str, int] = {}
-        for ticket_id in self.sandbox.ticket_ids():
+        for ticket_id in self.platform.ticket_ids(self.sandbox):
             for comment in self.sandbox.comments(ticket_id):
-                for key in MARKER.findall(comment.get("body", "")):
+                for key in MARKER.findall(str(comment.get(self.platform.note_text, ""))):
                     counts[key] = counts.get(key, 0) + 1
         return counts
 
@@ -82,15 +152,26 @@ class World:
         self.store.close()
 
 
-@pytest.fixture
-def world(tmp_path: Path):
-    created = World(tmp_path)
+@pytest.fixture(params=sorted(PLATFORMS))
+def world(request: pytest.FixtureRequest, tmp_path: Path):
+    created = World(tmp_path, PLATFORMS[request.param])
     yield created
     created.close()
 
 
-def test_first_cycle_escalates_and_writes(world: World) -> None:
-    window = (DEMO_START - timedelta(hours=SECTION.initial_lookback_hours), DEMO_START - timedelta(minutes=1))
+@pytest.fixture
+def zendesk_world(tmp_path: Path):
+    created = World(tmp_path, PLATFORMS["zendesk"])
+    yield created
+    created.close()
+
+
+def test_first_cycle_escalates_and_writes(zendesk_world: World) -> None:
+    world = zendesk_world
+    window = (
+        DEMO_START - timedelta(hours=world.platform.section.initial_lookback_hours),
+        DEMO_START - timedelta(minutes=1),
+    )
     updated = [datetime.fromisoformat(world.sandbox.ticket(i)["updated_at"]) for i in world.sandbox.ticket_ids()]
     expected = sum(1 for moment in updated if window[0] <= moment <= window[1])
     report = world.syncer().run_cycle()
@@ -101,31 +182,45 @@ def test_first_cycle_escalates_and_writes(world: World) -> None:
     assert sum(report.escalations.values()) > 0
     assert report.comments > 0
     assert report.cursor_committed
-    assert world.puts() == report.writes
+    assert world.writes() == report.writes
+
+
+def freeze_customer_history(world: World) -> None:
+    """The repeated-failure rules rightly react to the escalations a cycle made (a customer whose tickets were
+    just escalated gets management attention on the next pass): hold that one input still where a test looks
+    at reconciliation alone."""
+    world.store.escalations_since = lambda customer, since: 0  # type: ignore[method-assign]
 
 
 def test_ten_unchanged_cycles_write_nothing_after_the_first(world: World) -> None:
+    freeze_customer_history(world)
     syncer = world.syncer()
     first = syncer.run_cycle()
     assert first.writes > 0
-    puts_after_first = world.puts()
+    puts_after_first = world.writes()
     later: list[CycleReport] = [syncer.run_cycle() for _ in range(9)]
-    assert world.puts() == puts_after_first
+    assert world.writes() == puts_after_first
     assert all(report.writes == 0 and report.error == "" for report in later)
 
 
+def test_with_live_history_unchanged_tickets_settle_within_three_cycles(world: World) -> None:
+    syncer = world.syncer()
+    reports = [syncer.run_cycle() for _ in range(10)]
+    assert reports[0].writes > 0
+    assert all(report.writes == 0 for report in reports[3:]), [report.writes for report in reports]
+
+
 def test_the_echo_of_our_own_write_costs_no_write(world: World) -> None:
-    # The repeated-failure rule rightly reacts to the escalations cycle 1 made (a customer with many escalated
-    # tickets gets management attention in cycle 2); hold that input still to look at the echo alone.
-    world.store.escalations_since = lambda customer, since: 0  # type: ignore[method-assign]
+    freeze_customer_history(world)
     syncer = world.syncer()
     first = syncer.run_cycle()
-    written = world.puts()
+    written = world.writes()
     world.clock.advance(timedelta(seconds=61))  # the export shows changes once they are a minute old
     echo = syncer.run_cycle()
-    assert echo.tickets_seen >= first.writes, "the second poll must read back the tickets we wrote"
+    if world.platform.echo_next_cycle:
+        assert echo.tickets_seen >= first.writes, "the second poll must read back the tickets we wrote"
     assert echo.writes == 0
-    assert world.puts() == written
+    assert world.writes() == written
 
 
 def test_every_handoff_note_is_posted_once(world: World) -> None:
@@ -153,8 +248,8 @@ def test_crash_between_write_and_ledger_done_leaves_one_comment(world: World, tm
     with pytest.raises(RuntimeError, match="injected crash"):
         syncer.run_cycle()
     assert crashed
-    assert world.store.get_cursor("zd") is None, "the cursor must not move past the crashed page"
-    pending = world.store.pending("zd")
+    assert world.store.get_cursor(world.name) is None, "the cursor must not move past the crashed page"
+    pending = world.store.pending(world.name)
     assert [intent.key for intent in pending] == crashed
 
     restarted_store = open_store(world.store_url)
@@ -162,8 +257,8 @@ def test_crash_between_write_and_ledger_done_leaves_one_comment(world: World, tm
         report = world.syncer(restarted_store).run_cycle()
         assert report.error == ""
         assert report.recovered == 1
-        assert restarted_store.pending("zd") == []
-        assert restarted_store.get_cursor("zd") is not None
+        assert restarted_store.pending(world.name) == []
+        assert restarted_store.get_cursor(world.name) is not None
     finally:
         restarted_store.close()
     counts = world.marker_counts()
@@ -181,20 +276,21 @@ def test_cursor_does_not_move_when_a_write_cannot_be_queued(world: World) -> Non
     world.store.record_intent = broken_intent  # type: ignore[method-assign]
     with pytest.raises(OSError, match="disk full"):
         syncer.run_cycle()
-    assert world.store.get_cursor("zd") is None
-    assert world.puts() == 0
+    assert world.store.get_cursor(world.name) is None
+    assert world.writes() == 0
 
 
 def test_ambiguous_write_is_queued_then_recovered_without_duplicate(world: World) -> None:
-    world.sandbox.inject(Fault(status=502, times=1, method="PUT", path_pattern=r"^/api/v2/tickets/\d+\.json$"))
+    method, path = world.platform.write
+    world.sandbox.inject(Fault(status=502, times=1, method=method, path_pattern=path))
     syncer = world.syncer()
     first = syncer.run_cycle()
     assert first.failed == 1
     assert first.cursor_committed, "a durably queued write lets the cursor move"
-    assert len(world.store.pending("zd")) == 1
+    assert len(world.store.pending(world.name)) == 1
     second = syncer.run_cycle()
     assert second.recovered == 1
-    assert world.store.pending("zd") == []
+    assert world.store.pending(world.name) == []
     assert set(world.marker_counts().values()) == {1}
 
 
@@ -205,9 +301,9 @@ def test_dry_run_plans_but_writes_nothing(world: World) -> None:
     syncer.on_event = lambda event: planned.append(event.ticket_id) if event.kind == "planned" else None
     report = syncer.run_cycle()
     assert report.planned == len(planned) > 0
-    assert world.puts() == 0
-    assert world.store.get_cursor("zd") is None
-    assert world.store.pending("zd") == []
+    assert world.writes() == 0
+    assert world.store.get_cursor(world.name) is None
+    assert world.store.pending(world.name) == []
 
 
 def test_refused_write_is_dead_lettered_and_blocks_nothing(world: World) -> None:
@@ -217,19 +313,14 @@ def test_refused_write_is_dead_lettered_and_blocks_nothing(world: World) -> None
     probe.on_event = lambda event: planned.append(event.ticket_id) if event.kind == "planned" else None
     probe.run_cycle()
     refused = planned[0]
+    method, _ = world.platform.write
     world.sandbox.inject(
-        Fault(
-            status=422,
-            times=1000,
-            method="PUT",
-            path_pattern=rf"^/api/v2/tickets/{refused}\.json$",
-            body='{"error":"RecordInvalid","description":"Record validation errors","details":{}}',
-        )
+        Fault(status=422, times=1000, method=method, path_pattern=world.platform.write_for(refused), body=REFUSAL)
     )
     report = world.syncer().run_cycle()
     assert report.dead_lettered == 1
     assert report.writes >= len(planned) - 1  # escalation history can add a few in a real run
     assert report.cursor_committed
-    dead = world.store.dead_letters("zd")
+    dead = world.store.dead_letters(world.name)
     assert [intent.ticket_id for intent in dead] == [refused]
-    assert "RecordInvalid" in dead[0].last_error or "422" in dead[0].last_error
+    assert "422" in dead[0].last_error or "invalid" in dead[0].last_error.lower()

@@ -93,7 +93,7 @@ def millis(moment: datetime) -> int:
 
 
 @respx.mock
-def test_poll_pages_to_the_end_with_next_page_token(http: HttpClient, mapping: JsmMapping) -> None:
+def test_poll_pages_to_the_end_by_keyset(http: HttpClient, mapping: JsmMapping) -> None:
     route = respx.post(SEARCH).mock(
         side_effect=[
             httpx.Response(200, json=fixture("search_page1.json")),
@@ -115,8 +115,11 @@ def test_poll_pages_to_the_end_with_next_page_token(http: HttpClient, mapping: J
     assert "nextPageToken" not in body1
     assert body1["maxResults"] == 50
     assert body1["fields"] == mapping.request_fields
-    assert body2["jql"] == body1["jql"]  # the token continues the same query
-    assert body2["nextPageToken"] == "CAEaAggD"
+    # Page 2 is a fresh search from where page 1 ended (keyset), not the page token: issues updated while we
+    # page (our own writes) move to the end of the order, and a token would then skip the ones behind them.
+    last = max(millis(datetime.fromisoformat(i["fields"]["updated"])) for i in fixture("search_page1.json")["issues"])
+    assert body2["jql"] == f"(project = SUP) AND updated >= {last} ORDER BY updated ASC, key ASC"
+    assert "nextPageToken" not in body2
 
 
 @respx.mock
@@ -182,20 +185,23 @@ def test_idle_poll_costs_one_call(http: HttpClient, mapping: JsmMapping) -> None
 
 @respx.mock
 def test_expired_page_token_restarts_the_window(http: HttpClient, mapping: JsmMapping) -> None:
+    """Tokens are only used to step past a page tied on one `updated` instant; an expired one restarts."""
     route = respx.post(SEARCH).mock(
         side_effect=[
-            httpx.Response(200, json=fixture("search_page1.json")),
             httpx.Response(400, json=fixture("error_400_page_token.json")),
             httpx.Response(200, json=fixture("search_overlap.json")),
         ]
     )
-    jsm = connector(http, mapping)
-    cursor = jsm.poll(None, NOW).cursor
-    page = jsm.poll(cursor, NOW)
-    assert "nextPageToken" not in sent(route, 2)
-    # The window restarts at the high-water mark minus the overlap: SUP-103 and SUP-104 were never delivered,
-    # SUP-102 changed since page 1, so all three come through.
-    assert [record.data["key"] for record in page.records] == ["SUP-103", "SUP-104", "SUP-102"]
+    high_water = millis(datetime.fromisoformat("2026-03-09T10:04:00+00:00"))
+    tied = json.dumps({"v": 1, "hw": high_water, "seen": {}, "since": high_water, "token": "CAEaAggD"})
+    page = connector(http, mapping).poll(tied, NOW)
+    assert sent(route, 0)["nextPageToken"] == "CAEaAggD"
+    restarted = sent(route, 1)
+    assert "nextPageToken" not in restarted
+    assert f"updated >= {high_water - 120_000} " in restarted["jql"]  # the high-water mark minus the overlap
+    assert [record.data["key"] for record in page.records] == [
+        i["key"] for i in fixture("search_overlap.json")["issues"]
+    ]
 
 
 @respx.mock
