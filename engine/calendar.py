@@ -157,10 +157,11 @@ class BusinessCalendar:
         """The ordinal of the day (in this calendar's day zone) that contains `moment` (a UTC datetime)."""
         if self._members:
             return moment.toordinal()
-        # Memoized: `now` and a ticket's creation come back for every clock, and astimezone is the slow part.
+        # Memoized (small: the repeats are `now` within a cycle and a ticket's times across its clocks),
+        # because astimezone is the slow part.
         ordinal = self._ordinals.get(moment)
         if ordinal is None:
-            if len(self._ordinals) > 65536:
+            if len(self._ordinals) > 2048:
                 self._ordinals.clear()
             ordinal = self._ordinals[moment] = moment.astimezone(self.zone).toordinal()
         return ordinal
@@ -252,14 +253,14 @@ class BusinessCalendar:
     def _position(self, moment: datetime) -> timedelta:
         """Business time from the start of day `_cum_base` to `moment`: a monotonic clock of business time.
 
-        Memoized, because `now` and a ticket's creation are measured for several clocks.
+        Memoized, small, because `now` and a ticket's creation are measured for several clocks.
         """
         position = self._positions.get(moment)
         if position is None:
             ordinal = self._day_of(moment)
             position = self._cumulative(ordinal)  # may rebase (and clear the memo) first
             position += self._within(ordinal, None, moment)
-            if len(self._positions) > 65536:
+            if len(self._positions) > 2048:
                 self._positions.clear()
             self._positions[moment] = position
         return position

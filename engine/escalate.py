@@ -386,7 +386,10 @@ def run_rules(policy: Policy, facts: dict[str, Any], current: Tier) -> tuple[Rul
     """
     context = _activation(policy, facts)
     shown = dict(facts)
-    for path in _QUANTIZED.intersection(shown):
+    quantized = policy.outcome_cache.get("quantized")
+    if quantized is None:
+        quantized = policy.outcome_cache["quantized"] = tuple(path for path in facts if path in _QUANTIZED)
+    for path in quantized:
         shown[path] = shown_value(path, shown[path])
     cache = policy.outcome_cache
     outcomes = []

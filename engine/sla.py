@@ -94,10 +94,7 @@ def active_business_time(
 
 
 def is_paused_at(pauses: Sequence[Pause], moment: datetime) -> bool:
-    for start, end in pauses:
-        if start <= moment and (end is None or end > moment):
-            return True
-    return False
+    return any(start <= moment and (end is None or end > moment) for start, end in pauses)
 
 
 def compute_clock(
@@ -112,32 +109,6 @@ def compute_clock(
     at_risk_fraction: float,
 ) -> Clock:
     """Measure one clock as of `now`. A stop later than `now` has not happened yet and is ignored."""
-    stopped = stop is not None and stop <= now
-    if stopped:
-        # A stopped clock no longer depends on `now`: the daemon re-measures the same met clocks every cycle.
-        key = (name, start, stop, target, calendar, tuple(pauses), at_risk_fraction)
-        clock = _STOPPED.get(key)
-        if clock is None:
-            if len(_STOPPED) > 100_000:
-                _STOPPED.clear()
-            clock = _STOPPED[key] = _measure(name, start, stop, target, calendar, pauses, now, at_risk_fraction)
-        return clock
-    return _measure(name, start, stop, target, calendar, pauses, now, at_risk_fraction)
-
-
-_STOPPED: dict[tuple[object, ...], Clock] = {}
-
-
-def _measure(
-    name: str,
-    start: datetime,
-    stop: datetime | None,
-    target: timedelta,
-    calendar: BusinessCalendar,
-    pauses: Sequence[Pause],
-    now: datetime,
-    at_risk_fraction: float,
-) -> Clock:
     stopped = stop is not None and stop <= now
     end = stop if stopped and stop is not None else now
     breached_at: datetime | None = None

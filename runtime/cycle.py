@@ -41,6 +41,8 @@ log = logging.getLogger("escalation_sync.cycle")
 
 REPEAT_WINDOW = timedelta(days=30)
 TIER_NAMES = frozenset(tier.value for tier in Tier)
+MANAGEMENT = "MGMT"
+"""Recorded beside the tier entries when the management track starts: its clocks run from then on."""
 
 
 @dataclass(frozen=True)
@@ -194,12 +196,16 @@ class Syncer:
         return decision, plan(decision, ticket, self.mapping.tags)
 
     def _history(self, ticket: Ticket, now: datetime) -> EscalationHistory:
-        entries = tuple(
-            (Tier(tier), at) for tier, at in self.store.tier_entries(self.instance, ticket.id) if tier in TIER_NAMES
-        )
+        recorded = self.store.tier_entries(self.instance, ticket.id)
+        entries = tuple((Tier(tier), at) for tier, at in recorded if tier in TIER_NAMES)
+        management = [at for tier, at in recorded if tier == MANAGEMENT]
         customer = ticket.organization or ticket.requester
         repeats = self.store.escalations_since(customer, now - REPEAT_WINDOW) if customer else 0
-        return EscalationHistory(customer_escalations_30d=repeats, tier_entries=entries)
+        return EscalationHistory(
+            customer_escalations_30d=repeats,
+            tier_entries=entries,
+            management_started_at=min(management) if management else None,
+        )
 
     def _send(
         self,
@@ -302,13 +308,13 @@ class Syncer:
         report.tags_removed += len(writeback.remove_tags)
         if writeback.comment is not None:
             report.comments += 1
+        customer = ticket.organization or ticket.requester or ""
         if writeback.tier is not None:
             report.escalations[writeback.tier.value] += 1
-            customer = ticket.organization or ticket.requester
-            if customer:
-                self.store.record_escalation(self.instance, customer, ticket.id, writeback.tier.value, now)
+            self.store.record_escalation(self.instance, customer, ticket.id, writeback.tier.value, now)
         if decision is not None and decision.management and self.mapping.tags.management in writeback.add_tags:
             report.management += 1
+            self.store.record_escalation(self.instance, customer, ticket.id, MANAGEMENT, now)
         self.on_event(Event("written", self.instance, ticket.id, now, _describe(writeback, decision, ticket)))
 
 

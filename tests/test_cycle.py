@@ -324,3 +324,23 @@ def test_refused_write_is_dead_lettered_and_blocks_nothing(world: World) -> None
     dead = world.store.dead_letters(world.name)
     assert [intent.ticket_id for intent in dead] == [refused]
     assert "422" in dead[0].last_error or "invalid" in dead[0].last_error.lower()
+
+
+def test_management_track_started_once_keeps_its_clocks(zendesk_world: World) -> None:
+    world = zendesk_world
+    syncer = world.syncer()
+    started: list[str] = []
+    syncer.on_event = lambda event: (
+        started.append(event.ticket_id) if event.kind == "written" and event.detail.get("management") else None
+    )
+    syncer.run_cycle()
+    assert started, "the scenario must start management tracks"
+    ticket_id = started[0]
+    entries = world.store.tier_entries(world.name, ticket_id)
+    assert ("MGMT", DEMO_START) in entries
+    world.clock.advance(timedelta(minutes=45))  # nobody acted: management acknowledgment (30 min) is overdue
+    syncer.on_event = lambda event: None
+    syncer.run_cycle()
+    tags = set(world.sandbox.ticket(int(ticket_id))["tags"])
+    assert "esc_management" in tags
+    assert "esc_breached_mgmt_acknowledgment" in tags

@@ -478,3 +478,51 @@ def test_decisions_do_not_depend_on_the_order_of_evaluation():
     forward = [evaluate(item, POLICY, now) for item in tickets for now in moments]
     backward = [evaluate(item, POLICY, now) for item in reversed(tickets) for now in reversed(moments)]
     assert forward == backward[::-1]
+
+
+def test_platform_sla_and_custom_facts_in_rules():
+    from engine.model import PlatformSla
+
+    data = copy.deepcopy(tomllib.loads(CONFIG.read_text())["policy"])
+    data["rules"] = [
+        {"name": "platform-breach", "when": "platform_slas.any_breached", "tier": "L2"},
+        {"name": "vip-tag", "when": "'vip' in ticket.tags && ticket.is_open", "management": True},
+        {
+            "name": "ack-overdue",
+            "when": "clocks.acknowledgment.remaining_minutes < -10.0",
+            "tier": "next",
+            "reason": "acknowledgment {clocks.acknowledgment.remaining_minutes} left at {ticket.tier}",
+        },
+    ]
+    policy = policy_from_dict(data)
+    slas = (PlatformSla("Time to resolution", breached=True), PlatformSla("Time to first response", breached=False))
+    decision = evaluate(ticket(platform_slas=slas, tags=frozenset({"vip"})), policy, T0 + H)
+    assert [rule.name for rule in decision.fired] == ["platform-breach", "vip-tag"]
+    assert decision.fired[0].reason == "platform_slas.any_breached = true"
+    assert decision.management
+    late = evaluate(ticket(tier=Tier.L2, last_agent_action_at=None), policy, T0 + 30 * M)
+    assert late.target_tier is Tier.L3
+    assert late.fired[0].reason == "acknowledgment -15.0min left at L2"
+
+
+def test_follow_the_sun_calendar_from_the_example_config():
+    data = copy.deepcopy(tomllib.loads(CONFIG.read_text())["policy"])
+    data["sla"]["P2"]["calendar"] = "follow_the_sun"
+    policy = policy_from_dict(data)
+    saturday = datetime(2026, 11, 28, 10, tzinfo=UTC)  # every member closed: Saturday in all three zones
+    decision = evaluate(
+        ticket(
+            priority=Priority.P2,
+            created_at=saturday,
+            tier_entered_at=saturday,
+            first_public_reply_at=None,
+            last_public_reply_at=None,
+        ),
+        policy,
+        saturday + 20 * H,
+    )
+    first_response = next(clock for clock in decision.clocks if clock.name == "first_response")
+    assert first_response.calendar == "follow_the_sun"
+    assert first_response.elapsed == timedelta(0)
+    # Singapore opens Monday 08:00 SGT = Sunday 00:00 UTC: due two business hours later.
+    assert first_response.due_at == datetime(2026, 11, 30, 2, tzinfo=UTC)

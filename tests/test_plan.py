@@ -151,3 +151,39 @@ def test_closed_and_deleted_tickets_get_no_write(status: Status) -> None:
     decision = evaluate(late, POLICY, T0 + 5 * H)
     assert not plan(decision, late, TAGS).is_empty, "precondition: the open ticket would be written"
     assert plan(decision, replace(late, status=status), TAGS).is_empty
+
+
+def test_explain_shows_ticket_clocks_rules_and_write_back():
+    import json
+
+    from engine.report import explain, explain_dict
+
+    observed = ticket(tags=frozenset({"vip", "esc_at_risk_resolution"}))
+    decision = evaluate(observed, POLICY, T0 + 3 * H + H / 6)
+    writeback = plan(decision, observed, TAGS)
+    text = explain(observed, decision, writeback)
+    assert "Ticket SUP-1 (jsm/acme-jsm) 'Login broken'" in text
+    assert "tier L1 -> L2 (escalates)" in text
+    for clock in decision.clocks:
+        assert f"  {clock.name:<22} {clock.state.value}" in text
+    assert "[FIRED] l1-time-limit (L2): at L1 for 3h10m business time, limit 2h" in text
+    assert "[     ] l2-time-limit (L3): not met: ticket.tier = 'L1'" in text
+    assert "set tier L2" in text and "remove tags esc_at_risk_resolution" in text
+    assert writeback.comment is not None and writeback.comment.marker in text
+
+    data = json.loads(json.dumps(explain_dict(observed, decision, writeback)))
+    assert data["target_tier"] == "L2" and data["escalates"] is True
+    assert data["ticket"]["tags"] == ["esc_at_risk_resolution", "vip"]
+    assert [rule["name"] for rule in data["rules"]] == [rule.name for rule in POLICY.rules]
+    assert data["writeback"]["tier"] == "L2"
+    assert data["writeback"]["comment_key"] == "acme-jsm:10001:L2"
+    first = data["clocks"][0]
+    assert set(first) >= {"name", "state", "elapsed_seconds", "remaining_seconds", "due_at", "breached_at"}
+
+
+def test_explain_of_an_empty_write_back():
+    from engine.report import explain
+
+    observed = ticket()
+    decision = evaluate(observed, POLICY, T0 + H)
+    assert "nothing to write" in explain(observed, decision, plan(decision, observed, TAGS))
