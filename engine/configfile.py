@@ -91,7 +91,8 @@ def validate(model: type[Model], data: Any, path: Path | str, text: str, base: t
         return model.model_validate(data)
     except ValidationError as error:
         first = error.errors()[0]
-        loc = (*base, *first["loc"])
+        # pydantic names a bad dict key "<key>.[key]": the admin only needs the key itself.
+        loc = (*base, *(part for part in first["loc"] if part != "[key]"))
         key = ".".join(str(part) for part in loc)
         more = error.error_count() - 1
         reason = first["msg"] + (f" (and {more} more)" if more else "")
