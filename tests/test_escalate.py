@@ -156,7 +156,16 @@ TRIGGERS = [
         T0 + H,
         EscalationHistory(customer_escalations_30d=3),
         Tier.L2,
-        {"repeated-failure", "mgmt-repeat-customer"},
+        {"repeated-failure"},
+        False,
+    ),
+    (
+        "customer asks again after 3 escalations in 30 days -> management",
+        {"flags": flags(customer_requested=True)},
+        T0 + H,
+        EscalationHistory(customer_escalations_30d=3),
+        Tier.L2,
+        {"repeated-failure", "customer-requested", "mgmt-repeat-customer"},
         True,
     ),
     (

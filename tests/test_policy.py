@@ -174,7 +174,7 @@ def test_rule_errors_name_rule_position_and_line(tmp_path, case, when, message, 
         (
             "not a priority",
             ("[policy.sla.P4]", "[policy.sla.P5]"),
-            "policy.sla.P5.[key]",
+            "policy.sla.P5",
             "[policy.sla.P5]",
             "Input should be",
         ),
