@@ -48,6 +48,8 @@ class Platform:
     """Method and path pattern of the call that carries tier and tags."""
     write_for: Callable[[str], str]
     """The write path pattern for one ticket id."""
+    poll: str = ""
+    """Path pattern of the poll request."""
     echo_next_cycle: bool = True
     """False where the poll re-reads our writes within the same cycle (JSM's keyset search moves an issue we
     updated to the end of the order it is reading)."""
@@ -67,6 +69,7 @@ PLATFORMS = {
         ticket_ids=lambda sandbox: sandbox.ticket_ids(),
         note_text="body",
         write=("PUT", r"^/api/v2/tickets/\d+\.json$"),
+        poll=r"^/api/v2/incremental/tickets/cursor\.json$",
         write_for=lambda ticket_id: rf"^/api/v2/tickets/{ticket_id}\.json$",
     ),
     "jsm": Platform(
@@ -82,6 +85,7 @@ PLATFORMS = {
         ticket_ids=lambda sandbox: sandbox.issue_keys(),
         note_text="body",
         write=("PUT", r"^/rest/api/3/issue/[^/]+$"),
+        poll=r"^/rest/api/3/search/jql$",
         write_for=lambda ticket_id: rf"^/rest/api/3/issue/{ticket_id}$",
         echo_next_cycle=False,
     ),
@@ -98,6 +102,7 @@ PLATFORMS = {
         ticket_ids=lambda sandbox: sandbox.incident_ids(),
         note_text="value",
         write=("PATCH", r"^/api/now/table/incident/[0-9a-f]{32}$"),
+        poll=r"^/api/now/table/incident$",
         write_for=lambda ticket_id: rf"^/api/now/table/incident/{ticket_id}$",
     ),
 }
@@ -122,6 +127,7 @@ class World:
         self.wired: list[Wired] = []
 
     def syncer(self, store: Store | None = None) -> Syncer:
+        self.sleeps: list[float] = []
         wired = wire(
             self.config,
             self.platform.section,
@@ -129,7 +135,7 @@ class World:
             environ=self.platform.environ,
             clock=self.clock.now,
             transport=self.sandbox.transport(),
-            sleep=lambda seconds: None,
+            sleep=self.sleeps.append,
         )
         self.wired.append(wired)
         return wired.syncer
@@ -344,3 +350,52 @@ def test_management_track_started_once_keeps_its_clocks(zendesk_world: World) ->
     tags = set(world.sandbox.ticket(int(ticket_id))["tags"])
     assert "esc_management" in tags
     assert "esc_breached_mgmt_acknowledgment" in tags
+
+
+def test_a_409_collision_rereads_and_plans_again(world: World) -> None:
+    method, path = world.platform.write
+    world.sandbox.inject(Fault(status=409, times=1, method=method, path_pattern=path, body="{}"))
+    report = world.syncer().run_cycle()
+    assert report.conflicts == 1
+    assert report.dead_lettered == 0 and report.failed == 0
+    assert world.store.pending(world.name) == []
+    assert set(world.marker_counts().values()) == {1}
+
+
+def test_5xx_then_success_and_429_with_retry_after_on_the_poll(world: World) -> None:
+    html = "<html><body><h1>502 Bad Gateway</h1></body></html>"
+    world.sandbox.inject(
+        Fault(status=502, times=1, path_pattern=world.platform.poll, body=html, content_type="text/html")
+    )
+    world.sandbox.inject(Fault(status=429, times=1, path_pattern=world.platform.poll, headers={"Retry-After": "17"}))
+    report = world.syncer().run_cycle()
+    assert report.error == "" and report.cursor_committed and report.writes > 0
+    assert 17.0 in world.sleeps
+
+
+def test_an_outage_aborts_the_cycle_without_moving_the_cursor(world: World) -> None:
+    html = "<html><body>Service Unavailable</body></html>"
+    world.sandbox.inject(
+        Fault(status=503, times=100, path_pattern=world.platform.poll, body=html, content_type="text/html")
+    )
+    syncer = world.syncer()
+    down = syncer.run_cycle()
+    assert down.error.startswith("TransientError") and "503" in down.error
+    assert world.store.get_cursor(world.name) is None and world.writes() == 0
+    world.sandbox.faults.clear()
+    up = syncer.run_cycle()
+    assert up.error == "" and up.cursor_committed and up.writes > 0
+
+
+def test_unknown_values_are_quarantined_and_released_once_fixed(zendesk_world: World) -> None:
+    world = zendesk_world
+    report = world.syncer().run_cycle()
+    quarantined = world.store.quarantined(world.name)
+    assert report.quarantined == len(quarantined) > 0
+    assert report.cursor_committed, "a quarantined record does not hold the cursor back"
+    assert all("sev_legacy_0" in record.error for record in quarantined)
+    fixed = int(quarantined[0].record_id)
+    world.sandbox.update(fixed, custom_fields=[{"id": 360020000004, "value": "sev_2"}])
+    world.clock.advance(timedelta(minutes=2))
+    world.syncer().run_cycle()
+    assert str(fixed) not in {record.record_id for record in world.store.quarantined(world.name)}
