@@ -32,7 +32,7 @@ from runtime import logs
 from runtime.config import AppConfig, Settings, environment, load_config
 from runtime.metrics import Metrics
 from runtime.wiring import Wired, build_connector, load_instance_mapping, wire
-from state import open_store
+from state import StoreError, open_store
 
 ROOT = Path(__file__).resolve().parent
 EXAMPLE_CONFIG = ROOT / "config.example.toml"
@@ -90,9 +90,15 @@ def _run_cycles(
                     break
                 try:
                     report = instance.syncer.run_cycle()
-                except (ConnectorError, OSError) as error:
+                except (ConnectorError, StoreError, OSError) as error:
                     failures += 1
                     log.error("cycle failed", extra={"instance": instance.section.name, "error": str(error)})
+                    continue
+                except Exception:
+                    # A bug must not take the daemon down: nothing past the last committed cursor is lost, and
+                    # the next cycle replays it. The traceback goes to the log for whoever fixes the bug.
+                    failures += 1
+                    log.exception("cycle crashed", extra={"instance": instance.section.name})
                     continue
                 failures += bool(report.error)
                 log.info("cycle", extra={"event": "cycle", **report.as_dict()})

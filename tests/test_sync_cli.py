@@ -234,3 +234,19 @@ def test_explain_a_live_ticket_fetches_it_from_the_instance(tmp_path: Path, monk
     assert ticket_id in json.dumps(explained)
     assert sync.main(["explain", "--config", str(config), "--instance", "local-zendesk", "999999"]) == 1
     assert "not found" in capsys.readouterr().err
+
+
+def test_a_crashing_cycle_is_logged_and_the_daemon_goes_on(tmp_path: Path, monkeypatch, live_sandbox, capsys) -> None:
+    _sandbox, base_url = live_sandbox
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    config = zendesk_only_config(tmp_path, base_url)
+
+    def broken_cycle(self):
+        raise RuntimeError("a bug in one cycle")
+
+    monkeypatch.setattr("runtime.cycle.Syncer.run_cycle", broken_cycle)
+    assert sync.main(["once", "--config", str(config)]) == 1
+    logged = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    crash = next(entry for entry in logged if entry["msg"] == "cycle crashed")
+    assert crash["instance"] == "local-zendesk" and "a bug in one cycle" in crash["exc"]
