@@ -70,56 +70,47 @@ DEMO_ENVIRON = {
 }
 
 
+# The CycleReport counters the summary adds up over all cycles of an instance.
+SUMMED = (
+    "tickets_seen",
+    "writes",
+    "comments",
+    "tags_added",
+    "tags_removed",
+    "management",
+    "api_calls",
+    "quarantined",
+    "dead_lettered",
+    "conflicts",
+    "failed",
+    "recovered",
+)
+
+
 @dataclass
 class InstanceTotals:
     platform: str
     tickets_touched: set[str] = field(default_factory=set)
-    records_polled: int = 0
+    counts: Counter[str] = field(default_factory=Counter)
     escalations: Counter[str] = field(default_factory=Counter)
-    management: int = 0
-    comments: int = 0
-    tags_added: int = 0
-    tags_removed: int = 0
-    writes: int = 0
-    api_calls: int = 0
-    quarantined: int = 0
-    dead_lettered: int = 0
-    conflicts: int = 0
-    cycles: int = 0
     errors: list[str] = field(default_factory=list)
 
     def add(self, report: CycleReport) -> None:
-        self.records_polled += report.tickets_seen
+        self.counts.update({name: getattr(report, name) for name in SUMMED})
+        self.counts["cycles"] += 1
         self.escalations.update(report.escalations)
-        self.management += report.management
-        self.comments += report.comments
-        self.tags_added += report.tags_added
-        self.tags_removed += report.tags_removed
-        self.writes += report.writes
-        self.api_calls += report.api_calls
-        self.quarantined += report.quarantined
-        self.dead_lettered += report.dead_lettered
-        self.conflicts += report.conflicts
-        self.cycles += 1
         if report.error:
             self.errors.append(report.error)
 
     def as_dict(self) -> dict[str, Any]:
+        counts = {name: self.counts[name] for name in (*SUMMED, "cycles")}
         return {
             "platform": self.platform,
-            "records_polled": self.records_polled,
+            "records_polled": counts.pop("tickets_seen"),
             "tickets_written": len(self.tickets_touched),
+            "management_escalations": counts.pop("management"),
+            **counts,
             "escalations": dict(sorted(self.escalations.items())),
-            "management_escalations": self.management,
-            "comments": self.comments,
-            "tags_added": self.tags_added,
-            "tags_removed": self.tags_removed,
-            "writes": self.writes,
-            "api_calls": self.api_calls,
-            "quarantined": self.quarantined,
-            "dead_lettered": self.dead_lettered,
-            "conflicts": self.conflicts,
-            "cycles": self.cycles,
             "errors": self.errors,
         }
 
