@@ -251,6 +251,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigFileError as error:
         print(f"configuration error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `sync.py explain ... | head`: the reader left, nothing is wrong
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":
