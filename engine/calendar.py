@@ -267,7 +267,10 @@ class BusinessCalendar:
 
     def business_time_between(self, start: datetime, end: datetime) -> timedelta:
         """Business time in [start, end); zero if end is not after start."""
-        start, end = _utc(start), _utc(end)
+        if start.tzinfo is not UTC:
+            start = _utc(start)
+        if end.tzinfo is not UTC:
+            end = _utc(end)
         if end <= start:
             return ZERO
         if self._always:
@@ -281,7 +284,8 @@ class BusinessCalendar:
 
         A zero duration returns `start` itself, even outside business hours ("due immediately").
         """
-        start = _utc(start)
+        if start.tzinfo is not UTC:
+            start = _utc(start)
         if duration <= ZERO:
             return start
         if self._always:

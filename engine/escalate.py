@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -39,7 +39,7 @@ from engine.model import (
     Ticket,
     Tier,
 )
-from engine.policy import CLOCK_FIELDS, CLOCK_NAMES, FACTS, Policy, Rule
+from engine.policy import CLOCK_FIELDS, CLOCK_NAMES, FACTS, Policy, Rule, flat_name
 from engine.sla import Pause, active_business_time, compute_clock, pauses_of
 
 _NO_HISTORY = EscalationHistory()
@@ -160,20 +160,33 @@ def management_clocks(ticket: Ticket, policy: Policy, now: datetime, start: date
 
 
 def signals_for(clocks: Sequence[Clock], management: bool) -> frozenset[TagSignal]:
-    """Tags the ticket should carry: breached (also met-late, as history), at risk, update due, management."""
-    signals: set[TagSignal] = set()
+    """Tags the ticket should carry: breached (also met-late, as history), at risk, update due, management.
+
+    The few distinct answers are shared: keyed by the (kind, clock) names they hold, a flat tuple of strings.
+    """
+    parts: list[str] = []
     for clock in clocks:
         if clock.name in _CADENCE_CLOCKS:
             if clock.state in (ClockState.AT_RISK, ClockState.BREACHED):
-                signals.add(TagSignal("update_due"))
+                parts += ("update_due", "")
             continue
         if clock.breached_at is not None:
-            signals.add(TagSignal("breached", clock.name))
+            parts += ("breached", clock.name)
         elif clock.state is ClockState.AT_RISK:
-            signals.add(TagSignal("at_risk", clock.name))
+            parts += ("at_risk", clock.name)
     if management:
-        signals.add(TagSignal("management"))
-    return frozenset(signals)
+        parts += ("management", "")
+    key = tuple(parts)
+    signals = _SIGNAL_SETS.get(key)
+    if signals is None:
+        signals = frozenset(TagSignal(kind, clock) for kind, clock in zip(parts[::2], parts[1::2], strict=True))
+        if len(_SIGNAL_SETS) >= 4096:
+            _SIGNAL_SETS.clear()
+        _SIGNAL_SETS[key] = signals
+    return signals
+
+
+_SIGNAL_SETS: dict[tuple[str, ...], frozenset[TagSignal]] = {}
 
 
 # -- facts ------------------------------------------------------------------------------------------------------
@@ -325,7 +338,24 @@ def format_fact(path: str, shown: Any) -> str:
 
 
 def _fact_list(rule: Rule, shown: dict[str, Any]) -> str:
-    return ", ".join(f"{path} = {format_fact(path, shown[path])}" for path in rule.facts)
+    return ", ".join([_fact_text(path, shown[path]) for path in rule.facts])
+
+
+def _fact_text(path: str, shown: Any) -> str:
+    """`path = value` as reasons list it, memoized: most values recur (tiers, priorities, flags, states)."""
+    if type(shown) is float:  # not memoized: 0.0 == -0.0 but they read differently
+        return f"{path} = {format_fact(path, shown)}"
+    key = (path, shown, type(shown))  # the type too: True == 1 but they read "true" and "1"
+    text = _FACT_TEXTS.get(key)
+    if text is None:
+        text = f"{path} = {format_fact(path, shown)}"
+        if len(_FACT_TEXTS) >= 8192:
+            _FACT_TEXTS.clear()
+        _FACT_TEXTS[key] = text
+    return text
+
+
+_FACT_TEXTS: dict[tuple[str, Any, type], str] = {}
 
 
 def _render_reason(rule: Rule, shown: dict[str, Any], policy: Policy, target: Tier | None) -> str:
@@ -352,66 +382,163 @@ def _rule_target(rule: Rule, current: Tier) -> Tier | None:
 
 
 _CACHE_LIMIT = 200_000
+_VOLATILE_LIMIT = 4096
 _MISSING = object()
 _local = threading.local()
 
 
-def _activation(policy: Policy, facts: dict[str, Any]) -> cel.Context:
-    """The CEL activation for this ticket: one context per thread, updated only where the facts changed.
-
-    Why: converting a Python value into a CEL value costs about a microsecond for a string or a float, and
-    consecutive tickets share most facts (tier, priority, clock states, flags). `values` mirrors exactly what
-    the context holds, so after this loop every variable equals this ticket's fact: the result cannot depend
-    on earlier tickets. The type is compared too (1 == 1.0 == True in Python, not in CEL).
-    """
+def _context() -> tuple[cel.Context, dict[str, Any]]:
+    """This thread's CEL activation and the mirror of what it holds (see `_activate`)."""
     context = getattr(_local, "context", None)
     if context is None:
         context = _local.context = cel.Context()
         _local.values = {}
-    values: dict[str, Any] = _local.values
-    for name, path in policy.cel_names:
+    return context, _local.values
+
+
+def _activate(context: cel.Context, values: dict[str, Any], names: _Names, facts: dict[str, Any]) -> None:
+    """Bring the variables one condition reads up to this ticket's facts, converting only what changed.
+
+    Why: converting a Python value into a CEL value costs about a microsecond for a string or a float, and
+    consecutive tickets share most facts (tier, priority, clock states, flags). `values` mirrors exactly what
+    the context holds, so after this loop every variable the condition reads equals this ticket's fact: the
+    result cannot depend on earlier tickets. The type is compared too (1 == 1.0 == True in Python, not in CEL).
+    """
+    for name, path in names:
         value = facts[path]
         old = values.get(name, _MISSING)
         if old != value or type(old) is not type(value):
             context.add_variable(name, value)
             values[name] = value
-    return context
+
+
+_Names = tuple[tuple[str, str], ...]
+_Step = tuple[int, Rule, "Tier | None", bool, _Names]
+"""A rule prepared for the hot loop: index, rule, fixed target (None: "next"), exact (see `_prepare`), variables."""
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    steps: tuple[_Step, ...]
+    quantized: tuple[str, ...]
+    """Facts whose shown value differs from the raw one (hours to minutes, lists to tuples)."""
+    exact_facts: tuple[str, ...]
+    """Every fact the exact rules show: the key of their outcomes as a group."""
+
+
+def _prepare(policy: Policy) -> _Prepared:
+    """The policy's rules prepared once (kept in the policy's memo).
+
+    A rule is *exact* when every fact it shows is shown as it is (nothing quantized, no lists): then its
+    outcome-cache key holds the raw values its condition reads, so the condition's result is a function of the
+    key and a cached outcome can be used without running CEL at all. The exact rules' outcomes are also cached
+    together, keyed by the current tier and the values of all the facts they show: one lookup for most rules
+    of most tickets. Other rules (hours, minutes, ages) run their condition every time, and only the outcome
+    (reason text) is cached.
+    """
+    prepared = policy.outcome_cache.get("prepared")
+    if prepared is None:
+        steps = tuple(
+            (
+                index,
+                rule,
+                None if rule.tier == "next" else rule.tier,
+                not any(path in _QUANTIZED for path in (*rule.facts, *rule.reason_facts)),
+                tuple((flat_name(path), path) for path in rule.facts),
+            )
+            for index, rule in enumerate(policy.rules)
+        )
+        exact_facts: list[str] = []
+        for _, rule, _, exact, _ in steps:
+            if exact:
+                exact_facts.extend(path for path in (*rule.facts, *rule.reason_facts) if path not in exact_facts)
+        quantized = tuple(path for path in policy.fact_paths if path in _QUANTIZED)
+        prepared = policy.outcome_cache["prepared"] = _Prepared(steps, quantized, tuple(exact_facts))
+    return prepared
+
+
+class _Activation:
+    """This ticket's CEL activation, fetched and brought up to date only when a condition has to run."""
+
+    __slots__ = ("context", "facts", "values")
+
+    def __init__(self, facts: dict[str, Any]) -> None:
+        self.facts = facts
+        self.context: cel.Context | None = None
+        self.values: dict[str, Any] = {}
+
+    def run(self, rule: Rule, names: _Names) -> bool:
+        if self.context is None:
+            self.context, self.values = _context()
+        _activate(self.context, self.values, names, self.facts)
+        return rule.program.execute(self.context) is True
+
+
+def _outcome(
+    policy: Policy, step: _Step, current: Tier, facts: dict[str, Any], shown: dict[str, Any], cel_run: _Activation
+) -> tuple[RuleOutcome, bool]:
+    """One rule's outcome, and whether it may be cached (a run-time error is reported afresh every time)."""
+    cache = policy.outcome_cache
+    index, rule, fixed, exact, names = step
+    target = fixed if fixed is not None else _rule_target(rule, current)
+    picked = rule.shown(shown)
+    if exact:
+        outcome = cache.get((index, target, picked))
+        if outcome is not None:
+            return outcome, True
+    try:
+        fired = facts[rule.direct] is True if rule.direct else cel_run.run(rule, names)
+    except Exception as error:  # a type clash at run time must not stop the cycle: report it instead
+        return RuleOutcome(rule.name, rule.description, False, f"error: {error}", target, rule.management), False
+    if exact:
+        key: tuple[Any, ...] = (index, target, picked)
+    else:
+        # Keys with hours or minutes in them rarely repeat for long: a small memo of their own, so they neither
+        # crowd out the shared outcomes nor grow the heap the garbage collector walks.
+        key = (index, fired, target, picked)
+        cache = cache.get("volatile") or cache.setdefault("volatile", {})
+    outcome = cache.get(key)
+    if outcome is None:
+        if fired:
+            reason = _render_reason(rule, shown, policy, target) if rule.reason else _fact_list(rule, shown)
+        else:
+            reason = "not met: " + _fact_list(rule, shown)
+        outcome = RuleOutcome(rule.name, rule.description, fired, reason, target, rule.management)
+        if len(cache) >= (_CACHE_LIMIT if exact else _VOLATILE_LIMIT):
+            cache.clear()
+        cache[key] = outcome
+    return outcome, True
 
 
 def run_rules(policy: Policy, facts: dict[str, Any], current: Tier) -> tuple[RuleOutcome, ...]:
-    """Evaluate every rule's compiled condition against one activation built for this ticket.
+    """Evaluate every rule's compiled condition against this ticket's facts.
 
-    Outcomes are memoized by (rule, fired, target, shown facts): most tickets share them (flags false, tier
-    L1...), which saves formatting a reason and building an outcome per rule per ticket.
+    Outcomes are memoized by (rule, target, shown facts[, fired]): most tickets share them (flags false, tier
+    L1...), which saves running the condition (exact rules, see `_prepare`), formatting a reason and building
+    an outcome per rule per ticket.
     """
-    context = _activation(policy, facts)
-    shown = dict(facts)
-    quantized = policy.outcome_cache.get("quantized")
-    if quantized is None:
-        quantized = policy.outcome_cache["quantized"] = tuple(path for path in facts if path in _QUANTIZED)
-    for path in quantized:
-        shown[path] = shown_value(path, shown[path])
     cache = policy.outcome_cache
-    outcomes = []
-    for index, rule in enumerate(policy.rules):
-        target = rule.tier if rule.tier != "next" else _rule_target(rule, current)
-        try:
-            fired = facts[rule.direct] is True if rule.direct else rule.program.execute(context) is True
-        except Exception as error:  # a type clash at run time must not stop the cycle: report it instead
-            outcomes.append(RuleOutcome(rule.name, rule.description, False, f"error: {error}", target, rule.management))
-            continue
-        key = (index, fired, target, rule.shown(shown))
-        outcome = cache.get(key)
-        if outcome is None:
-            if fired:
-                reason = _render_reason(rule, shown, policy, target) if rule.reason else _fact_list(rule, shown)
-            else:
-                reason = "not met: " + _fact_list(rule, shown)
-            outcome = RuleOutcome(rule.name, rule.description, fired, reason, target, rule.management)
+    prepared = _prepare(policy)
+    shown = facts
+    if prepared.quantized:
+        shown = dict(facts)
+        for path in prepared.quantized:
+            shown[path] = shown_value(path, shown[path])
+    cel_run = _Activation(facts)
+    # The tier's text, not the enum member: a key of plain values is left alone by the garbage collector.
+    group_key = ("exact", current.value, tuple([facts[path] for path in prepared.exact_facts]))
+    group = cache.get(group_key)
+    if group is None:
+        found = [_outcome(policy, step, current, facts, shown, cel_run) for step in prepared.steps if step[3]]
+        group = tuple(outcome for outcome, _ in found)
+        if all(cacheable for _, cacheable in found):
             if len(cache) >= _CACHE_LIMIT:
                 cache.clear()
-            cache[key] = outcome
-        outcomes.append(outcome)
+            cache[group_key] = group
+    exact = iter(group)
+    outcomes = [
+        next(exact) if step[3] else _outcome(policy, step, current, facts, shown, cel_run)[0] for step in prepared.steps
+    ]
     return tuple(outcomes)
 
 

@@ -10,6 +10,7 @@ catch any remaining duplicate.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 
 from engine.model import Decision, Status, TagScheme, TagSignal, Ticket, WriteBack
@@ -22,9 +23,31 @@ def _render(tags: TagScheme, signals: frozenset[TagSignal]) -> frozenset[str]:
     return frozenset(tags.render(signal) for signal in signals)
 
 
-@lru_cache(maxsize=16384)
-def _managed(tags: TagScheme, tag: str) -> bool:
-    return tags.is_managed(tag)
+@lru_cache(maxsize=64)
+def _manages(tags: TagScheme) -> Callable[[str], bool]:
+    """`tags.is_managed` as a test compiled once per scheme (same patterns, same answers).
+
+    Why not memoize by tag: tickets carry every tag people invent, so such a memo fills up with entries the
+    garbage collector has to walk, while this test costs a few string comparisons.
+    """
+    exact: set[str] = set()
+    shaped: list[tuple[str, str, int]] = []
+    for pattern in (tags.breached, tags.at_risk, tags.management, tags.update_due):
+        if "{clock}" in pattern:
+            prefix, _, suffix = pattern.partition("{clock}")
+            shaped.append((prefix, suffix, len(prefix) + len(suffix)))
+        else:
+            exact.add(pattern)
+
+    def managed(tag: str) -> bool:
+        if tag in exact:
+            return True
+        for prefix, suffix, size in shaped:
+            if tag.startswith(prefix) and tag.endswith(suffix) and len(tag) > size:
+                return True
+        return False
+
+    return managed
 
 
 def plan(decision: Decision, observed: Ticket, tags: TagScheme) -> WriteBack:
@@ -35,7 +58,8 @@ def plan(decision: Decision, observed: Ticket, tags: TagScheme) -> WriteBack:
     desired = _render(tags, decision.signals)
     present = observed.tags
     add = desired - present
-    remove = frozenset(tag for tag in present if tag not in desired and _managed(tags, tag))
+    managed = _manages(tags)
+    remove = frozenset(tag for tag in present if tag not in desired and managed(tag))
     observed_tier = observed.effective_tier
     tier = None
     if decision.target_tier != observed_tier and (

@@ -66,6 +66,20 @@ STATUSES: dict[str, Status] = {
     "deleted": Status.DELETED,
 }
 _TAG = re.compile(r"^[^\s,]+$")
+_BOOL_FLAGS = (
+    "churn_threat",
+    "public_complaint",
+    "security_legal",
+    "engineering_required",
+    "vendor_dependency",
+    "customer_requested",
+)
+_NUMBER_FLAGS: tuple[tuple[str, type], ...] = (
+    ("revenue_at_risk", float),
+    ("affected_customers", int),
+    ("linked_incidents", int),
+    ("reopen_count", int),
+)
 _TRUE_TEXT = frozenset({"true", "yes", "y", "1", "on"})
 _FALSE_TEXT = frozenset({"", "false", "no", "n", "0", "off", "none", "null"})
 
@@ -174,7 +188,13 @@ def parse_time(value: Any) -> datetime:
     """Zendesk timestamps are ISO 8601 in UTC (`2023-09-18T15:57:42Z`); any offset is honoured."""
     if not isinstance(value, str) or not value:
         raise ValueError(f"expected an ISO 8601 timestamp, got {value!r}")
-    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    try:
+        # Python 3.11 reads the "Z" itself and returns the UTC singleton: no string copy, no conversion.
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))  # the error (and message) as always
+    if parsed.tzinfo is UTC:
+        return parsed
     if parsed.tzinfo is None:
         raise ValueError(f"timestamp {value!r} has no time zone")
     return parsed.astimezone(UTC)
@@ -204,6 +224,14 @@ class ZendeskMapping:
         self.tags = config.tags.scheme()
         self._group_tiers = {group: tier for tier, group in config.tier.groups.items()}
         self._option_tiers = {option: tier for tier, option in config.tier.options.items()}
+        # The config read once into plain tuples: normalize runs for every polled ticket.
+        self._segment_values = {key.lower(): segment for key, segment in config.segment.values.items()}
+        self._flag_rules = tuple(
+            (name, frozenset(rule.tags), rule.custom_field, rule.org_field, frozenset(v.lower() for v in rule.values))
+            for name in _BOOL_FLAGS
+            if (rule := getattr(config.flags, name)) is not None
+        )
+        self._number_rules = tuple((name, kind, getattr(config.flags, name)) for name, kind in _NUMBER_FLAGS)
 
     # -- what the connector asks ------------------------------------------------------------------------------
 
@@ -324,7 +352,7 @@ class ZendeskMapping:
             raise NormalizeError(rid, "custom_fields", "not a list")
         fields: dict[int, Any] = {}
         for entry in value:
-            if not isinstance(entry, Mapping) or "id" not in entry:
+            if not (type(entry) is dict or isinstance(entry, Mapping)) or "id" not in entry:
                 raise NormalizeError(rid, "custom_fields", f"entry without an id: {entry!r}")
             fields[int(entry["id"])] = entry.get("value")
         return fields
@@ -394,8 +422,7 @@ class ZendeskMapping:
             value = org_fields.get(config.org_field)
             if value not in (None, ""):
                 text = str(value)
-                translated = {key.lower(): segment for key, segment in config.values.items()}
-                return translated.get(text.lower(), text)
+                return self._segment_values.get(text.lower(), text)
         for tag, segment in config.tags.items():
             if tag in tags:
                 return segment
@@ -409,26 +436,10 @@ class ZendeskMapping:
         org_fields: Mapping[str, Any],
         reopens: int | None,
     ) -> Flags:
-        config = self.config.flags
         values: dict[str, Any] = {}
-        for name in (
-            "churn_threat",
-            "public_complaint",
-            "security_legal",
-            "engineering_required",
-            "vendor_dependency",
-            "customer_requested",
-        ):
-            rule: FlagRule | None = getattr(config, name)
-            if rule is not None:
-                values[name] = self._flag(rule, tags, fields, org_fields)
-        for name, kind in (
-            ("revenue_at_risk", float),
-            ("affected_customers", int),
-            ("linked_incidents", int),
-            ("reopen_count", int),
-        ):
-            number: NumberRule | None = getattr(config, name)
+        for name, flag_tags, custom_field, org_field, wanted in self._flag_rules:
+            values[name] = self._flag(flag_tags, custom_field, org_field, wanted, tags, fields, org_fields)
+        for name, kind, number in self._number_rules:
             raw = None
             if number is not None:
                 if number.custom_field is not None:
@@ -446,16 +457,21 @@ class ZendeskMapping:
         return Flags(**values)
 
     @staticmethod
-    def _flag(rule: FlagRule, tags: frozenset[str], fields: Mapping[int, Any], org_fields: Mapping[str, Any]) -> bool:
-        if any(tag in tags for tag in rule.tags):
+    def _flag(
+        flag_tags: frozenset[str],
+        custom_field: int | None,
+        org_field: str | None,
+        wanted: frozenset[str],
+        tags: frozenset[str],
+        fields: Mapping[int, Any],
+        org_fields: Mapping[str, Any],
+    ) -> bool:
+        if not flag_tags.isdisjoint(tags):
             return True
-        wanted = {value.lower() for value in rule.values}
-        candidates = []
-        if rule.custom_field is not None:
-            candidates.append(fields.get(rule.custom_field))
-        if rule.org_field is not None:
-            candidates.append(org_fields.get(rule.org_field))
-        for value in candidates:
+        for source, key in ((fields, custom_field), (org_fields, org_field)):
+            if key is None:
+                continue
+            value = source.get(key)
             if wanted:
                 items = value if isinstance(value, list) else [value]
                 if any(str(item).lower() in wanted for item in items if item is not None):
