@@ -4,6 +4,7 @@ python sync.py demo [--json]            the daemon against the built-in sandboxe
 python sync.py check  [--config F]      validate config, mappings and policy; say what is wrong
 python sync.py once   [--config F]      one cycle per instance (for cron); --dry-run writes nothing
 python sync.py run    [--config F]      loop every interval; SIGTERM/SIGINT finish the ticket and stop
+python sync.py status [--config F]      pending writes, dead letters and quarantined records
 python sync.py explain ...              why a ticket is (or is not) escalated
 """
 
@@ -33,6 +34,7 @@ from runtime.config import AppConfig, Settings, environment, load_config
 from runtime.metrics import Metrics
 from runtime.wiring import Wired, build_connector, load_instance_mapping, wire
 from state import StoreError, open_store
+from state.base import Intent
 
 ROOT = Path(__file__).resolve().parent
 EXAMPLE_CONFIG = ROOT / "config.example.toml"
@@ -139,6 +141,48 @@ def cmd_run(args: argparse.Namespace) -> int:
     return _run_cycles(config, args, stop, forever=True, metrics=metrics)
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    """What the store holds for an operator: cursors, writes waiting for a retry, dead letters, quarantine."""
+    config = _load(args)
+    store = open_store(config.state_url)
+    try:
+        report = {
+            section.name: {
+                "platform": section.platform,
+                "cursor": store.get_cursor(section.name),
+                "pending": [_intent_row(intent) for intent in store.pending(section.name)],
+                "dead_letters": [_intent_row(intent) for intent in store.dead_letters(section.name)],
+                "quarantined": [
+                    {
+                        "ticket": record.record_id,
+                        "error": record.error,
+                        "seen": record.count,
+                        "last_seen": record.last_seen,
+                    }
+                    for record in store.quarantined(section.name)
+                ],
+            }
+            for section in config.instances
+        }
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+        return 0
+    for name, data in report.items():
+        print(f"{name} ({data['platform']}): cursor {'set' if data['cursor'] else 'not set (first poll pending)'}")
+        for title in ("pending", "dead_letters", "quarantined"):
+            rows = data[title]
+            print(f"  {title.replace('_', ' ')}: {len(rows)}")
+            for row in rows:
+                print(f"    ticket {row['ticket']}: {row['error']}")
+    return 0
+
+
+def _intent_row(intent: Intent) -> dict[str, Any]:
+    return {"ticket": intent.ticket_id, "key": intent.key, "attempts": intent.attempts, "error": intent.last_error}
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     now = datetime.fromisoformat(args.at).astimezone(UTC) if args.at else utcnow()
     if args.file:
@@ -215,6 +259,10 @@ def parser() -> argparse.ArgumentParser:
         sub.add_argument("--dry-run", action="store_true", help="plan and log, write nothing")
         sub.add_argument("--instance", action="append", help="only this instance (repeatable)")
         sub.set_defaults(func=func)
+
+    status = with_config(commands.add_parser("status", help="pending writes, dead letters and quarantine"))
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
 
     explain_cmd = with_config(commands.add_parser("explain", help="why a ticket is or is not escalated"))
     explain_cmd.add_argument("ticket", nargs="?", help="ticket id on --instance")

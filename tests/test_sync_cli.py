@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 import sync
-from sandbox.base import SimClock
+from sandbox.base import Fault, SimClock
 from sandbox.zendesk import ZendeskSandbox
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -250,3 +250,23 @@ def test_a_crashing_cycle_is_logged_and_the_daemon_goes_on(tmp_path: Path, monke
     logged = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
     crash = next(entry for entry in logged if entry["msg"] == "cycle crashed")
     assert crash["instance"] == "local-zendesk" and "a bug in one cycle" in crash["exc"]
+
+
+def test_status_lists_dead_letters_and_quarantine(tmp_path: Path, monkeypatch, live_sandbox, capsys) -> None:
+    sandbox, base_url = live_sandbox
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    config = zendesk_only_config(tmp_path, base_url)
+    sandbox.inject(Fault(status=422, times=1000, method="PUT", body='{"error": "RecordInvalid"}'))
+    assert sync.main(["once", "--config", str(config)]) == 0
+    capsys.readouterr()
+    assert sync.main(["status", "--config", str(config), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)["local-zendesk"]
+    assert status["cursor"] and status["pending"] == []
+    assert len(status["dead_letters"]) == sandbox.calls("PUT") > 0
+    assert all("422" in row["error"] or "RecordInvalid" in row["error"] for row in status["dead_letters"])
+    assert {row["ticket"] for row in status["quarantined"]} == {
+        str(i) for i in sandbox.ticket_ids() if "sev_legacy_0" in sandbox.ticket(i)["tags"]
+    }
+    assert sync.main(["status", "--config", str(config)]) == 0
+    assert "dead letters:" in capsys.readouterr().out
