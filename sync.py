@@ -228,6 +228,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from runtime.demo import print_summary, run_demo
 
     policy = load_policy(Path(args.config) if args.config else EXAMPLE_CONFIG)
+    # The demo prints every quarantine, dead letter and conflict as it happens; the log adds only errors.
+    logs.configure("text", "ERROR")
     summary = run_demo(
         policy,
         hours=args.hours,
