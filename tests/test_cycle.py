@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from connectors.base import AmbiguousWriteError
 from engine.model import COMMENT_MARKER
 from engine.policy import load_policy
 from runtime.config import AppConfig, DaemonSection, InstanceSection
@@ -399,3 +400,28 @@ def test_unknown_values_are_quarantined_and_released_once_fixed(zendesk_world: W
     world.clock.advance(timedelta(minutes=2))
     world.syncer().run_cycle()
     assert str(fixed) not in {record.record_id for record in world.store.quarantined(world.name)}
+
+
+def test_a_write_applied_but_unanswered_is_not_posted_twice(world: World) -> None:
+    """The worst ambiguous write: the platform applied it, the answer was lost (timeout, 502 from a proxy)."""
+    syncer = world.syncer()
+    real_apply = syncer.connector.apply
+    lost: list[str] = []
+
+    def applied_then_lost(writeback):
+        result = real_apply(writeback)
+        if not lost and writeback.comment is not None:
+            lost.append(writeback.key)
+            raise AmbiguousWriteError("read timeout after the request was sent")
+        return result
+
+    syncer.connector.apply = applied_then_lost  # type: ignore[method-assign]
+    first = syncer.run_cycle()
+    assert lost and first.failed == 1
+    for _ in range(3):
+        world.clock.advance(timedelta(seconds=61))
+        syncer.run_cycle()
+    assert world.store.pending(world.name) == []
+    counts = world.marker_counts()
+    assert counts[COMMENT_MARKER.format(key=lost[0])] == 1
+    assert set(counts.values()) == {1}
