@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Generic, TypeVar
+
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 from engine.model import TagScheme
@@ -11,6 +13,25 @@ class Strict(BaseModel):
     """Refuse unknown keys: a typo in a mapping file must fail at load, not be silently ignored."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+BoolRule = TypeVar("BoolRule", bound=BaseModel)
+NumberRule = TypeVar("NumberRule", bound=BaseModel)
+
+
+class FlagSources(Strict, Generic[BoolRule, NumberRule]):
+    """Where each of engine.model.Flags comes from; each platform says how a source is described."""
+
+    churn_threat: BoolRule | None = None
+    public_complaint: BoolRule | None = None
+    security_legal: BoolRule | None = None
+    engineering_required: BoolRule | None = None
+    vendor_dependency: BoolRule | None = None
+    customer_requested: BoolRule | None = None
+    revenue_at_risk: NumberRule | None = None
+    affected_customers: NumberRule | None = None
+    linked_incidents: NumberRule | None = None
+    reopen_count: NumberRule | None = None
 
 
 class TagNames(Strict):

@@ -33,7 +33,7 @@ from connectors.base import RawRecord
 from engine.configfile import ConfigFileError, load_toml, validate
 from engine.model import Flags, PlatformSla, Priority, Status, Ticket, Tier
 from mappings import MappingError, NormalizeError
-from mappings.common import Strict, TagNames
+from mappings.common import FlagSources, Strict, TagNames
 
 PLATFORM = "jsm"
 _CUSTOM_FIELD = re.compile(r"^customfield_\d+$")
@@ -142,17 +142,7 @@ class NumberRule(Strict):
     field: FieldId
 
 
-class FlagsMap(Strict):
-    churn_threat: FlagRule | None = None
-    public_complaint: FlagRule | None = None
-    security_legal: FlagRule | None = None
-    engineering_required: FlagRule | None = None
-    vendor_dependency: FlagRule | None = None
-    customer_requested: FlagRule | None = None
-    revenue_at_risk: NumberRule | None = None
-    affected_customers: NumberRule | None = None
-    linked_incidents: NumberRule | None = None
-    reopen_count: NumberRule | None = None
+FlagsMap = FlagSources[FlagRule, NumberRule]
 
 
 class SlaMap(Strict):

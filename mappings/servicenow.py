@@ -27,7 +27,7 @@ from connectors.base import RawRecord
 from engine.configfile import ConfigFileError, load_toml, validate
 from engine.model import Flags, PlatformSla, Priority, Status, Ticket, Tier
 from mappings import MappingError, NormalizeError
-from mappings.common import Strict, TagNames
+from mappings.common import FlagSources, Strict, TagNames
 
 PLATFORM = "servicenow"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -136,17 +136,7 @@ class NumberFlag(Strict):
     field: str = Field(min_length=1)
 
 
-class FlagsMap(Strict):
-    churn_threat: BoolFlag | None = None
-    public_complaint: BoolFlag | None = None
-    security_legal: BoolFlag | None = None
-    engineering_required: BoolFlag | None = None
-    vendor_dependency: BoolFlag | None = None
-    customer_requested: BoolFlag | None = None
-    revenue_at_risk: NumberFlag | None = None
-    affected_customers: NumberFlag | None = None
-    linked_incidents: NumberFlag | None = None
-    reopen_count: NumberFlag | None = None
+FlagsMap = FlagSources[BoolFlag, NumberFlag]
 
 
 class TagsMap(TagNames):

@@ -52,7 +52,7 @@ from connectors.base import RawRecord
 from engine.configfile import ConfigFileError, load_toml, locate, validate
 from engine.model import Flags, Priority, Status, StatusChange, Ticket, Tier
 from mappings import MappingError, NormalizeError
-from mappings.common import Strict, TagNames
+from mappings.common import FlagSources, Strict, TagNames
 
 PLATFORM = "zendesk"
 ZENDESK_PRIORITIES = ("urgent", "high", "normal", "low")
@@ -163,17 +163,7 @@ class NumberRule(Strict):
     org_field: str | None = None
 
 
-class FlagsMap(Strict):
-    churn_threat: FlagRule | None = None
-    public_complaint: FlagRule | None = None
-    security_legal: FlagRule | None = None
-    engineering_required: FlagRule | None = None
-    vendor_dependency: FlagRule | None = None
-    customer_requested: FlagRule | None = None
-    revenue_at_risk: NumberRule | None = None
-    affected_customers: NumberRule | None = None
-    linked_incidents: NumberRule | None = None
-    reopen_count: NumberRule | None = None
+FlagsMap = FlagSources[FlagRule, NumberRule]
 
 
 class ZendeskMappingFile(Strict):
