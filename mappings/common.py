@@ -1,18 +1,33 @@
-"""Schema pieces every platform's mapping file shares: strictness and the names of the tags we write."""
+"""Schema pieces and loading every platform's mapping file shares: strictness, flag sources, tag names."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
+from engine.configfile import ConfigFileError, load_toml, validate
 from engine.model import TagScheme
+from mappings import MappingError
 
 
 class Strict(BaseModel):
     """Refuse unknown keys: a typo in a mapping file must fail at load, not be silently ignored."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Spec = TypeVar("Spec", bound=BaseModel)
+
+
+def load_spec(model: type[Spec], path: Path) -> tuple[Spec, str]:
+    """Read and validate a mapping file; the text comes back for cross-checks that point at a line."""
+    try:
+        data, text = load_toml(path)
+        return validate(model, data, path, text), text
+    except ConfigFileError as error:
+        raise MappingError(error.path, error.reason, key=error.key, line=error.line) from None
 
 
 BoolRule = TypeVar("BoolRule", bound=BaseModel)

@@ -30,10 +30,9 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from connectors.base import RawRecord
-from engine.configfile import ConfigFileError, load_toml, validate
 from engine.model import Flags, PlatformSla, Priority, Status, Ticket, Tier
 from mappings import MappingError, NormalizeError
-from mappings.common import FlagSources, Strict, TagNames
+from mappings.common import FlagSources, Strict, TagNames, load_spec
 
 PLATFORM = "jsm"
 _CUSTOM_FIELD = re.compile(r"^customfield_\d+$")
@@ -558,11 +557,5 @@ def _browse_url(data: Mapping[str, Any], key: str) -> str:
 
 def load(path: Path) -> JsmMapping:
     """Load and validate a JSM mapping file; every problem is a MappingError naming file, line and key."""
-    try:
-        data, text = load_toml(path)
-        spec = validate(JsmMappingFile, data, path, text)
-    except MappingError:
-        raise
-    except ConfigFileError as error:
-        raise MappingError(error.path, error.reason, key=error.key, line=error.line) from None
+    spec, _ = load_spec(JsmMappingFile, Path(path))
     return JsmMapping(spec, path)

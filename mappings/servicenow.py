@@ -24,10 +24,9 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from connectors.base import RawRecord
-from engine.configfile import ConfigFileError, load_toml, validate
 from engine.model import Flags, PlatformSla, Priority, Status, Ticket, Tier
 from mappings import MappingError, NormalizeError
-from mappings.common import FlagSources, Strict, TagNames
+from mappings.common import FlagSources, Strict, TagNames, load_spec
 
 PLATFORM = "servicenow"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -416,11 +415,5 @@ class _Normalizer:
 
 def load(path: Path) -> ServiceNowMapping:
     """Load and validate a ServiceNow mapping; MappingError names file, line, key and reason."""
-    try:
-        data, text = load_toml(path)
-        spec = validate(ServiceNowMappingFile, data, path, text)
-    except MappingError:
-        raise
-    except ConfigFileError as error:
-        raise MappingError(error.path, error.reason, key=error.key, line=error.line) from None
+    spec, _ = load_spec(ServiceNowMappingFile, Path(path))
     return ServiceNowMapping(spec, str(path))

@@ -49,10 +49,10 @@ from typing import Any, Literal
 from pydantic import Field, PositiveInt, field_validator
 
 from connectors.base import RawRecord
-from engine.configfile import ConfigFileError, load_toml, locate, validate
+from engine.configfile import locate
 from engine.model import Flags, Priority, Status, StatusChange, Ticket, Tier
 from mappings import MappingError, NormalizeError
-from mappings.common import FlagSources, Strict, TagNames
+from mappings.common import FlagSources, Strict, TagNames, load_spec
 
 PLATFORM = "zendesk"
 ZENDESK_PRIORITIES = ("urgent", "high", "normal", "low")
@@ -534,14 +534,6 @@ def _cross_check(config: ZendeskMappingFile, path: Path, text: str) -> None:
 def load(path: Path) -> ZendeskMapping:
     """Load and validate a Zendesk mapping file; raise MappingError naming file, line, key and reason."""
     path = Path(path)
-    try:
-        data, text = load_toml(path)
-        config = validate(ZendeskMappingFile, data, path, text)
-    except MappingError:
-        raise
-    except ConfigFileError as error:
-        # pydantic names a bad dict key "<key>.[key]"; the admin only needs the key.
-        key = error.key.removesuffix(".[key]")
-        raise MappingError(error.path, error.reason, key=key, line=error.line) from None
+    config, text = load_spec(ZendeskMappingFile, path)
     _cross_check(config, path, text)
     return ZendeskMapping(config, str(path))
