@@ -8,7 +8,7 @@ the network or a file; the same inputs always give the same Decision.
 
 Clocks a ticket has (targets from the policy; zero targets are not tracked):
 - first_response: created -> first public agent reply;       resolution: created -> solved;
-- customer_update: last public reply (or created) -> next public reply, while open (signals update_due);
+- customer_update: last public reply (else the first, else created) -> next public reply, while open (update_due);
 - acknowledgment / assessment of the current tier: tier entered -> first agent action / public reply after it
   (when the decision changes the tier, those of the target tier from `now`: the Decision describes the state
   after its own write, so the echo of that write plans nothing);
@@ -120,7 +120,8 @@ def measure_clocks(
     if sla.resolution:
         clocks.append(_clock(policy, now, closed, "resolution", ticket.created_at, closed, sla.resolution, cal, pauses))
     if closed is None and sla.customer_update:
-        since = ticket.last_public_reply_at or ticket.created_at
+        # Platforms that only know the first reply (Zendesk's metric set) still beat counting from creation.
+        since = ticket.last_public_reply_at or ticket.first_public_reply_at or ticket.created_at
         clocks.append(_clock(policy, now, closed, "customer_update", since, None, sla.customer_update, cal, pauses))
     return clocks
 

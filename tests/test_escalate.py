@@ -417,6 +417,16 @@ def test_no_update_due_right_after_a_reply():
     assert TagSignal("update_due") not in decision.signals
 
 
+def test_update_cadence_counts_from_the_first_reply_when_the_last_is_unknown():
+    # P2: an update every 4 business hours. Created 09:00, first reply 13:00, last reply unknown (Zendesk).
+    known_first = ticket(priority=Priority.P2, first_public_reply_at=T0 + 4 * H, last_public_reply_at=None)
+    clock = next(c for c in evaluate(known_first, POLICY, T0 + 5 * H).clocks if c.name == "customer_update")
+    assert clock.elapsed == H
+    assert TagSignal("update_due") not in evaluate(known_first, POLICY, T0 + 5 * H).signals
+    never = replace(known_first, first_public_reply_at=None)
+    assert TagSignal("update_due") in evaluate(never, POLICY, T0 + 5 * H).signals
+
+
 def test_comment_keys():
     escalated = evaluate(ticket(), POLICY, T0 + 3 * H)
     assert escalated.comment is not None
