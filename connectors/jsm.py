@@ -24,8 +24,9 @@ pacing, redaction and respx replay are the same as for the other platforms):
 
 The cursor is JSON: the high-water mark (epoch millis of the newest `updated` delivered), the issues delivered
 within the overlap window with their `updated` millis (so the overlap's re-reads are dropped, after a restart
-too), and while a search is being paged its window start and `nextPageToken`. Jira search is eventually
-consistent, so each new search starts `overlap_seconds` before the high-water mark. JQL gets the bound as epoch
+too), the server time of the last completed search, and while a search is being paged its keyset position.
+Jira search is eventually consistent, so each new search starts `overlap_seconds` before the last completed
+search (before the high-water mark for a cursor that has none). JQL gets the bound as epoch
 millis: a bare date-time would be read in the API user's time zone.
 
 An idle cycle costs one call: the search of the overlap window, whose issues are all already seen.
@@ -37,6 +38,7 @@ import json
 import logging
 from collections.abc import Mapping
 from datetime import datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -104,11 +106,17 @@ class _Cursor:
         seen: dict[str, int] | None = None,
         since: int | None = None,
         token: str | None = None,
+        searched_at: int | None = None,
+        polled_until: int | None = None,
     ) -> None:
         self.high_water = high_water
         self.seen = dict(seen or {})
         self.since = since
         self.token = token
+        self.searched_at = searched_at
+        """Server time (epoch millis) of the current window's first search."""
+        self.polled_until = polled_until
+        """`searched_at` of the last completed window: everything visible then has been delivered."""
 
     @classmethod
     def decode(cls, text: str | None) -> _Cursor:
@@ -119,13 +127,13 @@ class _Cursor:
             if data.get("v") != CURSOR_VERSION:
                 raise ValueError("unknown cursor version")
             seen = {str(key): int(value) for key, value in (data.get("seen") or {}).items()}
-            high_water = data.get("hw")
-            since = data.get("since")
             return cls(
-                high_water=int(high_water) if high_water is not None else None,
+                high_water=_optional_int(data.get("hw")),
                 seen=seen,
-                since=int(since) if since is not None else None,
+                since=_optional_int(data.get("since")),
                 token=data.get("token") or None,
+                searched_at=_optional_int(data.get("at")),
+                polled_until=_optional_int(data.get("until")),
             )
         except (ValueError, TypeError, AttributeError) as error:
             raise ConnectorError(f"unreadable JSM cursor {text[:80]!r}: {error}") from None
@@ -136,7 +144,24 @@ class _Cursor:
             data["since"] = self.since
         if self.token:
             data["token"] = self.token
+        if self.searched_at is not None:
+            data["at"] = self.searched_at
+        if self.polled_until is not None:
+            data["until"] = self.polled_until
         return json.dumps(data, separators=(",", ":"), sort_keys=True)
+
+
+def _optional_int(value: Any) -> int | None:
+    return int(value) if value is not None else None
+
+
+def _server_millis(response: httpx.Response, fallback: datetime) -> int:
+    """The server's clock from the `Date` header (our own clock may be skewed), else `fallback`."""
+    try:
+        moment = parsedate_to_datetime(response.headers["date"])
+    except (KeyError, TypeError, ValueError):
+        moment = fallback
+    return int(moment.timestamp() * 1000)
 
 
 def _updated_millis(issue: Mapping[str, Any]) -> int | None:
@@ -185,7 +210,8 @@ class JsmConnector:
 
     def poll(self, cursor: str | None, now: datetime) -> Page:
         state = _Cursor.decode(cursor)
-        if state.since is None:
+        starts_window = state.since is None
+        if starts_window:
             since, token = self._window_start(state, now), None
         else:
             since, token = state.since, state.token
@@ -193,9 +219,12 @@ class JsmConnector:
         if token and response.status_code == 400:
             # An expired or foreign page token: start this window again; the overlap de-dup absorbs it.
             log.info("%s: search page token refused, restarting the window", self.instance)
+            starts_window = True
             since, token = self._window_start(state, now), None
             response = self._search(since, None)
         body = self._search_body(response)
+        if starts_window:
+            state.searched_at = _server_millis(response, now)
         issues = body.get("issues") or []
         records: list[RawRecord] = []
         last_updated: int | None = None
@@ -216,6 +245,7 @@ class JsmConnector:
         has_more = bool(next_token) and body.get("isLast") is not True
         if not has_more:
             state.since = state.token = None
+            state.polled_until, state.searched_at = state.searched_at, None
         elif last_updated is not None and last_updated > since:
             # Keyset: the next page is a fresh search from where this one ended, not the page token. Issues
             # updated while we page (our own writes among them) move to the end of `ORDER BY updated`; with a
@@ -230,6 +260,11 @@ class JsmConnector:
         return Page(records=records, cursor=state.encode(), has_more=has_more)
 
     def _window_start(self, state: _Cursor, now: datetime) -> int:
+        """A window re-reads `overlap` before the last completed search: an update indexed late, after that
+        search, is at most `overlap` older than it. Counting back from the server's time rather than from the
+        newest `updated` keeps an idle cycle to one call after a burst of updates at one instant."""
+        if state.polled_until is not None:
+            return state.polled_until - self.overlap_ms
         if state.high_water is None:
             return int((now - self.lookback).timestamp() * 1000)
         return state.high_water - self.overlap_ms

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from pathlib import Path
 from typing import Any
 
@@ -132,23 +133,36 @@ def test_short_page_is_not_the_end(http: HttpClient, mapping: JsmMapping) -> Non
 
 @respx.mock
 def test_overlap_window_drops_what_was_delivered(http: HttpClient, mapping: JsmMapping) -> None:
+    # The server's clock runs 30 s ahead of ours: the next window counts back from the server's time.
+    server_time = NOW + timedelta(seconds=30)
+    date = {"Date": format_datetime(server_time, usegmt=True)}
     route = respx.post(SEARCH).mock(
         side_effect=[
-            httpx.Response(200, json=fixture("search_page1.json")),
-            httpx.Response(200, json=fixture("search_page2.json")),
+            httpx.Response(200, json=fixture("search_page1.json"), headers=date),
+            httpx.Response(200, json=fixture("search_page2.json"), headers=date),
             httpx.Response(200, json=fixture("search_overlap.json")),
         ]
     )
     jsm = connector(http, mapping)
     cursor = jsm.poll(None, NOW).cursor
     cursor = jsm.poll(cursor, NOW).cursor
-    third = jsm.poll(cursor, NOW)
+    third = jsm.poll(cursor, NOW + timedelta(minutes=5))
     # SUP-103 comes back unchanged (dropped); SUP-104 is new; SUP-102 changed again (delivered again).
     assert [record.data["key"] for record in third.records] == ["SUP-104", "SUP-102"]
     assert not third.has_more
-    high_water = datetime(2026, 3, 9, 15, 20, 2, 345000, tzinfo=UTC)  # SUP-103 updated 11:20:02.345-0400
-    assert f"updated >= {millis(high_water) - 120_000} " in sent(route, 2)["jql"]
+    assert f"updated >= {millis(server_time) - 120_000} " in sent(route, 2)["jql"]
     assert "nextPageToken" not in sent(route, 2)
+
+
+@respx.mock
+def test_a_cursor_without_a_completed_search_counts_back_from_the_high_water_mark(
+    http: HttpClient, mapping: JsmMapping
+) -> None:
+    route = respx.post(SEARCH).mock(return_value=httpx.Response(200, json=fixture("search_empty.json")))
+    high_water = millis(datetime(2026, 3, 9, 15, 20, 2, 345000, tzinfo=UTC))
+    older_cursor = json.dumps({"v": 1, "hw": high_water, "seen": {}})
+    connector(http, mapping).poll(older_cursor, NOW)
+    assert f"updated >= {high_water - 120_000} " in sent(route, 0)["jql"]
 
 
 @respx.mock
