@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from typing import Any
 from urllib.parse import parse_qs
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -159,6 +160,9 @@ class SandboxApp:
             payload = json.dumps(response.body).encode()
         reason = _REASONS.get(response.status, "Unknown")
         out_headers = [("Content-Type", response.content_type), ("Content-Length", str(len(payload)))]
+        if not any(name.lower() == "date" for name in response.headers):
+            # The platform's clock is the simulated one: clients read it (Retry-After dates, search windows).
+            out_headers.append(("Date", format_datetime(self.clock.now(), usegmt=True)))
         out_headers += list(response.headers.items())
         start_response(f"{response.status} {reason}", out_headers)
         return [payload]
