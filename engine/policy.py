@@ -337,9 +337,10 @@ def load_policy(path: Path) -> Policy:
     return _build(data["policy"], str(path), text)
 
 
-def policy_from_dict(data: dict[str, Any], path: str = "<policy>") -> Policy:
-    """Compile a policy given as the contents of the `[policy]` table (tests, tools)."""
-    return _build(data, path, "")
+def policy_from_dict(data: dict[str, Any], path: str = "<policy>", text: str = "") -> Policy:
+    """Compile a policy given as the contents of the `[policy]` table; `text`, the file it came from, lets
+    errors name their line (the daemon's config loader has already read the file)."""
+    return _build(data, path, text)
 
 
 def _error(path: str, text: str, loc: tuple[str | int, ...], reason: str, line: int | None = None) -> ConfigFileError:

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engine.configfile import ConfigFileError, load_toml, locate, validate
-from engine.policy import Policy, load_policy
+from engine.policy import Policy, policy_from_dict
 
 Platform = Literal["zendesk", "jsm", "servicenow"]
 
@@ -141,7 +141,7 @@ def load_config(path: Path, settings: Settings | None = None) -> AppConfig:
         daemon=section.daemon,
         state_url=resolve_state_url(state_url, path.parent),
         instances=tuple(section.instances),
-        policy=load_policy(path),
+        policy=policy_from_dict(policy_data, str(path), text),
     )
 
 
