@@ -24,7 +24,6 @@ from connectors.base import (
     AuthError,
     ConflictError,
     Connector,
-    ConnectorError,
     PermanentWriteError,
     RawRecord,
     TransientError,
@@ -334,5 +333,3 @@ def _describe(writeback: WriteBack, decision: Decision | None, ticket: Ticket | 
         detail["management"] = decision.management
     return detail
 
-
-__all__ = ["ConnectorError", "CycleReport", "Event", "Syncer"]
