@@ -332,4 +332,3 @@ def _describe(writeback: WriteBack, decision: Decision | None, ticket: Ticket | 
         detail["reasons"] = [rule.reason for rule in decision.fired]
         detail["management"] = decision.management
     return detail
-
