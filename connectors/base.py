@@ -77,6 +77,11 @@ class Connector(Protocol):
         """Return the next page of changed tickets after `cursor` (None: start from the configured look-back)."""
         ...
 
+    def open_tickets(self, cursor: str | None, now: datetime) -> Page:
+        """The next page of *all* open tickets, whatever their age (first start, `sync.py backfill`), through
+        the platform's cheapest path for that; None starts the scan. Records are shaped as `poll` gives them."""
+        ...
+
     def fetch(self, ticket_id: str) -> RawRecord | None:
         """Re-read one ticket (after a conflict); None when it no longer exists."""
         ...

@@ -203,8 +203,10 @@ class JsmConnector:
 
     # -- poll -------------------------------------------------------------------------------------------
 
-    def jql(self, since_millis: int) -> str:
+    def jql(self, since_millis: int, open_only: bool = False) -> str:
         bound = f"updated >= {since_millis}"
+        if open_only:
+            bound = f"statusCategory != Done AND {bound}"
         where = f"({self.extra_jql}) AND {bound}" if self.extra_jql else bound
         return f"{where} ORDER BY updated ASC, key ASC"
 
@@ -269,9 +271,37 @@ class JsmConnector:
             return int((now - self.lookback).timestamp() * 1000)
         return state.high_water - self.overlap_ms
 
-    def _search(self, since: int, token: str | None) -> httpx.Response:
+    def open_tickets(self, cursor: str | None, now: datetime) -> Page:
+        """Every issue whose status category is not Done, oldest update first, keyset-paged like `poll`."""
+        state = _Cursor.decode(cursor)
+        since = state.since if state.since is not None else 0
+        body = self._search_body(self._search(since, state.token, open_only=True))
+        records: list[RawRecord] = []
+        last_updated: int | None = None
+        for issue in body.get("issues") or []:
+            if not isinstance(issue, Mapping):
+                continue
+            key = str(issue.get("key") or issue.get("id") or "")
+            updated = _updated_millis(issue)
+            if updated is not None:
+                last_updated = max(last_updated or updated, updated)
+                if key and state.seen.get(key, -1) >= updated:
+                    continue  # the key boundary of the previous page
+                if key:
+                    state.seen[key] = updated
+            records.append(RawRecord(id=str(issue.get("id") or key), data=dict(issue)))
+        next_token = body.get("nextPageToken") or None
+        has_more = bool(next_token) and body.get("isLast") is not True
+        if has_more and last_updated is not None and last_updated > since:
+            state.since, state.token = last_updated, None
+        elif has_more:
+            state.since, state.token = since, next_token  # a page tied on one instant: only the token steps on
+        state.seen = {key: value for key, value in state.seen.items() if value >= (state.since or 0)}
+        return Page(records=records, cursor=state.encode(), has_more=has_more)
+
+    def _search(self, since: int, token: str | None, open_only: bool = False) -> httpx.Response:
         payload: dict[str, Any] = {
-            "jql": self.jql(since),
+            "jql": self.jql(since, open_only),
             "maxResults": self.page_size,
             "fields": self.mapping.request_fields,
         }

@@ -104,6 +104,10 @@ def query_value(value: str) -> str:
     return value.replace("^", "^^")
 
 
+SCAN_FROM = "1970-01-01 00:00:00"
+"""Where the scan of all active records starts: before any record."""
+
+
 def encode_cursor(updated_on: str, sys_id: str) -> str:
     return f"{CURSOR_VERSION}|{updated_on}|{sys_id}"
 
@@ -263,6 +267,26 @@ class ServiceNowConnector:
         slas = self._task_slas([_str(row.get("sys_id")) for row in rows])
         records = [self._record(row, slas) for row in rows]
         return Page(records=records, cursor=encode_cursor(updated_on, after), has_more=has_more)
+
+    def open_tickets(self, cursor: str | None, now: datetime) -> Page:
+        """Every active record (`active=true`), keyset-paged on (sys_updated_on, sys_id) like `poll`."""
+        try:
+            updated_on, after = decode_cursor(cursor) if cursor else (SCAN_FROM, "")
+        except ValueError as error:
+            raise ConnectorError(f"{self.instance}: {error}") from None
+        params = raw_params(
+            self.fields,
+            sysparm_query="active=true^" + keyset_query(updated_on, after),
+            sysparm_limit=self.page_size,
+            sysparm_no_count="true",
+        )
+        rows = self._result_list(self.http.request("GET", self._table_url(), params=params), "open-record scan")
+        last = next((row for row in reversed(rows) if _cursor_key(row) is not None), None)
+        if last is not None:
+            updated_on, after = _str(last["sys_updated_on"]), _str(last["sys_id"])
+        slas = self._task_slas([_str(row.get("sys_id")) for row in rows])
+        records = [self._record(row, slas) for row in rows]
+        return Page(records=records, cursor=encode_cursor(updated_on, after), has_more=len(rows) >= self.page_size)
 
     def _settled(self, updated_on: str, response: httpx.Response) -> bool:
         """Whether no more writes can land in the second `updated_on`, judged by the server's own Date header."""

@@ -40,7 +40,8 @@ from engine.model import (
     Tier,
 )
 from engine.policy import CLOCK_FIELDS, CLOCK_NAMES, FACTS, Policy, Rule, flat_name
-from engine.sla import Pause, active_business_time, compute_clock, pauses_of
+from engine.review import next_review
+from engine.sla import Pause, active_business_time, compute_clock, is_paused_at, pauses_of
 
 _NO_HISTORY = EscalationHistory()
 _CADENCE_CLOCKS = frozenset({"customer_update", "mgmt_update"})
@@ -627,6 +628,10 @@ def evaluate(ticket: Ticket, policy: Policy, now: datetime, history: EscalationH
         if management_new:
             clocks += management_clocks(ticket, policy, now, now)
 
+    # When to look again, from the state after this decision's write: a new tier's hours start at zero.
+    review_at, review_exact = next_review(
+        ticket, policy, now, clocks, 0.0 if target != current else hours, is_paused_at(pauses, now)
+    )
     comment = None
     if RANK[target] > RANK[current] or management_new:
         key_suffix = target.value if target != current else "MGMT"
@@ -656,4 +661,6 @@ def evaluate(ticket: Ticket, policy: Policy, now: datetime, history: EscalationH
         rules=outcomes,
         signals=signals_for(clocks, management),
         comment=comment,
+        review_at=review_at,
+        review_exact=review_exact,
     )

@@ -224,6 +224,10 @@ class Decision:
     rules: tuple[RuleOutcome, ...]
     signals: frozenset[TagSignal]
     comment: Comment | None = None
+    review_at: datetime | None = None
+    """The earliest moment this answer could change with no new input (engine/review.py); None: never."""
+    review_exact: bool = True
+    """False when a rule uses time in a way review_at cannot solve: the caller bounds the wait itself."""
 
     @property
     def escalates(self) -> bool:

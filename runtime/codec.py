@@ -1,9 +1,11 @@
-"""WriteBack <-> JSON, for the ledger: a pending intent must be retryable from the database alone."""
+"""WriteBack and RawRecord <-> JSON, for the state store: a pending intent must be retryable, and a ticket in
+the book reviewable, from the database alone."""
 
 from __future__ import annotations
 
 import json
 
+from connectors.base import RawRecord
 from engine.model import Comment, Tier, WriteBack
 
 
@@ -40,3 +42,12 @@ def decode(payload: str) -> WriteBack:
         remove_tags=frozenset(data.get("remove_tags", ())),
         comment=Comment(comment["body"], comment["idempotency_key"]) if comment else None,
     )
+
+
+def encode_record(record: RawRecord) -> str:
+    return json.dumps({"id": record.id, "data": record.data, "related": record.related}, default=str)
+
+
+def decode_record(payload: str) -> RawRecord:
+    data = json.loads(payload)
+    return RawRecord(id=str(data["id"]), data=data["data"], related=data.get("related") or {})

@@ -41,6 +41,8 @@ class DaemonSection(BaseModel):
     max_write_attempts: int = Field(5, ge=1)
     metrics_port: int | None = Field(None, ge=1, le=65535)
     metrics_address: str = "127.0.0.1"
+    max_writes_per_cycle: int = Field(100, ge=1)
+    review_interval_seconds: float = Field(3600.0, gt=0)
 
 
 class StateSection(BaseModel):
@@ -58,6 +60,8 @@ class InstanceSection(BaseModel):
     subdomain: str | None = None
     mapping: Path | None = None
     initial_lookback_hours: float = Field(72.0, gt=0)
+    adopt: Literal["notes", "tag_only"] = "notes"
+    """How the first sweep of an instance writes escalations that were already overdue when first seen."""
     credentials: dict[str, str] = Field(default_factory=dict)
     """Credential name -> environment variable name."""
     options: dict[str, Any] = Field(default_factory=dict)

@@ -1,12 +1,26 @@
-"""One sync cycle for one instance: recover the ledger, poll, normalize, evaluate, plan, write, move the cursor.
+"""One sync cycle for one instance: recover the ledger, poll into the book, scan, review what is due, write.
+
+Each cycle, in this order:
+1. recover pending ledger intents (below);
+2. poll what changed since the cursor: every record is normalized and evaluated, and put in the open-ticket
+   book with the moment its answer could next change (`Decision.review_at`); a record whose plan is not
+   empty is due now. Terminal and deleted tickets leave the book (a tombstone stays against stale reads);
+3. until it has completed once (and again after `sync.py backfill`), scan *all* open tickets whatever their
+   age through the connector's `open_tickets`, into the book the same way;
+4. review the book: every due ticket, most urgent first (breached, then priority), is evaluated from its
+   stored record with no API read, and only the difference is written, through the ledger, up to
+   `max_writes_per_cycle`; the rest stays due. This is how a ticket nobody touches still escalates.
+Writes happen only in step 4, so the write cap orders a whole backlog by urgency, and a page's cursor can be
+committed as soon as its records are in the book: a durably queued write (DESIGN.md, principle 2).
 
 The order is what makes a crash harmless (DESIGN.md, principles 1, 2 and 7):
 - a write-back is recorded in the ledger as a pending intent before the API call and marked done after it;
   pending intents are recovered first on the next cycle, checking the ticket's comments for the intent's
   key before anything is re-sent, so a comment is never posted twice;
-- the cursor of a page is committed only once every ticket on it is written, durably pending, dead-lettered
-  or quarantined; anything unexpected aborts the cycle before the cursor moves;
-- a record that cannot be normalized is quarantined with its error and the cycle goes on.
+- the cursor of a page is committed only once every ticket on it is in the book, quarantined or a tombstone;
+  anything unexpected aborts the cycle before the cursor moves;
+- a record that cannot be normalized or evaluated, for any reason, is quarantined with its error and the
+  cycle goes on.
 """
 
 from __future__ import annotations
@@ -14,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -24,17 +39,20 @@ from connectors.base import (
     AuthError,
     ConflictError,
     Connector,
+    ConnectorError,
+    Page,
     PermanentWriteError,
     RawRecord,
     TransientError,
 )
 from engine.escalate import evaluate
-from engine.model import Comment, Decision, EscalationHistory, Status, Ticket, Tier, WriteBack
+from engine.model import ClockState, Comment, Decision, EscalationHistory, Status, Ticket, Tier, WriteBack
 from engine.plan import plan
 from engine.policy import Policy
 from mappings import NormalizeError, PlatformMapping
-from runtime.codec import decode, encode
-from state.base import IntentState, Store
+from runtime.codec import decode, decode_record, encode, encode_record
+from state.base import BookEntry, IntentState, Store
+from state.sql import SCAN_SUFFIX
 
 log = logging.getLogger("escalation_sync.cycle")
 
@@ -42,6 +60,15 @@ REPEAT_WINDOW = timedelta(days=30)
 TIER_NAMES = frozenset(tier.value for tier in Tier)
 MANAGEMENT = "MGMT"
 """Recorded beside the tier entries when the management track starts: its clocks run from then on."""
+SCAN_DONE = "done"
+"""The open-ticket scan's progress once it has completed (`sync.py backfill` clears it to scan again)."""
+REVIEW_CHUNK = 500
+"""Due entries read from the book at a time."""
+MAX_PAGES = 100_000
+"""A poll that pages this often in one cycle is looping, whatever its cursors say."""
+TOMBSTONE_DAYS = 30
+"""How long a terminal ticket's tombstone guards the book against a stale read of it."""
+CUSTOMER_COUNT = "history.customer_escalations_30d"
 
 
 @dataclass(frozen=True)
@@ -63,8 +90,17 @@ class CycleReport:
     dry_run: bool = False
     tickets_seen: int = 0
     pages: int = 0
+    scanned: int = 0
+    """Records read by the scan of all open tickets (first start, `sync.py backfill`)."""
     quarantined: int = 0
     tombstones: int = 0
+    reviewed: int = 0
+    """Book entries evaluated because their review moment had come (polled ones included)."""
+    review_writes: int = 0
+    """Writes to tickets this cycle did not read: time passing alone made them necessary."""
+    review_escalations: int = 0
+    deferred: int = 0
+    """Due writes left for a later cycle by max_writes_per_cycle."""
     escalations: Counter[str] = field(default_factory=Counter)
     management: int = 0
     comments: int = 0
@@ -77,6 +113,8 @@ class CycleReport:
     dead_lettered: int = 0
     recovered: int = 0
     api_calls: int = 0
+    book_open: int = 0
+    book_due: int = 0
     cursor_committed: bool = False
     stopped_early: bool = False
     error: str = ""
@@ -102,6 +140,10 @@ class Syncer:
         store: Store,
         clock: Callable[[], datetime],
         max_write_attempts: int = 5,
+        max_writes_per_cycle: int = 100,
+        review_interval: timedelta = timedelta(hours=1),
+        adopt: str = "notes",
+        fingerprint: str = "",
         dry_run: bool = False,
         stop: threading.Event | None = None,
         on_event: Callable[[Event], None] | None = None,
@@ -113,74 +155,210 @@ class Syncer:
         self.mapping = mapping
         self.policy = policy
         self.store = store
+        self.state: Store = store
+        """The store this cycle works on: `store`, or a throwaway copy of it in a dry run."""
         self.clock = clock
         self.max_write_attempts = max_write_attempts
+        self.max_writes_per_cycle = max_writes_per_cycle
+        self.review_interval = review_interval
+        self.adopt_tag_only = adopt == "tag_only"
+        self.fingerprint = fingerprint
         self.dry_run = dry_run
         self.stop = stop or threading.Event()
         self.on_event = on_event or (lambda event: None)
         self.api_calls = api_calls
+        self._generation_checked = False
+        self._polled: set[str] = set()
+        self._rebooked: set[str] = set()
+        self._attempts = 0
 
     def run_cycle(self) -> CycleReport:
         now = self.clock()
         report = CycleReport(self.instance, self.platform, now, dry_run=self.dry_run)
         calls_before = self.api_calls()
+        self.state = self.store.snapshot(self.instance) if self.dry_run else self.store
+        self._polled, self._rebooked, self._attempts = set(), set(), 0
         try:
             if not self.dry_run:
                 self._recover_pending(now, report)
+            self._check_generation(now)
             self._poll_all(now, report)
+            self._scan_open(now, report)
+            self._review(now, report)
+            report.book_open, report.book_due = self.state.book_stats(self.instance, now)
+            if not self.dry_run:
+                self.state.book_purge(self.instance, now - timedelta(days=TOMBSTONE_DAYS))
         except (AuthError, TransientError) as error:
             report.error = f"{type(error).__name__}: {error}"
             log.error("cycle aborted", extra={"event": "cycle_error", "instance": self.instance, "error": str(error)})
         finally:
             report.api_calls = self.api_calls() - calls_before
+            if self.state is not self.store:
+                self.state.close()
+                self.state = self.store
         return report
 
-    # -- polling ---------------------------------------------------------------------------------------------
+    def _check_generation(self, now: datetime) -> None:
+        """A policy or mapping edited since the book was last evaluated may move any review moment earlier:
+        make the whole book due once (CPU only, no API call)."""
+        if self._generation_checked or not self.fingerprint:
+            return
+        key = f"book-generation:{self.instance}"
+        if self.state.get_setting(key) != self.fingerprint:
+            marked = self.state.book_mark_due(now, instance=self.instance)
+            if marked:
+                log.info(
+                    "policy or mapping changed: reviewing the whole book",
+                    extra={"event": "book_generation", "instance": self.instance, "due": marked},
+                )
+            self.state.set_setting(key, self.fingerprint)
+        self._generation_checked = not self.dry_run
+
+    # -- reading into the book -------------------------------------------------------------------------------
 
     def _poll_all(self, now: datetime, report: CycleReport) -> None:
-        cursor = self.store.get_cursor(self.instance)
-        quarantined = {record.record_id for record in self.store.quarantined(self.instance)}
+        cursor = self.state.get_cursor(self.instance)
+        adopting = cursor is None  # the first sweep of this instance
+        quarantined = {record.record_id for record in self.state.quarantined(self.instance)}
+        pages = 0
         while not self.stop.is_set():
             page = self.connector.poll(cursor, now)
             report.pages += 1
-            for record in page.records:
-                if self.stop.is_set():
-                    report.stopped_early = True
-                    return
-                self._handle(record, now, report, quarantined)
-            if not self.dry_run:
-                self.store.set_cursor(self.instance, page.cursor)
-                report.cursor_committed = True
+            pages += 1
+            self._guard(cursor, page, pages, "poll")
+            if not self._book_page(page.records, now, report, quarantined, adopting, scan=False):
+                return
+            self.state.set_cursor(self.instance, page.cursor)
+            report.cursor_committed = True
             cursor = page.cursor
             if not page.has_more:
                 return
         report.stopped_early = True
 
-    def _handle(self, record: RawRecord, now: datetime, report: CycleReport, quarantined: set[str]) -> None:
-        report.tickets_seen += 1
-        try:
-            ticket = self.mapping.normalize(record, self.instance)
-        except NormalizeError as error:
-            self._quarantine(record, str(error), now, report)
+    def _scan_open(self, now: datetime, report: CycleReport) -> None:
+        """Read every open ticket into the book until the scan has completed once (see the module docstring)."""
+        scan_open = getattr(self.connector, "open_tickets", None)
+        key = self.instance + SCAN_SUFFIX
+        progress = self.state.get_cursor(key)
+        if scan_open is None or progress == SCAN_DONE:
             return
-        if record.id in quarantined and not self.dry_run:
-            self.store.release(self.instance, record.id)
+        cursor = progress or None
+        quarantined = {record.record_id for record in self.state.quarantined(self.instance)}
+        started, pages = time.monotonic(), 0
+        while not self.stop.is_set():
+            page: Page = scan_open(cursor, now)
+            pages += 1
+            report.pages += 1
+            self._guard(cursor, page, pages, "open-ticket scan")
+            before = report.tickets_seen
+            if not self._book_page(page.records, now, report, quarantined, adopting=True, scan=True):
+                return
+            report.scanned += report.tickets_seen - before
+            self.state.set_cursor(key, page.cursor if page.has_more else SCAN_DONE)
+            elapsed = max(time.monotonic() - started, 1e-6)
+            detail = {"pages": pages, "tickets": report.scanned, "per_second": round(report.scanned / elapsed, 1)}
+            detail["done"] = not page.has_more
+            log.info("open-ticket scan", extra={"event": "scan_progress", "instance": self.instance, **detail})
+            self.on_event(Event("scan_progress", self.instance, "", now, detail))
+            cursor = page.cursor
+            if not page.has_more:
+                return
+        report.stopped_early = True
+
+    def _guard(self, cursor: str | None, page: Page, pages: int, what: str) -> None:
+        if page.has_more and page.cursor == cursor:
+            raise TransientError(f"{self.instance}: {what} cursor does not advance ({str(cursor)[:120]!r})")
+        if pages > MAX_PAGES:
+            raise TransientError(f"{self.instance}: {what} returned more than {MAX_PAGES} pages in one cycle")
+
+    def _book_page(
+        self,
+        records: list[RawRecord],
+        now: datetime,
+        report: CycleReport,
+        quarantined: set[str],
+        adopting: bool,
+        *,
+        scan: bool,
+    ) -> bool:
+        """Put a page's records in the book; False if a stop request cut the page short (cursor stays)."""
+        entries: list[BookEntry] = []
+        complete = True
+        for record in records:
+            if self.stop.is_set():
+                report.stopped_early = True
+                complete = False
+                break
+            if scan and record.id in self._polled:
+                continue  # a scan reading what this cycle's poll has just booked
+            entry = self._book_entry(record, now, report, quarantined, adopting)
+            if entry is not None:
+                entries.append(entry)
+        self.state.book_put(self.instance, entries)
+        return complete
+
+    def _book_entry(
+        self, record: RawRecord, now: datetime, report: CycleReport, quarantined: set[str], adopting: bool
+    ) -> BookEntry | None:
+        report.tickets_seen += 1
+        self._polled.add(record.id)
+        ticket = self._normalize(record, now, report)
+        if ticket is None:
+            return None
+        if record.id in quarantined:
+            self.state.release(self.instance, record.id)
             quarantined.discard(record.id)
         if ticket.status is Status.DELETED:
             report.tombstones += 1
-            return
+            return _tombstone(ticket, now)
+        decided = self._decide_safely(record, ticket, now, report)
+        if decided is None:
+            return None
+        decision, writeback = decided
+        due = not writeback.is_empty
+        if ticket.status.is_terminal and not due:
+            return _tombstone(ticket, now)
+        return BookEntry(
+            ticket_id=ticket.id,
+            is_open=True,
+            updated_at=ticket.updated_at,
+            revision=ticket.revision,
+            raw=encode_record(record),
+            customer=_customer(ticket),
+            review_at=now if due else self._review_time(decision, now),
+            urgency=_urgency(decision, ticket),
+            adopt=adopting and due and self.adopt_tag_only,
+            seen_at=now,
+        )
+
+    def _normalize(self, record: RawRecord, now: datetime, report: CycleReport) -> Ticket | None:
         try:
-            decision, writeback = self._decide(ticket, now)
+            return self.mapping.normalize(record, self.instance)
+        except NormalizeError as error:
+            self._quarantine(record, str(error), now, report)
+        except Exception as error:  # any fault on one record is that record's problem, never the instance's
+            self._quarantine(record, f"cannot be normalized: {type(error).__name__}: {str(error)[:300]}", now, report)
+        return None
+
+    def _decide_safely(
+        self,
+        record: RawRecord,
+        ticket: Ticket,
+        now: datetime,
+        report: CycleReport,
+        history: EscalationHistory | None = None,
+    ) -> tuple[Decision, WriteBack] | None:
+        try:
+            return self._decide(ticket, now, history)
         except Exception as error:  # an engine fault on one ticket must not stop the others
             log.exception("evaluation failed", extra={"instance": self.instance, "ticket": ticket.id})
-            self._quarantine(record, f"evaluation failed: {type(error).__name__}: {error}", now, report)
-            return
-        self._send(writeback, decision, ticket, now, report, retry_conflict=True)
+            self._quarantine(record, f"evaluation failed: {type(error).__name__}: {str(error)[:300]}", now, report)
+            return None
 
     def _quarantine(self, record: RawRecord, error: str, now: datetime, report: CycleReport) -> None:
         report.quarantined += 1
         raw = json.dumps(record.data, default=str, sort_keys=True)
-        first = self.dry_run or self.store.quarantine(self.instance, record.id, raw, error, now)
+        first = self.dry_run or self.state.quarantine(self.instance, record.id, raw, error, now)
         if first:
             log.warning(
                 "record quarantined",
@@ -188,23 +366,93 @@ class Syncer:
             )
         self.on_event(Event("quarantined", self.instance, record.id, now, {"error": error}))
 
+    def _review_time(self, decision: Decision, now: datetime) -> datetime | None:
+        at = decision.review_at
+        if not decision.review_exact:
+            fallback = now + self.review_interval
+            at = fallback if at is None else min(at, fallback)
+        return at
+
+    # -- reviewing what is due -------------------------------------------------------------------------------
+
+    def _review(self, now: datetime, report: CycleReport) -> None:
+        """Evaluate due book entries, most urgent first, and write what differs (see the module docstring)."""
+        processed: set[str] = set()
+        counts: dict[str, int] | None = None
+        while not self.stop.is_set():
+            due = [e for e in self.state.book_due(self.instance, now, REVIEW_CHUNK) if e.ticket_id not in processed]
+            if not due:
+                return
+            if counts is None and CUSTOMER_COUNT in self.policy.fact_paths:
+                counts = self.state.escalation_counts(now - REPEAT_WINDOW)
+            entries = self.state.tier_entries_many(self.instance, [entry.ticket_id for entry in due])
+            updates: list[tuple[str, datetime | None, int, bool]] = []
+            for entry in due:
+                if self.stop.is_set():
+                    report.stopped_early = True
+                    break
+                processed.add(entry.ticket_id)
+                history = _history_of(entries.get(entry.ticket_id, []), (counts or {}).get(entry.customer, 0))
+                if not self._review_one(entry, history, now, report, updates):
+                    self.state.book_schedule(self.instance, updates)
+                    return
+            self.state.book_schedule(self.instance, updates)
+
+    def _review_one(
+        self,
+        entry: BookEntry,
+        history: EscalationHistory,
+        now: datetime,
+        report: CycleReport,
+        updates: list[tuple[str, datetime | None, int, bool]],
+    ) -> bool:
+        """Evaluate one due entry and write what differs; False once the write cap is reached."""
+        report.reviewed += 1
+        record = decode_record(entry.raw or "{}")
+        ticket = self._normalize(record, now, report)
+        if ticket is None:  # the mapping changed under it: quarantined until it normalizes again
+            updates.append((entry.ticket_id, None, entry.urgency, False))
+            return True
+        decided = self._decide_safely(record, ticket, now, report, history)
+        if decided is None:
+            updates.append((entry.ticket_id, None, entry.urgency, False))
+            return True
+        decision, writeback = decided
+        if entry.adopt and writeback.comment is not None:
+            # Adopting an instance: this escalation was due before the daemon first saw the ticket.
+            writeback = replace(writeback, comment=None)
+        if not writeback.is_empty:
+            if self._attempts >= self.max_writes_per_cycle:
+                report.deferred += 1
+                updates.append((entry.ticket_id, now, _urgency(decision, ticket), entry.adopt))
+                return False
+            self._attempts += 1
+            written = report.writes
+            escalated = sum(report.escalations.values())
+            self._send(writeback, decision, ticket, now, report, retry_conflict=True)
+            if ticket.id not in self._polled:
+                report.review_writes += report.writes - written
+                report.review_escalations += sum(report.escalations.values()) - escalated
+        if ticket.id in self._rebooked:
+            return True  # re-read after a conflict: the fresh record is in the book already
+        if ticket.status.is_terminal:
+            self.state.book_put(self.instance, [_tombstone(ticket, now)])
+            return True
+        updates.append((entry.ticket_id, self._review_time(decision, now), _urgency(decision, ticket), False))
+        return True
+
     # -- deciding and writing --------------------------------------------------------------------------------
 
-    def _decide(self, ticket: Ticket, now: datetime) -> tuple[Decision, WriteBack]:
-        decision = evaluate(ticket, self.policy, now, self._history(ticket, now))
+    def _decide(
+        self, ticket: Ticket, now: datetime, history: EscalationHistory | None = None
+    ) -> tuple[Decision, WriteBack]:
+        decision = evaluate(ticket, self.policy, now, history or self._history(ticket, now))
         return decision, plan(decision, ticket, self.mapping.tags)
 
     def _history(self, ticket: Ticket, now: datetime) -> EscalationHistory:
-        recorded = self.store.tier_entries(self.instance, ticket.id)
-        entries = tuple((Tier(tier), at) for tier, at in recorded if tier in TIER_NAMES)
-        management = [at for tier, at in recorded if tier == MANAGEMENT]
-        customer = ticket.organization or ticket.requester
-        repeats = self.store.escalations_since(customer, now - REPEAT_WINDOW) if customer else 0
-        return EscalationHistory(
-            customer_escalations_30d=repeats,
-            tier_entries=entries,
-            management_started_at=min(management) if management else None,
-        )
+        customer = _customer(ticket)
+        repeats = self.state.escalations_since(customer, now - REPEAT_WINDOW) if customer else 0
+        return _history_of(self.state.tier_entries(self.instance, ticket.id), repeats)
 
     def _send(
         self,
@@ -220,15 +468,15 @@ class Syncer:
             return
         if self.dry_run:
             report.planned += 1
-            self.on_event(Event("planned", self.instance, ticket.id, now, _describe(writeback, decision)))
+            self.on_event(Event("planned", self.instance, ticket.id, now, _describe(writeback, decision, ticket)))
             return
-        intent = self.store.record_intent(self.instance, ticket.id, writeback.key, encode(writeback), now)
+        intent = self.state.record_intent(self.instance, ticket.id, writeback.key, encode(writeback), now)
         if writeback.comment is not None and intent.state is IntentState.DONE:
             # This handoff was posted in an earlier life of the ticket: never post it twice.
             writeback = replace(writeback, comment=None)
             if writeback.is_empty:
                 return
-            intent = self.store.record_intent(self.instance, ticket.id, writeback.key, encode(writeback), now)
+            intent = self.state.record_intent(self.instance, ticket.id, writeback.key, encode(writeback), now)
         key = writeback.key
         try:
             self.connector.apply(writeback)
@@ -246,7 +494,7 @@ class Syncer:
         except TransientError as error:
             self._failed(key, str(error), now, report, ticket.id)
             return
-        self.store.mark_done(key, now)
+        self.state.mark_done(key, now)
         self._count_write(writeback, decision, ticket, now, report)
 
     def _replan(self, ticket_id: str, key: str, carried: Comment | None, now: datetime, report: CycleReport) -> None:
@@ -255,28 +503,43 @@ class Syncer:
         if raw is None:
             self._dead(key, "ticket no longer exists", now, report, ticket_id)
             return
-        try:
-            ticket = self.mapping.normalize(raw, self.instance)
-        except NormalizeError as error:
-            self._quarantine(raw, str(error), now, report)
-            self._dead(key, f"ticket cannot be normalized: {error}", now, report, ticket_id)
+        ticket = self._normalize(raw, now, report)
+        if ticket is None:
+            self._dead(key, "ticket cannot be normalized", now, report, ticket_id)
             return
         decision, writeback = self._decide(ticket, now)
         if carried is not None and writeback.comment is None and not ticket.status.is_terminal:
             writeback = replace(writeback, comment=carried)
         self._send(writeback, decision, ticket, now, report, retry_conflict=False)
         if writeback.is_empty or writeback.key != key:
-            self.store.mark_done(key, now)
+            self.state.mark_done(key, now)
+        self._rebooked.add(ticket_id)
+        if ticket.status.is_terminal:
+            self.state.book_put(self.instance, [_tombstone(ticket, now)])
+            return
+        entry = BookEntry(
+            ticket_id=ticket.id,
+            is_open=True,
+            updated_at=ticket.updated_at,
+            revision=ticket.revision,
+            raw=encode_record(raw),
+            customer=_customer(ticket),
+            review_at=self._review_time(decision, now),
+            urgency=_urgency(decision, ticket),
+            seen_at=now,
+        )
+        self.state.book_put(self.instance, [entry])
 
     def _recover_pending(self, now: datetime, report: CycleReport) -> None:
-        for intent in self.store.pending(self.instance):
+        for intent in self.state.pending(self.instance):
             if self.stop.is_set():
                 return
             writeback = decode(intent.payload)
             comment = writeback.comment
             try:
                 if comment and self.connector.has_comment(writeback.ticket_id, comment.idempotency_key):
-                    self.store.mark_done(intent.key, now)
+                    self.state.mark_done(intent.key, now)
+                    self._record_history(writeback, now)
                     report.recovered += 1
                     self.on_event(Event("recovered", self.instance, writeback.ticket_id, now, {"key": intent.key}))
                     continue
@@ -286,17 +549,42 @@ class Syncer:
                 self._dead(intent.key, str(error), now, report, writeback.ticket_id)
             except TransientError as error:
                 self._failed(intent.key, str(error), now, report, writeback.ticket_id)
+            except AuthError as error:
+                if error.status != 403:
+                    raise  # wrong credentials: nothing else on this instance can work either
+                self._dead(intent.key, f"refused for this ticket: {error}", now, report, writeback.ticket_id)
+            except ConnectorError as error:
+                # Refused for good (400, an unreadable answer): dead-letter it so that polling goes on.
+                self._dead(intent.key, f"recovery lookup failed: {error}", now, report, writeback.ticket_id)
+
+    def _record_history(self, writeback: WriteBack, now: datetime) -> None:
+        """The escalation history of a write confirmed done by recovery, as a first-time write records it."""
+        entry = self.state.book_entry(self.instance, writeback.ticket_id)
+        customer = entry.customer if entry is not None else ""
+        if writeback.tier is not None:
+            self._escalated(customer, writeback.ticket_id, writeback.tier.value, now)
+        if writeback.comment is not None and writeback.comment.idempotency_key.endswith(":" + MANAGEMENT):
+            self._escalated(customer, writeback.ticket_id, MANAGEMENT, now)
+
+    def _escalated(self, customer: str, ticket_id: str, tier: str, now: datetime) -> None:
+        self.state.record_escalation(self.instance, customer, ticket_id, tier, now)
+        if customer and CUSTOMER_COUNT in self.policy.fact_paths:
+            # The customer's count changed: their other open tickets may now meet a repeated-failure rule.
+            self.state.book_mark_due(now, customer=customer)
 
     def _failed(self, key: str, error: str, now: datetime, report: CycleReport, ticket_id: str) -> None:
-        intent = self.store.mark_failed(key, error, now)
+        intent = self.state.mark_failed(key, error, now)
         report.failed += 1
         if intent.attempts >= self.max_write_attempts:
             self._dead(key, f"gave up after {intent.attempts} attempts: {error}", now, report, ticket_id)
 
     def _dead(self, key: str, error: str, now: datetime, report: CycleReport, ticket_id: str) -> None:
-        self.store.mark_dead(key, error, now)
+        self.state.mark_dead(key, error, now)
         report.dead_lettered += 1
-        log.warning("write dead-lettered", extra={"event": "dead_letter", "instance": self.instance, "error": error})
+        log.warning(
+            "write dead-lettered",
+            extra={"event": "dead_letter", "instance": self.instance, "ticket": ticket_id, "error": error},
+        )
         self.on_event(Event("dead_letter", self.instance, ticket_id, now, {"error": error}))
 
     def _count_write(
@@ -307,14 +595,40 @@ class Syncer:
         report.tags_removed += len(writeback.remove_tags)
         if writeback.comment is not None:
             report.comments += 1
-        customer = ticket.organization or ticket.requester or ""
+        customer = _customer(ticket)
         if writeback.tier is not None:
             report.escalations[writeback.tier.value] += 1
-            self.store.record_escalation(self.instance, customer, ticket.id, writeback.tier.value, now)
+            self._escalated(customer, ticket.id, writeback.tier.value, now)
         if decision is not None and decision.management and self.mapping.tags.management in writeback.add_tags:
             report.management += 1
-            self.store.record_escalation(self.instance, customer, ticket.id, MANAGEMENT, now)
+            self._escalated(customer, ticket.id, MANAGEMENT, now)
         self.on_event(Event("written", self.instance, ticket.id, now, _describe(writeback, decision, ticket)))
+
+
+def _customer(ticket: Ticket) -> str:
+    return ticket.organization or ticket.requester or ""
+
+
+def _history_of(recorded: list[tuple[str, datetime]], repeats: int) -> EscalationHistory:
+    entries = tuple((Tier(tier), at) for tier, at in recorded if tier in TIER_NAMES)
+    management = [at for tier, at in recorded if tier == MANAGEMENT]
+    return EscalationHistory(
+        customer_escalations_30d=repeats,
+        tier_entries=entries,
+        management_started_at=min(management) if management else None,
+    )
+
+
+def _urgency(decision: Decision, ticket: Ticket) -> int:
+    """Order of due reviews, lowest first: a breached clock before any other, then by priority."""
+    breached = any(clock.state is ClockState.BREACHED for clock in decision.clocks) or any(
+        sla.breached for sla in ticket.platform_slas
+    )
+    return (0 if breached else 4) + int(ticket.priority.value[1]) - 1
+
+
+def _tombstone(ticket: Ticket, now: datetime) -> BookEntry:
+    return BookEntry(ticket.id, False, ticket.updated_at, ticket.revision, None, _customer(ticket), seen_at=now)
 
 
 def _describe(writeback: WriteBack, decision: Decision | None, ticket: Ticket | None = None) -> dict[str, Any]:

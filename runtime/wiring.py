@@ -6,11 +6,13 @@ the tests all build instances the same way; the demo differs only by the httpx t
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -73,6 +75,18 @@ def build_connector(
     return http, connector
 
 
+def fingerprint(config: AppConfig, mapping: PlatformMapping) -> str:
+    """What the book's review moments were computed with: the config file (policy) and the mapping file.
+    When either changes, the whole book is reviewed once."""
+    digest = hashlib.sha256()
+    for path in (config.path, Path(mapping.path)):
+        try:
+            digest.update(path.read_bytes())
+        except OSError:
+            digest.update(str(path).encode())
+    return digest.hexdigest()[:32]
+
+
 def wire(
     config: AppConfig,
     section: InstanceSection,
@@ -102,6 +116,10 @@ def wire(
         store=store,
         clock=clock,
         max_write_attempts=config.daemon.max_write_attempts,
+        max_writes_per_cycle=config.daemon.max_writes_per_cycle,
+        review_interval=timedelta(seconds=config.daemon.review_interval_seconds),
+        adopt=section.adopt,
+        fingerprint=fingerprint(config, mapping),
         dry_run=dry_run,
         stop=stop,
         on_event=on_event,

@@ -2,7 +2,7 @@
 
 Serves, with the real paths, payloads, paging and error bodies:
 - `POST /rest/api/3/search/jql` (and `GET` with query parameters): JQL subset (`project`, `key`, `status`,
-  `labels`, `updated`/`created` against epoch millis or "yyyy-MM-dd HH:mm", AND, parentheses, ORDER BY),
+  `labels`, `statusCategory` (name or key), `updated`/`created` against epoch millis or "yyyy-MM-dd HH:mm", AND, parentheses, ORDER BY),
   `{issues, nextPageToken, isLast}` pages of at most `page_cap` issues whatever `maxResults` asks, an opaque
   `nextPageToken` bound to its query, and only the requested `fields` (`id` alone when none are asked).
 - `GET /rest/api/3/issue/{idOrKey}?fields=...`
@@ -343,7 +343,7 @@ class JsmSandbox(SandboxApp):
             name, operator, raw = found.group(1).lower(), found.group(2), found.group(3).strip("\"'")
             if name in ("updated", "created"):
                 clauses.append((name, operator, self._jql_date(raw)))
-            elif name in ("project", "key", "status", "labels"):
+            elif name in ("project", "key", "status", "labels", "statuscategory"):
                 if operator not in ("=", "!="):
                     raise JqlError(f"The operator '{operator}' is not supported by the '{name}' field.")
                 clauses.append((name, operator, raw))
@@ -385,6 +385,11 @@ class JsmSandbox(SandboxApp):
                     "key": [issue.key.lower()],
                     "status": [issue.status.lower()],
                     "labels": [label.lower() for label in issue.labels],
+                    # A status category matches by name ("Done") or key ("done"), as in Jira.
+                    "statuscategory": [
+                        CATEGORIES[STATUSES[issue.status][1]]["name"].lower(),
+                        STATUSES[issue.status][1],
+                    ],
                 }[name]
                 ok = (value.lower() in actual) == (operator == "=")
             if not ok:

@@ -7,6 +7,7 @@ committed only after every ticket of its page is done or durably pending.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -42,6 +43,32 @@ class QuarantinedRecord:
     first_seen: datetime
     last_seen: datetime
     count: int
+
+
+@dataclass(frozen=True)
+class BookEntry:
+    """One ticket in the open-ticket book: what a review needs to evaluate it again without the network.
+
+    The raw record is kept (not the normalized ticket) so that a mapping edited since the last poll is applied
+    at the next review. A terminal or deleted ticket stays as a tombstone (`is_open` False, no raw) so that a
+    stale read of it (a lagging search index) cannot put it back in the book.
+    """
+
+    ticket_id: str
+    is_open: bool
+    updated_at: datetime
+    """The platform's last-update time of the record: a newer one replaces the entry, an older one never."""
+    revision: str
+    raw: str | None
+    """The RawRecord as JSON (runtime.codec), None for tombstones."""
+    customer: str = ""
+    review_at: datetime | None = None
+    """When to evaluate it again (None: nothing changes without new input)."""
+    urgency: int = 0
+    """Order among due entries, lowest first: breached before not, then priority."""
+    adopt: bool = False
+    """First seen with its escalation already overdue during an adoption sweep: write tiers and tags only."""
+    seen_at: datetime | None = None
 
 
 class Store(Protocol):
@@ -90,6 +117,51 @@ class Store(Protocol):
 
     def escalations_since(self, customer: str, since: datetime) -> int:
         """Distinct tickets of this customer escalated since `since`, across instances."""
+        ...
+
+    # The open-ticket book (see BookEntry)
+
+    def book_put(self, instance: str, entries: Sequence[BookEntry]) -> None:
+        """Insert or replace entries in one transaction; an entry older than the stored one is ignored, and
+        `adopt` is only ever set by an insert."""
+        ...
+
+    def book_schedule(self, instance: str, updates: Sequence[tuple[str, datetime | None, int, bool]]) -> None:
+        """Set (review_at, urgency, adopt) of these tickets, in one transaction."""
+        ...
+
+    def book_due(self, instance: str, now: datetime, limit: int) -> list[BookEntry]:
+        """Open entries whose review_at has passed, most urgent first."""
+        ...
+
+    def book_entry(self, instance: str, ticket_id: str) -> BookEntry | None: ...
+
+    def book_mark_due(self, now: datetime, *, instance: str | None = None, customer: str | None = None) -> int:
+        """Make open entries of an instance (or of a customer, across instances) due now; returns how many."""
+        ...
+
+    def book_stats(self, instance: str, now: datetime) -> tuple[int, int]:
+        """(open entries, of which due)."""
+        ...
+
+    def book_purge(self, instance: str, before: datetime) -> int:
+        """Forget tombstones last seen before `before`."""
+        ...
+
+    def get_setting(self, key: str) -> str | None: ...
+
+    def set_setting(self, key: str, value: str) -> None: ...
+
+    def tier_entries_many(self, instance: str, ticket_ids: Sequence[str]) -> dict[str, list[tuple[str, datetime]]]:
+        """`tier_entries` of several tickets in one query."""
+        ...
+
+    def escalation_counts(self, since: datetime) -> dict[str, int]:
+        """`escalations_since` of every customer at once."""
+        ...
+
+    def snapshot(self, instance: str) -> Store:
+        """A throwaway in-memory copy of what a cycle of `instance` reads and writes: dry runs work on it."""
         ...
 
     def close(self) -> None: ...

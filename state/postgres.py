@@ -20,6 +20,7 @@ A lost connection surfaces as `StoreError` for the call in flight; the next call
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -71,6 +72,29 @@ MIGRATIONS: list[list[str]] = [
             PRIMARY KEY (instance, ticket_id, tier)
         )""",
         "CREATE INDEX escalations_by_customer ON escalations (customer, at)",
+    ],
+    # 2: the open-ticket book (time-driven reviews) and settings (what the book was last evaluated with).
+    [
+        """CREATE TABLE book (
+            instance TEXT NOT NULL,
+            ticket_id TEXT NOT NULL,
+            is_open INTEGER NOT NULL,
+            updated_at TIMESTAMPTZ NOT NULL,
+            revision TEXT NOT NULL,
+            raw TEXT,
+            customer TEXT NOT NULL DEFAULT '',
+            review_at TIMESTAMPTZ,
+            urgency INTEGER NOT NULL DEFAULT 0,
+            adopt INTEGER NOT NULL DEFAULT 0,
+            seen_at TIMESTAMPTZ,
+            PRIMARY KEY (instance, ticket_id)
+        )""",
+        "CREATE INDEX book_due ON book (instance, review_at) WHERE is_open = 1",
+        "CREATE INDEX book_by_customer ON book (customer) WHERE is_open = 1",
+        """CREATE TABLE settings (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        )""",
     ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -163,6 +187,12 @@ class PostgresStore(SqlStore):
                 for statement in MIGRATIONS[version - 1]:
                     db.execute(statement)  # type: ignore[arg-type]  # literal DDL from this module
                 db.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
+
+    def _many(self, action: str, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
+        with self._errors(action):
+            db = self._db()
+            with db.transaction(), db.cursor() as cursor:
+                cursor.executemany(sql, rows)  # type: ignore[arg-type]  # SQL built from this package's text
 
     def close(self) -> None:
         self._closed = True

@@ -13,14 +13,17 @@ and concurrent writers cannot interleave inside a read-modify-write.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, ClassVar, Protocol, Self
 
 from state import StoreError, UnknownIntentError, redact_url, scrub
-from state.base import Intent, IntentState, QuarantinedRecord
+from state.base import BookEntry, Intent, IntentState, QuarantinedRecord
 
+BOOK_COLUMNS = "ticket_id, is_open, updated_at, revision, raw, customer, review_at, urgency, adopt, seen_at"
+_IN_CHUNK = 500
+"""Ids per `IN (...)` list: well under SQLite's and PostgreSQL's parameter limits."""
 INTENT_COLUMNS = "key, instance, ticket_id, payload, state, attempts, last_error, created_at, updated_at"
 QUARANTINE_COLUMNS = "instance, record_id, raw, error, first_seen, last_seen, seen_count"
 
@@ -59,6 +62,10 @@ class SqlStore:
     @staticmethod
     def _decode_time(value: Any) -> datetime:
         """A stored time back as an aware UTC datetime."""
+        raise NotImplementedError
+
+    def _many(self, action: str, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Run `sql` once per row, all in one transaction (one disk sync, not one per row)."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -279,3 +286,183 @@ class SqlStore:
             (customer, self._encode_time(since, "since")),
         )
         return int(row[0]) if row else 0
+
+    # The open-ticket book
+
+    def _entry(self, row: tuple[Any, ...]) -> BookEntry:
+        ticket_id, is_open, updated_at, revision, raw, customer, review_at, urgency, adopt, seen_at = row
+        return BookEntry(
+            ticket_id=ticket_id,
+            is_open=bool(is_open),
+            updated_at=self._decode_time(updated_at),
+            revision=revision,
+            raw=raw,
+            customer=customer,
+            review_at=None if review_at is None else self._decode_time(review_at),
+            urgency=int(urgency),
+            adopt=bool(adopt),
+            seen_at=None if seen_at is None else self._decode_time(seen_at),
+        )
+
+    def _time_or_none(self, value: datetime | None, what: str) -> Any:
+        return None if value is None else self._encode_time(value, what)
+
+    def book_put(self, instance: str, entries: Sequence[BookEntry]) -> None:
+        if not entries:
+            return
+        rows = [
+            (
+                instance,
+                entry.ticket_id,
+                int(entry.is_open),
+                self._encode_time(entry.updated_at, "updated_at"),
+                entry.revision,
+                entry.raw,
+                entry.customer,
+                self._time_or_none(entry.review_at, "review_at"),
+                entry.urgency,
+                int(entry.adopt),
+                self._time_or_none(entry.seen_at, "seen_at"),
+            )
+            for entry in entries
+        ]
+        self._many(
+            "saving tickets in the book",
+            self._sql(
+                f"INSERT INTO book (instance, {BOOK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (instance, ticket_id) DO UPDATE SET is_open = EXCLUDED.is_open, "
+                "updated_at = EXCLUDED.updated_at, revision = EXCLUDED.revision, raw = EXCLUDED.raw, "
+                "customer = EXCLUDED.customer, review_at = EXCLUDED.review_at, urgency = EXCLUDED.urgency, "
+                "seen_at = EXCLUDED.seen_at WHERE book.updated_at <= EXCLUDED.updated_at"
+            ),
+            rows,
+        )
+
+    def book_schedule(self, instance: str, updates: Sequence[tuple[str, datetime | None, int, bool]]) -> None:
+        if not updates:
+            return
+        rows = [
+            (self._time_or_none(review_at, "review_at"), urgency, int(adopt), instance, ticket_id)
+            for ticket_id, review_at, urgency, adopt in updates
+        ]
+        self._many(
+            "scheduling reviews",
+            self._sql("UPDATE book SET review_at = ?, urgency = ?, adopt = ? WHERE instance = ? AND ticket_id = ?"),
+            rows,
+        )
+
+    def book_due(self, instance: str, now: datetime, limit: int) -> list[BookEntry]:
+        rows = self._all(
+            "reading due reviews",
+            f"SELECT {BOOK_COLUMNS} FROM book WHERE instance = ? AND is_open = 1 AND review_at <= ? "
+            "ORDER BY urgency, review_at, ticket_id LIMIT ?",
+            (instance, self._encode_time(now, "now"), limit),
+        )
+        return [self._entry(row) for row in rows]
+
+    def book_entry(self, instance: str, ticket_id: str) -> BookEntry | None:
+        row = self._one(
+            "reading a book entry",
+            f"SELECT {BOOK_COLUMNS} FROM book WHERE instance = ? AND ticket_id = ?",
+            (instance, ticket_id),
+        )
+        return None if row is None else self._entry(row)
+
+    def book_mark_due(self, now: datetime, *, instance: str | None = None, customer: str | None = None) -> int:
+        if (instance is None) == (customer is None):
+            raise ValueError("book_mark_due needs exactly one of instance and customer")
+        at = self._encode_time(now, "now")
+        column, value = ("instance", instance) if instance is not None else ("customer", customer)
+        # SQLite allows no UPDATE inside WITH: count the RETURNING rows instead.
+        rows = self._all(
+            "marking reviews due",
+            f"UPDATE book SET review_at = ? WHERE {column} = ? AND is_open = 1 "
+            "AND (review_at IS NULL OR review_at > ?) RETURNING 1",
+            (at, value, at),
+        )
+        return len(rows)
+
+    def book_stats(self, instance: str, now: datetime) -> tuple[int, int]:
+        row = self._one(
+            "counting the book",
+            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN review_at <= ? THEN 1 ELSE 0 END), 0) FROM book "
+            "WHERE instance = ? AND is_open = 1",
+            (self._encode_time(now, "now"), instance),
+        )
+        return (int(row[0]), int(row[1])) if row else (0, 0)
+
+    def book_purge(self, instance: str, before: datetime) -> int:
+        rows = self._all(
+            "forgetting old tombstones",
+            "DELETE FROM book WHERE instance = ? AND is_open = 0 AND seen_at < ? RETURNING 1",
+            (instance, self._encode_time(before, "before")),
+        )
+        return len(rows)
+
+    # Settings (fingerprints of what the book was evaluated with)
+
+    def get_setting(self, key: str) -> str | None:
+        row = self._one("reading a setting", "SELECT value FROM settings WHERE key = ?", (key,))
+        return None if row is None else str(row[0])
+
+    def set_setting(self, key: str, value: str) -> None:
+        self._exec(
+            "saving a setting",
+            "INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+            (key, value),
+        )
+
+    # History in bulk, for reviews of many tickets
+
+    def tier_entries_many(self, instance: str, ticket_ids: Sequence[str]) -> dict[str, list[tuple[str, datetime]]]:
+        found: dict[str, list[tuple[str, datetime]]] = {}
+        ids = list(dict.fromkeys(ticket_ids))
+        for start in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[start : start + _IN_CHUNK]
+            marks = ", ".join("?" for _ in chunk)
+            rows = self._all(
+                "reading tier entries",
+                f"SELECT ticket_id, tier, at FROM escalations WHERE instance = ? AND ticket_id IN ({marks}) "
+                "ORDER BY at, tier",
+                (instance, *chunk),
+            )
+            for ticket_id, tier, at in rows:
+                found.setdefault(ticket_id, []).append((tier, self._decode_time(at)))
+        return found
+
+    def escalation_counts(self, since: datetime) -> dict[str, int]:
+        rows = self._all(
+            "counting escalations",
+            "SELECT customer, COUNT(*) FROM (SELECT DISTINCT customer, instance, ticket_id FROM escalations "
+            "WHERE at >= ?) AS tickets GROUP BY customer",
+            (self._encode_time(since, "since"),),
+        )
+        return {customer: int(count) for customer, count in rows}
+
+    # Dry runs
+
+    def snapshot(self, instance: str) -> SqlStore:
+        from state.sqlite import SqliteStore
+
+        copy = SqliteStore(":memory:")
+        cursor = self.get_cursor(instance)
+        if cursor is not None:
+            copy.set_cursor(instance, cursor)
+        for suffix in (SCAN_SUFFIX,):
+            scan = self.get_cursor(instance + suffix)
+            if scan is not None:
+                copy.set_cursor(instance + suffix, scan)
+        rows = self._all("copying the book", f"SELECT {BOOK_COLUMNS} FROM book WHERE instance = ?", (instance,))
+        copy.book_put(instance, [self._entry(row) for row in rows])
+        for row in self._all("copying settings", "SELECT key, value FROM settings", ()):
+            copy.set_setting(str(row[0]), str(row[1]))
+        history = self._all(
+            "copying escalations", "SELECT instance, ticket_id, tier, customer, at FROM escalations", ()
+        )
+        for other, ticket_id, tier, customer, at in history:
+            copy.record_escalation(other, customer, ticket_id, tier, self._decode_time(at))
+        return copy
+
+
+SCAN_SUFFIX = "#open-scan"
+"""The cursors-table key suffix under which an instance's scan of all open tickets keeps its progress."""

@@ -18,10 +18,12 @@ time order and they read back as aware UTC datetimes.
 
 from __future__ import annotations
 
+import os
 import sqlite3
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from state import StoreError, StoreUrlError, as_utc, redact_url
 from state.sql import SqlStore
@@ -70,6 +72,29 @@ MIGRATIONS: list[list[str]] = [
         )""",
         "CREATE INDEX escalations_by_customer ON escalations (customer, at)",
     ],
+    # 2: the open-ticket book (time-driven reviews) and settings (what the book was last evaluated with).
+    [
+        """CREATE TABLE book (
+            instance TEXT NOT NULL,
+            ticket_id TEXT NOT NULL,
+            is_open INTEGER NOT NULL,
+            updated_at TEXT NOT NULL,
+            revision TEXT NOT NULL,
+            raw TEXT,
+            customer TEXT NOT NULL DEFAULT '',
+            review_at TEXT,
+            urgency INTEGER NOT NULL DEFAULT 0,
+            adopt INTEGER NOT NULL DEFAULT 0,
+            seen_at TEXT,
+            PRIMARY KEY (instance, ticket_id)
+        )""",
+        "CREATE INDEX book_due ON book (instance, review_at) WHERE is_open = 1",
+        "CREATE INDEX book_by_customer ON book (customer) WHERE is_open = 1",
+        """CREATE TABLE settings (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        )""",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -97,11 +122,16 @@ class SqliteStore(SqlStore):
         self.path = str(path)
         self.url = url or f"sqlite:///{self.path}"
         try:
+            fresh = self.path != MEMORY and not Path(self.path).exists()
             if self.path != MEMORY:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             self._conn: sqlite3.Connection | None = sqlite3.connect(
                 self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None
             )
+            if fresh:
+                # The ledger holds ticket contents: readable by the daemon's user only (SQLite gives its
+                # -wal and -shm files the same mode).
+                os.chmod(self.path, 0o600)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open state store {redact_url(self.url)}: {exc}") from exc
         try:
@@ -152,6 +182,17 @@ class SqliteStore(SqlStore):
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    def _many(self, action: str, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
+        with self._errors(action):
+            db = self._db()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany(sql, rows)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
 
     def close(self) -> None:
         if self._conn is not None:

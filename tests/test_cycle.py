@@ -183,8 +183,10 @@ def test_first_cycle_escalates_and_writes(zendesk_world: World) -> None:
     expected = sum(1 for moment in updated if window[0] <= moment <= window[1])
     report = world.syncer().run_cycle()
     assert report.error == ""
-    # The first poll looks back initial_lookback_hours and, like Zendesk's export, leaves out the last minute.
-    assert report.tickets_seen == expected
+    # The first poll looks back initial_lookback_hours and, like Zendesk's export, leaves out the last minute;
+    # the scan of all open tickets then reads the rest, whatever their age, each ticket once.
+    assert report.tickets_seen == len(world.sandbox.ticket_ids())
+    assert report.scanned == report.tickets_seen - expected > 0
     assert report.writes > 0
     assert sum(report.escalations.values()) > 0
     assert report.comments > 0
@@ -197,6 +199,7 @@ def freeze_customer_history(world: World) -> None:
     just escalated gets management attention on the next pass): hold that one input still where a test looks
     at reconciliation alone."""
     world.store.escalations_since = lambda customer, since: 0  # type: ignore[method-assign]
+    world.store.escalation_counts = lambda since: {}  # type: ignore[method-assign]
 
 
 def test_ten_unchanged_cycles_write_nothing_after_the_first(world: World) -> None:
@@ -255,9 +258,12 @@ def test_crash_between_write_and_ledger_done_leaves_one_comment(world: World, tm
     with pytest.raises(RuntimeError, match="injected crash"):
         syncer.run_cycle()
     assert crashed
-    assert world.store.get_cursor(world.name) is None, "the cursor must not move past the crashed page"
     pending = world.store.pending(world.name)
     assert [intent.key for intent in pending] == crashed
+    # The cursor moved once its pages were in the book: every write not yet done is still due there.
+    [intent] = pending
+    entry = world.store.book_entry(world.name, intent.ticket_id)
+    assert entry is not None and entry.review_at is not None and entry.review_at <= world.clock.now()
 
     restarted_store = open_store(world.store_url)
     try:
@@ -274,7 +280,20 @@ def test_crash_between_write_and_ledger_done_leaves_one_comment(world: World, tm
         assert counts[crashed[0]] == 1
 
 
-def test_cursor_does_not_move_when_a_write_cannot_be_queued(world: World) -> None:
+def test_cursor_does_not_move_when_a_page_cannot_be_booked(world: World) -> None:
+    syncer = world.syncer()
+
+    def broken_book(*args, **kwargs):
+        raise OSError("disk full")
+
+    world.store.book_put = broken_book  # type: ignore[method-assign]
+    with pytest.raises(OSError, match="disk full"):
+        syncer.run_cycle()
+    assert world.store.get_cursor(world.name) is None
+    assert world.writes() == 0
+
+
+def test_no_write_is_sent_before_its_intent_is_recorded(world: World) -> None:
     syncer = world.syncer()
 
     def broken_intent(*args, **kwargs):
@@ -283,8 +302,9 @@ def test_cursor_does_not_move_when_a_write_cannot_be_queued(world: World) -> Non
     world.store.record_intent = broken_intent  # type: ignore[method-assign]
     with pytest.raises(OSError, match="disk full"):
         syncer.run_cycle()
-    assert world.store.get_cursor(world.name) is None
     assert world.writes() == 0
+    open_count, due = world.store.book_stats(world.name, world.clock.now())
+    assert due > 0, "the writes that could not be recorded stay due in the book"
 
 
 def test_ambiguous_write_is_queued_then_recovered_without_duplicate(world: World) -> None:

@@ -257,7 +257,7 @@ def test_state_survives_reopening(store: Store, reopen: Callable[[], Store]) -> 
     store.close()
 
     again = reopen()
-    assert again.schema_version() == 1  # type: ignore[attr-defined]
+    assert again.schema_version() == 2  # type: ignore[attr-defined]
     [intent] = again.pending("zd")
     assert (intent.key, intent.attempts, intent.last_error, intent.created_at) == ("k", 1, "HTTP 500", T0)
     assert [r.record_id for r in again.quarantined("zd")] == ["r"]
@@ -423,7 +423,7 @@ def test_postgres_tables_live_in_the_search_path_schema(pg_schema: tuple[psycopg
             "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (schema,)
         ).fetchall()
     }
-    assert tables == {"schema_version", "cursors", "intents", "quarantine", "escalations"}
+    assert tables == {"schema_version", "cursors", "intents", "quarantine", "escalations", "book", "settings"}
     types = dict(
         admin.execute(
             "SELECT column_name, data_type FROM information_schema.columns "
@@ -494,7 +494,7 @@ def test_postgres_stores_share_state_safely(pg_schema: tuple[psycopg.Connection,
         assert sorted(news) == [False] * (workers - 1) + [True]
         assert store.quarantined("zd")[0].count == workers
         assert store.escalations_since("acme", T0) == 1
-        assert store.schema_version() == 1  # type: ignore[attr-defined]
+        assert store.schema_version() == 2  # type: ignore[attr-defined]
 
 
 @pytest.mark.postgres
