@@ -490,6 +490,7 @@ class Syncer:
             return
         except PermanentWriteError as error:
             self._dead(key, str(error), now, report, ticket.id)
+            self._forget_if_gone(ticket, now)
             return
         except TransientError as error:
             self._failed(key, str(error), now, report, ticket.id)
@@ -497,11 +498,26 @@ class Syncer:
         self.state.mark_done(key, now)
         self._count_write(writeback, decision, ticket, now, report)
 
+    def _forget_if_gone(self, ticket: Ticket, now: datetime) -> None:
+        """A refused write may mean the ticket was deleted where no poll can tell (ServiceNow and Jira drop
+        deleted records without a trace): one read settles it, and a ticket that is gone leaves the book."""
+        try:
+            gone = self.connector.fetch(ticket.id) is None
+        except ConnectorError:
+            return
+        if gone:
+            self.state.book_put(self.instance, [replace(_tombstone(ticket, now), updated_at=now)])
+            self._rebooked.add(ticket.id)
+
     def _replan(self, ticket_id: str, key: str, carried: Comment | None, now: datetime, report: CycleReport) -> None:
         """Re-read a ticket and plan again; the old intent is settled by whatever the new plan does."""
         raw = self.connector.fetch(ticket_id)
         if raw is None:
             self._dead(key, "ticket no longer exists", now, report, ticket_id)
+            entry = self.state.book_entry(self.instance, ticket_id)
+            if entry is not None:
+                self.state.book_put(self.instance, [replace(entry, is_open=False, raw=None, updated_at=now)])
+            self._rebooked.add(ticket_id)
             return
         ticket = self._normalize(raw, now, report)
         if ticket is None:

@@ -218,6 +218,8 @@ class JsmSandbox(SandboxApp):
     def __init__(self, clock: SimClock, *, seed: int = 7) -> None:
         super().__init__(clock)
         self._rng = random.Random(seed)
+        self._idle: set[str] = set()
+        """Issues nobody touches after creation (simulate() leaves them alone)."""
         self._issues: dict[str, _Issue] = {}
         self._by_key: dict[str, str] = {}
         self._next_issue = 10001
@@ -785,6 +787,31 @@ class JsmSandbox(SandboxApp):
                 keys.append(issue.key)
         return keys
 
+    def seed_idle(self, count: int, *, within: timedelta = timedelta(days=5)) -> list[str]:
+        """`count` issues created over the last `within` that nobody touches afterwards (see add_idle_ticket)."""
+        now = self.clock.now()
+        ages = sorted((self._rng.uniform(60, within.total_seconds()) for _ in range(count)), reverse=True)
+        return [self.add_idle_ticket(now - timedelta(seconds=age)) for age in ages]
+
+    def add_idle_ticket(self, created: datetime, priority: str = "Medium", tier: str | None = "10300") -> str:
+        """One plain issue (no escalation flags, no comment, waiting for support) created at `created` and
+        never touched again: `simulate` leaves it alone. Returns its key."""
+        with self._lock:
+            issue = self._new_issue(created)
+            issue.priority, issue.tier, issue.labels = priority, tier, []
+            issue.engineering, issue.revenue, issue.affected = None, None, None
+            self._idle.add(issue.id)
+            return issue.key
+
+    def escalation_view(self, ref: str) -> tuple[str | None, frozenset[str]]:
+        """(tier option's level "L1".."L4", labels) as the site shows them now."""
+        with self._lock:
+            issue = self._find(ref)
+            if issue is None:
+                raise KeyError(ref)
+            text = TIER_OPTIONS.get(issue.tier or "")
+            return (text.split(" ", 1)[0] if text else None), frozenset(issue.labels)
+
     def _new_issue(self, created: datetime) -> _Issue:
         rng = self._rng
         priority = rng.choices([*PRIORITIES, None], weights=[1, 3, 6, 3, 1, 2])[0]
@@ -874,7 +901,11 @@ class JsmSandbox(SandboxApp):
         while self.clock.now() < end:
             moment = self.clock.advance(min(step, end - self.clock.now()))
             with self._lock:
-                active = [issue for issue in self._issues.values() if STATUSES[issue.status][1] != "done"]
+                active = [
+                    issue
+                    for issue in self._issues.values()
+                    if STATUSES[issue.status][1] != "done" and issue.id not in self._idle
+                ]
                 for issue in self._rng.sample(active, k=min(len(active), max(1, len(active) // 40))):
                     self._activity(issue, moment)
                 if self._rng.random() < 0.3:

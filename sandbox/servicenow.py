@@ -251,6 +251,8 @@ class ServiceNowSandbox(SandboxApp):
         """`credentials` (user, password) and `client` (OAuth id, secret): None accepts any non-empty pair."""
         super().__init__(clock)
         self.rng = random.Random(seed)
+        self._idle: set[str] = set()
+        """Incidents nobody touches after creation (simulate() leaves them alone)."""
         self.credentials = credentials
         self.client = client
         self.tokens: dict[str, datetime] = {}
@@ -585,6 +587,40 @@ class ServiceNowSandbox(SandboxApp):
             created.append(self._create_incident(opened, backfill=True))
         return created
 
+    def seed_idle(self, count: int, *, within: timedelta = timedelta(days=5)) -> list[str]:
+        """`count` incidents opened over the last `within` that nobody touches afterwards (add_idle_ticket)."""
+        now = self.clock.now()
+        ages = sorted((self.rng.uniform(60, within.total_seconds()) for _ in range(count)), reverse=True)
+        return [self.add_idle_ticket(now - timedelta(seconds=age)) for age in ages]
+
+    def add_idle_ticket(self, opened: datetime, impact: str = "2", urgency: str = "2", tier: int = 0) -> str:
+        """One plain incident (state New, no flags, no journal) opened at `opened` in the tier's group and
+        never touched again: `simulate` leaves it alone. Returns its sys_id."""
+        with self._lock:
+            sys_id = self._create_incident(opened)
+            row = self.tables["incident"][sys_id]
+            row.update(impact=impact, urgency=urgency, priority=PRIORITY_MATRIX[(impact, urgency)])
+            row.update(assignment_group=TIER_GROUPS[tier], u_escalation_tags="", u_churn_risk="false")
+            row.update(u_security_legal="false", u_engineering_required="false", u_affected_customers="0")
+            row.update(reopen_count="0", child_incidents="0")
+            for sla in [sla for sla in self.tables["task_sla"].values() if sla["task"] == sys_id]:
+                del self.tables["task_sla"][sla["sys_id"]]
+            self._as_of = opened
+            try:
+                self._attach_slas(row)
+            finally:
+                self._as_of = None
+            self._idle.add(sys_id)
+            return sys_id
+
+    def escalation_view(self, sys_id: str) -> tuple[str | None, frozenset[str]]:
+        """(tier by assignment group, tags of u_escalation_tags) as the instance shows them now."""
+        with self._lock:
+            row = self.tables["incident"][sys_id]
+            group = row["assignment_group"]
+            tier = f"L{TIER_GROUPS.index(group) + 1}" if group in TIER_GROUPS else None
+            return tier, frozenset(tag for tag in row["u_escalation_tags"].split(",") if tag)
+
     def _create_incident(self, opened: datetime, *, backfill: bool = False) -> str:
         rng = self.rng
         users = list(self.tables["sys_user"].values())
@@ -738,7 +774,8 @@ class ServiceNowSandbox(SandboxApp):
 
     def _tick(self) -> None:
         rng = self.rng
-        incidents = [row for row in self.tables["incident"].values() if row["active"] == "true"]
+        active = [row for row in self.tables["incident"].values() if row["active"] == "true"]
+        incidents = [row for row in active if row["sys_id"] not in self._idle]
         if rng.random() < 0.15 or not incidents:
             self._create_incident(self.clock.now())
         for _ in range(rng.randint(0, 3)):
@@ -754,7 +791,7 @@ class ServiceNowSandbox(SandboxApp):
                 self._write("incident", row, {element: rng.choice(_NOTES)}, "service.desk.agent")
             else:
                 self._move(row)
-        for row in incidents:
+        for row in active:  # the platform's SLA engine runs for every open incident, touched or not
             self._sync_slas(row)
 
     def _move(self, row: dict[str, str]) -> None:

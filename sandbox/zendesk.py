@@ -284,6 +284,8 @@ class ZendeskSandbox(SandboxApp):
         self.enforce_rate_limit = False
         """Off by default: simulated time stands still during a cycle, so a per-minute budget would never refill."""
         self._rng = random.Random(seed)
+        self._idle: set[int] = set()
+        """Tickets nobody touches after creation (simulate() leaves them alone)."""
         self._local = threading.local()
         self._minute_counts: dict[int, int] = {}
         self._tickets: dict[int, _TicketState] = {}
@@ -1004,6 +1006,39 @@ class ZendeskSandbox(SandboxApp):
                     moment = step_end
             return created_ids
 
+    def seed_idle(self, count: int, *, within: timedelta = timedelta(days=10)) -> list[int]:
+        """`count` tickets created over the last `within` that nobody touches afterwards: no reply, no status
+        change, and `simulate` leaves them alone. The case the daemon exists for."""
+        with self._lock:
+            now = self.clock.now()
+            ages = sorted(timedelta(seconds=self._rng.uniform(60, within.total_seconds())) for _ in range(count))
+            return [self.add_idle_ticket(now - age) for age in reversed(ages)]
+
+    def add_idle_ticket(self, created: datetime, priority: str = "normal", group: int | None = GROUP_L1) -> int:
+        """One plain ticket (no escalation flags, no reply) created at `created` and never touched again."""
+        with self._lock:
+            state = self._spawn(_second(created))
+            data = state.data
+            area = data["custom_fields"][0]["value"] if data["custom_fields"] else None
+            custom = {FIELD_PRODUCT_AREA: area, FIELD_SEVERITY: SEVERITY_VALUES[PRIORITIES.index(priority)]}
+            fields = [{"id": fid, "value": custom.get(fid)} for fid in CUSTOM_FIELD_IDS]
+            tags = {
+                tag for tag in data["tags"] if tag.startswith("area_") or tag in ("email", "web_form", "api_created")
+            }
+            tags.add(custom[FIELD_SEVERITY])
+            data.update(priority=priority, group_id=group, tags=sorted(tags), custom_fields=fields)
+            data["fields"] = copy.deepcopy(fields)
+            state.group_stations = 1 if group else 0
+            self._idle.add(data["id"])
+            return data["id"]
+
+    def escalation_view(self, ticket_id: int) -> tuple[str | None, frozenset[str]]:
+        """(tier by group, tags) as the account shows them now: what a test checks after our writes."""
+        with self._lock:
+            data = self._tickets[ticket_id].data
+            tiers = {GROUP_L1: "L1", GROUP_L2: "L2", GROUP_L3: "L3", GROUP_L4: "L4"}
+            return tiers.get(data["group_id"]), frozenset(data["tags"])
+
     def simulate(self, delta: timedelta) -> int:
         """Advance the clock by `delta` in 5-15 minute steps with activity; returns the number of changes made."""
         with self._lock:
@@ -1020,7 +1055,7 @@ class ZendeskSandbox(SandboxApp):
         changes = 0
         for ticket_id in sorted(self._tickets):
             state = self._tickets[ticket_id]
-            if not state.deleted and state.data["status"] != "closed":
+            if not state.deleted and state.data["status"] != "closed" and ticket_id not in self._idle:
                 changes += self._tick(state, start, end)
         hours = (end - start).total_seconds() / 3600
         arrivals = self._poisson((5.0 if _busy(start) else 0.8) * hours)
