@@ -117,7 +117,8 @@ def next_review(
             candidates.extend(_crossing(tier_calendar, now, hours_at_tier, hours, timedelta(hours=1)))
     for hours in watch.thresholds.get("ticket.age_hours", ()):
         at = ticket.created_at + timedelta(hours=hours)
-        candidates.append(at if at > now else now + _SECOND)
+        if at >= now:
+            candidates.append(at if at > now else now + _SECOND)
     for path, values in watch.thresholds.items():
         if not path.startswith("clocks."):
             continue
