@@ -4,7 +4,8 @@ python sync.py demo [--json]            the daemon against the built-in sandboxe
 python sync.py check  [--config F]      validate config, mappings and policy; say what is wrong
 python sync.py once   [--config F]      one cycle per instance (for cron); --dry-run writes nothing
 python sync.py run    [--config F]      loop every interval; SIGTERM/SIGINT finish the ticket and stop
-python sync.py status [--config F]      pending writes, dead letters and quarantined records
+python sync.py status [--config F]      the book of open tickets, pending writes, dead letters, quarantine
+python sync.py backfill --instance N    read every open ticket of N again into the book (with progress)
 python sync.py explain ...              why a ticket is (or is not) escalated
 """
 
@@ -16,6 +17,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,10 +33,12 @@ from engine.report import explain, explain_dict
 from mappings import NormalizeError, load_mapping
 from runtime import logs
 from runtime.config import AppConfig, Settings, environment, load_config
+from runtime.cycle import SCAN_DONE, Event
 from runtime.metrics import Metrics
 from runtime.wiring import Wired, build_connector, load_instance_mapping, wire
 from state import StoreError, open_store
 from state.base import Intent
+from state.sql import SCAN_SUFFIX
 
 ROOT = Path(__file__).resolve().parent
 EXAMPLE_CONFIG = ROOT / "config.example.toml"
@@ -79,8 +83,18 @@ def _run_cycles(
     if not selected:
         print("no instance selected", file=sys.stderr)
         return 2
+    on_event = print_plan if args.dry_run else None
     wired: list[Wired] = [
-        wire(config, section, store, environ=environment(), clock=utcnow, dry_run=args.dry_run, stop=stop)
+        wire(
+            config,
+            section,
+            store,
+            environ=environment(),
+            clock=utcnow,
+            dry_run=args.dry_run,
+            stop=stop,
+            on_event=on_event,
+        )
         for section in selected
     ]
     failures = 0
@@ -118,6 +132,61 @@ def _run_cycles(
     return 1 if failures and not forever else 0
 
 
+def print_plan(event: Event) -> None:
+    """One line per ticket a dry run would write: what an operator reads before going live."""
+    if event.kind != "planned":
+        return
+    detail = event.detail
+    tier = f"{detail['from_tier']} -> {detail['tier']}" if detail.get("tier") else "tier unchanged"
+    tags = " ".join([*("+" + tag for tag in detail["add_tags"]), *("-" + tag for tag in detail["remove_tags"])])
+    note = "handoff note" if detail["comment"] else "no note"
+    reason = "; ".join(detail.get("reasons") or []) or "-"
+    key = detail.get("key") or event.ticket_id
+    print(
+        f"{event.instance} {key} {detail.get('priority', '')}: {tier} | {tags or 'no tag change'} | {note} | {reason}"
+    )
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    """Scan every open ticket of one instance into the book again, then run that instance's cycle."""
+    config = _load(args)
+    logs.configure(config.daemon.log_format, Settings().log_level)
+    section = next((s for s in config.instances if s.name == args.instance), None)
+    if section is None:
+        print(f"unknown instance {args.instance!r}", file=sys.stderr)
+        return 2
+    store = open_store(config.state_url)
+    started = time.monotonic()
+
+    def progress(event: Event) -> None:
+        if event.kind == "scan_progress":
+            detail = event.detail
+            state = "done" if detail["done"] else "reading"
+            print(
+                f"{event.instance}: {state}: {detail['pages']} pages, {detail['tickets']} tickets, "
+                f"{detail['per_second']:g} tickets/s, {time.monotonic() - started:.0f} s "
+                "(no ETA: the platform's export gives no total)",
+                flush=True,
+            )
+        elif args.dry_run:
+            print_plan(event)
+
+    stop = threading.Event()
+    instance = wire(
+        config, section, store, environ=environment(), clock=utcnow, dry_run=args.dry_run, stop=stop, on_event=progress
+    )
+    if not args.dry_run:
+        store.set_cursor(section.name + SCAN_SUFFIX, "")  # stored first: a crash mid-scan resumes it
+    instance.syncer.rescan = True
+    try:
+        report = instance.syncer.run_cycle()
+    finally:
+        instance.close()
+        store.close()
+    log.info("cycle", extra={"event": "cycle", **report.as_dict()})
+    return 1 if report.error else 0
+
+
 def cmd_once(args: argparse.Namespace) -> int:
     config = _load(args)
     logs.configure(config.daemon.log_format, Settings().log_level)
@@ -146,10 +215,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     config = _load(args)
     store = open_store(config.state_url)
     try:
+        now = utcnow()
         report = {
             section.name: {
                 "platform": section.platform,
                 "cursor": store.get_cursor(section.name),
+                "open_ticket_scan": _scan_state(store.get_cursor(section.name + SCAN_SUFFIX)),
+                "book": dict(zip(("open", "due"), store.book_stats(section.name, now), strict=True)),
                 "pending": [_intent_row(intent) for intent in store.pending(section.name)],
                 "dead_letters": [_intent_row(intent) for intent in store.dead_letters(section.name)],
                 "quarantined": [
@@ -171,12 +243,20 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     for name, data in report.items():
         print(f"{name} ({data['platform']}): cursor {'set' if data['cursor'] else 'not set (first poll pending)'}")
+        book = data["book"]
+        print(f"  book: {book['open']} open tickets, {book['due']} due for review; scan {data['open_ticket_scan']}")
         for title in ("pending", "dead_letters", "quarantined"):
             rows = data[title]
             print(f"  {title.replace('_', ' ')}: {len(rows)}")
             for row in rows:
                 print(f"    ticket {row['ticket']}: {row['error']}")
     return 0
+
+
+def _scan_state(progress: str | None) -> str:
+    if progress == SCAN_DONE:
+        return "done"
+    return "not started" if progress is None or progress == "" else "in progress"
 
 
 def _intent_row(intent: Intent) -> dict[str, Any]:
@@ -261,6 +341,11 @@ def parser() -> argparse.ArgumentParser:
         sub.add_argument("--dry-run", action="store_true", help="plan and log, write nothing")
         sub.add_argument("--instance", action="append", help="only this instance (repeatable)")
         sub.set_defaults(func=func)
+
+    backfill = with_config(commands.add_parser("backfill", help="read every open ticket of an instance again"))
+    backfill.add_argument("--instance", required=True, help="instance name from the config")
+    backfill.add_argument("--dry-run", action="store_true", help="plan and print, write nothing")
+    backfill.set_defaults(func=cmd_backfill)
 
     status = with_config(commands.add_parser("status", help="pending writes, dead letters and quarantine"))
     status.add_argument("--json", action="store_true")

@@ -167,6 +167,8 @@ class Syncer:
         self.stop = stop or threading.Event()
         self.on_event = on_event or (lambda event: None)
         self.api_calls = api_calls
+        self.rescan = False
+        """Scan every open ticket again in the next cycle, even if a scan has completed (`sync.py backfill`)."""
         self._generation_checked = False
         self._polled: set[str] = set()
         self._rebooked: set[str] = set()
@@ -239,7 +241,8 @@ class Syncer:
         """Read every open ticket into the book until the scan has completed once (see the module docstring)."""
         scan_open = getattr(self.connector, "open_tickets", None)
         key = self.instance + SCAN_SUFFIX
-        progress = self.state.get_cursor(key)
+        progress = "" if self.rescan else self.state.get_cursor(key)
+        self.rescan = False
         if scan_open is None or progress == SCAN_DONE:
             return
         cursor = progress or None

@@ -1,6 +1,6 @@
 """`sync.py demo`: the real daemon, against the built-in sandboxes, with simulated time running fast.
 
-Nothing here is canned: each sandbox is seeded with a few hundred tickets, simulated time advances in steps
+Nothing here is canned: each sandbox is seeded with a few hundred tickets (a fifth more that nobody ever touches), simulated time advances in steps
 while the sandboxes generate activity (replies, status moves, new tickets), and after every step the very same
 Syncer that production runs polls, evaluates, plans and writes back through the very same connectors and HTTP
 layer, into a fresh embedded SQLite store. The only difference from production is the httpx transport (the
@@ -10,7 +10,6 @@ sandbox in-process, or on a loopback port with `--loopback`).
 from __future__ import annotations
 
 import importlib
-import tempfile
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -84,6 +83,10 @@ SUMMED = (
     "conflicts",
     "failed",
     "recovered",
+    "scanned",
+    "review_writes",
+    "review_escalations",
+    "deferred",
 )
 
 
@@ -160,13 +163,14 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the demo and return its summary (what `--json` prints)."""
     clock = SimClock(DEMO_START)
-    workdir = tempfile.TemporaryDirectory(prefix="escalation-sync-demo-") if state_dir is None else None
-    state_path = (state_dir or Path(workdir.name if workdir else ".")) / "demo.sqlite3"
-    store = open_store(f"sqlite:///{state_path}")
+    # The demo's state lives in memory unless asked to keep it: it is thrown away at the end anyway, and a
+    # file's per-commit disk sync (the durability the daemon needs) would make the demo wait on the disk.
+    state_url = f"sqlite:///{state_dir / 'demo.sqlite3'}" if state_dir is not None else "sqlite:///:memory:"
+    store = open_store(state_url)
     config = AppConfig(
         path=Path("demo.toml"),
         daemon=DaemonSection(interval_seconds=step_minutes * 60, log_format="text", max_write_attempts=5),
-        state_url=f"sqlite:///{state_path}",
+        state_url=state_url,
         instances=DEMO_INSTANCES,
         policy=policy,
     )
@@ -183,6 +187,8 @@ def run_demo(
             sandbox_clock = clock if index == 0 else SimClock(DEMO_START)
             sandbox = make_sandbox(section.platform, sandbox_clock, seed + index)
             sandbox.seed_tickets(tickets)  # type: ignore[attr-defined]
+            # Tickets nobody touches after creation: only reviews of the book can escalate them.
+            sandbox.seed_idle(max(1, tickets // 5))  # type: ignore[attr-defined]
             sandboxes[section.name] = sandbox
             if loopback:
                 base_url, stop_server = sandbox.serve()
@@ -239,8 +245,6 @@ def run_demo(
         for stop_server in stoppers:
             stop_server()
         store.close()
-        if workdir is not None:
-            workdir.cleanup()
 
 
 def _grand_totals(instances: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -256,6 +260,8 @@ def _grand_totals(instances: dict[str, dict[str, Any]]) -> dict[str, Any]:
             "tags_added",
             "tags_removed",
             "api_calls",
+            "review_escalations",
+            "review_writes",
         ):
             totals[key] += data[key]
     return {**dict(totals), "escalations": dict(sorted(escalations.items()))}
@@ -272,6 +278,12 @@ def print_summary(summary: dict[str, Any], out: TextIO) -> None:
             f"{name:18} {data['records_polled']:>7} {data['tickets_written']:>7} {esc.get('L2', 0):>4} {esc.get('L3', 0):>4} {esc.get('L4', 0):>4} "
             f"{data['management_escalations']:>5} {data['comments']:>6} {data['tags_added']:>6} "
             f"{data['tags_removed']:>6} {data['api_calls']:>6} {data['quarantined']:>5} {data['dead_lettered']:>5}",
+            file=out,
+        )
+        print(
+            f"  {data['review_escalations']} escalations and {data['review_writes']} writes came from reviews of "
+            f"tickets no poll returned (time passing alone); {data['deferred']} writes waited for a later cycle "
+            "(max_writes_per_cycle)",
             file=out,
         )
         for error in data["errors"][:3]:

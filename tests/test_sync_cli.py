@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -270,3 +270,38 @@ def test_status_lists_dead_letters_and_quarantine(tmp_path: Path, monkeypatch, l
     }
     assert sync.main(["status", "--config", str(config)]) == 0
     assert "dead letters:" in capsys.readouterr().out
+
+
+def test_once_dry_run_prints_the_plan_of_each_ticket(tmp_path: Path, monkeypatch, live_sandbox, capsys) -> None:
+    sandbox, base_url = live_sandbox
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    config = zendesk_only_config(tmp_path, base_url, daemon_extra="max_writes_per_cycle = 5")
+    assert sync.main(["once", "--dry-run", "--config", str(config)]) == 0
+    captured = capsys.readouterr()
+    lines = [line for line in captured.out.splitlines() if line.startswith("local-zendesk ")]
+    assert len(lines) == 5, "the plan is what the first live cycle would write: the cap applies"
+    assert any(" -> L" in line and "handoff note" in line for line in lines)
+    summary = next(json.loads(line) for line in captured.err.splitlines() if '"event": "cycle"' in line)
+    assert summary["planned"] == 5 and summary["deferred"] == 1 and summary["writes"] == 0
+    assert sandbox.calls("PUT") == 0
+
+
+def test_backfill_reads_every_open_ticket_again_and_reports_progress(
+    tmp_path: Path, monkeypatch, live_sandbox, capsys
+) -> None:
+    sandbox, base_url = live_sandbox
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    config = zendesk_only_config(tmp_path, base_url)
+    assert sync.main(["once", "--config", str(config)]) == 0
+    old = sandbox.add_idle_ticket(datetime.now(UTC) - timedelta(days=20))  # appears only to a new scan
+    capsys.readouterr()
+    assert sync.main(["backfill", "--instance", "local-zendesk", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "local-zendesk: done:" in out and "tickets/s" in out
+    tier, _ = sandbox.escalation_view(old)
+    assert tier in ("L2", "L3")
+    assert sync.main(["status", "--config", str(config), "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)["local-zendesk"]
+    assert status["open_ticket_scan"] == "done" and status["book"]["open"] > 0
