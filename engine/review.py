@@ -146,12 +146,12 @@ def _clock_moments(clock: Clock, policy: Policy, now: datetime) -> Iterable[date
     if clock.state not in (ClockState.OK, ClockState.AT_RISK):
         return ()
     calendar = policy.calendars[clock.calendar]
-    moments = []
+    # Breached means elapsed > target: one business second past the due instant (a target met at closing
+    # time is breached at the next opening, not overnight).
+    moments = [calendar.add_business_time(now, clock.remaining + _SECOND)]
     if clock.state is ClockState.OK:
         to_risk = clock.target * policy.at_risk_fraction - clock.elapsed
         moments.append(calendar.add_business_time(now, to_risk) if to_risk > timedelta(0) else now + _SECOND)
-    # Breached means elapsed > target: strictly after the due instant.
-    moments.append(calendar.add_business_time(now, clock.remaining) + _SECOND)
     return moments
 
 

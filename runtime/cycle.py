@@ -382,10 +382,17 @@ class Syncer:
         """Evaluate due book entries, most urgent first, and write what differs (see the module docstring)."""
         processed: set[str] = set()
         counts: dict[str, int] | None = None
+        window = REVIEW_CHUNK
         while not self.stop.is_set():
-            due = [e for e in self.state.book_due(self.instance, now, REVIEW_CHUNK) if e.ticket_id not in processed]
+            rows = self.state.book_due(self.instance, now, window)
+            due = [entry for entry in rows if entry.ticket_id not in processed][:REVIEW_CHUNK]
             if not due:
-                return
+                if len(rows) < window:
+                    return
+                # Reviewed this cycle and due again (a customer's count moved): look past them; they wait
+                # for the next cycle.
+                window += REVIEW_CHUNK
+                continue
             if counts is None and CUSTOMER_COUNT in self.policy.fact_paths:
                 counts = self.state.escalation_counts(now - REPEAT_WINDOW)
             entries = self.state.tier_entries_many(self.instance, [entry.ticket_id for entry in due])

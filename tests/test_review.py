@@ -174,3 +174,21 @@ def custom_policy(condition: str):
     data = tomllib.loads((ROOT / "config.example.toml").read_text(encoding="utf-8"))["policy"]
     data["rules"] = [{"name": "custom", "when": condition, "tier": "L2"}]
     return policy_from_dict(data)
+
+
+def test_a_clock_due_at_closing_time_is_not_reviewed_through_the_night() -> None:
+    """L2's 60-minute assessment entered at 16:00 Berlin is due at 17:00, closing time: breached only once
+    business time passes again, at 09:00 the next day. Nothing to look at in between."""
+    entered = datetime(2026, 11, 16, 15, 0, tzinfo=UTC)  # 16:00 Berlin
+    at_l2 = ticket(tier=Tier.L2, tier_entered_at=entered, created_at=entered - timedelta(minutes=5))
+    moments = walk(at_l2, POLICY, entered, entered + timedelta(hours=20))
+    night = [
+        m
+        for m in moments
+        if datetime(2026, 11, 16, 16, 0, 1, tzinfo=UTC) <= m < datetime(2026, 11, 17, 8, 0, tzinfo=UTC)
+    ]
+    # Only the policy's wall-clock age threshold (created + 4 h) falls in the night.
+    assert night == [at_l2.created_at + timedelta(hours=4), at_l2.created_at + timedelta(hours=4, seconds=1)]
+    assert datetime(2026, 11, 17, 8, 0, 1, tzinfo=UTC) in moments
+    breached = evaluate(at_l2, POLICY, datetime(2026, 11, 17, 8, 0, 1, tzinfo=UTC))
+    assert {(signal.kind, signal.clock) for signal in breached.signals} >= {("breached", "assessment")}
