@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import quote
@@ -36,7 +37,9 @@ from state import (
     redact_url,
     scrub,
 )
+from state.base import BookEntry
 from state.postgres import PostgresStore
+from state.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
 from state.sqlite import SqliteStore
 
 PG_URL = os.environ.get("ESCALATION_SYNC_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -591,3 +594,111 @@ def test_store_matches_a_model_of_the_contract(store: Store, operations: list[tu
             since = T0 + timedelta(hours=hours)
             tickets = {(i, t) for (i, t, _), (c, at) in escalations.items() if c == customer and at >= since}
             assert store.escalations_since(p + customer, since) == len(tickets)
+
+
+# The open-ticket book, on both backends
+
+
+def entry(ticket_id: str, updated: datetime, **changes) -> BookEntry:
+    base = BookEntry(ticket_id, True, updated, f"rev-{updated.timestamp():.0f}", f'{{"id": "{ticket_id}"}}', "acme")
+    return replace(base, seen_at=T0, **changes)
+
+
+def test_the_book_keeps_the_newest_record_of_a_ticket(store: Store) -> None:
+    store.book_put("zd", [entry("1", T0 + timedelta(minutes=5), review_at=T0)])
+    store.book_put("zd", [entry("1", T0, raw='{"stale": true}', review_at=T0)])  # a lagging index, older
+    [kept] = store.book_due("zd", T0, 10)
+    assert kept.updated_at == T0 + timedelta(minutes=5) and "stale" not in (kept.raw or "")
+    store.book_put("zd", [replace(entry("1", T0 + timedelta(minutes=5)), is_open=False, raw=None)])
+    assert store.book_due("zd", T0 + timedelta(days=1), 10) == []
+    store.book_put("zd", [entry("1", T0 + timedelta(minutes=1), review_at=T0)])  # older than the tombstone
+    assert store.book_stats("zd", T0) == (0, 0)
+
+
+def test_due_entries_come_most_urgent_first_and_only_when_due(store: Store) -> None:
+    store.book_put(
+        "zd",
+        [
+            entry("calm", T0, review_at=T0 - timedelta(hours=2), urgency=6),
+            entry("breached", T0, review_at=T0 - timedelta(minutes=1), urgency=0),
+            entry("later", T0, review_at=T0 + timedelta(seconds=1), urgency=0),
+            entry("never", T0, review_at=None, urgency=0),
+        ],
+    )
+    assert [e.ticket_id for e in store.book_due("zd", T0, 10)] == ["breached", "calm"]
+    assert store.book_stats("zd", T0) == (4, 2)
+    store.book_schedule("zd", [("calm", None, 6, False)])
+    assert [e.ticket_id for e in store.book_due("zd", T0 + timedelta(seconds=1), 10)] == ["breached", "later"]
+
+
+def test_adopt_is_set_only_when_a_ticket_enters_the_book(store: Store) -> None:
+    store.book_put("zd", [entry("1", T0, adopt=True, review_at=T0)])
+    store.book_put("zd", [entry("1", T0 + timedelta(minutes=1), adopt=False, review_at=T0)])
+    assert store.book_due("zd", T0, 1)[0].adopt
+    store.book_put("zd", [entry("2", T0, adopt=False)])
+    store.book_put("zd", [entry("2", T0 + timedelta(minutes=1), adopt=True, review_at=T0)])
+    assert not store.book_entry("zd", "2").adopt  # type: ignore[union-attr]
+
+
+def test_a_customers_tickets_are_made_due_across_instances(store: Store) -> None:
+    later = T0 + timedelta(days=2)
+    store.book_put("zd", [entry("1", T0, review_at=later), entry("2", T0, review_at=later, customer="other")])
+    store.book_put("jsm", [entry("SUP-1", T0, review_at=None)])
+    assert store.book_mark_due(T0, customer="acme") == 2
+    assert [e.ticket_id for e in store.book_due("zd", T0, 10)] == ["1"]
+    assert [e.ticket_id for e in store.book_due("jsm", T0, 10)] == ["SUP-1"]
+    assert store.book_mark_due(T0, instance="zd") == 1  # "1" is due already
+
+
+def test_old_tombstones_are_forgotten(store: Store) -> None:
+    store.book_put("zd", [replace(entry("1", T0), is_open=False, raw=None), entry("2", T0)])
+    assert store.book_purge("zd", T0 + timedelta(days=1)) == 1
+    assert store.book_entry("zd", "1") is None and store.book_entry("zd", "2") is not None
+
+
+def test_history_in_bulk_matches_history_one_by_one(store: Store) -> None:
+    store.record_escalation("zd", "acme", "1", "L2", T0)
+    store.record_escalation("zd", "acme", "1", "L3", T0 + timedelta(hours=1))
+    store.record_escalation("jsm", "acme", "9", "L2", T0)
+    store.record_escalation("zd", "globex", "2", "L2", T0 - timedelta(days=40))
+    assert store.tier_entries_many("zd", ["1", "2", "3"]) == {
+        "1": store.tier_entries("zd", "1"),
+        "2": store.tier_entries("zd", "2"),
+    }
+    assert store.escalation_counts(T0 - timedelta(days=30)) == {"acme": 2}
+    assert store.escalations_since("acme", T0 - timedelta(days=30)) == 2
+
+
+def test_a_snapshot_is_a_throwaway_copy(store: Store) -> None:
+    store.set_cursor("zd", "c1")
+    store.book_put("zd", [entry("1", T0, review_at=T0)])
+    store.record_escalation("zd", "acme", "1", "L2", T0)
+    copy = store.snapshot("zd")
+    try:
+        assert copy.get_cursor("zd") == "c1" and copy.tier_entries("zd", "1") == store.tier_entries("zd", "1")
+        copy.set_cursor("zd", "c2")
+        copy.book_schedule("zd", [("1", None, 0, False)])
+        assert store.get_cursor("zd") == "c1" and len(store.book_due("zd", T0, 10)) == 1
+    finally:
+        copy.close()
+
+
+def test_a_version_1_sqlite_file_is_migrated_to_the_book(tmp_path: Path) -> None:
+    path = tmp_path / "v1.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
+        for statement in SQLITE_MIGRATIONS[0]:
+            db.execute(statement)
+        db.execute("INSERT INTO schema_version VALUES (1, '2026-01-01T00:00:00.000000+00:00')")
+        db.execute("INSERT INTO cursors VALUES ('zd', 'kept')")
+    with open_store(f"sqlite:///{path}") as migrated:
+        assert migrated.schema_version() == 2  # type: ignore[attr-defined]
+        assert migrated.get_cursor("zd") == "kept"
+        migrated.book_put("zd", [entry("1", T0)])
+        assert migrated.book_stats("zd", T0) == (1, 0)
+
+
+def test_a_new_state_file_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "private.sqlite3"
+    open_store(f"sqlite:///{path}").close()
+    assert path.stat().st_mode & 0o777 == 0o600
