@@ -519,8 +519,19 @@ class Syncer:
             self.state.book_put(self.instance, [replace(_tombstone(ticket, now), updated_at=now)])
             self._rebooked.add(ticket.id)
 
-    def _replan(self, ticket_id: str, key: str, carried: Comment | None, now: datetime, report: CycleReport) -> None:
-        """Re-read a ticket and plan again; the old intent is settled by whatever the new plan does."""
+    def _replan(
+        self,
+        ticket_id: str,
+        key: str,
+        carried: Comment | None,
+        now: datetime,
+        report: CycleReport,
+        carried_tier: Tier | None = None,
+    ) -> None:
+        """Re-read a ticket and plan again; the old intent is settled by whatever the new plan does.
+
+        `carried` is the note of an intent that may not have been posted: it goes out with the new plan unless
+        the ticket has moved past the tier it announced (a note for L2 on a ticket now at L3 is history)."""
         raw = self.connector.fetch(ticket_id)
         if raw is None:
             self._dead(key, "ticket no longer exists", now, report, ticket_id)
@@ -534,7 +545,8 @@ class Syncer:
             self._dead(key, "ticket cannot be normalized", now, report, ticket_id)
             return
         decision, writeback = self._decide(ticket, now)
-        if carried is not None and writeback.comment is None and not ticket.status.is_terminal:
+        superseded = carried_tier is not None and ticket.effective_tier.rank > carried_tier.rank
+        if carried is not None and writeback.comment is None and not ticket.status.is_terminal and not superseded:
             writeback = replace(writeback, comment=carried)
         self._send(writeback, decision, ticket, now, report, retry_conflict=False)
         if writeback.is_empty or writeback.key != key:
@@ -569,7 +581,7 @@ class Syncer:
                     report.recovered += 1
                     self.on_event(Event("recovered", self.instance, writeback.ticket_id, now, {"key": intent.key}))
                     continue
-                self._replan(writeback.ticket_id, intent.key, comment, now, report)
+                self._replan(writeback.ticket_id, intent.key, comment, now, report, writeback.tier)
                 report.recovered += 1
             except (PermanentWriteError, ConflictError) as error:
                 self._dead(intent.key, str(error), now, report, writeback.ticket_id)

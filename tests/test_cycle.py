@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from runtime.wiring import Wired, wire
 from sandbox.base import Fault, SandboxApp, SimClock
 from sandbox.jsm import JsmSandbox
 from sandbox.servicenow import ServiceNowSandbox
-from sandbox.zendesk import ZendeskSandbox
+from sandbox.zendesk import GROUP_L3, ZendeskSandbox
 from state import open_store
 from state.base import Store
 
@@ -445,3 +445,62 @@ def test_a_write_applied_but_unanswered_is_not_posted_twice(world: World) -> Non
     counts = world.marker_counts()
     assert counts[COMMENT_MARKER.format(key=lost[0])] == 1
     assert set(counts.values()) == {1}
+
+
+def test_a_page_that_repeats_its_cursor_ends_the_cycle_with_an_error(world: World) -> None:
+    syncer = world.syncer()
+    real_poll = syncer.connector.poll
+    polls: list[str | None] = []
+
+    def stuck(cursor, now):
+        polls.append(cursor)
+        page = real_poll(cursor, now)
+        return replace(page, cursor=cursor or "stuck", has_more=True) if cursor else replace(page, has_more=True)
+
+    syncer.connector.poll = stuck  # type: ignore[method-assign]
+    report = syncer.run_cycle()
+    assert "does not advance" in report.error and len(polls) <= 3
+    assert world.writes() == 0
+
+
+def test_a_recovery_lookup_refused_for_good_dead_letters_and_polling_goes_on(zendesk_world: World) -> None:
+    world = zendesk_world
+    method, path = world.platform.write
+    world.sandbox.inject(Fault(status=502, times=1, method=method, path_pattern=path))
+    syncer = world.syncer()
+    assert syncer.run_cycle().failed == 1
+    [pending] = world.store.pending(world.name)
+    # The integration user lost access to that one ticket's comments.
+    world.sandbox.inject(
+        Fault(status=403, times=100, method="GET", path_pattern=rf"/tickets/{pending.ticket_id}/comments")
+    )
+    world.sandbox.update(int(world.sandbox.ticket_ids()[0]), subject="a change to poll")
+    world.clock.advance(timedelta(minutes=2))
+    report = syncer.run_cycle()
+    assert report.error == "" and report.dead_lettered == 1 and report.tickets_seen >= 1
+    assert world.store.pending(world.name) == []
+    assert "refused" in world.store.dead_letters(world.name)[0].last_error
+
+
+def test_recovery_never_posts_a_note_the_ticket_has_moved_past(zendesk_world: World) -> None:
+    world = zendesk_world
+    syncer = world.syncer()
+    real_apply = syncer.connector.apply
+    lost: list[str] = []
+
+    def not_sent(writeback):  # the connection dropped before the request went out: nothing was applied
+        if not lost and writeback.tier is not None and writeback.tier.value == "L2" and writeback.comment:
+            lost.append(writeback.ticket_id)
+            raise AmbiguousWriteError("connection reset")
+        return real_apply(writeback)
+
+    syncer.connector.apply = not_sent  # type: ignore[method-assign]
+    syncer.run_cycle()
+    assert lost
+    ticket = int(lost[0])
+    world.sandbox.update(ticket, group_id=GROUP_L3)  # meanwhile a person sends it to engineering
+    world.clock.advance(timedelta(minutes=2))
+    syncer.run_cycle()
+    assert world.store.pending(world.name) == []
+    keys = [key for key in world.marker_counts() if f":{ticket}:" in key]
+    assert not any(key.endswith(":L2") for key in keys), keys
