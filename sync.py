@@ -6,6 +6,7 @@ python sync.py once   [--config F]      one cycle per instance (for cron); --dry
 python sync.py run    [--config F]      loop every interval; SIGTERM/SIGINT finish the ticket and stop
 python sync.py status [--config F]      pending writes, dead letters and quarantined records
 python sync.py explain ...              why a ticket is (or is not) escalated
+python sync.py init DIR                 write a starting config.toml and mappings/ into DIR
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from engine.model import EscalationHistory
 from engine.plan import plan
 from engine.policy import load_policy
 from engine.report import explain, explain_dict
+from escalation_sync import __version__, resources
 from mappings import NormalizeError, load_mapping
 from runtime import logs
 from runtime.config import AppConfig, Settings, environment, load_config
@@ -36,8 +38,7 @@ from runtime.wiring import Wired, build_connector, load_instance_mapping, wire
 from state import StoreError, open_store
 from state.base import Intent
 
-ROOT = Path(__file__).resolve().parent
-EXAMPLE_CONFIG = ROOT / "config.example.toml"
+EXAMPLE_CONFIG = resources.example_config()
 log = logging.getLogger("escalation_sync")
 
 
@@ -64,7 +65,9 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"error {section.name}: {error}")
     rules = len(config.policy.rules)
     print(f"ok    policy: {rules} rules" if not problems else f"{problems} problem(s) found")
-    return 1 if problems else 0
+    # The exit code `once` and `run` give for the same problem: a broken mapping or a missing variable is
+    # configuration, whichever command finds it.
+    return 2 if problems else 0
 
 
 def _run_cycles(
@@ -247,8 +250,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    try:
+        written = resources.init(Path(args.directory), force=args.force)
+    except (resources.InitError, OSError) as error:
+        print(f"init: {error}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(f"wrote {path}")
+    print(
+        f"next: edit {written[0]}, export the credentials it names, then: escalation-sync check --config {written[0]}"
+    )
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="sync.py", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    root.add_argument("--version", action="version", version=f"escalation-sync {__version__}")
     commands = root.add_subparsers(dest="command", required=True)
 
     def with_config(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -285,6 +303,11 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--loopback", action="store_true", help="serve the sandboxes on 127.0.0.1 ports")
     demo.set_defaults(func=cmd_demo)
+
+    init = commands.add_parser("init", help="write a starting config.toml and mappings/ into a directory")
+    init.add_argument("directory", help="where to write (created if missing)")
+    init.add_argument("--force", action="store_true", help="overwrite files that exist")
+    init.set_defaults(func=cmd_init)
     return root
 
 
