@@ -14,9 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,8 +37,9 @@ from runtime import logs
 from runtime.config import AppConfig, Settings, environment, load_config
 from runtime.metrics import Metrics
 from runtime.wiring import Wired, build_connector, load_instance_mapping, wire
-from state import StoreError, open_store
-from state.base import Intent
+from state import StoreError, StoreUrlError, open_store
+from state.base import Intent, Store
+from state.sqlite import path_from_url
 
 EXAMPLE_CONFIG = resources.example_config()
 log = logging.getLogger("escalation_sync")
@@ -52,9 +55,29 @@ def _load(args: argparse.Namespace) -> AppConfig:
     return load_config(path, settings)
 
 
+def _state_url_problem(url: str) -> str | None:
+    """What is wrong with `[state] url`, found without opening (or creating) the store."""
+    scheme = url.partition("://")[0].lower()
+    try:
+        if scheme == "sqlite":
+            path_from_url(url)
+        elif scheme not in ("postgresql", "postgres"):
+            open_store(url)  # refuses any other scheme before connecting to anything
+    except StoreError as error:
+        return str(error)
+    return None
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     config = _load(args)
     problems = 0
+    for what, problem in (
+        ("state", _state_url_problem(config.state_url)),
+        ("logging", logs.level_problem(Settings().log_level)),
+    ):
+        if problem:
+            problems += 1
+            print(f"error {what}: {problem}")
     for section in config.instances:
         try:
             load_instance_mapping(config, section)
@@ -70,50 +93,105 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 2 if problems else 0
 
 
+def _wire_all(config: AppConfig, args: argparse.Namespace, store: Store, stop: threading.Event) -> list[Wired]:
+    selected = [s for s in config.instances if not args.instance or s.name in args.instance]
+    if not selected:
+        raise ConfigFileError(config.path, "no instance selected")
+    wired: list[Wired] = []
+    try:
+        for section in selected:
+            wired.append(
+                wire(config, section, store, environ=environment(), clock=utcnow, dry_run=args.dry_run, stop=stop)
+            )
+    except BaseException:
+        for instance in wired:
+            instance.close()
+        raise
+    return wired
+
+
+def _reload(
+    args: argparse.Namespace, config: AppConfig, store: Store, wired: list[Wired], stop: threading.Event
+) -> tuple[AppConfig, Store, list[Wired]]:
+    """Config, mappings and policy read afresh (SIGHUP); a broken one is refused and the running one kept."""
+    try:
+        new = _load(args)
+        new_store = store if new.state_url == config.state_url else open_store(new.state_url)
+        try:
+            new_wired = _wire_all(new, args, new_store, stop)
+        except BaseException:
+            if new_store is not store:
+                new_store.close()
+            raise
+    except (ConfigFileError, StoreError, OSError) as error:
+        log.error("reload refused, keeping the running configuration", extra={"error": str(error)})
+        return config, store, wired
+    for instance in wired:
+        instance.close()
+    if new_store is not store:
+        store.close()
+    log.info("configuration reloaded", extra={"path": str(new.path), "instances": len(new_wired)})
+    return new, new_store, new_wired
+
+
 def _run_cycles(
     config: AppConfig,
     args: argparse.Namespace,
     stop: threading.Event,
     forever: bool,
     metrics: Metrics | None = None,
+    reload: threading.Event | None = None,
 ) -> int:
     store = open_store(config.state_url)
-    selected = [s for s in config.instances if not args.instance or s.name in args.instance]
-    if not selected:
-        print("no instance selected", file=sys.stderr)
-        return 2
-    wired: list[Wired] = [
-        wire(config, section, store, environ=environment(), clock=utcnow, dry_run=args.dry_run, stop=stop)
-        for section in selected
-    ]
+    try:
+        wired = _wire_all(config, args, store, stop)
+    except BaseException:
+        store.close()
+        raise
     failures = 0
     try:
         while True:
+            if metrics is not None:
+                metrics.expect(((w.section.name, w.section.platform) for w in wired), config.daemon.interval_seconds)
+                for instance in wired:
+                    metrics.record_store(instance.section.name, instance.section.platform, store)
             started = utcnow()
             for instance in wired:
                 if stop.is_set():
                     break
+                began = time.monotonic()
                 try:
                     report = instance.syncer.run_cycle()
                 except (ConnectorError, StoreError, OSError) as error:
                     failures += 1
                     log.error("cycle failed", extra={"instance": instance.section.name, "error": str(error)})
+                    if metrics is not None:
+                        metrics.record_result(instance.section.name, False, str(error))
                     continue
-                except Exception:
+                except Exception as error:
                     # A bug must not take the daemon down: nothing past the last committed cursor is lost, and
                     # the next cycle replays it. The traceback goes to the log for whoever fixes the bug.
                     failures += 1
                     log.exception("cycle crashed", extra={"instance": instance.section.name})
+                    if metrics is not None:
+                        metrics.record_result(instance.section.name, False, f"{type(error).__name__}: {error}")
                     continue
                 failures += bool(report.error)
                 log.info("cycle", extra={"event": "cycle", **report.as_dict()})
                 if metrics is not None:
-                    metrics.record_cycle(report)
+                    metrics.record_cycle(report, time.monotonic() - began)
                     metrics.record_http(instance.section.name, instance.http.stats)
+                    metrics.record_store(instance.section.name, instance.section.platform, store)
             if not forever or stop.is_set():
                 break
-            elapsed = (utcnow() - started).total_seconds()
-            stop.wait(max(0.0, config.daemon.interval_seconds - elapsed))
+            wait_until = time.monotonic() + max(
+                0.0, config.daemon.interval_seconds - (utcnow() - started).total_seconds()
+            )
+            while not stop.is_set() and not (reload and reload.is_set()) and time.monotonic() < wait_until:
+                stop.wait(min(0.25, wait_until - time.monotonic()))
+            if reload is not None and reload.is_set() and not stop.is_set():
+                reload.clear()
+                config, store, wired = _reload(args, config, store, wired, stop)
     finally:
         for instance in wired:
             instance.close()
@@ -138,10 +216,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    reload = threading.Event()
+    signal.signal(signal.SIGHUP, lambda signum, frame: reload.set())
     metrics = Metrics()
     if config.daemon.metrics_port:
         metrics.serve(config.daemon.metrics_port, config.daemon.metrics_address)
-    return _run_cycles(config, args, stop, forever=True, metrics=metrics)
+    return _run_cycles(config, args, stop, forever=True, metrics=metrics, reload=reload)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -311,6 +391,11 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
+def _one_line(error: BaseException) -> str:
+    """A driver's message can span lines (libpq adds a hint); an error is one line on the terminal and in logs."""
+    return " ".join(str(error).split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.command == "explain" and not args.file and not (args.instance and args.ticket):
@@ -321,12 +406,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args))
-    except ConfigFileError as error:
+    except (ConfigFileError, StoreUrlError) as error:
         print(f"configuration error: {error}", file=sys.stderr)
         return 2
+    except StoreError as error:
+        print(f"state store error: {_one_line(error)}", file=sys.stderr)
+        return 1
+    except ConnectorError as error:
+        print(f"platform error: {_one_line(error)}", file=sys.stderr)
+        return 1
     except BrokenPipeError:  # `sync.py explain ... | head`: the reader left, nothing is wrong
         sys.stderr.close()
         return 0
+    except Exception as error:
+        # A bug, not a situation the user can fix: one line by default, the traceback when asked for it.
+        if os.environ.get("ESCALATION_SYNC_LOG_LEVEL", "").upper() == "DEBUG":
+            raise
+        print(
+            f"internal error: {type(error).__name__}: {error} (ESCALATION_SYNC_LOG_LEVEL=DEBUG shows the traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":
