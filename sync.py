@@ -7,6 +7,7 @@ python sync.py run    [--config F]      loop every interval; SIGTERM/SIGINT fini
 python sync.py status [--config F]      pending writes, dead letters and quarantined records
 python sync.py explain ...              why a ticket is (or is not) escalated
 python sync.py init DIR                 write a starting config.toml and mappings/ into DIR
+python sync.py report [--since] [--html F]  the escalation dashboard from the state store's history
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from mappings import NormalizeError, load_mapping
 from runtime import logs
 from runtime.config import AppConfig, Settings, environment, load_config
 from runtime.metrics import Metrics
+from runtime.report import add_arguments as add_report_arguments
+from runtime.report import run as run_report
 from runtime.wiring import Wired, build_connector, load_instance_mapping, wire
 from state import StoreError, StoreUrlError, open_store
 from state.base import Intent, Store
@@ -320,6 +323,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         tickets=args.tickets,
         seed=args.seed,
         loopback=args.loopback,
+        state_dir=Path(args.state_dir) if args.state_dir else None,
         out=sys.stdout,
         quiet=args.json,
     )
@@ -328,6 +332,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     else:
         print_summary(summary, sys.stdout)
     return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    return run_report(args, _load(args), utcnow(), sys.stdout)
 
 
 def cmd_init(args: argparse.Namespace) -> int:
@@ -382,7 +390,12 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--tickets", type=int, default=200, help="tickets seeded per platform (default 200)")
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--loopback", action="store_true", help="serve the sandboxes on 127.0.0.1 ports")
+    demo.add_argument("--state-dir", help="keep the demo's state store (demo.sqlite3) here, e.g. for `report`")
     demo.set_defaults(func=cmd_demo)
+
+    report = with_config(commands.add_parser("report", help="the escalation dashboard from the store's history"))
+    add_report_arguments(report)
+    report.set_defaults(func=cmd_report)
 
     init = commands.add_parser("init", help="write a starting config.toml and mappings/ into a directory")
     init.add_argument("directory", help="where to write (created if missing)")

@@ -83,10 +83,11 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return venv / "bin"
 
 
-def run(bin_dir: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ESCALATION_SYNC_", "PYTHON"))}
-    env.update(CREDENTIALS)
-    return subprocess.run(list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=180, check=False)
+def run(bin_dir: Path, cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("ESCALATION_SYNC_", "PYTHON"))}
+    environ.update(CREDENTIALS)
+    environ.update(env or {})
+    return subprocess.run(list(args), cwd=cwd, env=environ, capture_output=True, text=True, timeout=180, check=False)
 
 
 def test_wheel_runs_from_anywhere(installed: Path, tmp_path: Path) -> None:
@@ -100,8 +101,9 @@ def test_wheel_runs_from_anywhere(installed: Path, tmp_path: Path) -> None:
     assert version.stdout.strip() == f"escalation-sync {VERSION}"
 
     demo = run(
-        installed, elsewhere, str(installed / "escalation-sync"), "demo", "--hours", "1", "--tickets", "10", "--json"
-    )
+        installed, elsewhere, str(installed / "escalation-sync"), "demo", "--hours", "1", "--tickets", "10", "--json",
+        "--state-dir", str(elsewhere / "demo-state"),
+    )  # fmt: skip
     assert demo.returncode == 0, demo.stderr
     summary = json.loads(demo.stdout)
     assert summary, "the demo ran its instances from the packaged policy"
@@ -117,6 +119,15 @@ def test_wheel_runs_from_anywhere(installed: Path, tmp_path: Path) -> None:
     check = run(installed, elsewhere / "site", str(installed / "escalation-sync"), "check")
     assert check.returncode == 0, check.stdout + check.stderr
     assert check.stdout.count("ok ") == 4
+
+    state = f"sqlite:///{elsewhere / 'demo-state' / 'demo.sqlite3'}"
+    report = run(
+        installed, elsewhere / "site", str(installed / "escalation-sync"), "report", "--html", "report.html",
+        env={"ESCALATION_SYNC_STATE_URL": state},
+    )  # fmt: skip
+    assert report.returncode == 0, report.stderr
+    assert "escalations by tier" in report.stdout
+    assert "Chart.js v4" in (elsewhere / "site" / "report.html").read_text(encoding="utf-8"), "assets are package data"
 
     mapping = elsewhere / "site" / "mappings" / "zendesk.toml"
     mapping.write_text(mapping.read_text(encoding="utf-8") + "\nbogus_key = 1\n", encoding="utf-8")
