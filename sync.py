@@ -37,6 +37,9 @@ from mappings import NormalizeError, load_mapping
 from runtime import logs
 from runtime.config import AppConfig, Settings, environment, load_config
 from runtime.metrics import Metrics
+from runtime.notify import Notifier
+from runtime.notify import check as check_notifications
+from runtime.notify import start as start_notifier
 from runtime.report import add_arguments as add_report_arguments
 from runtime.report import run as run_report
 from runtime.wiring import Wired, build_connector, load_instance_mapping, wire
@@ -89,6 +92,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         except ConfigFileError as error:
             problems += 1
             print(f"error {section.name}: {error}")
+    try:
+        print(f"ok    notifications: {check_notifications(config.path, environment())}")
+    except ConfigFileError as error:
+        problems += 1
+        print(f"error notifications: {error}")
     rules = len(config.policy.rules)
     print(f"ok    policy: {rules} rules" if not problems else f"{problems} problem(s) found")
     # The exit code `once` and `run` give for the same problem: a broken mapping or a missing variable is
@@ -96,45 +104,61 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 2 if problems else 0
 
 
-def _wire_all(config: AppConfig, args: argparse.Namespace, store: Store, stop: threading.Event) -> list[Wired]:
+Running = tuple[list[Wired], Notifier | None]
+
+
+def _wire_all(config: AppConfig, args: argparse.Namespace, store: Store, stop: threading.Event) -> Running:
+    """Every selected instance wired, and the notifier its written events feed (when notifications.toml has
+    routes; never in a dry run, which writes nothing to notify about)."""
     selected = [s for s in config.instances if not args.instance or s.name in args.instance]
     if not selected:
         raise ConfigFileError(config.path, "no instance selected")
+    notifier = None if args.dry_run else start_notifier(config.path, config.state_url, environment())
     wired: list[Wired] = []
     try:
         for section in selected:
-            wired.append(
-                wire(config, section, store, environ=environment(), clock=utcnow, dry_run=args.dry_run, stop=stop)
-            )
+            instance = wire(
+                config, section, store, environ=environment(), clock=utcnow, dry_run=args.dry_run, stop=stop,
+                on_event=notifier.on_event if notifier else None,
+            )  # fmt: skip
+            wired.append(instance)
+            if notifier is not None:
+                notifier.watch(section.name, instance.mapping.tags)
     except BaseException:
-        for instance in wired:
-            instance.close()
+        _close((wired, notifier))
         raise
-    return wired
+    return wired, notifier
+
+
+def _close(running: Running) -> None:
+    wired, notifier = running
+    for instance in wired:
+        instance.close()
+    if notifier is not None:
+        notifier.close()
 
 
 def _reload(
-    args: argparse.Namespace, config: AppConfig, store: Store, wired: list[Wired], stop: threading.Event
-) -> tuple[AppConfig, Store, list[Wired]]:
-    """Config, mappings and policy read afresh (SIGHUP); a broken one is refused and the running one kept."""
+    args: argparse.Namespace, config: AppConfig, store: Store, running: Running, stop: threading.Event
+) -> tuple[AppConfig, Store, Running]:
+    """Config, mappings, policy and notifications read afresh (SIGHUP); a broken one is refused, the old kept."""
     try:
         new = _load(args)
         new_store = store if new.state_url == config.state_url else open_store(new.state_url)
         try:
-            new_wired = _wire_all(new, args, new_store, stop)
+            new_running = _wire_all(new, args, new_store, stop)
         except BaseException:
             if new_store is not store:
                 new_store.close()
             raise
     except (ConfigFileError, StoreError, OSError) as error:
         log.error("reload refused, keeping the running configuration", extra={"error": str(error)})
-        return config, store, wired
-    for instance in wired:
-        instance.close()
+        return config, store, running
+    _close(running)
     if new_store is not store:
         store.close()
-    log.info("configuration reloaded", extra={"path": str(new.path), "instances": len(new_wired)})
-    return new, new_store, new_wired
+    log.info("configuration reloaded", extra={"path": str(new.path), "instances": len(new_running[0])})
+    return new, new_store, new_running
 
 
 def _run_cycles(
@@ -147,10 +171,11 @@ def _run_cycles(
 ) -> int:
     store = open_store(config.state_url)
     try:
-        wired = _wire_all(config, args, store, stop)
+        running = _wire_all(config, args, store, stop)
     except BaseException:
         store.close()
         raise
+    wired = running[0]
     failures = 0
     try:
         while True:
@@ -194,10 +219,10 @@ def _run_cycles(
                 stop.wait(min(0.25, wait_until - time.monotonic()))
             if reload is not None and reload.is_set() and not stop.is_set():
                 reload.clear()
-                config, store, wired = _reload(args, config, store, wired, stop)
+                config, store, running = _reload(args, config, store, running, stop)
+                wired = running[0]
     finally:
-        for instance in wired:
-            instance.close()
+        _close(running)
         store.close()
     return 1 if failures and not forever else 0
 

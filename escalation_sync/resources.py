@@ -24,17 +24,23 @@ def example_config() -> Path:
     return Path(str(files("escalation_sync").joinpath("config.example.toml")))
 
 
+def example_notifications() -> Path:
+    return Path(str(files("escalation_sync").joinpath("notifications.example.toml")))
+
+
 def default_mapping(platform: str) -> Path:
     return Path(str(files("mappings").joinpath(f"{platform}.toml")))
 
 
 def init(directory: Path, *, force: bool = False) -> list[Path]:
-    """Write a starting config.toml and mappings/<platform>.toml into `directory`; return what was written.
+    """Write a starting config.toml, mappings/<platform>.toml and notifications.example.toml (inactive until
+    renamed) into `directory`; return what was written.
 
     The example config names its mappings as ``mappings/<platform>.toml`` relative to itself, so the copies
     work as they are, from any working directory. Existing files are kept unless `force`: they may hold edits.
     """
     targets = {directory / CONFIG_NAME: example_config()}
+    targets[directory / "notifications.example.toml"] = example_notifications()
     targets.update({directory / "mappings" / f"{p}.toml": default_mapping(p) for p in PLATFORMS})
     existing = [path for path in targets if path.exists()]
     if existing and not force:

@@ -43,7 +43,7 @@ def test_init_writes_a_config_that_checks(tmp_path: Path, monkeypatch, capsys) -
     assert sorted(p.name for p in (target / "mappings").iterdir()) == ["jsm.toml", "servicenow.toml", "zendesk.toml"]
     monkeypatch.chdir(tmp_path)  # the mappings resolve next to the config, not in the working directory
     assert sync.main(["check", "--config", str(target / "config.toml")]) == 0
-    assert capsys.readouterr().out.count("ok ") == 4
+    assert capsys.readouterr().out.count("ok ") == 5
 
 
 def test_init_keeps_existing_files_unless_forced(tmp_path: Path, capsys) -> None:
@@ -118,7 +118,7 @@ def test_wheel_runs_from_anywhere(installed: Path, tmp_path: Path) -> None:
     assert run(installed, elsewhere, str(installed / "escalation-sync"), "init", "site").returncode == 0
     check = run(installed, elsewhere / "site", str(installed / "escalation-sync"), "check")
     assert check.returncode == 0, check.stdout + check.stderr
-    assert check.stdout.count("ok ") == 4
+    assert check.stdout.count("ok ") == 5
 
     state = f"sqlite:///{elsewhere / 'demo-state' / 'demo.sqlite3'}"
     report = run(
