@@ -149,6 +149,8 @@ def _read_postgres(url: str, since: datetime | None) -> History:
 def _history(entries: Iterable[tuple[Any, ...]], writes: Iterable[tuple[Any, ...]], time: Any) -> History:
     parsed: list[Write] = []
     for instance, ticket_id, payload, created_at in writes:
+        if instance.startswith("notify:"):
+            continue  # a notification (runtime/notify.py), not a write to the platform
         try:
             data = json.loads(payload)
         except (TypeError, ValueError):

@@ -21,6 +21,7 @@ import pytest
 from prometheus_client import generate_latest
 
 import sync
+from connectors.http import HttpOptions
 from runtime.cycle import CycleReport
 from runtime.metrics import Metrics
 from state.sqlite import SqliteStore
@@ -208,7 +209,7 @@ def test_explain_on_a_refused_login_is_one_line(tmp_path: Path, monkeypatch, liv
 def test_explain_on_an_unreachable_host_is_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
     for name, value in CREDENTIALS.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setattr("connectors.http.HttpOptions.backoff_base", 0.01)
+    monkeypatch.setattr("runtime.wiring.HttpOptions", lambda: HttpOptions(backoff_base=0.01, backoff_max=0.01))
     config = zendesk_only_config(tmp_path, f"http://127.0.0.1:{free_port()}")
     assert sync.main(["explain", "--config", str(config), "--instance", "local-zendesk", "1"]) == 1
     line = one_line(capsys.readouterr().err)

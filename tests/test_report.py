@@ -18,7 +18,9 @@ from engine.model import Comment, TagScheme, Tier, WriteBack
 from engine.policy import load_policy
 from runtime import report as dashboard
 from runtime.codec import encode
+from runtime.cycle import Event
 from runtime.demo import run_demo
+from runtime.notify import Route, notices_for
 from state.sqlite import SqliteStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,6 +28,7 @@ EXAMPLE = ROOT / "config.example.toml"
 T0 = datetime(2026, 11, 16, 9, 0, tzinfo=UTC)
 SCHEME = TagScheme(breached="sla_breached_{clock}", at_risk="sla_risk_{clock}")
 RULES = ("l1-time-limit", "broad-impact", "mgmt-churn-threat")
+ROUTE = Route(name="chat", kind="slack", url_env="SLACK_URL")
 
 
 def note(source: str, target: str, *rules: str) -> str:
@@ -70,9 +73,11 @@ def seeded(path: Path) -> str:
         write(store, "3", T0 - timedelta(days=1), tier="L2", body=note("L1", "L2", "l1-time-limit", "not-a-rule"))
         # not done: a pending intent is not history
         store.record_intent("zd", "4", "pending-key", encode(WriteBack("zendesk", "zd", "4", "r", tier=Tier.L4)), T0)
-        # another kind of ledger entry (e.g. a notification), not a write-back
-        intent = store.record_intent("zd", "1", "notify:slack:zd:1", "sent", T0)
+        # other ledger entries: a notification (JSON, its own instance), and a payload that is not JSON at all
+        (notice,) = notices_for(Event("written", "zd", "9", T0, {"add_tags": ["esc_management"]}), [ROUTE], TagScheme())
+        intent = store.record_intent("notify:zd", "9", notice.ledger_key, notice.encode(), T0)
         store.mark_done(intent.key, T0)
+        store.mark_done(store.record_intent("zd", "1", "other:zd:1", "sent", T0).key, T0)
     return f"sqlite:///{path}"
 
 
