@@ -13,6 +13,7 @@ python sync.py report [--since] [--html F]  the escalation dashboard from the st
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -336,26 +337,42 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from runtime.demo import print_summary, run_demo
+    from runtime.demo import LEGEND, print_summary, run_demo
 
     policy = load_policy(Path(args.config) if args.config else EXAMPLE_CONFIG)
     # The demo prints every quarantine, dead letter and conflict as it happens; the log adds only errors.
     logs.configure("text", "ERROR")
+
+    def show(summary: dict[str, Any]) -> None:
+        if args.json:
+            print(json.dumps(summary, indent=2), flush=True)
+            return
+        print_summary(summary, sys.stdout)
+        print(LEGEND)
+        for name, url in summary.get("sandboxes", {}).items():
+            print(f"sandbox {name}: {url}")
+
+    def keep_serving(summary: dict[str, Any]) -> None:
+        show(summary)
+        print("serving the sandboxes until Ctrl-C (point `run` at these base_url values)", file=sys.stderr, flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                time.sleep(3600)
+
     summary = run_demo(
         policy,
         hours=args.hours,
         step_minutes=args.step_minutes,
         tickets=args.tickets,
         seed=args.seed,
-        loopback=args.loopback,
+        loopback=args.loopback or args.serve,
         state_dir=Path(args.state_dir) if args.state_dir else None,
         out=sys.stdout,
         quiet=args.json,
+        serve=keep_serving if args.serve else None,
     )
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        print_summary(summary, sys.stdout)
+    if not args.serve:
+        show(summary)
     return 0
 
 
@@ -415,6 +432,7 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--tickets", type=int, default=200, help="tickets seeded per platform (default 200)")
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--loopback", action="store_true", help="serve the sandboxes on 127.0.0.1 ports")
+    demo.add_argument("--serve", action="store_true", help="with --loopback: keep serving after the run, until Ctrl-C")
     demo.add_argument("--state-dir", help="keep the demo's state store (demo.sqlite3) here, e.g. for `report`")
     demo.set_defaults(func=cmd_demo)
 

@@ -157,8 +157,10 @@ def run_demo(
     out: TextIO | None = None,
     quiet: bool = False,
     state_dir: Path | None = None,
+    serve: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Run the demo and return its summary (what `--json` prints)."""
+    """Run the demo and return its summary (what `--json` prints). With `loopback` the summary names each
+    sandbox's base URL, and `serve`, if given, is called with it while they still listen (`--serve` waits there)."""
     clock = SimClock(DEMO_START)
     workdir = tempfile.TemporaryDirectory(prefix="escalation-sync-demo-") if state_dir is None else None
     state_path = (state_dir or Path(workdir.name if workdir else ".")) / "demo.sqlite3"
@@ -176,6 +178,7 @@ def run_demo(
     wired: list[Wired] = []
     stoppers: list[Callable[[], None]] = []
     sandboxes: dict[str, SandboxApp] = {}
+    ports: list[tuple[str, str]] = []
     try:
         for index, section in enumerate(DEMO_INSTANCES):
             # Each sandbox moves its own clock when it simulates; all start together and advance by the same
@@ -187,6 +190,7 @@ def run_demo(
             if loopback:
                 base_url, stop_server = sandbox.serve()
                 stoppers.append(stop_server)
+                ports.append((section.name, base_url))
                 section = section.model_copy(update={"base_url": base_url})
                 transport = None
             else:
@@ -232,6 +236,10 @@ def run_demo(
             "instances": {name: seen.as_dict() for name, seen in totals.items()},
         }
         summary["totals"] = _grand_totals(summary["instances"])
+        if ports:
+            summary["sandboxes"] = dict(ports)
+            if serve is not None:
+                serve(summary)
         return summary
     finally:
         for instance in wired:
@@ -259,6 +267,13 @@ def _grand_totals(instances: dict[str, dict[str, Any]]) -> dict[str, Any]:
         ):
             totals[key] += data[key]
     return {**dict(totals), "escalations": dict(sorted(escalations.items()))}
+
+
+LEGEND = """
+polled: records read (a ticket seen in several cycles counts each time)  written: distinct tickets written to
+L2 L3 L4: tier changes written, by target tier  mgmt: management escalations started  notes: handoff notes posted
++tags -tags: SLA and management tags added / removed  calls: API requests, retries included
+quar.: records quarantined (could not be normalized)  dead: writes the platform refused for good"""
 
 
 def print_summary(summary: dict[str, Any], out: TextIO) -> None:
