@@ -347,6 +347,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(summary, indent=2), flush=True)
             return
+        notes = summary["handoff_notes"]
+        for number, note in enumerate(notes["first"], 1):
+            print(f"\nhandoff note {number} of {notes['count']}, in full:\n{note}")
+        if notes["count"] > len(notes["first"]):
+            print(f"\n... and {notes['count'] - len(notes['first'])} more handoff notes")
         print_summary(summary, sys.stdout)
         print(LEGEND)
         for name, url in summary.get("sandboxes", {}).items():

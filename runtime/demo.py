@@ -22,6 +22,7 @@ from typing import Any, TextIO
 from engine.policy import Policy
 from runtime.config import AppConfig, DaemonSection, InstanceSection
 from runtime.cycle import CycleReport, Event
+from runtime.report import read_history
 from runtime.wiring import Wired, wire
 from sandbox.base import SandboxApp, SimClock
 from state import open_store
@@ -69,6 +70,9 @@ DEMO_ENVIRON = {
     "DEMO_SNOW_PASSWORD": "sandbox-password",
 }
 
+
+FULL_NOTES = 3
+"""Handoff notes the summary shows in full (the earliest); the rest are counted."""
 
 # The CycleReport counters the summary adds up over all cycles of an instance.
 SUMMED = (
@@ -236,6 +240,8 @@ def run_demo(
             "instances": {name: seen.as_dict() for name, seen in totals.items()},
         }
         summary["totals"] = _grand_totals(summary["instances"])
+        notes = sorted((w for w in read_history(config.state_url).writes if w.note), key=lambda w: w.at)
+        summary["handoff_notes"] = {"count": len(notes), "first": [note.note for note in notes[:FULL_NOTES]]}
         if ports:
             summary["sandboxes"] = dict(ports)
             if serve is not None:

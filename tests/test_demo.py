@@ -1,4 +1,5 @@
-"""`demo --serve`: the sandboxes keep listening after the run, on the ports the demo prints, until Ctrl-C."""
+"""The demo as a new user reads it: the first handoff notes in full, a legend, and `--serve` keeping the sandboxes
+up on the ports it prints until Ctrl-C."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import time
 from pathlib import Path
 
 import httpx
+
+import sync
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,3 +40,13 @@ def test_demo_serve_prints_its_ports_and_serves_until_interrupted() -> None:
         if demo.poll() is None:
             demo.kill()
     assert demo.returncode == 0
+
+
+def test_the_first_handoff_notes_are_shown_in_full_then_counted(capsys) -> None:
+    assert sync.main(["demo", "--hours", "1", "--tickets", "10"]) == 0
+    out = capsys.readouterr().out
+    shown = re.findall(r"^handoff note (\d) of (\d+), in full:\nEscalation handoff: ", out, re.M)
+    assert [number for number, _ in shown] == ["1", "2", "3"]
+    total = int(shown[0][1])
+    assert f"... and {total - 3} more handoff notes" in out
+    assert re.search(r"^polled: records read", out, re.M), "the legend"
