@@ -38,6 +38,7 @@ from mappings import NormalizeError, load_mapping
 from runtime import logs
 from runtime.config import AppConfig, Settings, environment, load_config
 from runtime.metrics import Metrics
+from runtime.notify import LEDGER_PREFIX as NOTIFY_LEDGER
 from runtime.notify import Notifier
 from runtime.notify import check as check_notifications
 from runtime.notify import start as start_notifier
@@ -264,6 +265,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 "cursor": store.get_cursor(section.name),
                 "pending": [_intent_row(intent) for intent in store.pending(section.name)],
                 "dead_letters": [_intent_row(intent) for intent in store.dead_letters(section.name)],
+                "dead_notifications": [_intent_row(i) for i in store.dead_letters(f"{NOTIFY_LEDGER}{section.name}")],
                 "quarantined": [
                     {
                         "ticket": record.record_id,
@@ -283,7 +285,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     for name, data in report.items():
         print(f"{name} ({data['platform']}): cursor {'set' if data['cursor'] else 'not set (first poll pending)'}")
-        for title in ("pending", "dead_letters", "quarantined"):
+        for title in ("pending", "dead_letters", "quarantined", "dead_notifications"):
             rows = data[title]
             print(f"  {title.replace('_', ' ')}: {len(rows)}")
             for row in rows:
