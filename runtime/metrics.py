@@ -69,6 +69,7 @@ class Metrics:
         self.interval_seconds = 60.0
         self.started = clock()
         self._instances: dict[str, str] = {}
+        self._expected = False
         self._last: dict[str, _Last] = {}
         self._caught_up: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -147,6 +148,7 @@ class Metrics:
         with self._lock:
             self.interval_seconds = interval_seconds
             self._instances = dict(instances)
+            self._expected = True
             self._last = {name: last for name, last in self._last.items() if name in self._instances}
         for name, platform in self._instances.items():
             labels = (name, platform)
@@ -222,6 +224,8 @@ class Metrics:
         window = self.ready_intervals * self.interval_seconds
         failing: dict[str, str] = {}
         with self._lock:
+            if not self._expected:
+                return False, {"*": "starting: the instances are not wired yet"}
             for name in self._instances:
                 last = self._last.get(name)
                 if last is None:

@@ -113,6 +113,7 @@ def test_backlog_gauges_follow_the_store() -> None:
 def test_readiness_needs_a_recent_successful_cycle_of_every_instance() -> None:
     clock = Clock()
     metrics = Metrics(clock=clock, ready_intervals=3)
+    assert metrics.readiness() == (False, {"*": "starting: the instances are not wired yet"})
     metrics.expect([("zd", "zendesk"), ("sn", "servicenow")], interval_seconds=60)
     ready, failing = metrics.readiness()
     assert not ready and set(failing) == {"zd", "sn"} and "no cycle" in failing["zd"]
