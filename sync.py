@@ -114,7 +114,10 @@ def _wire_all(config: AppConfig, args: argparse.Namespace, store: Store, stop: t
     routes; never in a dry run, which writes nothing to notify about)."""
     selected = [s for s in config.instances if not args.instance or s.name in args.instance]
     if not selected:
-        raise ConfigFileError(config.path, "no instance selected")
+        known = ", ".join(s.name for s in config.instances) or "none configured"
+        raise ConfigFileError(
+            config.path, f"no instance selected (--instance {', '.join(args.instance or [])}; known: {known})"
+        )
     notifier = None if args.dry_run else start_notifier(config.path, config.state_url, environment())
     wired: list[Wired] = []
     try:
@@ -238,6 +241,13 @@ def cmd_once(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args)
     logs.configure(config.daemon.log_format, Settings().log_level)
+    metrics = Metrics()
+    if config.daemon.metrics_port:
+        where = f"{config.daemon.metrics_address}:{config.daemon.metrics_port}"
+        try:
+            metrics.serve(config.daemon.metrics_port, config.daemon.metrics_address)
+        except OSError as error:
+            raise ConfigFileError(config.path, f"cannot serve metrics on {where}: {error.strerror or error}") from None
     stop = threading.Event()
 
     def request_stop(signum: int, frame: Any) -> None:
@@ -248,9 +258,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, request_stop)
     reload = threading.Event()
     signal.signal(signal.SIGHUP, lambda signum, frame: reload.set())
-    metrics = Metrics()
-    if config.daemon.metrics_port:
-        metrics.serve(config.daemon.metrics_port, config.daemon.metrics_address)
     return _run_cycles(config, args, stop, forever=True, metrics=metrics, reload=reload)
 
 
@@ -302,7 +309,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.file:
         policy = load_policy(Path(args.config) if args.config else EXAMPLE_CONFIG)
         mapping = load_mapping(args.platform, Path(args.mapping) if args.mapping else None)
-        data = json.loads(Path(args.file).read_text(encoding="utf-8"))
+        try:
+            data = json.loads(Path(args.file).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            print(f"explain: cannot read {args.file}: {_one_line(error)}", file=sys.stderr)
+            return 2
         data = data.get("ticket", data) if isinstance(data, dict) else data
         record = RawRecord(id=str(data.get("id") or data.get("sys_id") or data.get("key")), data=data)
         instance_name = "file"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -215,6 +216,26 @@ def test_explain_on_an_unreachable_host_is_one_line(tmp_path: Path, monkeypatch,
     assert sync.main(["explain", "--config", str(config), "--instance", "local-zendesk", "1"]) == 1
     line = one_line(capsys.readouterr().err)
     assert line.startswith("platform error:") and "ConnectError" in line
+
+
+def test_input_and_port_problems_are_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    broken = tmp_path / "t.json"
+    broken.write_text("{not json", encoding="utf-8")
+    for path in (broken, tmp_path / "missing.json"):
+        assert sync.main(["explain", "--platform", "zendesk", "--file", str(path)]) == 2
+        assert one_line(capsys.readouterr().err).startswith(f"explain: cannot read {path}:")
+    config = config_with(tmp_path, "sqlite:///var/", f"sqlite:///{tmp_path}/")
+    assert sync.main(["once", "--config", str(config), "--instance", "nope"]) == 2
+    assert "--instance nope; known: acme-zendesk, acme-jsm, acme-servicenow" in one_line(capsys.readouterr().err)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = config_with(tmp_path, "# metrics_port = 9464", f"metrics_port = {port}")
+        assert sync.main(["run", "--config", str(busy)]) == 2
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in one_line(capsys.readouterr().err)
 
 
 def test_a_bug_is_one_line_unless_debugging(monkeypatch, capsys) -> None:
