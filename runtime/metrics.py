@@ -175,6 +175,9 @@ class Metrics:
             self.cycle_duration.labels(*labels).observe(duration_seconds)
         for tier, count in report.escalations.items():
             self.escalations.labels(*labels, tier).inc(count)
+        backlog = getattr(report, "review_backlog", None)  # once the cycle's review phase reports it
+        if backlog is not None:
+            self.review_backlog.labels(*labels).set(backlog)
         if report.error:
             self.cycle_errors.labels(*labels).inc()
         else:
@@ -208,7 +211,8 @@ class Metrics:
         self.quarantine.labels(*labels).set(len(store.quarantined(instance)))
 
     def set_review_backlog(self, instance: str, count: int, platform: str | None = None) -> None:
-        """Open tickets of `instance` whose review is due (for the review phase of the cycle to call)."""
+        """Open tickets of `instance` whose review is due. Either call this, or give `CycleReport` a
+        ``review_backlog: int | None`` field and `record_cycle` sets the gauge from each report."""
         self.review_backlog.labels(instance, platform or self._instances.get(instance, "")).set(count)
 
     # -- reading --------------------------------------------------------------------------------------------

@@ -109,6 +109,10 @@ def test_backlog_gauges_follow_the_store() -> None:
         assert sample(metrics, "escalation_sync_pending_writes", **LABELS) == 1
     metrics.set_review_backlog("zd", 17)
     assert sample(metrics, "escalation_sync_review_backlog", **LABELS) == 17
+    report = CycleReport("zd", "zendesk", T0)
+    report.review_backlog = 4  # type: ignore[attr-defined]  # the field the review phase may add
+    metrics.record_cycle(report)
+    assert sample(metrics, "escalation_sync_review_backlog", **LABELS) == 4
 
 
 def test_readiness_needs_a_recent_successful_cycle_of_every_instance() -> None:

@@ -91,7 +91,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return venv / "bin"
 
 
-def run(bin_dir: Path, cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("ESCALATION_SYNC_", "PYTHON"))}
     environ.update(CREDENTIALS)
     environ.update(env or {})
@@ -101,46 +101,52 @@ def run(bin_dir: Path, cwd: Path, *args: str, env: dict[str, str] | None = None)
 def test_wheel_runs_from_anywhere(installed: Path, tmp_path: Path) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    where = run(installed, elsewhere, str(installed / "python"), "-c", "import sync, mappings; print(sync.__file__)")
+    cli, python = str(installed / "escalation-sync"), str(installed / "python")
+    where = run(elsewhere, python, "-c", "import sync, mappings; print(sync.__file__)")
     assert where.returncode == 0, where.stderr
     assert str(installed.parent) in where.stdout and str(ROOT) not in where.stdout, "imports come from the wheel"
 
-    version = run(installed, elsewhere, str(installed / "escalation-sync"), "--version")
+    version = run(elsewhere, cli, "--version")
     assert version.stdout.strip() == f"escalation-sync {VERSION}"
 
-    demo = run(
-        installed, elsewhere, str(installed / "escalation-sync"), "demo", "--hours", "1", "--tickets", "10", "--json",
-        "--state-dir", str(elsewhere / "demo-state"),
-    )  # fmt: skip
+    state_dir = str(elsewhere / "demo-state")
+    demo = run(elsewhere, cli, "demo", "--hours", "1", "--tickets", "10", "--json", "--state-dir", state_dir)
     assert demo.returncode == 0, demo.stderr
     summary = json.loads(demo.stdout)
     assert summary, "the demo ran its instances from the packaged policy"
 
+    at = "2026-11-23T15:00:00+00:00"
     explained = run(
-        installed, elsewhere, str(installed / "python"), "-m", "escalation_sync", "explain", "--platform", "zendesk",
-        "--file", str(FIXTURE), "--at", "2026-11-23T15:00:00+00:00",
-    )  # fmt: skip
+        elsewhere,
+        python,
+        "-m",
+        "escalation_sync",
+        "explain",
+        "--platform",
+        "zendesk",
+        "--file",
+        str(FIXTURE),
+        "--at",
+        at,
+    )
     assert explained.returncode == 0, explained.stderr
     assert "first_response" in explained.stdout
 
-    assert run(installed, elsewhere, str(installed / "escalation-sync"), "init", "site").returncode == 0
-    check = run(installed, elsewhere / "site", str(installed / "escalation-sync"), "check")
+    assert run(elsewhere, cli, "init", "site").returncode == 0
+    check = run(elsewhere / "site", cli, "check")
     assert check.returncode == 0, check.stdout + check.stderr
     assert check.stdout.count("ok ") == 5
 
     state = f"sqlite:///{elsewhere / 'demo-state' / 'demo.sqlite3'}"
-    report = run(
-        installed, elsewhere / "site", str(installed / "escalation-sync"), "report", "--html", "report.html",
-        env={"ESCALATION_SYNC_STATE_URL": state},
-    )  # fmt: skip
+    report = run(elsewhere / "site", cli, "report", "--html", "report.html", env={"ESCALATION_SYNC_STATE_URL": state})
     assert report.returncode == 0, report.stderr
     assert "escalations by tier" in report.stdout
     assert "Chart.js v4" in (elsewhere / "site" / "report.html").read_text(encoding="utf-8"), "assets are package data"
 
     mapping = elsewhere / "site" / "mappings" / "zendesk.toml"
     mapping.write_text(mapping.read_text(encoding="utf-8") + "\nbogus_key = 1\n", encoding="utf-8")
-    broken = run(installed, elsewhere / "site", str(installed / "escalation-sync"), "check")
+    broken = run(elsewhere / "site", cli, "check")
     assert broken.returncode == 2 and "zendesk.toml" in broken.stdout
-    once = run(installed, elsewhere / "site", str(installed / "escalation-sync"), "once")
+    once = run(elsewhere / "site", cli, "once")
     assert once.returncode == 2 and "zendesk.toml" in once.stderr, "the same exit code as check"
     assert "Traceback" not in broken.stdout + broken.stderr
