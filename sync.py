@@ -492,6 +492,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `sync.py explain ... | head`: the reader left, nothing is wrong
         sys.stderr.close()
         return 0
+    except KeyboardInterrupt:  # Ctrl-C in a one-shot command: the ledger makes stopping anywhere harmless
+        print("interrupted", file=sys.stderr)
+        return 130
     except Exception as error:
         # A bug, not a situation the user can fix: one line by default, the traceback when asked for it.
         if os.environ.get("ESCALATION_SYNC_LOG_LEVEL", "").upper() == "DEBUG":

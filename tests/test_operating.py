@@ -255,6 +255,13 @@ def test_a_bug_is_one_line_unless_debugging(monkeypatch, capsys) -> None:
     with pytest.raises(RuntimeError):
         sync.main(["status"])
 
+    def interrupted(args: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sync, "cmd_status", interrupted)
+    assert sync.main(["status"]) == 130
+    assert one_line(capsys.readouterr().err) == "interrupted"
+
 
 # -- the daemon: SIGHUP and /readyz, end to end --------------------------------------------------------------
 
