@@ -7,13 +7,17 @@ python sync.py run    [--config F]      loop every interval; SIGTERM/SIGINT fini
 python sync.py status [--config F]      the book of open tickets, pending writes, dead letters, quarantine
 python sync.py backfill --instance N    read every open ticket of N again into the book (with progress)
 python sync.py explain ...              why a ticket is (or is not) escalated
+python sync.py init DIR                 write a starting config.toml and mappings/ into DIR
+python sync.py report [--since] [--html F]  the escalation dashboard from the state store's history
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -30,18 +34,25 @@ from engine.model import EscalationHistory
 from engine.plan import plan
 from engine.policy import load_policy
 from engine.report import explain, explain_dict
+from escalation_sync import __version__, resources
 from mappings import NormalizeError, load_mapping
 from runtime import logs
 from runtime.config import AppConfig, Settings, environment, load_config
 from runtime.cycle import SCAN_DONE, Event
 from runtime.metrics import Metrics
+from runtime.notify import LEDGER_PREFIX as NOTIFY_LEDGER
+from runtime.notify import Notifier
+from runtime.notify import check as check_notifications
+from runtime.notify import start as start_notifier
+from runtime.report import add_arguments as add_report_arguments
+from runtime.report import run as run_report
 from runtime.wiring import Wired, build_connector, load_instance_mapping, wire
-from state import StoreError, open_store
-from state.base import Intent
+from state import StoreError, StoreUrlError, open_store
+from state.base import Intent, Store
 from state.sql import SCAN_SUFFIX
+from state.sqlite import path_from_url
 
-ROOT = Path(__file__).resolve().parent
-EXAMPLE_CONFIG = ROOT / "config.example.toml"
+EXAMPLE_CONFIG = resources.example_config()
 log = logging.getLogger("escalation_sync")
 
 
@@ -55,9 +66,29 @@ def _load(args: argparse.Namespace) -> AppConfig:
     return load_config(path, settings)
 
 
+def _state_url_problem(url: str) -> str | None:
+    """What is wrong with `[state] url`, found without opening (or creating) the store."""
+    scheme = url.partition("://")[0].lower()
+    try:
+        if scheme == "sqlite":
+            path_from_url(url)
+        elif scheme not in ("postgresql", "postgres"):
+            open_store(url)  # refuses any other scheme before connecting to anything
+    except StoreError as error:
+        return str(error)
+    return None
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     config = _load(args)
     problems = 0
+    for what, problem in (
+        ("state", _state_url_problem(config.state_url)),
+        ("logging", logs.level_problem(Settings().log_level)),
+    ):
+        if problem:
+            problems += 1
+            print(f"error {what}: {problem}")
     for section in config.instances:
         try:
             load_instance_mapping(config, section)
@@ -66,9 +97,76 @@ def cmd_check(args: argparse.Namespace) -> int:
         except ConfigFileError as error:
             problems += 1
             print(f"error {section.name}: {error}")
+    try:
+        print(f"ok    notifications: {check_notifications(config.path, environment())}")
+    except ConfigFileError as error:
+        problems += 1
+        print(f"error notifications: {error}")
     rules = len(config.policy.rules)
     print(f"ok    policy: {rules} rules" if not problems else f"{problems} problem(s) found")
-    return 1 if problems else 0
+    # The exit code `once` and `run` give for the same problem: a broken mapping or a missing variable is
+    # configuration, whichever command finds it.
+    return 2 if problems else 0
+
+
+Running = tuple[list[Wired], Notifier | None]
+
+
+def _wire_all(config: AppConfig, args: argparse.Namespace, store: Store, stop: threading.Event) -> Running:
+    """Every selected instance wired, and the notifier its written events feed (when notifications.toml has
+    routes; never in a dry run, which writes nothing to notify about)."""
+    selected = [s for s in config.instances if not args.instance or s.name in args.instance]
+    if not selected:
+        known = ", ".join(s.name for s in config.instances) or "none configured"
+        raise ConfigFileError(
+            config.path, f"no instance selected (--instance {', '.join(args.instance or [])}; known: {known})"
+        )
+    notifier = None if args.dry_run else start_notifier(config.path, config.state_url, environment())
+    wired: list[Wired] = []
+    try:
+        for section in selected:
+            instance = wire(
+                config, section, store, environ=environment(), clock=utcnow, dry_run=args.dry_run, stop=stop,
+                on_event=print_plan if args.dry_run else notifier.on_event if notifier else None,
+            )  # fmt: skip
+            wired.append(instance)
+            if notifier is not None:
+                notifier.watch(section.name, instance.mapping.tags)
+    except BaseException:
+        _close((wired, notifier))
+        raise
+    return wired, notifier
+
+
+def _close(running: Running) -> None:
+    wired, notifier = running
+    for instance in wired:
+        instance.close()
+    if notifier is not None:
+        notifier.close()
+
+
+def _reload(
+    args: argparse.Namespace, config: AppConfig, store: Store, running: Running, stop: threading.Event
+) -> tuple[AppConfig, Store, Running]:
+    """Config, mappings, policy and notifications read afresh (SIGHUP); a broken one is refused, the old kept."""
+    try:
+        new = _load(args)
+        new_store = store if new.state_url == config.state_url else open_store(new.state_url)
+        try:
+            new_running = _wire_all(new, args, new_store, stop)
+        except BaseException:
+            if new_store is not store:
+                new_store.close()
+            raise
+    except (ConfigFileError, StoreError, OSError) as error:
+        log.error("reload refused, keeping the running configuration", extra={"error": str(error)})
+        return config, store, running
+    _close(running)
+    if new_store is not store:
+        store.close()
+    log.info("configuration reloaded", extra={"path": str(new.path), "instances": len(new_running[0])})
+    return new, new_store, new_running
 
 
 def _run_cycles(
@@ -77,57 +175,62 @@ def _run_cycles(
     stop: threading.Event,
     forever: bool,
     metrics: Metrics | None = None,
+    reload: threading.Event | None = None,
 ) -> int:
     store = open_store(config.state_url)
-    selected = [s for s in config.instances if not args.instance or s.name in args.instance]
-    if not selected:
-        print("no instance selected", file=sys.stderr)
-        return 2
-    on_event = print_plan if args.dry_run else None
-    wired: list[Wired] = [
-        wire(
-            config,
-            section,
-            store,
-            environ=environment(),
-            clock=utcnow,
-            dry_run=args.dry_run,
-            stop=stop,
-            on_event=on_event,
-        )
-        for section in selected
-    ]
+    try:
+        running = _wire_all(config, args, store, stop)
+    except BaseException:
+        store.close()
+        raise
+    wired = running[0]
     failures = 0
     try:
         while True:
+            if metrics is not None:
+                metrics.expect(((w.section.name, w.section.platform) for w in wired), config.daemon.interval_seconds)
+                for instance in wired:
+                    metrics.record_store(instance.section.name, instance.section.platform, store)
             started = utcnow()
             for instance in wired:
                 if stop.is_set():
                     break
+                began = time.monotonic()
                 try:
                     report = instance.syncer.run_cycle()
                 except (ConnectorError, StoreError, OSError) as error:
                     failures += 1
                     log.error("cycle failed", extra={"instance": instance.section.name, "error": str(error)})
+                    if metrics is not None:
+                        metrics.record_result(instance.section.name, False, str(error))
                     continue
-                except Exception:
+                except Exception as error:
                     # A bug must not take the daemon down: nothing past the last committed cursor is lost, and
                     # the next cycle replays it. The traceback goes to the log for whoever fixes the bug.
                     failures += 1
                     log.exception("cycle crashed", extra={"instance": instance.section.name})
+                    if metrics is not None:
+                        metrics.record_result(instance.section.name, False, f"{type(error).__name__}: {error}")
                     continue
                 failures += bool(report.error)
                 log.info("cycle", extra={"event": "cycle", **report.as_dict()})
                 if metrics is not None:
-                    metrics.record_cycle(report)
+                    metrics.record_cycle(report, time.monotonic() - began)
                     metrics.record_http(instance.section.name, instance.http.stats)
+                    metrics.record_store(instance.section.name, instance.section.platform, store)
             if not forever or stop.is_set():
                 break
-            elapsed = (utcnow() - started).total_seconds()
-            stop.wait(max(0.0, config.daemon.interval_seconds - elapsed))
+            wait_until = time.monotonic() + max(
+                0.0, config.daemon.interval_seconds - (utcnow() - started).total_seconds()
+            )
+            while not stop.is_set() and not (reload and reload.is_set()) and time.monotonic() < wait_until:
+                stop.wait(min(0.25, wait_until - time.monotonic()))
+            if reload is not None and reload.is_set() and not stop.is_set():
+                reload.clear()
+                config, store, running = _reload(args, config, store, running, stop)
+                wired = running[0]
     finally:
-        for instance in wired:
-            instance.close()
+        _close(running)
         store.close()
     return 1 if failures and not forever else 0
 
@@ -196,6 +299,13 @@ def cmd_once(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args)
     logs.configure(config.daemon.log_format, Settings().log_level)
+    metrics = Metrics()
+    if config.daemon.metrics_port:
+        where = f"{config.daemon.metrics_address}:{config.daemon.metrics_port}"
+        try:
+            metrics.serve(config.daemon.metrics_port, config.daemon.metrics_address)
+        except OSError as error:
+            raise ConfigFileError(config.path, f"cannot serve metrics on {where}: {error.strerror or error}") from None
     stop = threading.Event()
 
     def request_stop(signum: int, frame: Any) -> None:
@@ -204,10 +314,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    metrics = Metrics()
-    if config.daemon.metrics_port:
-        metrics.serve(config.daemon.metrics_port, config.daemon.metrics_address)
-    return _run_cycles(config, args, stop, forever=True, metrics=metrics)
+    reload = threading.Event()
+    signal.signal(signal.SIGHUP, lambda signum, frame: reload.set())
+    return _run_cycles(config, args, stop, forever=True, metrics=metrics, reload=reload)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -224,6 +333,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 "book": dict(zip(("open", "due"), store.book_stats(section.name, now), strict=True)),
                 "pending": [_intent_row(intent) for intent in store.pending(section.name)],
                 "dead_letters": [_intent_row(intent) for intent in store.dead_letters(section.name)],
+                "dead_notifications": [_intent_row(i) for i in store.dead_letters(f"{NOTIFY_LEDGER}{section.name}")],
                 "quarantined": [
                     {
                         "ticket": record.record_id,
@@ -245,7 +355,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"{name} ({data['platform']}): cursor {'set' if data['cursor'] else 'not set (first poll pending)'}")
         book = data["book"]
         print(f"  book: {book['open']} open tickets, {book['due']} due for review; scan {data['open_ticket_scan']}")
-        for title in ("pending", "dead_letters", "quarantined"):
+        for title in ("pending", "dead_letters", "quarantined", "dead_notifications"):
             rows = data[title]
             print(f"  {title.replace('_', ' ')}: {len(rows)}")
             for row in rows:
@@ -268,7 +378,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if args.file:
         policy = load_policy(Path(args.config) if args.config else EXAMPLE_CONFIG)
         mapping = load_mapping(args.platform, Path(args.mapping) if args.mapping else None)
-        data = json.loads(Path(args.file).read_text(encoding="utf-8"))
+        try:
+            data = json.loads(Path(args.file).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            print(f"explain: cannot read {args.file}: {_one_line(error)}", file=sys.stderr)
+            return 2
         data = data.get("ticket", data) if isinstance(data, dict) else data
         record = RawRecord(id=str(data.get("id") or data.get("sys_id") or data.get("key")), data=data)
         instance_name = "file"
@@ -305,30 +419,71 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from runtime.demo import print_summary, run_demo
+    from runtime.demo import LEGEND, print_summary, run_demo
 
     policy = load_policy(Path(args.config) if args.config else EXAMPLE_CONFIG)
     # The demo prints every quarantine, dead letter and conflict as it happens; the log adds only errors.
     logs.configure("text", "ERROR")
+
+    def show(summary: dict[str, Any]) -> None:
+        if args.json:
+            print(json.dumps(summary, indent=2), flush=True)
+            return
+        notes = summary["handoff_notes"]
+        for number, note in enumerate(notes["first"], 1):
+            print(f"\nhandoff note {number} of {notes['count']}, in full:\n{note}")
+        if notes["count"] > len(notes["first"]):
+            print(f"\n... and {notes['count'] - len(notes['first'])} more handoff notes")
+        print_summary(summary, sys.stdout)
+        print(LEGEND)
+        for name, url in summary.get("sandboxes", {}).items():
+            print(f"sandbox {name}: {url}")
+
+    def keep_serving(summary: dict[str, Any]) -> None:
+        show(summary)
+        print("serving the sandboxes until Ctrl-C (point `run` at these base_url values)", file=sys.stderr, flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                time.sleep(3600)
+
     summary = run_demo(
         policy,
         hours=args.hours,
         step_minutes=args.step_minutes,
         tickets=args.tickets,
         seed=args.seed,
-        loopback=args.loopback,
+        loopback=args.loopback or args.serve,
+        state_dir=Path(args.state_dir) if args.state_dir else None,
         out=sys.stdout,
         quiet=args.json,
+        serve=keep_serving if args.serve else None,
     )
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        print_summary(summary, sys.stdout)
+    if not args.serve:
+        show(summary)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    return run_report(args, _load(args), utcnow(), sys.stdout)
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    try:
+        written = resources.init(Path(args.directory), force=args.force)
+    except (resources.InitError, OSError) as error:
+        print(f"init: {error}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(f"wrote {path}")
+    print(
+        f"next: edit {written[0]}, export the credentials it names, then: escalation-sync check --config {written[0]}"
+    )
     return 0
 
 
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="sync.py", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    root.add_argument("--version", action="version", version=f"escalation-sync {__version__}")
     commands = root.add_subparsers(dest="command", required=True)
 
     def with_config(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -369,8 +524,24 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--tickets", type=int, default=200, help="tickets seeded per platform (default 200)")
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--loopback", action="store_true", help="serve the sandboxes on 127.0.0.1 ports")
+    demo.add_argument("--serve", action="store_true", help="with --loopback: keep serving after the run, until Ctrl-C")
+    demo.add_argument("--state-dir", help="keep the demo's state store (demo.sqlite3) here, e.g. for `report`")
     demo.set_defaults(func=cmd_demo)
+
+    report = with_config(commands.add_parser("report", help="the escalation dashboard from the store's history"))
+    add_report_arguments(report)
+    report.set_defaults(func=cmd_report)
+
+    init = commands.add_parser("init", help="write a starting config.toml and mappings/ into a directory")
+    init.add_argument("directory", help="where to write (created if missing)")
+    init.add_argument("--force", action="store_true", help="overwrite files that exist")
+    init.set_defaults(func=cmd_init)
     return root
+
+
+def _one_line(error: BaseException) -> str:
+    """A driver's message can span lines (libpq adds a hint); an error is one line on the terminal and in logs."""
+    return " ".join(str(error).split())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -383,12 +554,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args))
-    except ConfigFileError as error:
+    except (ConfigFileError, StoreUrlError) as error:
         print(f"configuration error: {error}", file=sys.stderr)
         return 2
+    except StoreError as error:
+        print(f"state store error: {_one_line(error)}", file=sys.stderr)
+        return 1
+    except ConnectorError as error:
+        print(f"platform error: {_one_line(error)}", file=sys.stderr)
+        return 1
     except BrokenPipeError:  # `sync.py explain ... | head`: the reader left, nothing is wrong
         sys.stderr.close()
         return 0
+    except KeyboardInterrupt:  # Ctrl-C in a one-shot command: the ledger makes stopping anywhere harmless
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        # A bug, not a situation the user can fix: one line by default, the traceback when asked for it.
+        if os.environ.get("ESCALATION_SYNC_LOG_LEVEL", "").upper() == "DEBUG":
+            raise
+        print(
+            f"internal error: {type(error).__name__}: {error} (ESCALATION_SYNC_LOG_LEVEL=DEBUG shows the traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ sandbox in-process, or on a loopback port with `--loopback`).
 from __future__ import annotations
 
 import importlib
+import tempfile
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -21,9 +22,10 @@ from typing import Any, TextIO
 from engine.policy import Policy
 from runtime.config import AppConfig, DaemonSection, InstanceSection
 from runtime.cycle import CycleReport, Event
+from runtime.report import read_history
 from runtime.wiring import Wired, wire
 from sandbox.base import SandboxApp, SimClock
-from state import open_store
+from state.sqlite import SqliteStore
 
 SANDBOXES = {
     "zendesk": ("sandbox.zendesk", "ZendeskSandbox"),
@@ -68,6 +70,9 @@ DEMO_ENVIRON = {
     "DEMO_SNOW_PASSWORD": "sandbox-password",
 }
 
+
+FULL_NOTES = 3
+"""Handoff notes the summary shows in full (the earliest); the rest are counted."""
 
 # The CycleReport counters the summary adds up over all cycles of an instance.
 SUMMED = (
@@ -160,13 +165,17 @@ def run_demo(
     out: TextIO | None = None,
     quiet: bool = False,
     state_dir: Path | None = None,
+    serve: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Run the demo and return its summary (what `--json` prints)."""
+    """Run the demo and return its summary (what `--json` prints). With `loopback` the summary names each
+    sandbox's base URL, and `serve`, if given, is called with it while they still listen (`--serve` waits there)."""
     clock = SimClock(DEMO_START)
-    # The demo's state lives in memory unless asked to keep it: it is thrown away at the end anyway, and a
-    # file's per-commit disk sync (the durability the daemon needs) would make the demo wait on the disk.
-    state_url = f"sqlite:///{state_dir / 'demo.sqlite3'}" if state_dir is not None else "sqlite:///:memory:"
-    store = open_store(state_url)
+    workdir = tempfile.TemporaryDirectory(prefix="escalation-sync-demo-") if state_dir is None else None
+    state_path = (state_dir or Path(workdir.name if workdir else ".")) / "demo.sqlite3"
+    state_url = f"sqlite:///{state_path}"
+    # Not synced to disk at every commit (the durability the daemon needs): the demo's state is a scratch file,
+    # and waiting on the disk would make the demo several times slower.
+    store = SqliteStore(state_path, durable=False)
     config = AppConfig(
         path=Path("demo.toml"),
         daemon=DaemonSection(interval_seconds=step_minutes * 60, log_format="text", max_write_attempts=5),
@@ -180,6 +189,7 @@ def run_demo(
     wired: list[Wired] = []
     stoppers: list[Callable[[], None]] = []
     sandboxes: dict[str, SandboxApp] = {}
+    ports: list[tuple[str, str]] = []
     try:
         for index, section in enumerate(DEMO_INSTANCES):
             # Each sandbox moves its own clock when it simulates; all start together and advance by the same
@@ -193,6 +203,7 @@ def run_demo(
             if loopback:
                 base_url, stop_server = sandbox.serve()
                 stoppers.append(stop_server)
+                ports.append((section.name, base_url))
                 section = section.model_copy(update={"base_url": base_url})
                 transport = None
             else:
@@ -238,6 +249,12 @@ def run_demo(
             "instances": {name: seen.as_dict() for name, seen in totals.items()},
         }
         summary["totals"] = _grand_totals(summary["instances"])
+        notes = sorted((w for w in read_history(config.state_url).writes if w.note), key=lambda w: w.at)
+        summary["handoff_notes"] = {"count": len(notes), "first": [note.note for note in notes[:FULL_NOTES]]}
+        if ports:
+            summary["sandboxes"] = dict(ports)
+            if serve is not None:
+                serve(summary)
         return summary
     finally:
         for instance in wired:
@@ -245,6 +262,8 @@ def run_demo(
         for stop_server in stoppers:
             stop_server()
         store.close()
+        if workdir is not None:
+            workdir.cleanup()
 
 
 def _grand_totals(instances: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -265,6 +284,13 @@ def _grand_totals(instances: dict[str, dict[str, Any]]) -> dict[str, Any]:
         ):
             totals[key] += data[key]
     return {**dict(totals), "escalations": dict(sorted(escalations.items()))}
+
+
+LEGEND = """
+polled: records read (a ticket seen in several cycles counts each time)  written: distinct tickets written to
+L2 L3 L4: tier changes written, by target tier  mgmt: management escalations started  notes: handoff notes posted
++tags -tags: SLA and management tags added / removed  calls: API requests, retries included
+quar.: records quarantined (could not be normalized)  dead: writes the platform refused for good"""
 
 
 def print_summary(summary: dict[str, Any], out: TextIO) -> None:

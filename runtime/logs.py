@@ -12,6 +12,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from engine.configfile import ConfigFileError
+
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
 
@@ -39,7 +41,21 @@ class TextFormatter(logging.Formatter):
         return line
 
 
+LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def level_problem(level: str) -> str | None:
+    """Why `level` (ESCALATION_SYNC_LOG_LEVEL) is not a log level, or None."""
+    if level.upper() in LEVELS:
+        return None
+    return f"ESCALATION_SYNC_LOG_LEVEL={level!r} is not a log level: use one of {', '.join(LEVELS)}"
+
+
 def configure(log_format: str, level: str = "INFO", stream: Any = None) -> None:
+    """Log to `stream` (stderr); an unknown `level` is a configuration error, not a ValueError traceback."""
+    problem = level_problem(level)
+    if problem:
+        raise ConfigFileError("environment", problem)
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()

@@ -118,7 +118,8 @@ class SqliteStore(SqlStore):
 
     DRIVER_ERROR: ClassVar[type[Exception]] = sqlite3.Error
 
-    def __init__(self, path: str | Path, *, url: str | None = None) -> None:
+    def __init__(self, path: str | Path, *, url: str | None = None, durable: bool = True) -> None:
+        """`durable=False` skips the per-commit disk sync: for scratch stores (the demo) only."""
         self.path = str(path)
         self.url = url or f"sqlite:///{self.path}"
         try:
@@ -137,7 +138,7 @@ class SqliteStore(SqlStore):
         try:
             with self._errors("open"):
                 self._conn.execute("PRAGMA journal_mode=WAL").fetchall()
-                self._conn.execute("PRAGMA synchronous=FULL")
+                self._conn.execute("PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=OFF")
                 self._migrate()
         except BaseException:
             self._conn.close()

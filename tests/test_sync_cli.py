@@ -88,7 +88,7 @@ def test_check_names_the_missing_environment_variable(monkeypatch, capsys) -> No
     for name, value in CREDENTIALS.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("JSM_API_TOKEN")
-    assert sync.main(["check", "--config", str(EXAMPLE)]) == 1
+    assert sync.main(["check", "--config", str(EXAMPLE)]) == 2
     out = capsys.readouterr().out
     assert "acme-jsm" in out and "JSM_API_TOKEN" in out
     assert "jsm-secret" not in out
