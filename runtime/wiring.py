@@ -95,6 +95,7 @@ def wire(
         http_kwargs["sleep"] = sleep
     if stop is not None:  # SIGTERM/SIGINT end the HTTP layer's waits too, not only the loop over tickets
         http_kwargs["stop"] = stop
+    http_kwargs["clock"] = clock  # RateLimitedError.retry_at on the same time line as the cycle
     http, connector = build_connector(section, mapping, environ, **http_kwargs)
     syncer = Syncer(
         instance=section.name,
