@@ -5,7 +5,7 @@ One run = N cycles. Before each cycle the three sandboxes (seeded) simulate `--s
 of requests fail (chosen per request, in order): 500/502 not applied, 503 *after* the server applied it, 429 and
 503 with `Retry-After: 1`, the connection dropped before, or after, the server applied it. At K seeded moments
 (the r-th request of a seeded daemon run) the daemon is killed with SIGKILL, before or after the server applied
-that request, and restarted at the same simulated time. Then `--flush` quiet cycles (no faults, no activity) let
+that request, and restarted at the same simulated time (a kill whose run ends sooner moves on to the next run). Then `--flush` quiet cycles (no faults, no activity) let
 queued writes settle. A clean run of the same seed does the same with no faults and no kills; the two are
 compared, ticket by ticket.
 
@@ -97,7 +97,7 @@ class Plan:
     fault_rate: float = 0.10
     step_minutes: int = 20
     flush: int = 3
-    kill_window: int = 40
+    kill_window: int = 20
     """A kill lands on request 1..kill_window of its daemon run (one that ends sooner is not killed)."""
 
 
@@ -248,7 +248,7 @@ def soak(plan: Plan, faulty: bool, workdir: Path) -> Outcome:
     cursors: dict[str, list[str | None]] = {f"soak-{platform}": [] for platform in sandboxes}
     crashed_streak: Counter[str] = Counter()
     crash_loops: set[str] = set()
-    crashed = runs = 0
+    crashed = runs = armed = 0
     try:
         for cycle in range(plan.cycles + plan.flush):
             quiet = cycle >= plan.cycles
@@ -257,12 +257,14 @@ def soak(plan: Plan, faulty: bool, workdir: Path) -> Outcome:
                     _reseed(sandbox, plan.seed * 1_000_003 + cycle * 10 + index)
                     sandbox.simulate(timedelta(minutes=plan.step_minutes))  # type: ignore[attr-defined]
             wire.rate = 0.0 if quiet or not faulty else plan.fault_rate
-            kill_here = cycle in kill_cycles
+            # A kill that did not land (the run ended before its request) waits for the next cycle's run.
+            armed += cycle in kill_cycles
+            restart = False
             while True:
                 wire.requests, wire.killed = 0, False
+                kill_here = armed > 0 and not quiet and not restart  # the restart after a kill runs to its end
                 wire.kill_at = kill_rng.randint(1, plan.kill_window) if kill_here else None
                 wire.kill_after_apply = kill_rng.random() < 0.5
-                kill_here = False  # the restart after a kill runs to its end
                 now = next(iter(sandboxes.values())).clock.now()
                 process = subprocess.Popen(
                     [sys.executable, "-c", WRAPPER, "once", "--config", str(config)],
@@ -289,6 +291,8 @@ def soak(plan: Plan, faulty: bool, workdir: Path) -> Outcome:
                     store.close()
                 if not wire.killed:
                     break
+                armed -= 1
+                restart = True
         outcome_states, markers = _final_states(sandboxes)
         store = open_store(f"sqlite:///{workdir / 'state.sqlite3'}")
         try:

@@ -366,8 +366,8 @@ class HttpClient:
         self._redact = Redactor([*secrets, encoded])
         _LIVE_REDACTORS.add(self._redact)
         self._has_auth = auth is not None
-        self._pause = 0.0
         self._not_before: datetime | None = None
+        """No request of this client is sent before this moment (rate-limit pacing, Retry-After)."""
         base = urlsplit(self.base_url)
         self._origin = f"{base.scheme}://{base.netloc}"
         self._prefix = base.path.rstrip("/")
@@ -472,9 +472,16 @@ class HttpClient:
                 detail += f": {excerpt}" if excerpt else ""
             message = f"{where} failed after {attempts} attempts: {detail}"
             if exhausted.wait is not None:
-                # The platform said when it will take requests again; the next cycle must not come sooner.
-                raise RateLimitedError(message, self._clock() + timedelta(seconds=exhausted.wait)) from None
+                # The platform said when it will take requests again; nothing may come sooner, next cycle included.
+                raise RateLimitedError(message, self._hold(exhausted.wait)) from None
             raise TransientError(message) from None
+
+    def _hold(self, seconds: float) -> datetime:
+        """The platform asked for quiet: no request of this client goes out before now + `seconds`."""
+        until = self._clock() + timedelta(seconds=seconds)
+        if self._not_before is None or until > self._not_before:
+            self._not_before = until
+        return self._not_before
 
     def _nap(self, seconds: float) -> None:
         """Every wait of this layer: raises `_Interrupted` when `stop` is set before or during it."""
@@ -488,17 +495,18 @@ class HttpClient:
         self, request: httpx.Request, method: str, safe_url: str, where: str, is_write: bool
     ) -> httpx.Response:
         if self._not_before is not None:
-            if self._clock() < self._not_before:
+            remaining = (self._not_before - self._clock()).total_seconds()
+            if remaining > self.options.max_retry_after:
                 self.stats["deferred"] += 1
                 raise RateLimitedError(
-                    f"{where}: rate limit spent until {self._not_before.isoformat()}; not sent", self._not_before
+                    f"{where}: the platform asked for quiet until {self._not_before.isoformat()}; not sent",
+                    self._not_before,
                 )
             self._not_before = None
-        if self._pause > 0:
-            pause, self._pause = self._pause, 0.0
-            self.stats["paced"] += 1
-            log.debug("%s: rate limit spent, pausing %.1f s", self.instance, pause)
-            self._nap(pause)
+            if remaining > 0:
+                self.stats["paced"] += 1
+                log.debug("%s: rate limit spent, pausing %.1f s", self.instance, remaining)
+                self._nap(remaining)
         started = time.perf_counter()
         try:
             response = self._client.send(request)
@@ -548,10 +556,7 @@ class HttpClient:
         retry_after_given = status in RETRY_AFTER_STATUSES and "retry-after" in response.headers
         pause = rate_limit_wait(response.headers)
         if pause and not retry_after_given:  # a Retry-After wait already covers it: never wait twice
-            if pause > self.options.max_retry_after:
-                self._not_before = self._clock() + timedelta(seconds=pause)
-            else:
-                self._pause = pause
+            self._hold(pause)
         if status in (401, 403):
             self.stats["auth_error"] += 1
             # A refusal's reason is what a person acts on, so it is quoted (redacted, cut) even for a write;
@@ -560,6 +565,9 @@ class HttpClient:
             raise AuthError(f"{where}: HTTP {status} {excerpt}".rstrip(), status=status)
         if is_write and status >= 500:
             # The server may have applied it before failing (503 included): the caller must check first.
+            wait = parse_retry_after(response.headers.get("retry-after"), response.headers.get("date"))
+            if wait:
+                self._hold(wait)  # and whatever comes next keeps to the platform's Retry-After
             raise AmbiguousWriteError(
                 f"{where}: HTTP {status} {response.reason_phrase}; the write may have been applied"
             )
@@ -567,7 +575,7 @@ class HttpClient:
             wait = parse_retry_after(response.headers.get("retry-after"), response.headers.get("date"))
             if wait is not None and wait > self.options.max_retry_after:
                 self.stats["deferred"] += 1
-                retry_at = self._clock() + timedelta(seconds=wait)
+                retry_at = self._hold(wait)
                 raise RateLimitedError(
                     f"{where}: HTTP {status}, Retry-After {wait:.0f} s exceeds the "
                     f"{self.options.max_retry_after:.0f} s cap; retry at {retry_at.isoformat()}",

@@ -63,6 +63,7 @@ def client(sleeps: Sleeps):
         secrets=[SECRET],
         options=HttpOptions(max_attempts=3, max_retry_after=60.0),
         sleep=sleeps,
+        clock=lambda: OUR_NOW,
     )
     yield http
     http.close()
@@ -133,6 +134,37 @@ def test_http_date_retry_after_over_the_cap_uses_the_servers_date(sleeps: Sleeps
         http.request("GET", "/x")
     assert caught.value.retry_at == OUR_NOW + timedelta(minutes=10)
     assert sleeps == []
+
+
+@respx.mock
+def test_after_a_deferral_nothing_is_sent_before_retry_at(sleeps: Sleeps) -> None:
+    """The next cycle asks again with the same client: it must not reach the platform before retry_at."""
+    clock = [OUR_NOW]
+    http = HttpClient("acme", BASE, options=HttpOptions(max_retry_after=60.0), sleep=sleeps, clock=lambda: clock[0])
+    route = respx.get(f"{BASE}/x").mock(
+        side_effect=[httpx.Response(429, headers={"Retry-After": "3600"}), httpx.Response(200)]
+    )
+    with pytest.raises(RateLimitedError):
+        http.request("GET", "/x")
+    clock[0] = OUR_NOW + timedelta(minutes=1)
+    with pytest.raises(RateLimitedError) as caught:
+        http.request("GET", "/x")
+    assert caught.value.retry_at == OUR_NOW + timedelta(seconds=3600)
+    assert route.call_count == 1
+    clock[0] = OUR_NOW + timedelta(seconds=3590)  # within the cap of the end: wait out the rest, then send
+    assert http.request("GET", "/x").status_code == 200
+    assert sleeps == [10.0] and route.call_count == 2
+
+
+@respx.mock
+def test_a_503_with_retry_after_on_a_write_holds_back_the_next_request(client: HttpClient, sleeps: Sleeps) -> None:
+    respx.put(f"{BASE}/w").mock(return_value=httpx.Response(503, headers={"Retry-After": "20"}))
+    read = respx.get(f"{BASE}/r").mock(return_value=httpx.Response(200))
+    with pytest.raises(AmbiguousWriteError):
+        client.request("PUT", "/w", json={})
+    assert sleeps == []
+    client.request("GET", "/r")
+    assert sleeps == [20.0] and read.call_count == 1
 
 
 @respx.mock
