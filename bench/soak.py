@@ -408,7 +408,7 @@ def compare(clean: Outcome, faulty: Outcome) -> dict[str, tuple[float, str]]:
         "cursor_regressions": (faulty.cursor_regressions, "regressions"),
         "crash_loops": (faulty.crash_loops, "instances"),
         "cycles_crashed": (faulty.cycles_crashed, "cycles"),
-        "kills": (faulty.kills, "kill -9"),
+        "kills": (faulty.kills, "kills"),
         "faults_injected": (sum(n for name, n in faulty.injected.items() if not name.startswith("kill")), "requests"),
         "daemon_runs": (faulty.daemon_runs, "processes"),
         "pending_after_flush": (faulty.pending, "intents"),

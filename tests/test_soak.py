@@ -21,4 +21,4 @@ def test_a_tiny_soak_posts_no_comment_twice() -> None:
     assert figures["duplicate_comments_clean"] == 0
     assert figures["cursor_regressions"] == 0 and figures["crash_loops"] == 0, out.getvalue()
     lines = out.getvalue().splitlines()
-    assert all(len(line.split()) >= 3 for line in lines if not line.startswith("#"))
+    assert lines and all(len(line.split()) == 3 for line in lines if not line.startswith("#"))
