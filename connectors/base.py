@@ -95,3 +95,31 @@ class Connector(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class RateLimitedError(TransientError):
+    """The platform asked us to wait longer than the HTTP layer waits in-process (`HttpOptions.max_retry_after`).
+
+    Raised instead of sending early: nothing was applied by the request that raised it. `retry_at` (an aware
+    UTC datetime on our clock, computed from the platform's own delay or its `Date` header) is when this
+    instance may send again; the daemon defers the instance until then rather than sleeping through a cycle.
+    """
+
+    def __init__(self, message: str, retry_at: datetime) -> None:
+        super().__init__(message)
+        self.retry_at = retry_at
+
+
+class WaitInterruptedError(TransientError):
+    """A stop was requested (SIGTERM/SIGINT set the HTTP client's `stop` event) while the HTTP layer waited.
+
+    Waits only come before a send that has not happened yet (pacing, backoff after a failure that proved the
+    request unsent, a Retry-After), so the abandoned request was not applied: keep the intent, stop the cycle.
+    """
+
+
+class InvalidIdError(PermanentWriteError):
+    """An id that cannot be put in a URL path safely (`/`, `..`, control characters): refused, never sent.
+
+    A record id comes from the platform's payload; used raw, `10099/../../other` would address another resource.
+    """

@@ -2,47 +2,72 @@
 
 It owns what must be identical for all platforms: timeouts; retries with tenacity (429/503 honour
 `Retry-After`; reads retry other 5xx and transport errors with exponential backoff and jitter; writes are
-retried only when the server certainly did not act on them: connect errors and 429/503); pacing from
+retried only when the server certainly did not act on them: connect errors and 429); pacing from
 rate-limit headers; secret redaction; one debug log record and one metric per request; and the `on_exchange`
 hook that records fixtures. zenpy and jira speak `requests`, so `session()` gives them a `requests.Session`
 whose adapter forwards to `request()`: their traffic gets the same retries and limits, and respx sees it at
 the httpx level.
 
-Why writes are special: a PUT that timed out or got a 500 may have been applied; retrying it blindly could
-post a handoff comment twice. Such a failure raises `AmbiguousWriteError`, and the sync cycle checks the
-ticket (comment idempotency key) before trying again.
+Why writes are special: a write answered with any 5xx (503 included), a timeout or a dropped connection may
+have been applied; retrying it blindly could post a handoff comment twice. Such a failure raises
+`AmbiguousWriteError` at once, and the sync cycle checks the ticket (comment idempotency key) before sending
+again. Only failures that prove the request never left us (connect errors, pool timeouts) and 429 (refused
+before processing) are retried for writes. No request body is ever logged, and the body of a 5xx answering
+a write is never quoted (a failing proxy may echo the request); a 4xx refusal's reason is quoted, cut short.
 
-Time is never read for waiting: every wait goes through the injected `sleep`, so tests never sleep.
+Waits: every wait (pacing, backoff, Retry-After) goes through the injected `sleep`, so tests never sleep,
+and is cut short by the optional `stop` event (SIGTERM/SIGINT), abandoning the request with
+`WaitInterruptedError`. A wait longer than `max_retry_after` is never shortened: the request is not sent and
+`RateLimitedError.retry_at` says when the instance may send again. Retry-After HTTP-dates and absolute
+rate-limit resets are measured against the server's `Date` header, then placed on our clock.
+
+Security: `check_base_url` refuses plain http:// except for loopback (or when explicitly allowed);
+`path_segment` makes an id safe to put in a URL path; `Redactor` replaces each secret in every encoding this
+code can produce (raw, JSON-escaped, URL-encoded, and the base64 `user:secret` of Basic auth); quoted values
+in error messages are cut to `EXCERPT_CHARS`.
 """
 
 from __future__ import annotations
 
 import collections
 import email.utils
+import ipaddress
+import json
 import logging
 import random
 import re
+import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, quote_plus, urlsplit
 
 import httpx
 import requests
 import requests.adapters
 import requests.structures
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
+from tenacity.nap import sleep_using_event
 
-from connectors.base import AmbiguousWriteError, AuthError, TransientError
+from connectors.base import (
+    AmbiguousWriteError,
+    AuthError,
+    InvalidIdError,
+    RateLimitedError,
+    TransientError,
+    WaitInterruptedError,
+)
 
 log = logging.getLogger("escalation_sync.http")
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 RETRY_AFTER_STATUSES = frozenset({429, 503})
 REDACTED = "[REDACTED]"
-_EXCERPT_CHARS = 200
+EXCERPT_CHARS = 300
+"""The longest quoted value (response body, payload text, URL) an error message carries."""
 _SENSITIVE_QUERY = re.compile(r"(?i)((?:access_|api_|client_)?(?:token|secret|password|key|signature|code)=)[^&#\s]*")
 _TAGS = re.compile(r"<[^>]*>")
 _SPACES = re.compile(r"\s+")
@@ -57,6 +82,14 @@ class HttpOptions:
     max_retry_after: float = 300.0
     backoff_base: float = 0.5
     backoff_max: float = 30.0
+
+
+class InsecureUrlError(ValueError):
+    """A base URL that would send credentials in clear text (or carries them itself)."""
+
+
+class _Interrupted(Exception):
+    """Internal: the stop event was set during a wait; `_request` turns it into WaitInterruptedError."""
 
 
 class _Retry(Exception):
@@ -159,21 +192,93 @@ def _zendesk_endpoint_wait(headers: httpx.Headers) -> float | None:
     return None
 
 
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and `localhost`: traffic that never leaves this machine."""
+    host = host.strip("[]").lower().rstrip(".")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_base_url(url: str, *, allow_insecure_http: bool = False) -> None:
+    """Refuse a base URL that would send credentials in clear text, or that carries credentials itself.
+
+    Plain http:// is accepted only for loopback (the sandboxes, a local proxy) or when the instance says
+    `allow_insecure_http = true`; Basic auth over http:// to a real host hands the password to the network.
+    """
+    parts = urlsplit(url)
+    shown = parts._replace(netloc=parts.hostname or "").geturl() if parts.username or parts.password else url
+    if parts.username or parts.password:
+        raise InsecureUrlError(f"base URL {shown!r} must not contain credentials; put them in the environment")
+    scheme = parts.scheme.lower()
+    if scheme == "https" and parts.hostname:
+        return
+    if scheme == "http" and parts.hostname:
+        if allow_insecure_http or is_loopback(parts.hostname):
+            return
+        raise InsecureUrlError(
+            f"base URL {shown!r} would send credentials in clear text: use https:// (plain http:// is accepted "
+            "only for loopback hosts, or with allow_insecure_http = true)"
+        )
+    raise InsecureUrlError(f"base URL {shown!r} is not an http(s) URL with a host")
+
+
+_UNSAFE_ID = re.compile(r"[\x00-\x1f\x7f/\\]")
+
+
+def path_segment(value: str | int) -> str:
+    """`value` as one URL path segment: percent-encoded, or refused with `InvalidIdError`.
+
+    Ids come from the platform's payloads (or a stored intent); `10099/../../api/3/project/X` must not
+    address another resource. Separators, dot segments and control characters are refused outright rather
+    than encoded, because some servers and proxies decode `%2F` before routing.
+    """
+    text = str(value)
+    if not text or text in (".", "..") or ".." in text or _UNSAFE_ID.search(text) or len(text) > 200:
+        raise InvalidIdError(f"refusing to put id {clip(repr(text), 80)} in a URL path")
+    return quote(text, safe="")
+
+
+def clip(text: str, limit: int = EXCERPT_CHARS) -> str:
+    """At most `limit` characters of a quoted value for an error message (a 1 MB field is not a message)."""
+    return text if len(text) <= limit else text[:limit] + f"... [{len(text) - limit} more characters]"
+
+
+def _encodings(secret: str) -> set[str]:
+    """Every form in which this code (or a server echoing our request) can write the secret."""
+    return {
+        secret,
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+        quote(secret, safe=""),
+        quote(secret),
+        quote_plus(secret),
+    } - {""}
+
+
 class Redactor:
-    """Replaces secret values (and sensitive query parameters) in any text we log or put in an exception."""
+    """Replaces secret values (and sensitive query parameters) in any text we log or put in an exception.
+
+    Each secret is matched in each of its encodings (`_encodings`); give it the Basic credential's base64 as
+    one more secret, since a proxy may echo the Authorization header.
+    """
 
     def __init__(self, secrets: Sequence[Any]) -> None:
-        values: list[str] = []
+        values: set[str] = set()
         for secret in secrets:
             text = secret.get_secret_value() if hasattr(secret, "get_secret_value") else str(secret)
             if text:
-                values.append(text)
+                values |= _encodings(text)
         # Longest first, so a secret containing another is replaced whole.
-        self._values = sorted(set(values), key=len, reverse=True)
+        ordered = sorted(values, key=len, reverse=True)
+        self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
 
     def __call__(self, text: str) -> str:
-        for value in self._values:
-            text = text.replace(value, REDACTED)
+        if self._pattern is not None:
+            text = self._pattern.sub(REDACTED, text)
         return _SENSITIVE_QUERY.sub(lambda match: match.group(1) + REDACTED, text)
 
     def headers(self, headers: Mapping[str, str]) -> dict[str, str]:
@@ -186,18 +291,41 @@ class Redactor:
         return safe
 
 
+_LIVE_REDACTORS: weakref.WeakSet[Redactor] = weakref.WeakSet()
+
+
+class RedactingFilter(logging.Filter):
+    """Redacts every live HttpClient's secrets from a record's message, whoever logged it.
+
+    httpx logs each request's full URL at INFO ("HTTP Request: GET https://...?q=<secret>"); this filter is
+    installed on the `httpx` logger at import. Put it on a handler to cover every logger the handler serves.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        redactors = list(_LIVE_REDACTORS)
+        if redactors:
+            message = record.getMessage()
+            for redactor in redactors:
+                message = redactor(message)
+            record.msg, record.args = message, None
+        return True
+
+
+logging.getLogger("httpx").addFilter(RedactingFilter())
+
+
 def body_excerpt(response: httpx.Response, redact: Callable[[str], str]) -> str:
-    """A short, single-line, redacted excerpt of an error body (HTML bodies lose their tags)."""
+    """A short, single-line, redacted excerpt of an error body (HTML bodies lose their tags).
+
+    Redacted before it is cut, so a secret straddling the cut cannot leave a readable half behind.
+    """
     try:
-        text = response.text
+        text = redact(response.text)
     except Exception:  # undecodable bodies must not hide the real error
         return ""
     if "html" in response.headers.get("content-type", "").lower() or text.lstrip().startswith("<"):
         text = _TAGS.sub(" ", text)
-    text = _SPACES.sub(" ", text).strip()
-    if len(text) > _EXCERPT_CHARS:
-        text = text[:_EXCERPT_CHARS] + "..."
-    return redact(text)
+    return clip(_SPACES.sub(" ", text).strip())
 
 
 class HttpClient:
@@ -212,21 +340,34 @@ class HttpClient:
         secrets: Sequence[str] = (),
         options: HttpOptions = HttpOptions(),
         transport: httpx.BaseTransport | None = None,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] | None = None,
         headers: Mapping[str, str] | None = None,
         on_exchange: Callable[[httpx.Request, httpx.Response], None] | None = None,
+        stop: threading.Event | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        allow_insecure_http: bool = False,
     ) -> None:
+        """`stop` (set by SIGTERM/SIGINT) cuts every wait short; `sleep` defaults to waiting on it (else
+        `time.sleep`); `clock` places `RateLimitedError.retry_at` on our time line. A plain http:// base URL
+        is refused unless it is loopback or `allow_insecure_http` (see `check_base_url`)."""
+        check_base_url(base_url, allow_insecure_http=allow_insecure_http)
         self.instance = instance
         self.base_url = base_url.rstrip("/")
         self.options = options
         self.stats: collections.Counter[str] = collections.Counter()
+        self._stop = stop
+        if sleep is None:
+            sleep = sleep_using_event(stop) if stop is not None else time.sleep
         self._sleep = sleep
+        self._clock = clock
         self._on_exchange = on_exchange
         # The encoded Basic credentials are as secret as the token: a proxy may echo them in an error body.
         encoded = getattr(auth, "_auth_header", "").partition(" ")[2] if isinstance(auth, httpx.BasicAuth) else ""
         self._redact = Redactor([*secrets, encoded])
+        _LIVE_REDACTORS.add(self._redact)
         self._has_auth = auth is not None
-        self._pause = 0.0
+        self._not_before: datetime | None = None
+        """No request of this client is sent before this moment (rate-limit pacing, Retry-After)."""
         base = urlsplit(self.base_url)
         self._origin = f"{base.scheme}://{base.netloc}"
         self._prefix = base.path.rstrip("/")
@@ -266,8 +407,8 @@ class HttpClient:
         return session
 
     def redact(self, text: str) -> str:
-        """Redact secrets from text (for connectors building their own error messages)."""
-        return self._redact(text)
+        """Text for an error message a connector builds: secrets redacted, then cut to `EXCERPT_CHARS`."""
+        return clip(self._redact(text))
 
     def redacted_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
         return self._redact.headers(headers)
@@ -307,35 +448,65 @@ class HttpClient:
             method, self.absolute(url), params=params, json=json, content=content, headers=headers
         )
         safe_url = self._redact(str(request.url))
+        where = f"{self.instance}: {method} {clip(safe_url)}"
         is_write = method in WRITE_METHODS and not read_only
         retrying = Retrying(
             stop=stop_after_attempt(max(1, self.options.max_attempts)),
             wait=self._wait,
             retry=retry_if_exception_type(_Retry),
-            sleep=self._sleep,
+            sleep=self._nap,
             before_sleep=lambda state: self._before_sleep(state, method, safe_url),
             reraise=True,
         )
         try:
-            return retrying(self._attempt, request, method, safe_url, is_write)
+            return retrying(self._attempt, request, method, safe_url, where, is_write)
+        except _Interrupted:
+            self.stats["interrupted"] += 1
+            raise WaitInterruptedError(f"{where}: stop requested during a wait; request abandoned, not sent") from None
         except _Retry as exhausted:
             self.stats["exhausted"] += 1
             attempts = max(1, self.options.max_attempts)
-            if exhausted.response is not None:
+            detail = exhausted.label
+            if exhausted.response is not None and not is_write:  # never quote a body of a write
                 excerpt = body_excerpt(exhausted.response, self._redact)
-                detail = f"HTTP {exhausted.response.status_code}" + (f": {excerpt}" if excerpt else "")
-            else:
-                detail = exhausted.label
-            raise TransientError(
-                f"{self.instance}: {method} {safe_url} failed after {attempts} attempts: {detail}"
-            ) from None
+                detail += f": {excerpt}" if excerpt else ""
+            message = f"{where} failed after {attempts} attempts: {detail}"
+            if exhausted.wait is not None:
+                # The platform said when it will take requests again; nothing may come sooner, next cycle included.
+                raise RateLimitedError(message, self._hold(exhausted.wait)) from None
+            raise TransientError(message) from None
 
-    def _attempt(self, request: httpx.Request, method: str, safe_url: str, is_write: bool) -> httpx.Response:
-        if self._pause > 0:
-            pause, self._pause = self._pause, 0.0
-            self.stats["paced"] += 1
-            log.debug("%s: rate limit spent, pausing %.1f s", self.instance, pause)
-            self._sleep(pause)
+    def _hold(self, seconds: float) -> datetime:
+        """The platform asked for quiet: no request of this client goes out before now + `seconds`."""
+        until = self._clock() + timedelta(seconds=seconds)
+        if self._not_before is None or until > self._not_before:
+            self._not_before = until
+        return self._not_before
+
+    def _nap(self, seconds: float) -> None:
+        """Every wait of this layer: raises `_Interrupted` when `stop` is set before or during it."""
+        if self._stop is not None and self._stop.is_set():
+            raise _Interrupted
+        self._sleep(seconds)
+        if self._stop is not None and self._stop.is_set():
+            raise _Interrupted
+
+    def _attempt(
+        self, request: httpx.Request, method: str, safe_url: str, where: str, is_write: bool
+    ) -> httpx.Response:
+        if self._not_before is not None:
+            remaining = (self._not_before - self._clock()).total_seconds()
+            if remaining > self.options.max_retry_after:
+                self.stats["deferred"] += 1
+                raise RateLimitedError(
+                    f"{where}: the platform asked for quiet until {self._not_before.isoformat()}; not sent",
+                    self._not_before,
+                )
+            self._not_before = None
+            if remaining > 0:
+                self.stats["paced"] += 1
+                log.debug("%s: rate limit spent, pausing %.1f s", self.instance, remaining)
+                self._nap(remaining)
         started = time.perf_counter()
         try:
             response = self._client.send(request)
@@ -354,9 +525,7 @@ class HttpClient:
             # Only these guarantee the request never left us; anything later may have reached the server.
             connect_failed = isinstance(error, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
             if is_write and not connect_failed:
-                raise AmbiguousWriteError(
-                    f"{self.instance}: {method} {safe_url}: {kind} after the request may have been sent"
-                ) from None
+                raise AmbiguousWriteError(f"{where}: {kind} after the request may have been sent") from None
             raise _Retry(kind) from None
         try:
             response.read()
@@ -384,21 +553,36 @@ class HttpClient:
                 self._on_exchange(request, response)
             except Exception:  # a broken recorder must not break the sync
                 log.warning("%s: on_exchange hook failed", self.instance, exc_info=True)
-        pause = rate_limit_wait(response.headers)
         retry_after_given = status in RETRY_AFTER_STATUSES and "retry-after" in response.headers
+        pause = rate_limit_wait(response.headers)
         if pause and not retry_after_given:  # a Retry-After wait already covers it: never wait twice
-            self._pause = min(pause, self.options.max_retry_after)
+            self._hold(pause)
         if status in (401, 403):
             self.stats["auth_error"] += 1
+            # A refusal's reason is what a person acts on, so it is quoted (redacted, cut) even for a write;
+            # 5xx bodies of writes never are: a failing proxy may echo the request, handoff text included.
             excerpt = body_excerpt(response, self._redact)
-            raise AuthError(f"{self.instance}: {method} {safe_url}: HTTP {status} {excerpt}".rstrip(), status=status)
+            raise AuthError(f"{where}: HTTP {status} {excerpt}".rstrip(), status=status)
+        if is_write and status >= 500:
+            # The server may have applied it before failing (503 included): the caller must check first.
+            wait = parse_retry_after(response.headers.get("retry-after"), response.headers.get("date"))
+            if wait:
+                self._hold(wait)  # and whatever comes next keeps to the platform's Retry-After
+            raise AmbiguousWriteError(
+                f"{where}: HTTP {status} {response.reason_phrase}; the write may have been applied"
+            )
         if status in RETRY_AFTER_STATUSES:
             wait = parse_retry_after(response.headers.get("retry-after"), response.headers.get("date"))
+            if wait is not None and wait > self.options.max_retry_after:
+                self.stats["deferred"] += 1
+                retry_at = self._hold(wait)
+                raise RateLimitedError(
+                    f"{where}: HTTP {status}, Retry-After {wait:.0f} s exceeds the "
+                    f"{self.options.max_retry_after:.0f} s cap; retry at {retry_at.isoformat()}",
+                    retry_at,
+                )
             raise _Retry(f"HTTP {status}", response, wait)
         if status >= 500:
-            if is_write:
-                excerpt = body_excerpt(response, self._redact)
-                raise AmbiguousWriteError(f"{self.instance}: {method} {safe_url}: HTTP {status} {excerpt}".rstrip())
             raise _Retry(f"HTTP {status}", response)
         return response
 

@@ -54,7 +54,7 @@ from connectors.base import (
     PermanentWriteError,
     RawRecord,
 )
-from connectors.http import HttpClient
+from connectors.http import HttpClient, path_segment
 from engine.model import COMMENT_MARKER, WriteBack
 from mappings.jsm import JsmMapping
 
@@ -327,7 +327,7 @@ class JsmConnector:
 
     def fetch(self, ticket_id: str) -> RawRecord | None:
         try:
-            issue = self._jira.issue(ticket_id, fields=",".join(self.mapping.request_fields))
+            issue = self._jira.issue(path_segment(ticket_id), fields=",".join(self.mapping.request_fields))
         except JIRAError as error:
             if error.status_code == 404:
                 return None
@@ -355,11 +355,13 @@ class JsmConnector:
         ticket = writeback.ticket_id
         payload = self.edit_payload(writeback)
         if payload:
-            response = self._write("PUT", ISSUE_PATH.format(id=ticket), payload, ticket, "edit")
+            response = self._write("PUT", ISSUE_PATH.format(id=path_segment(ticket)), payload, ticket, "edit")
             self._check(response, ticket, "edit", ok=(200, 204))
         if writeback.comment is not None:
             body = {"body": writeback.comment.text, "public": False}
-            response = self._write("POST", COMMENT_PATH.format(id=ticket), body, ticket, "internal comment")
+            response = self._write(
+                "POST", COMMENT_PATH.format(id=path_segment(ticket)), body, ticket, "internal comment"
+            )
             self._check(response, ticket, "internal comment", ok=(200, 201))
         # The edit answers 204 without the new `updated`; the echo costs no write anyway (the planner finds
         # nothing to change), so we hand back the revision we acted on instead of paying for a re-read.
@@ -392,7 +394,7 @@ class JsmConnector:
     def has_comment(self, ticket_id: str, idempotency_key: str) -> bool:
         marker = COMMENT_MARKER.format(key=idempotency_key)
         start = 0
-        path = COMMENT_PATH.format(id=ticket_id)
+        path = COMMENT_PATH.format(id=path_segment(ticket_id))
         while True:
             params = {"public": "false", "internal": "true", "start": start, "limit": COMMENT_PAGE_SIZE}
             response = self.http.request("GET", path, params=params)

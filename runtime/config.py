@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from connectors.http import InsecureUrlError, check_base_url
 from engine.configfile import ConfigFileError, load_toml, locate, validate
 from engine.policy import Policy, policy_from_dict
 
@@ -65,12 +66,18 @@ class InstanceSection(BaseModel):
     credentials: dict[str, str] = Field(default_factory=dict)
     """Credential name -> environment variable name."""
     options: dict[str, Any] = Field(default_factory=dict)
+    allow_insecure_http: bool = False
+    """Accept a plain http:// base_url for a host that is not loopback (credentials then travel in clear)."""
 
     @model_validator(mode="after")
     def _needs_a_location(self) -> InstanceSection:
         if self.base_url is None and not (self.platform == "zendesk" and self.subdomain):
             hint = "base_url or subdomain" if self.platform == "zendesk" else "base_url"
             raise ValueError(f"instance {self.name!r} needs {hint}")
+        try:
+            check_base_url(self.url, allow_insecure_http=self.allow_insecure_http)
+        except InsecureUrlError as error:
+            raise ValueError(f"instance {self.name!r}: {error}") from None
         return self
 
     @property

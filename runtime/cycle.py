@@ -42,8 +42,10 @@ from connectors.base import (
     ConnectorError,
     Page,
     PermanentWriteError,
+    RateLimitedError,
     RawRecord,
     TransientError,
+    WaitInterruptedError,
 )
 from engine.escalate import evaluate
 from engine.model import ClockState, Comment, Decision, EscalationHistory, Status, Ticket, Tier, WriteBack
@@ -69,6 +71,8 @@ MAX_PAGES = 100_000
 TOMBSTONE_DAYS = 30
 """How long a terminal ticket's tombstone guards the book against a stale read of it."""
 CUSTOMER_COUNT = "history.customer_escalations_30d"
+_HOLD = "hold-until:"
+"""Settings key prefix: when an instance may send again after a long Retry-After."""
 
 
 @dataclass(frozen=True)
@@ -117,11 +121,14 @@ class CycleReport:
     book_due: int = 0
     cursor_committed: bool = False
     stopped_early: bool = False
+    retry_at: datetime | None = None
+    """Set when the platform asked us to hold off: no request is sent for this instance before then."""
     error: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["started_at"] = self.started_at.isoformat()
+        data["retry_at"] = self.retry_at.isoformat() if self.retry_at else None
         data["escalations"] = dict(sorted(self.escalations.items()))
         return data
 
@@ -180,6 +187,11 @@ class Syncer:
         calls_before = self.api_calls()
         self.state = self.store.snapshot(self.instance) if self.dry_run else self.store
         self._polled, self._rebooked, self._attempts = set(), set(), 0
+        held = self._held_until(now)
+        if held is not None:
+            report.retry_at = held
+            report.error = f"RateLimitedError: the platform asked us to wait until {held.isoformat()}"
+            return report
         try:
             if not self.dry_run:
                 self._recover_pending(now, report)
@@ -192,6 +204,10 @@ class Syncer:
                 self.state.book_purge(self.instance, now - timedelta(days=TOMBSTONE_DAYS))
         except (AuthError, TransientError) as error:
             report.error = f"{type(error).__name__}: {error}"
+            if isinstance(error, RateLimitedError):
+                report.retry_at = error.retry_at
+                if not self.dry_run:  # kept in the store: a `once` from cron must hold off too
+                    self.store.set_setting(_HOLD + self.instance, error.retry_at.isoformat())
             log.error("cycle aborted", extra={"event": "cycle_error", "instance": self.instance, "error": str(error)})
         finally:
             report.api_calls = self.api_calls() - calls_before
@@ -199,6 +215,13 @@ class Syncer:
                 self.state.close()
                 self.state = self.store
         return report
+
+    def _held_until(self, now: datetime) -> datetime | None:
+        value = self.store.get_setting(_HOLD + self.instance)
+        if not value:
+            return None
+        held = datetime.fromisoformat(value)
+        return held if held > now else None
 
     def _check_generation(self, now: datetime) -> None:
         """A policy or mapping edited since the book was last evaluated may move any review moment earlier:
@@ -502,6 +525,8 @@ class Syncer:
             self._dead(key, str(error), now, report, ticket.id)
             self._forget_if_gone(ticket, now)
             return
+        except (RateLimitedError, WaitInterruptedError):
+            raise  # nothing was sent: not an attempt; the intent stays pending and the cycle stops here
         except TransientError as error:
             self._failed(key, str(error), now, report, ticket.id)
             return
@@ -585,6 +610,8 @@ class Syncer:
                 report.recovered += 1
             except (PermanentWriteError, ConflictError) as error:
                 self._dead(intent.key, str(error), now, report, writeback.ticket_id)
+            except (RateLimitedError, WaitInterruptedError):
+                raise  # nothing was sent: not an attempt
             except TransientError as error:
                 self._failed(intent.key, str(error), now, report, writeback.ticket_id)
             except AuthError as error:

@@ -68,6 +68,7 @@ def build_connector(
         auth=module.make_auth(credentials),
         secrets=[secret.get_secret_value() for secret in credentials.values()],
         options=HttpOptions(),
+        allow_insecure_http=section.allow_insecure_http,
         **http_kwargs,
     )
     options = {"initial_lookback_hours": section.initial_lookback_hours, **section.options}
@@ -106,6 +107,9 @@ def wire(
         http_kwargs["transport"] = transport
     if sleep is not None:
         http_kwargs["sleep"] = sleep
+    if stop is not None:  # SIGTERM/SIGINT end the HTTP layer's waits too, not only the loop over tickets
+        http_kwargs["stop"] = stop
+    http_kwargs["clock"] = clock  # RateLimitedError.retry_at on the same time line as the cycle
     http, connector = build_connector(section, mapping, environ, **http_kwargs)
     syncer = Syncer(
         instance=section.name,

@@ -504,3 +504,18 @@ def test_recovery_never_posts_a_note_the_ticket_has_moved_past(zendesk_world: Wo
     assert world.store.pending(world.name) == []
     keys = [key for key in world.marker_counts() if f":{ticket}:" in key]
     assert not any(key.endswith(":L2") for key in keys), keys
+
+
+def test_a_long_retry_after_holds_the_instance_back_across_processes(zendesk_world: World) -> None:
+    world = zendesk_world
+    world.sandbox.rate_limit_fault(times=1, retry_after=3600, path_pattern="incremental")
+    report = world.syncer().run_cycle()
+    assert report.retry_at is not None and "RateLimited" in report.error
+    assert world.store.pending(world.name) == []
+    sent = len(world.sandbox.requests)
+    world.clock.advance(timedelta(minutes=30))
+    held = world.syncer().run_cycle()  # a new process, as `once` from cron would be
+    assert held.retry_at == report.retry_at and len(world.sandbox.requests) == sent, "nothing sent before retry_at"
+    world.clock.advance(timedelta(minutes=31))
+    resumed = world.syncer().run_cycle()
+    assert resumed.error == "" and resumed.tickets_seen > 0
