@@ -35,6 +35,7 @@ _SECOND = timedelta(seconds=1)
 _NUMBER = r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
 _COMPARE = r"(?:<=|>=|==|!=|<|>)"
 _ENDS_OPERAND = re.compile(r"\s*(?:$|\)|&&|\|\||\?|:|,|\])")
+COUNT_FACT = "history.customer_escalations_30d"
 _TIME_FACTS = (
     "hours_at_tier",
     "ticket.age_hours",
@@ -50,6 +51,18 @@ class TimeWatch:
     """Time fact path -> the numbers conditions compare it with directly."""
     opaque_rules: tuple[str, ...]
     """Rules that use a time fact in a way these thresholds do not capture."""
+    customer_counts: tuple[float, ...] | None = ()
+    """The numbers rules compare `history.customer_escalations_30d` with; None when some rule uses it in
+    another way (then every change of a customer's count matters)."""
+
+    def count_crossed(self, before: int, after: int) -> bool:
+        """Whether a customer's count moving from `before` to `after` can change a rule's answer."""
+        if before == after:
+            return False
+        if self.customer_counts is None:
+            return True
+        low, high = min(before, after), max(before, after)
+        return any(low <= threshold <= high for threshold in self.customer_counts)
 
 
 def time_watch(policy: Policy) -> TimeWatch:
@@ -72,7 +85,17 @@ def _derive(policy: Policy) -> TimeWatch:
             if len(numbers) < uses:
                 opaque.append(rule.name)
             found.setdefault(path, set()).update(numbers)
-    return TimeWatch({path: tuple(sorted(values)) for path, values in found.items()}, tuple(dict.fromkeys(opaque)))
+    counts: set[float] | None = set()
+    for rule in policy.rules:
+        if COUNT_FACT in rule.facts and counts is not None:
+            source = _STRING.sub("''", rewrite(rule.when, policy.thresholds).source)
+            numbers, uses = _comparisons(source, flat_name(COUNT_FACT))
+            counts = counts | set(numbers) if len(numbers) == uses else None
+    return TimeWatch(
+        {path: tuple(sorted(values)) for path, values in found.items()},
+        tuple(dict.fromkeys(opaque)),
+        None if counts is None else tuple(sorted(counts)),
+    )
 
 
 def _comparisons(source: str, name: str) -> tuple[list[float], int]:

@@ -51,6 +51,7 @@ from engine.escalate import evaluate
 from engine.model import ClockState, Comment, Decision, EscalationHistory, Status, Ticket, Tier, WriteBack
 from engine.plan import plan
 from engine.policy import Policy
+from engine.review import time_watch
 from mappings import NormalizeError, PlatformMapping
 from runtime.codec import decode, decode_record, encode, encode_record
 from state.base import BookEntry, IntentState, Store
@@ -71,6 +72,8 @@ MAX_PAGES = 100_000
 TOMBSTONE_DAYS = 30
 """How long a terminal ticket's tombstone guards the book against a stale read of it."""
 CUSTOMER_COUNT = "history.customer_escalations_30d"
+UNVERIFIED = "unverified:"
+"""Dead-letter reason prefix of a note that may have been posted: its key is never sent again."""
 _HOLD = "hold-until:"
 """Settings key prefix: when an instance may send again after a long Retry-After."""
 
@@ -179,6 +182,8 @@ class Syncer:
         self._generation_checked = False
         self._polled: set[str] = set()
         self._rebooked: set[str] = set()
+        self._counts_before: dict[str, int] = {}
+        """Customers escalated this cycle, with their 30-day count before the first of those escalations."""
         self._attempts = 0
 
     def run_cycle(self) -> CycleReport:
@@ -187,6 +192,7 @@ class Syncer:
         calls_before = self.api_calls()
         self.state = self.store.snapshot(self.instance) if self.dry_run else self.store
         self._polled, self._rebooked, self._attempts = set(), set(), 0
+        self._counts_before = {}
         held = self._held_until(now)
         if held is not None:
             report.retry_at = held
@@ -199,6 +205,7 @@ class Syncer:
             self._poll_all(now, report)
             self._scan_open(now, report)
             self._review(now, report)
+            self._recount(now)
             report.book_open, report.book_due = self.state.book_stats(self.instance, now)
             if not self.dry_run:
                 self.state.book_purge(self.instance, now - timedelta(days=TOMBSTONE_DAYS))
@@ -504,8 +511,10 @@ class Syncer:
             self.on_event(Event("planned", self.instance, ticket.id, now, _describe(writeback, decision, ticket)))
             return
         intent = self.state.record_intent(self.instance, ticket.id, writeback.key, encode(writeback), now)
-        if writeback.comment is not None and intent.state is IntentState.DONE:
-            # This handoff was posted in an earlier life of the ticket: never post it twice.
+        unverified = intent.state is IntentState.DEAD and intent.last_error.startswith(UNVERIFIED)
+        if writeback.comment is not None and (intent.state is IntentState.DONE or unverified):
+            # This handoff was posted in an earlier life of the ticket (or may have been, and we could not look):
+            # never post it twice.
             writeback = replace(writeback, comment=None)
             if writeback.is_empty:
                 return
@@ -617,10 +626,12 @@ class Syncer:
             except AuthError as error:
                 if error.status != 403:
                     raise  # wrong credentials: nothing else on this instance can work either
-                self._dead(intent.key, f"refused for this ticket: {error}", now, report, writeback.ticket_id)
+                self._dead(
+                    intent.key, f"{UNVERIFIED} refused for this ticket: {error}", now, report, writeback.ticket_id
+                )
             except ConnectorError as error:
                 # Refused for good (400, an unreadable answer): dead-letter it so that polling goes on.
-                self._dead(intent.key, f"recovery lookup failed: {error}", now, report, writeback.ticket_id)
+                self._dead(intent.key, f"{UNVERIFIED} lookup failed: {error}", now, report, writeback.ticket_id)
 
     def _record_history(self, writeback: WriteBack, now: datetime) -> None:
         """The escalation history of a write confirmed done by recovery, as a first-time write records it."""
@@ -632,10 +643,19 @@ class Syncer:
             self._escalated(customer, writeback.ticket_id, MANAGEMENT, now)
 
     def _escalated(self, customer: str, ticket_id: str, tier: str, now: datetime) -> None:
+        if customer and CUSTOMER_COUNT in self.policy.fact_paths and customer not in self._counts_before:
+            self._counts_before[customer] = self.state.escalations_since(customer, now - REPEAT_WINDOW)
         self.state.record_escalation(self.instance, customer, ticket_id, tier, now)
-        if customer and CUSTOMER_COUNT in self.policy.fact_paths:
-            # The customer's count changed: their other open tickets may now meet a repeated-failure rule.
-            self.state.book_mark_due(now, customer=customer)
+
+    def _recount(self, now: datetime) -> None:
+        """Customers whose 30-day count crossed a number a rule compares it with: their other open tickets, on
+        every instance, are reviewed in the next cycle (a repeated-failure rule may now fire for them)."""
+        watch = time_watch(self.policy)
+        for customer, before in self._counts_before.items():
+            after = self.state.escalations_since(customer, now - REPEAT_WINDOW)
+            if watch.count_crossed(before, after):
+                self.state.book_mark_due(now, customer=customer)
+        self._counts_before = {}
 
     def _failed(self, key: str, error: str, now: datetime, report: CycleReport, ticket_id: str) -> None:
         intent = self.state.mark_failed(key, error, now)

@@ -192,3 +192,13 @@ def test_a_clock_due_at_closing_time_is_not_reviewed_through_the_night() -> None
     assert datetime(2026, 11, 17, 8, 0, 1, tzinfo=UTC) in moments
     breached = evaluate(at_l2, POLICY, datetime(2026, 11, 17, 8, 0, 1, tzinfo=UTC))
     assert {(signal.kind, signal.clock) for signal in breached.signals} >= {("breached", "assessment")}
+
+
+def test_a_customer_count_matters_only_where_it_crosses_a_rules_number() -> None:
+    watch = time_watch(POLICY)  # repeated-failure: count >= 3, mgmt-repeat-customer: count >= 3
+    assert watch.customer_counts == (3.0,)
+    assert watch.count_crossed(2, 3) and watch.count_crossed(1, 5)
+    assert watch.count_crossed(3, 4), "a strict comparison (> 3) would change there: the safe side"
+    assert not watch.count_crossed(4, 5) and not watch.count_crossed(0, 2) and not watch.count_crossed(4, 4)
+    opaque = custom_policy("history.customer_escalations_30d * 2 > 5")
+    assert time_watch(opaque).customer_counts is None and time_watch(opaque).count_crossed(7, 8)
