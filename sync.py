@@ -265,10 +265,11 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         if event.kind == "scan_progress":
             detail = event.detail
             state = "done" if detail["done"] else "reading"
+            eta = detail.get("eta_seconds")
+            left = f", about {eta} s left" if eta is not None else ""
             print(
                 f"{event.instance}: {state}: {detail['pages']} pages, {detail['tickets']} tickets, "
-                f"{detail['per_second']:g} tickets/s, {time.monotonic() - started:.0f} s "
-                "(no ETA: the platform's export gives no total)",
+                f"{detail['per_second']:g} tickets/s, {time.monotonic() - started:.0f} s{left}",
                 flush=True,
             )
         elif args.dry_run:

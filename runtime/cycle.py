@@ -182,6 +182,9 @@ class Syncer:
         self._generation_checked = False
         self._polled: set[str] = set()
         self._rebooked: set[str] = set()
+        self._page_oldest: datetime | None = None
+        self._page_newest: datetime | None = None
+        """The last booked page's range of update times (the scan's progress)."""
         self._counts_before: dict[str, int] = {}
         """Customers escalated this cycle, with their 30-day count before the first of those escalations."""
         self._attempts = 0
@@ -278,6 +281,7 @@ class Syncer:
         cursor = progress or None
         quarantined = {record.record_id for record in self.state.quarantined(self.instance)}
         started, pages = time.monotonic(), 0
+        origin: datetime | None = None
         while not self.stop.is_set():
             page: Page = scan_open(cursor, now)
             pages += 1
@@ -289,8 +293,20 @@ class Syncer:
             report.scanned += report.tickets_seen - before
             self.state.set_cursor(key, page.cursor if page.has_more else SCAN_DONE)
             elapsed = max(time.monotonic() - started, 1e-6)
-            detail = {"pages": pages, "tickets": report.scanned, "per_second": round(report.scanned / elapsed, 1)}
-            detail["done"] = not page.has_more
+            detail: dict[str, Any] = {
+                "pages": pages,
+                "tickets": report.scanned,
+                "per_second": round(report.scanned / elapsed, 1),
+                "done": not page.has_more,
+                "eta_seconds": None,
+            }
+            origin = origin or self._page_oldest
+            if page.has_more and origin is not None and self._page_newest is not None and now > origin:
+                # The scan reads in order of last update: how far it has come in time estimates what is left
+                # (roughly: recent months hold more open tickets than old ones).
+                share = (self._page_newest - origin) / (now - origin)
+                if share > 0:
+                    detail["eta_seconds"] = round(elapsed * (1 - share) / share)
             log.info("open-ticket scan", extra={"event": "scan_progress", "instance": self.instance, **detail})
             self.on_event(Event("scan_progress", self.instance, "", now, detail))
             cursor = page.cursor
@@ -328,6 +344,9 @@ class Syncer:
             if entry is not None:
                 entries.append(entry)
         self.state.book_put(self.instance, entries)
+        times = [entry.updated_at for entry in entries]
+        self._page_oldest = min(times) if times else None
+        self._page_newest = max(times) if times else None
         return complete
 
     def _book_entry(

@@ -284,3 +284,24 @@ def test_adopting_tag_only_writes_tiers_without_back_dated_notes(tmp_path: Path)
         assert len(keys) == 1 and all(f":{fresh}:" in key for key in keys), "a live escalation gets its note"
     finally:
         world.close()
+
+
+def test_the_scan_of_all_open_tickets_reports_its_progress(tmp_path: Path) -> None:
+    world = World(tmp_path, PLATFORMS["jsm"], tickets=0)  # 25 issues a page
+    try:
+        start = world.clock.now()
+        for days in range(70, 0, -1):
+            world.sandbox.add_idle_ticket(start - timedelta(days=days))
+        syncer = world.syncer()
+        progress: list[dict[str, Any]] = []
+        syncer.on_event = lambda event: progress.append(event.detail) if event.kind == "scan_progress" else None
+        report = syncer.run_cycle()
+        # The first poll's look-back (72 h) found the three newest; the scan read the rest, 25 a page.
+        assert report.tickets_seen == 70 and report.scanned == 67
+        assert [step["pages"] for step in progress] == [1, 2, 3]
+        assert [step["tickets"] for step in progress] == [25, 50, 67]
+        assert [step["done"] for step in progress] == [False, False, True]
+        assert all(step["eta_seconds"] is not None for step in progress[:-1]) and progress[-1]["eta_seconds"] is None
+        assert world.store.book_stats(world.name, start)[0] == 70
+    finally:
+        world.close()
