@@ -23,6 +23,21 @@ class RawRecord:
 
 
 @dataclass(frozen=True)
+class HistorySource:
+    """A history source a mapping asks the connector to read in bulk for every page of tickets.
+
+    Plain data, so a connector learns what to read without importing a mapping: `name` is the platform's own
+    (`sys_audit`, `sys_journal_field`, `changelog`, `comments`, `ticket_events`), `fields` narrows it to the
+    fields or elements whose history is wanted (empty: all). The rows reach the mapping under
+    `RawRecord.related[name]`; a source the platform refused (no rights) is named in
+    `related["history_unavailable"]` instead, so its facts are absent, never guessed.
+    """
+
+    name: str
+    fields: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Page:
     records: list[RawRecord]
     cursor: str

@@ -51,6 +51,7 @@ from connectors.base import (
     AuthError,
     ConflictError,
     ConnectorError,
+    HistorySource,
     Page,
     PermanentWriteError,
     RawRecord,
@@ -62,8 +63,25 @@ from mappings.servicenow import ServiceNowMapping
 
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 MAX_PAGE_SIZE = 10000
-# task_sla rows per request: a page of 200 records has a few hundred SLAs; more pages are keyset-read on sys_id.
-SLA_PAGE_SIZE = 1000
+# Related rows (task_sla, sys_audit, sys_journal_field) per request: a page of 200 records has a few hundred
+# SLAs and a few thousand history rows; more are keyset-read on sys_id.
+SLA_PAGE_SIZE = 10000
+# History sources per page (ServiceNow "Audit" / "sys_audit" and "Journal fields" / "sys_journal_field" tables):
+# source -> (the field naming the record, the condition on top of it, the fields read). `{names}` is the mapping's
+# list of audited fields / journal elements. sys_audit names the author by user_name (`user`), journal rows by
+# `sys_created_by`; values are read raw (a reference's old and new values are sys_ids).
+HISTORY: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "sys_audit": (
+        "documentkey",
+        "tablename={table}^fieldnameIN{names}",
+        ("sys_id", "documentkey", "fieldname", "oldvalue", "newvalue", "user", "sys_created_on"),
+    ),
+    "sys_journal_field": (
+        "element_id",
+        "name={table}^elementIN{names}",
+        ("sys_id", "element_id", "element", "value", "sys_created_by", "sys_created_on"),
+    ),
+}
 CURSOR_VERSION = "v1"
 TOKEN_PATH = "/oauth_token.do"
 # The only query parameters this connector may send. The platform ignores names it does not know (it would not
@@ -232,6 +250,8 @@ class ServiceNowConnector:
         if self.journal_lookup not in ("sys_journal_field", "display_value"):
             raise ValueError(f"{instance}: options.journal_lookup must be 'sys_journal_field' or 'display_value'")
         self.fields = list(dict.fromkeys([*WRITE_FIELDS, *mapping.poll_fields()]))
+        self.history_sources: tuple[HistorySource, ...] = tuple(mapping.history_sources())
+        self.history_batch = _int_option(options, "history_batch", 1000, instance, 1, 1000)
 
     # -- reading ------------------------------------------------------------------------------------------------
 
@@ -260,8 +280,10 @@ class ServiceNowConnector:
             updated_on, after = _str(last["sys_updated_on"]), _str(last["sys_id"])
         if not has_more and not self._settled(updated_on, response):
             after = ""
-        slas = self._task_slas([_str(row.get("sys_id")) for row in rows])
-        records = [self._record(row, slas) for row in rows]
+        ids = [_str(row.get("sys_id")) for row in rows]
+        slas = self._task_slas(ids)
+        history = self._history(ids)
+        records = [self._record(row, slas, history) for row in rows]
         return Page(records=records, cursor=encode_cursor(updated_on, after), has_more=has_more)
 
     def _settled(self, updated_on: str, response: httpx.Response) -> bool:
@@ -285,42 +307,75 @@ class ServiceNowConnector:
         if response.status_code == 404:
             return None
         row = self._result_object(response, f"fetch {ticket_id}")
-        return self._record(row, self._task_slas([ticket_id]))
+        return self._record(row, self._task_slas([ticket_id]), self._history([ticket_id]))
 
-    def _record(self, row: dict[str, Any], slas: dict[str, list[dict[str, Any]]]) -> RawRecord:
+    def _record(self, row: dict[str, Any], slas: dict[str, list[dict[str, Any]]], history: _Histories) -> RawRecord:
         sys_id = _str(row.get("sys_id"))
         related: dict[str, Any] = {"instance_url": self.http.base_url, "table": self.table}
         if self.mapping.wants_platform_slas:
             related["task_sla"] = slas.get(sys_id, [])
+        rows, unavailable = history
+        for source, by_record in rows.items():
+            related[source] = by_record.get(sys_id, [])
+        if unavailable:
+            related["history_unavailable"] = sorted(unavailable)
         return RawRecord(id=sys_id, data=row, related=related)
 
-    def _task_slas(self, sys_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
-        """task_sla rows of these records: one query per `sla_batch` records, keyset-paged on sys_id if large."""
-        found: dict[str, list[dict[str, Any]]] = {}
+    def _history(self, sys_ids: list[str]) -> _Histories:
+        """The history rows the mapping asks for, one query per source for the whole page (see HISTORY).
+
+        A source the integration user may not read (403) is reported as unavailable, not raised: the facts it
+        feeds become unknown and the cycle goes on.
+        """
+        rows: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        unavailable: set[str] = set()
         ids = [sys_id for sys_id in dict.fromkeys(sys_ids) if _is_sys_id(sys_id)]
-        if not self.mapping.wants_platform_slas or not ids:
-            return found
-        for start in range(0, len(ids), self.sla_batch):
-            batch = ",".join(ids[start : start + self.sla_batch])
+        if not ids:
+            return rows, unavailable
+        for source in self.history_sources:
+            spec = HISTORY.get(source.name)
+            if spec is None:
+                raise ValueError(f"{self.instance}: the mapping asks for an unknown history source {source.name!r}")
+            key, condition, fields = spec
+            names = ",".join(query_value(name) for name in source.fields)
+            where = condition.format(table=query_value(self.table), names=names)
+            try:
+                rows[source.name] = self._rows_of(source.name, key, ids, where, fields, self.history_batch)
+            except AuthError as error:
+                if error.status != 403:
+                    raise
+                unavailable.add(source.name)
+        return rows, unavailable
+
+    def _rows_of(
+        self, table: str, key: str, ids: list[str], where: str, fields: Iterable[str], batch_size: int
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Rows of `table` whose `key` is one of `ids`: one query per `batch_size` ids, keyset-paged on sys_id
+        when one answer would exceed SLA_PAGE_SIZE rows (more calls only for more history, not more records)."""
+        found: dict[str, list[dict[str, Any]]] = {}
+        for start in range(0, len(ids), batch_size):
+            batch = ",".join(ids[start : start + batch_size])
             after = ""
             while True:
-                query = f"taskIN{batch}" + (f"^sys_id>{after}" if after else "") + "^ORDERBYsys_id"
-                params = raw_params(
-                    self.mapping.task_sla_fields,
-                    sysparm_query=query,
-                    sysparm_limit=SLA_PAGE_SIZE,
-                    sysparm_no_count="true",
-                )
-                rows = self._result_list(
-                    self.http.request("GET", self._table_url(table="task_sla"), params=params), "task_sla"
-                )
-                for row in rows:
-                    found.setdefault(_str(row.get("task")), []).append(row)
-                next_after = _str(rows[-1].get("sys_id")) if rows else ""
-                if len(rows) < SLA_PAGE_SIZE or not next_after or next_after <= after:
+                query = f"{key}IN{batch}" + (f"^{where}" if where else "")
+                query += (f"^sys_id>{after}" if after else "") + "^ORDERBYsys_id"
+                params = raw_params(fields, sysparm_query=query, sysparm_limit=SLA_PAGE_SIZE, sysparm_no_count="true")
+                response = self.http.request("GET", self._table_url(table=table), params=params)
+                found_rows = self._result_list(response, table)
+                for row in found_rows:
+                    found.setdefault(_str(row.get(key)), []).append(row)
+                next_after = _str(found_rows[-1].get("sys_id")) if found_rows else ""
+                if len(found_rows) < SLA_PAGE_SIZE or not next_after or next_after <= after:
                     break
                 after = next_after
         return found
+
+    def _task_slas(self, sys_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """task_sla rows of these records: one query per `sla_batch` records, keyset-paged on sys_id if large."""
+        ids = [sys_id for sys_id in dict.fromkeys(sys_ids) if _is_sys_id(sys_id)]
+        if not self.mapping.wants_platform_slas or not ids:
+            return {}
+        return self._rows_of("task_sla", "task", ids, "", self.mapping.task_sla_fields, self.sla_batch)
 
     # -- writing ------------------------------------------------------------------------------------------------
 
@@ -426,6 +481,10 @@ class ServiceNowConnector:
         if not isinstance(result, dict):
             raise TransientError(f"{self.instance}: {what}: response has no result object")
         return result
+
+
+_Histories = tuple[dict[str, dict[str, list[dict[str, Any]]]], set[str]]
+"""History rows by source and record sys_id, and the sources the platform refused."""
 
 
 def _is_sys_id(value: str) -> bool:
