@@ -47,6 +47,7 @@ from sandbox.base import Request, Response, SandboxApp, SimClock
 DATE = "%Y-%m-%d %H:%M:%S"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 DEFAULT_LIMIT = 10000
+_QUERY_ACL_DETAIL = "Field(s) present in the query do not have permission to be read"
 TOKEN_LIFETIME = 1799
 
 # Reference fields per table and the table they point to (what the `link` of a reference names).
@@ -357,7 +358,7 @@ class ServiceNowSandbox(SandboxApp):
         if table not in self.tables:
             return _error(400, f"Invalid table {table}")
         if table in self.denied_tables:
-            return _error(403, "User Not Authorized", f"ACL Exception Read access to {table} denied")
+            return _error(403, "Insufficient rights to query records", _QUERY_ACL_DETAIL)
         rows = list(self.tables[table].values())
         query = EncodedQuery(request.param("sysparm_query", "") or "")
         rows = [row for row in rows if query.matches(lambda name, row=row: self._get_value(table, row, name))]
