@@ -130,9 +130,12 @@ def _last_reply(ticket: Ticket) -> _Stop:
     """The last public reply (the update cadence counts from it)."""
     if ticket.public_replies is not None:
         return (max(ticket.public_replies) if ticket.public_replies else None), True
+    if "public_replies" in ticket.missing_facts:
+        # The first reply is no stand-in for the last when the history is known to be missing: the cadence
+        # would count from it forever.
+        return ticket.last_public_reply_at, ticket.last_public_reply_at is not None
     # Platforms that only know the first reply (a metric set) still beat counting from creation.
-    stop = ticket.last_public_reply_at or ticket.first_public_reply_at
-    return stop, stop is not None or "public_replies" not in ticket.missing_facts
+    return ticket.last_public_reply_at or ticket.first_public_reply_at, True
 
 
 def _unknown(name: str, target: timedelta, calendar: BusinessCalendar) -> Clock:
