@@ -54,18 +54,24 @@ from zenpy.lib.exception import RecordNotFoundException
 
 from connectors.base import (
     ApplyResult,
+    AuthError,
     ConflictError,
+    HistorySource,
     Page,
     PermanentWriteError,
     RawRecord,
     TransientError,
 )
 from connectors.http import HttpClient
+from connectors.paging import CursorExport, TimeExport
 from engine.model import COMMENT_MARKER, Tier, WriteBack
 from mappings.zendesk import ZendeskMapping
 
 PLATFORM = "zendesk"
 INCREMENTAL_PATH = "/api/v2/incremental/tickets/cursor.json"
+EVENTS_PATH = "/api/v2/incremental/ticket_events.json"
+DEFAULT_HISTORY_PAGES = 1
+_BOOK_SIZE = 20000
 MIN_EXPORT_AGE = timedelta(seconds=60)
 DEFAULT_LOOKBACK_HOURS = 72
 DEFAULT_PAGE_SIZE = 100
@@ -120,6 +126,15 @@ class ZendeskConnector:
         self.page_size = max(1, min(int(self.options.get("page_size", DEFAULT_PAGE_SIZE)), MAX_PAGE_SIZE))
         self.lookback = timedelta(hours=float(self.options.get("initial_lookback_hours", DEFAULT_LOOKBACK_HOURS)))
         self._memo: OrderedDict[str, tuple[str, frozenset[str], str]] = OrderedDict()
+        sources = {source.name: source for source in mapping.history_sources()}
+        unknown = set(sources) - {"ticket_events"}
+        if unknown:
+            raise ValueError(f"{instance}: the mapping asks for history sources Zendesk has not: {sorted(unknown)}")
+        self.events: HistorySource | None = sources.get("ticket_events")
+        self.history_pages = max(0, int(self.options.get("history_pages_per_poll", DEFAULT_HISTORY_PAGES)))
+        self._book = _EventBook()
+        self._tickets_paging = CursorExport(instance, "incremental ticket export")
+        self._events_paging = TimeExport(instance, "incremental ticket event export")
         # zenpy builds https://{subdomain}.zendesk.com URLs; the adapter re-bases them onto http.base_url.
         # anonymous=True: the HttpClient owns authentication, so zenpy never holds a secret.
         self.zenpy = Zenpy(
@@ -157,11 +172,50 @@ class ZendeskConnector:
         tickets = body.get("tickets")
         if not isinstance(tickets, list):
             raise TransientError(f"{self.instance}: incremental export: no tickets list in the page")
+        end_of_stream = body.get("end_of_stream") is True
+        next_cursor = self._tickets_paging.next_cursor(cursor, body.get("after_cursor"), end_of_stream)
+        self._follow_events(now)
         records = self._records(tickets, body)
-        next_cursor = body.get("after_cursor") or cursor
-        if not next_cursor:
-            raise TransientError(f"{self.instance}: incremental export page has no after_cursor")
-        return Page(records=records, cursor=str(next_cursor), has_more=body.get("end_of_stream") is not True)
+        return Page(records=records, cursor=str(next_cursor), has_more=not end_of_stream)
+
+    def _follow_events(self, now: datetime) -> None:
+        """Read the next page(s) of the ticket event export into the book: `history_pages_per_poll` calls per
+        poll (1 by default) whatever the page's size, never one per ticket.
+
+        The book is this process's memory of every event since it started following (the configured look-back
+        before its first poll); a ticket's facts are complete only when all its events fall inside it, which the
+        mapping judges from `ticket_events_window`. The export needs an admin's access: a 403 leaves the facts
+        to the metric set (the window stays empty), with the history reported as unavailable."""
+        if self.events is None:
+            return
+        book = self._book
+        cutoff = int((now - MIN_EXPORT_AGE).timestamp())
+        if book.position is None:
+            book.position = book.since = min(int((now - self.lookback).timestamp()), cutoff)
+        for _ in range(self.history_pages):
+            start = min(book.position, cutoff)
+            params = {"start_time": start, "include": ",".join(self.events.fields)}
+            try:
+                response = self.http.request("GET", EVENTS_PATH, params=params)
+            except AuthError as error:
+                if error.status != 403:
+                    raise
+                book.denied = True
+                return
+            body = self._json(response, "ticket event export")
+            if response.status_code != 200 or not isinstance(body.get("ticket_events"), list):
+                raise TransientError(
+                    f"{self.instance}: ticket event export: HTTP {response.status_code}: {_error_text(body)}"
+                )
+            book.denied = False
+            for event in body["ticket_events"]:
+                book.add(event)
+            end_of_stream = body.get("end_of_stream") is True
+            book.position = self._events_paging.next_start(start, body.get("end_time"), end_of_stream)
+            if end_of_stream:
+                book.until = max(book.until or 0, cutoff + 1)  # everything up to the cutoff has been delivered
+                return
+            book.until = max(book.until or 0, book.position)
 
     def _records(self, tickets: Iterable[Any], body: Mapping[str, Any]) -> list[RawRecord]:
         organizations = {org.get("id"): org for org in _objects(body.get("organizations"))}
@@ -179,6 +233,8 @@ class ZendeskConnector:
             metric_set = metric_sets.get(ticket.get("id"))
             if metric_set is not None:
                 related["metric_set"] = metric_set
+            if self.events is not None:
+                related.update(self._book.related(ticket.get("id")))
             self._remember(ticket)
             records.append(RawRecord(id=str(ticket.get("id")), data=ticket, related=related))
         return records
@@ -298,6 +354,40 @@ class ZendeskConnector:
         except (json.JSONDecodeError, UnicodeDecodeError):
             return None
         return body if isinstance(body, dict) else None
+
+
+class _EventBook:
+    """Ticket events seen since this process started following the export, by ticket (bounded, oldest out)."""
+
+    def __init__(self) -> None:
+        self.position: int | None = None
+        self.since: int | None = None
+        self.until: int | None = None
+        self.denied = False
+        self._events: OrderedDict[Any, dict[Any, Mapping[str, Any]]] = OrderedDict()
+        self._dropped_until: int | None = None
+
+    def add(self, event: Any) -> None:
+        if not isinstance(event, Mapping):
+            return
+        ticket = event.get("ticket_id")
+        seen = self._events.setdefault(ticket, {})
+        seen[event.get("id")] = event
+        self._events.move_to_end(ticket)
+        while len(self._events) > _BOOK_SIZE:
+            self._events.popitem(last=False)
+            # A forgotten ticket's events are gone: only tickets created after now can be complete again.
+            self._dropped_until = self.position
+
+    def related(self, ticket_id: Any) -> dict[str, Any]:
+        """What the mapping reads: the ticket's events and the window [since, until) they are complete for."""
+        if self.denied:
+            return {"history_unavailable": ["ticket_events"]}
+        if self.since is None or self.until is None:
+            return {}
+        since = max(self.since, self._dropped_until or self.since)
+        events = sorted(self._events.get(ticket_id, {}).values(), key=lambda event: str(event.get("timestamp")))
+        return {"ticket_events": events, "ticket_events_window": [since, self.until]}
 
 
 def _objects(value: Any) -> list[Mapping[str, Any]]:

@@ -48,9 +48,9 @@ from typing import Any, Literal
 
 from pydantic import Field, PositiveInt, field_validator
 
-from connectors.base import RawRecord
+from connectors.base import HistorySource, RawRecord
 from engine.configfile import locate
-from engine.model import Flags, Priority, Status, StatusChange, Ticket, Tier
+from engine.model import COMMENT_MARKER, Flags, Priority, Status, StatusChange, Ticket, Tier, TierChange
 from mappings import MappingError, NormalizeError
 from mappings.common import FlagSources, Strict, TagNames, load_spec
 
@@ -66,6 +66,10 @@ STATUSES: dict[str, Status] = {
     "deleted": Status.DELETED,
 }
 _TAG = re.compile(r"^[^\s,]+$")
+OUR_MARKER = COMMENT_MARKER.partition("{")[0]
+SYSTEM_USER_ID = -1
+"""The updater of changes made by triggers, automations and other system rules."""
+HISTORY_FACTS = ("public_replies", "agent_actions", "tier_changes", "internal_notes")
 _BOOL_FLAGS = (
     "churn_threat",
     "public_complaint",
@@ -166,12 +170,21 @@ class NumberRule(Strict):
 FlagsMap = FlagSources[FlagRule, NumberRule]
 
 
+class HistoryMap(Strict):
+    """`ticket_events`: follow the incremental ticket event export (with `comment_events`) alongside the ticket
+    export, for complete reply, action, status and tier histories. The export needs an admin's API access; off,
+    or refused, the facts come from the metric set alone and the clocks they cannot stop are "unknown"."""
+
+    ticket_events: bool = True
+
+
 class ZendeskMappingFile(Strict):
     priority: PriorityMap
     tier: TierMap
     segment: SegmentMap = SegmentMap()
     flags: FlagsMap = FlagsMap()
     tags: TagNames = TagNames()
+    history: HistoryMap = HistoryMap()
 
 
 def parse_time(value: Any) -> datetime:
@@ -230,6 +243,12 @@ class ZendeskMapping:
         """`include=` values the incremental export needs for this mapping."""
         return ("metric_sets", "organizations")
 
+    def history_sources(self) -> tuple[HistorySource, ...]:
+        """The ticket event export, with comments (its `include` value), when the mapping reads history."""
+        if not self.config.history.ticket_events:
+            return ()
+        return (HistorySource("ticket_events", ("comment_events",)),)
+
     @property
     def tier_tags(self) -> frozenset[str]:
         """Tags Zendesk itself adds for the tier dropdown's options: they follow the field, not our tag diff."""
@@ -263,6 +282,7 @@ class ZendeskMapping:
         org_fields = (organization or {}).get("organization_fields") or {}
         tier = self._tier(data, fields)
         first_reply, last_reply, last_agent, solved_at, reopens = self._metric_times(rid, metrics, created_at)
+        history = self._history(rid, data, record, created_at, updated_at)
         return Ticket(
             platform=PLATFORM,
             instance=instance,
@@ -286,10 +306,32 @@ class ZendeskMapping:
             assignee_group=_id_text(data.get("group_id")),
             tier=tier,
             tier_entered_at=self._tier_entered_at(rid, tier, metrics, created_at),
-            status_history=self._current_status_since(rid, status, metrics),
+            status_history=history.pop("status_history", None) or self._current_status_since(rid, status, metrics),
             flags=self._flags(rid, tags, fields, org_fields, reopens),
             revision=str(data["updated_at"]),
+            **history,
         )
+
+    def _history(
+        self, rid: str, data: Mapping[str, Any], record: RawRecord, created_at: datetime, updated_at: datetime
+    ) -> dict[str, Any]:
+        """History facts from the ticket's events, when the connector saw all of them (see `_EventHistory`)."""
+        if not self.config.history.ticket_events:
+            return {}
+        window = record.related.get("ticket_events_window")
+        events = record.related.get("ticket_events")
+        complete = (
+            isinstance(window, list)
+            and len(window) == 2
+            and all(isinstance(edge, int) for edge in window)
+            and isinstance(events, list)
+            and window[0] <= created_at.timestamp()
+            and updated_at.timestamp() < window[1]
+        )
+        facts = _EventHistory(self, rid, data, events).facts() if complete and isinstance(events, list) else None
+        if facts is None:
+            return {"missing_facts": frozenset(HISTORY_FACTS)}
+        return facts
 
     def _status(self, rid: str, value: Any) -> Status:
         if value is None:
@@ -469,6 +511,97 @@ class ZendeskMapping:
             elif _truthy(value):
                 return True
         return False
+
+
+class _EventHistory:
+    """The facts of one ticket from its ticket events (the incremental ticket event export with
+    `include=comment_events`): each event `{id, ticket_id, timestamp, created_at, updater_id, child_events}`, a
+    change child event naming its field as the key (`{"status": "pending", "previous_value": "open",
+    "event_type": "Change"}`), a comment child event `{"event_type": "Comment", "author_id", "body", "public"}`.
+
+    Only a ticket whose events were all seen (created after the connector started following the export, and not
+    changed after the export's end) gets them; `facts` answers None when an event is malformed. The requester's
+    comments are customer messages; the creating event's comment is the ticket's description, no reply; a comment
+    carrying our marker is our own handoff note. Changes by the system user (triggers) are no agent actions, and
+    neither are tag or group changes alone (ours among them): only comments, status and assignee changes are.
+    """
+
+    def __init__(self, mapping: ZendeskMapping, rid: str, data: Mapping[str, Any], events: list[Any]) -> None:
+        self.mapping = mapping
+        self.rid = rid
+        self.requester = data.get("requester_id")
+        self.events = events
+        config = mapping.config.tier
+        self.tier_key = "group_id" if config.mode == "group" else str(config.field_id)
+
+    def _tier_of(self, value: Any) -> Tier | None:
+        if self.tier_key == "group_id":
+            try:
+                return self.mapping._group_tiers.get(int(value)) if value is not None else None
+            except (TypeError, ValueError):
+                return None
+        return self.mapping._option_tiers.get(str(value).lower()) if value is not None else None
+
+    def facts(self) -> dict[str, Any] | None:
+        timed = []
+        for event in self.events:
+            if not isinstance(event, Mapping) or not isinstance(event.get("child_events"), list):
+                return None
+            try:
+                at = parse_time(event.get("created_at"))
+            except ValueError:
+                return None
+            timed.append((at, event))
+        timed.sort(key=lambda item: (item[0], str(item[1].get("id"))))
+        statuses: list[StatusChange] = []
+        tiers: list[TierChange] = []
+        replies: list[datetime] = []
+        notes: list[datetime] = []
+        actions: list[datetime] = []
+        customer: datetime | None = None
+        for at, event in timed:
+            updater = event.get("updater_id")
+            by_agent = updater not in (self.requester, SYSTEM_USER_ID, None)
+            children = event["child_events"]
+            creating = any(isinstance(child, Mapping) and child.get("event_type") == "Create" for child in children)
+            for child in children:
+                if not isinstance(child, Mapping):
+                    return None
+                kind = child.get("event_type")
+                if kind == "Comment":
+                    text = str(child.get("body") or child.get("plain_body") or "")
+                    if creating or OUR_MARKER in text:
+                        continue
+                    if child.get("author_id") == self.requester:
+                        if child.get("public") is True:
+                            customer = at
+                        continue
+                    actions.append(at)
+                    (replies if child.get("public") is True else notes).append(at)
+                elif kind in ("Create", "Change"):
+                    if "status" in child:
+                        status = STATUSES.get(str(child["status"]))
+                        if status is None:
+                            return None
+                        statuses.append(StatusChange(at, status))
+                        if by_agent and kind == "Change":
+                            actions.append(at)
+                    if self.tier_key in child:
+                        tier = self._tier_of(child[self.tier_key])
+                        if not tiers or (tier or Tier.L1) != (tiers[-1].tier or Tier.L1):
+                            tiers.append(TierChange(at, tier))
+                    if "assignee_id" in child and by_agent and kind == "Change":
+                        actions.append(at)
+        if not statuses:
+            return None  # no creation event: not the whole history after all
+        return {
+            "status_history": tuple(statuses),
+            "tier_changes": tuple(tiers) or (TierChange(statuses[0].at, None),),
+            "public_replies": tuple(replies),
+            "internal_notes": tuple(notes),
+            "agent_actions": tuple(sorted(actions)),
+            "last_customer_message_at": customer,
+        }
 
 
 def _id_text(value: Any) -> str | None:
