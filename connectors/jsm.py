@@ -61,10 +61,11 @@ from connectors.base import (
     Page,
     PermanentWriteError,
     RawRecord,
+    RecordSpec,
 )
 from connectors.http import HttpClient
+from connectors.paging import CursorExport
 from engine.model import COMMENT_MARKER, WriteBack
-from mappings.jsm import JsmMapping
 
 log = logging.getLogger("escalation_sync.jsm")
 
@@ -205,15 +206,17 @@ class JsmConnector:
 
     platform = "jsm"
 
-    def __init__(self, instance: str, http: HttpClient, mapping: JsmMapping, options: Mapping[str, Any]) -> None:
+    def __init__(self, instance: str, http: HttpClient, mapping: RecordSpec, options: Mapping[str, Any]) -> None:
         self.instance = instance
         self.http = http
         self.mapping = mapping
+        self.spec = mapping.read_spec()
+        self._tie_paging = CursorExport(instance, "JQL search page token")
         self.page_size = int(options.get("page_size", DEFAULT_PAGE_SIZE))
         self.overlap_ms = int(options.get("overlap_seconds", DEFAULT_OVERLAP_SECONDS)) * 1000
         self.lookback = timedelta(hours=float(options.get("initial_lookback_hours", DEFAULT_LOOKBACK_HOURS)))
         self.extra_jql = str(options.get("jql", "")).strip()
-        sources = {source.name: source for source in mapping.history_sources()}
+        sources = {source.name: source for source in self.spec.history}
         unknown = set(sources) - {"changelog"}
         if unknown:
             raise ValueError(f"{instance}: the mapping asks for history sources JSM has not: {sorted(unknown)}")
@@ -281,7 +284,7 @@ class JsmConnector:
             state.since, state.token = last_updated, None
         else:
             # A whole page tied on one `updated` instant: only the token can step past the tie.
-            state.since, state.token = since, next_token
+            state.since, state.token = since, self._tie_paging.next_cursor(token, next_token, not has_more)
         if state.high_water is not None:
             floor = state.high_water - self.overlap_ms
             state.seen = {key: value for key, value in state.seen.items() if value >= floor}
@@ -301,7 +304,7 @@ class JsmConnector:
         payload: dict[str, Any] = {
             "jql": self.jql(since),
             "maxResults": self.page_size,
-            "fields": self.mapping.request_fields,
+            "fields": list(self.spec.fields),
         }
         if token:
             payload["nextPageToken"] = token
@@ -377,7 +380,7 @@ class JsmConnector:
     def fetch(self, ticket_id: str) -> RawRecord | None:
         expand = "changelog" if self.changelog is not None else None
         try:
-            issue = self._jira.issue(ticket_id, fields=",".join(self.mapping.request_fields), expand=expand)
+            issue = self._jira.issue(ticket_id, fields=",".join(list(self.spec.fields)), expand=expand)
         except JIRAError as error:
             if error.status_code == 404:
                 return None
@@ -391,15 +394,8 @@ class JsmConnector:
     # -- apply ------------------------------------------------------------------------------------------
 
     def edit_payload(self, writeback: WriteBack) -> dict[str, Any]:
-        """The one edit body: tier as `fields`, labels as `update` add/remove operations."""
-        payload: dict[str, Any] = {}
-        if writeback.tier is not None:
-            payload["fields"] = self.mapping.tier_fields(writeback.tier)
-        operations = [{"add": label} for label in sorted(writeback.add_tags)]
-        operations += [{"remove": label} for label in sorted(writeback.remove_tags)]
-        if operations:
-            payload["update"] = {"labels": operations}
-        return payload
+        """The one edit body, as the mapping renders it (tier as `fields`, labels as `update` operations)."""
+        return dict(self.mapping.render_patch(writeback, None))
 
     def apply(self, writeback: WriteBack) -> ApplyResult:
         ticket = writeback.ticket_id

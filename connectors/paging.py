@@ -54,3 +54,20 @@ class TimeExport:
                 "more pages remain"
             )
         return max(start, end_time)
+
+
+@dataclass(frozen=True)
+class Keyset:
+    """A keyset-paged query (ServiceNow `sys_updated_on, sys_id`; Jira `updated, key` searches): the next page
+    starts after the last key handed out. A full page whose last key is not after the position it started from
+    is refused: the next query would be the same query."""
+
+    instance: str
+    what: str
+
+    def next_key(self, used: tuple[str, ...], last: tuple[str, ...], has_more: bool) -> tuple[str, ...]:
+        if has_more and last <= used:
+            raise StuckCursorError(
+                f"{self.instance}: {self.what}: position {'|'.join(used)!r} did not advance although more pages remain"
+            )
+        return last

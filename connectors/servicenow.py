@@ -41,7 +41,7 @@ import json
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 from pydantic import SecretStr
@@ -55,11 +55,12 @@ from connectors.base import (
     Page,
     PermanentWriteError,
     RawRecord,
+    RecordSpec,
     TransientError,
 )
 from connectors.http import HttpClient
+from connectors.paging import Keyset
 from engine.model import COMMENT_MARKER, WriteBack
-from mappings.servicenow import ServiceNowMapping
 
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 MAX_PAGE_SIZE = 10000
@@ -97,6 +98,13 @@ ALLOWED_PARAMS = frozenset(
     }
 )
 WRITE_FIELDS = ("sys_id", "sys_updated_on", "sys_mod_count")
+
+
+class ServiceNowSpec(RecordSpec, Protocol):
+    """The mapping as this connector sees it: a RecordSpec that also names a record's revision, the token the
+    conflict check compares (`sys_updated_on` and `sys_mod_count` in the mapping's format)."""
+
+    def revision_of(self, data: dict[str, Any]) -> str: ...
 
 
 def table_params(**params: str | int) -> dict[str, str]:
@@ -232,11 +240,13 @@ class ServiceNowConnector:
 
     platform = "servicenow"
 
-    def __init__(self, instance: str, http: HttpClient, mapping: ServiceNowMapping, options: Mapping[str, Any]) -> None:
+    def __init__(self, instance: str, http: HttpClient, mapping: ServiceNowSpec, options: Mapping[str, Any]) -> None:
         self.instance = instance
         self.http = http
         self.mapping = mapping
+        self.spec = mapping.read_spec()
         self.table = str(options.get("table", "incident"))
+        self._paging = Keyset(instance, f"{self.table} keyset poll")
         if not self.table.replace("_", "").isalnum():
             raise ValueError(f"{instance}: options.table {self.table!r} is not a table name")
         self.page_size = _int_option(options, "page_size", 200, instance, 1, MAX_PAGE_SIZE)
@@ -249,8 +259,8 @@ class ServiceNowConnector:
         self.journal_lookup = str(options.get("journal_lookup", "sys_journal_field"))
         if self.journal_lookup not in ("sys_journal_field", "display_value"):
             raise ValueError(f"{instance}: options.journal_lookup must be 'sys_journal_field' or 'display_value'")
-        self.fields = list(dict.fromkeys([*WRITE_FIELDS, *mapping.poll_fields()]))
-        self.history_sources: tuple[HistorySource, ...] = tuple(mapping.history_sources())
+        self.fields = list(dict.fromkeys([*WRITE_FIELDS, *self.spec.fields]))
+        self.history_sources: tuple[HistorySource, ...] = self.spec.history
         self.history_batch = _int_option(options, "history_batch", 1000, instance, 1, 1000)
 
     # -- reading ------------------------------------------------------------------------------------------------
@@ -277,7 +287,10 @@ class ServiceNowConnector:
         # mapping quarantines it) but must not poison the cursor.
         last = next((row for row in reversed(rows) if _cursor_key(row) is not None), None)
         if last is not None:
-            updated_on, after = _str(last["sys_updated_on"]), _str(last["sys_id"])
+            used = (updated_on, after)
+            updated_on, after = self._paging.next_key(
+                used, (_str(last["sys_updated_on"]), _str(last["sys_id"])), has_more
+            )
         if not has_more and not self._settled(updated_on, response):
             after = ""
         ids = [_str(row.get("sys_id")) for row in rows]
@@ -312,7 +325,7 @@ class ServiceNowConnector:
     def _record(self, row: dict[str, Any], slas: dict[str, list[dict[str, Any]]], history: _Histories) -> RawRecord:
         sys_id = _str(row.get("sys_id"))
         related: dict[str, Any] = {"instance_url": self.http.base_url, "table": self.table}
-        if self.mapping.wants_platform_slas:
+        if self.spec.platform_slas:
             related["task_sla"] = slas.get(sys_id, [])
         rows, unavailable = history
         for source, by_record in rows.items():
@@ -373,9 +386,9 @@ class ServiceNowConnector:
     def _task_slas(self, sys_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
         """task_sla rows of these records: one query per `sla_batch` records, keyset-paged on sys_id if large."""
         ids = [sys_id for sys_id in dict.fromkeys(sys_ids) if _is_sys_id(sys_id)]
-        if not self.mapping.wants_platform_slas or not ids:
+        if not self.spec.platform_slas or not ids:
             return {}
-        return self._rows_of("task_sla", "task", ids, "", self.mapping.task_sla_fields, self.sla_batch)
+        return self._rows_of("task_sla", "task", ids, "", self.spec.sla_fields, self.sla_batch)
 
     # -- writing ------------------------------------------------------------------------------------------------
 
@@ -393,14 +406,7 @@ class ServiceNowConnector:
                     f"{self.instance}: {self.table} {sys_id} changed since it was read "
                     f"(revision {writeback.revision} -> {revision}); re-read and plan again"
                 )
-            if writeback.tier is not None:
-                payload.update(self.mapping.tier_fields(writeback.tier))
-            if writeback.add_tags or writeback.remove_tags:
-                before = self.mapping.split_tags(_str(current.get(self.mapping.tags_field)))
-                after = [tag for tag in before if tag not in writeback.remove_tags]
-                after += sorted(tag for tag in writeback.add_tags if tag not in after)
-                if after != before:
-                    payload[self.mapping.tags_field] = self.mapping.join_tags(after)
+            payload.update(self.mapping.render_patch(writeback, current))
         if writeback.comment is not None:
             payload["work_notes"] = writeback.comment.text
         if not payload:
@@ -425,7 +431,7 @@ class ServiceNowConnector:
         raise PermanentWriteError(f"{self.instance}: {self.table} {sys_id}: HTTP {status} {reason}")
 
     def _current(self, sys_id: str) -> dict[str, Any]:
-        fields = [*WRITE_FIELDS, self.mapping.tags_field]
+        fields = [*WRITE_FIELDS, *self.spec.write_reads]
         response = self.http.request("GET", self._table_url(sys_id), params=raw_params(fields))
         if response.status_code == 404:
             raise PermanentWriteError(f"{self.instance}: {self.table} {sys_id} no longer exists")

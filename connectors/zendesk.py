@@ -60,12 +60,12 @@ from connectors.base import (
     Page,
     PermanentWriteError,
     RawRecord,
+    RecordSpec,
     TransientError,
 )
 from connectors.http import HttpClient
 from connectors.paging import CursorExport, TimeExport
-from engine.model import COMMENT_MARKER, Tier, WriteBack
-from mappings.zendesk import ZendeskMapping
+from engine.model import COMMENT_MARKER, WriteBack
 
 PLATFORM = "zendesk"
 INCREMENTAL_PATH = "/api/v2/incremental/tickets/cursor.json"
@@ -118,15 +118,16 @@ class ZendeskConnector:
 
     platform = PLATFORM
 
-    def __init__(self, instance: str, http: HttpClient, mapping: ZendeskMapping, options: Mapping[str, Any]) -> None:
+    def __init__(self, instance: str, http: HttpClient, mapping: RecordSpec, options: Mapping[str, Any]) -> None:
         self.instance = instance
         self.http = http
         self.mapping = mapping
+        self.spec = mapping.read_spec()
         self.options = dict(options)
         self.page_size = max(1, min(int(self.options.get("page_size", DEFAULT_PAGE_SIZE)), MAX_PAGE_SIZE))
         self.lookback = timedelta(hours=float(self.options.get("initial_lookback_hours", DEFAULT_LOOKBACK_HOURS)))
         self._memo: OrderedDict[str, tuple[str, frozenset[str], str]] = OrderedDict()
-        sources = {source.name: source for source in mapping.history_sources()}
+        sources = {source.name: source for source in self.spec.history}
         unknown = set(sources) - {"ticket_events"}
         if unknown:
             raise ValueError(f"{instance}: the mapping asks for history sources Zendesk has not: {sorted(unknown)}")
@@ -156,7 +157,7 @@ class ZendeskConnector:
     # -- poll -------------------------------------------------------------------------------------------------
 
     def poll(self, cursor: str | None, now: datetime) -> Page:
-        params: dict[str, Any] = {"per_page": self.page_size, "include": ",".join(self.mapping.sideloads)}
+        params: dict[str, Any] = {"per_page": self.page_size, "include": ",".join(self.spec.sideloads)}
         if cursor:
             params["cursor"] = cursor
         else:
@@ -252,7 +253,7 @@ class ZendeskConnector:
     # -- fetch ------------------------------------------------------------------------------------------------
 
     def fetch(self, ticket_id: str) -> RawRecord | None:
-        params = {"include": ",".join(self.mapping.sideloads)}
+        params = {"include": ",".join(self.spec.sideloads)}
         response = self.http.request("GET", f"/api/v2/tickets/{_ticket_path_id(ticket_id)}.json", params=params)
         if response.status_code == 404:
             self._memo.pop(str(ticket_id), None)
@@ -269,11 +270,13 @@ class ZendeskConnector:
     def apply(self, writeback: WriteBack) -> ApplyResult:
         ticket_id = writeback.ticket_id
         where = f"{self.instance}: ticket {ticket_id}"
-        update: dict[str, Any] = {}
-        if writeback.tier is not None:
-            update.update(self.mapping.tier_fields(Tier(writeback.tier)))
-        if writeback.add_tags or writeback.remove_tags or (writeback.tier is not None and self.mapping.tier_tags):
-            update["tags"] = sorted(self._new_tags(writeback, where))
+        tier_moves_tags = writeback.tier is not None and self.spec.tier_moves_tags
+        current = None
+        if writeback.add_tags or writeback.remove_tags or tier_moves_tags:
+            current = {"tags": sorted(self._current_tags(writeback, where))}
+        # The mapping renders tier and tags into ticket fields; a `tags` list replaces the ticket's tags, which
+        # is exact because the PUT is a safe update at the revision those tags were read at.
+        update = dict(self.mapping.render_patch(writeback, current))
         if writeback.comment is not None:
             update["comment"] = {"body": writeback.comment.text, "public": False}
         update["safe_update"] = True
@@ -299,8 +302,8 @@ class ZendeskConnector:
             raise PermanentWriteError(f"{where}: HTTP {status}: {text}")
         raise TransientError(f"{where}: unexpected HTTP {status}: {text}")
 
-    def _new_tags(self, writeback: WriteBack, where: str) -> set[str]:
-        """The ticket's tags at `writeback.revision`, with the write-back's changes applied."""
+    def _current_tags(self, writeback: WriteBack, where: str) -> frozenset[str]:
+        """The ticket's tags at `writeback.revision` (the memo of the last read, else a re-read)."""
         memo = self._memo.get(str(writeback.ticket_id))
         if memo is None or memo[0] != writeback.revision:
             record = self.fetch(writeback.ticket_id)
@@ -315,12 +318,7 @@ class ZendeskConnector:
         _, current, status = memo
         if status == "closed":
             raise PermanentWriteError(f"{where}: closed tickets cannot be updated")
-        tags = (set(current) - set(writeback.remove_tags)) | set(writeback.add_tags)
-        if writeback.tier is not None and self.mapping.tier_tags:
-            # A dropdown field's value is also a tag: keep the tag list in step with the new option.
-            tags -= set(self.mapping.tier_tags)
-            tags.add(self.mapping.config.tier.options[Tier(writeback.tier)])
-        return tags
+        return current
 
     # -- has_comment ------------------------------------------------------------------------------------------
 

@@ -29,8 +29,19 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from connectors.base import HistorySource, RawRecord
-from engine.model import COMMENT_MARKER, Flags, PlatformSla, Priority, Status, StatusChange, Ticket, Tier, TierChange
+from connectors.base import HistorySource, RawRecord, ReadSpec
+from engine.model import (
+    COMMENT_MARKER,
+    Flags,
+    PlatformSla,
+    Priority,
+    Status,
+    StatusChange,
+    Ticket,
+    Tier,
+    TierChange,
+    WriteBack,
+)
 from mappings import MappingError, NormalizeError
 from mappings.common import FlagSources, Strict, TagNames, load_spec
 
@@ -319,6 +330,22 @@ class JsmMapping:
             if rule is not None and rule.field:
                 wanted.append(rule.field)
         return list(dict.fromkeys(wanted))
+
+    def read_spec(self) -> ReadSpec:
+        """What connectors/jsm.py reads for this mapping (it imports no mapping: see connectors.base)."""
+        return ReadSpec(fields=tuple(self.request_fields), history=self.history_sources())
+
+    def render_patch(self, writeback: WriteBack, current: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The one edit body: the tier's select option as `fields`, labels as `update` add/remove operations (no
+        read-modify-write, so a label someone adds meanwhile survives)."""
+        payload: dict[str, Any] = {}
+        if writeback.tier is not None:
+            payload["fields"] = self.tier_fields(Tier(writeback.tier))
+        operations: list[dict[str, str]] = [{"add": label} for label in sorted(writeback.add_tags)]
+        operations += [{"remove": label} for label in sorted(writeback.remove_tags)]
+        if operations:
+            payload["update"] = {"labels": operations}
+        return payload
 
     def history_sources(self) -> tuple[HistorySource, ...]:
         """What the connector reads besides the fields: the changelog of these fields (comments come as the

@@ -16,6 +16,7 @@ through the Table API).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from connectors.base import HistorySource, RawRecord
+from connectors.base import HistorySource, RawRecord, ReadSpec
 from engine.model import (
     COMMENT_MARKER,
     Flags,
@@ -34,6 +35,7 @@ from engine.model import (
     Ticket,
     Tier,
     TierChange,
+    WriteBack,
 )
 from mappings import MappingError, NormalizeError
 from mappings.common import FlagSources, Strict, TagNames, load_spec
@@ -249,6 +251,32 @@ class ServiceNowMapping:
     @property
     def task_sla_fields(self) -> tuple[str, ...]:
         return TASK_SLA_FIELDS
+
+    def read_spec(self) -> ReadSpec:
+        """What connectors/servicenow.py reads for this mapping (it imports no mapping: see connectors.base)."""
+        return ReadSpec(
+            fields=tuple(self.poll_fields()),
+            history=self.history_sources(),
+            platform_slas=self.wants_platform_slas,
+            sla_fields=self.task_sla_fields,
+            write_reads=(self.tags_field,),
+        )
+
+    def render_patch(self, writeback: WriteBack, current: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The PATCH fields for the write-back: the tier's field value, and the tags field rewritten from its
+        current value (`current`, read just before: the field is a plain string list) when tags change."""
+        patch: dict[str, Any] = {}
+        if writeback.tier is not None:
+            patch.update(self.tier_fields(Tier(writeback.tier)))
+        if writeback.add_tags or writeback.remove_tags:
+            if current is None:
+                raise ValueError("rendering a tag change needs the record's current tags field")
+            before = self.split_tags(text_value(current.get(self.tags_field)))
+            after = [tag for tag in before if tag not in writeback.remove_tags]
+            after += sorted(tag for tag in writeback.add_tags if tag not in after)
+            if after != before:
+                patch[self.tags_field] = self.join_tags(after)
+        return patch
 
     def history_sources(self) -> tuple[HistorySource, ...]:
         """The history tables the connector reads per page, with the fields (sys_audit) or elements

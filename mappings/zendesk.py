@@ -48,9 +48,9 @@ from typing import Any, Literal
 
 from pydantic import Field, PositiveInt, field_validator
 
-from connectors.base import HistorySource, RawRecord
+from connectors.base import HistorySource, RawRecord, ReadSpec
 from engine.configfile import locate
-from engine.model import COMMENT_MARKER, Flags, Priority, Status, StatusChange, Ticket, Tier, TierChange
+from engine.model import COMMENT_MARKER, Flags, Priority, Status, StatusChange, Ticket, Tier, TierChange, WriteBack
 from mappings import MappingError, NormalizeError
 from mappings.common import FlagSources, Strict, TagNames, load_spec
 
@@ -242,6 +242,29 @@ class ZendeskMapping:
     def sideloads(self) -> tuple[str, ...]:
         """`include=` values the incremental export needs for this mapping."""
         return ("metric_sets", "organizations")
+
+    def read_spec(self) -> ReadSpec:
+        """What connectors/zendesk.py reads for this mapping (it imports no mapping: see connectors.base)."""
+        return ReadSpec(sideloads=self.sideloads, history=self.history_sources(), tier_moves_tags=bool(self.tier_tags))
+
+    def render_patch(self, writeback: WriteBack, current: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Ticket fields for the write-back: the tier's group or dropdown option, and the whole tag list (the
+        current tags, `current["tags"]`, with the changes applied) when tags change or follow the tier."""
+        patch: dict[str, Any] = {}
+        tier = Tier(writeback.tier) if writeback.tier is not None else None
+        if tier is not None:
+            patch.update(self.tier_fields(tier))
+        moves_tags = tier is not None and bool(self.tier_tags)
+        if writeback.add_tags or writeback.remove_tags or moves_tags:
+            if current is None or not isinstance(current.get("tags"), list | tuple | frozenset | set):
+                raise ValueError("rendering a tag change needs the ticket's current tags")
+            tags = (set(current["tags"]) - set(writeback.remove_tags)) | set(writeback.add_tags)
+            if tier is not None and moves_tags:
+                # A dropdown field's value is also a tag: keep the tag list in step with the new option.
+                tags -= set(self.tier_tags)
+                tags.add(self.config.tier.options[tier])
+            patch["tags"] = sorted(tags)
+        return patch
 
     def history_sources(self) -> tuple[HistorySource, ...]:
         """The ticket event export, with comments (its `include` value), when the mapping reads history."""
