@@ -34,8 +34,19 @@ where its model fits, over `http.session()`; raw requests through `http.request`
 - auth: API token as basic auth `{email}/token:{api_token}`, or an OAuth access token as a bearer token.
   https://developer.zendesk.com/api-reference/introduction/security-and-auth/
 
-RawRecord.related carries `organization` (the sideloaded organization of the ticket, or absent) and
-`metric_set` (its ticket metric set, or absent): the contract with mappings/zendesk.py.
+- history: the incremental ticket event export (`GET /api/v2/incremental/ticket_events.json?start_time=...
+  &include=comment_events`, time based, 1000 events a page, `end_time` the next `start_time`) followed alongside
+  the ticket export, `history_pages_per_poll` pages (default 1) per poll whatever the page size: Zendesk has no
+  audits-of-these-tickets query, and one audits call per ticket is what the cost rule forbids. The events go into
+  an in-memory book by ticket; a ticket's facts come from it only when the book holds all its events (see
+  `_EventBook.related`); a restarted daemon follows again from its look-back.
+  https://developer.zendesk.com/api-reference/ticketing/ticket-management/incremental_exports/#incremental-ticket-event-export
+
+RawRecord.related carries `organization` (the sideloaded organization of the ticket, or absent), `metric_set`
+(its ticket metric set, or absent) and, when the mapping reads history, `ticket_events` with
+`ticket_events_window` ([since, until) epoch seconds the book is complete for) or `history_unavailable`
+(the export was refused): the contract with the mapping, which this module never imports (connectors.base
+RecordSpec: it reads `read_spec()` and sends what `render_patch()` renders).
 """
 
 from __future__ import annotations

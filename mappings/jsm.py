@@ -3,7 +3,7 @@
 Owns every fact about how a JSM issue (as `/rest/api/3/search/jql` or `GET /rest/api/3/issue/{key}`
 returns it) becomes an `engine.model.Ticket`: which priority names mean P1-P4, which statuses pause or close,
 which select custom field holds the support tier, which custom fields are JSM SLAs, where the customer segment
-and the escalation flags live. The connector asks `JsmMapping.request_fields` for the `fields` list it sends,
+and the escalation flags live. The connector sends the `fields` of `JsmMapping.read_spec()` (it imports no mapping),
 so a search returns nothing the mapping does not read.
 
 Shapes handled (from Atlassian's REST docs and real recordings):
