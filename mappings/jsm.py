@@ -43,7 +43,7 @@ from engine.model import (
     WriteBack,
 )
 from mappings import MappingError, NormalizeError
-from mappings.common import FlagSources, Strict, TagNames, load_spec
+from mappings.common import FlagSources, Strict, TagNames, load_spec, tier_entry
 
 PLATFORM = "jsm"
 _CUSTOM_FIELD = re.compile(r"^customfield_\d+$")
@@ -415,6 +415,7 @@ class JsmMapping:
             tags=frozenset(labels),
             assignee_group=self._text(fields, self.spec.assignee_group),
             tier=tier,
+            tier_entered_at=tier_entry(history.get("tier_changes"), tier),
             flags=self._flags(rid, fields, labels),
             platform_slas=slas,
             revision=str(fields["updated"]) if isinstance(fields["updated"], str) else updated_at.isoformat(),

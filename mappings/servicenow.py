@@ -38,7 +38,7 @@ from engine.model import (
     WriteBack,
 )
 from mappings import MappingError, NormalizeError
-from mappings.common import FlagSources, Strict, TagNames, load_spec
+from mappings.common import FlagSources, Strict, TagNames, load_spec, tier_entry
 
 PLATFORM = "servicenow"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -409,6 +409,7 @@ class _Normalizer:
             tags=tags,
             assignee_group=self.text(fields.assignee_group) or None,
             tier=tier,
+            tier_entered_at=tier_entry(history.get("tier_changes"), tier),
             flags=self.flags(tags),
             platform_slas=self.platform_slas(),
             revision=make_revision(self.text(fields.updated_at), self.text(fields.mod_count)),

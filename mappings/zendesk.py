@@ -52,7 +52,7 @@ from connectors.base import HistorySource, RawRecord, ReadSpec
 from engine.configfile import locate
 from engine.model import COMMENT_MARKER, Flags, Priority, Status, StatusChange, Ticket, Tier, TierChange, WriteBack
 from mappings import MappingError, NormalizeError
-from mappings.common import FlagSources, Strict, TagNames, load_spec
+from mappings.common import FlagSources, Strict, TagNames, load_spec, tier_entry
 
 PLATFORM = "zendesk"
 ZENDESK_PRIORITIES = ("urgent", "high", "normal", "low")
@@ -328,7 +328,8 @@ class ZendeskMapping:
             tags=tags,
             assignee_group=_id_text(data.get("group_id")),
             tier=tier,
-            tier_entered_at=self._tier_entered_at(rid, tier, metrics, created_at),
+            tier_entered_at=tier_entry(history.get("tier_changes"), tier)
+            or self._tier_entered_at(rid, tier, metrics, created_at),
             status_history=history.pop("status_history", None) or self._current_status_since(rid, status, metrics),
             flags=self._flags(rid, tags, fields, org_fields, reopens),
             revision=str(data["updated_at"]),
