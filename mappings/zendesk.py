@@ -69,7 +69,8 @@ _TAG = re.compile(r"^[^\s,]+$")
 OUR_MARKER = COMMENT_MARKER.partition("{")[0]
 SYSTEM_USER_ID = -1
 """The updater of changes made by triggers, automations and other system rules."""
-HISTORY_FACTS = ("public_replies", "agent_actions", "tier_changes", "internal_notes")
+_EVENT_FACTS = ("public_replies", "agent_actions", "tier_changes", "internal_notes")
+"""What the ticket events give; absent (missing) for a ticket whose events were not all seen."""
 _BOOL_FLAGS = (
     "churn_threat",
     "public_complaint",
@@ -354,7 +355,7 @@ class ZendeskMapping:
         )
         facts = _EventHistory(self, rid, data, events).facts() if complete and isinstance(events, list) else None
         if facts is None:
-            return {"missing_facts": frozenset(HISTORY_FACTS)}
+            return {"missing_facts": frozenset(_EVENT_FACTS)}
         return facts
 
     def _status(self, rid: str, value: Any) -> Status:
