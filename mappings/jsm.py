@@ -541,7 +541,7 @@ class _History:
     creation is the `from` of its first change, or its current value when it never changed. Status names map
     through `status.names` (or the issue's current status when the name is the current one); other names count
     as open, so statuses that pause or close should be named there. Customers are the reporter and every author
-    whose `accountType` is "customer". Anything cut off or malformed leaves its facts absent (`missing_facts`).
+    whose `accountType` is "customer"; apps (`accountType` "app": automation rules) are neither customers nor agents. Anything cut off or malformed leaves its facts absent (`missing_facts`).
     """
 
     def __init__(
@@ -565,6 +565,12 @@ class _History:
         raw_status = fields.get("status")
         self.status_name = raw_status.get("name") if isinstance(raw_status, Mapping) else None
 
+    def _is_agent(self, user: Any) -> bool:
+        """A person on the support side: not a customer, and not an app (Automation for Jira, integrations)."""
+        if isinstance(user, Mapping) and user.get("accountType") == "app":
+            return False
+        return user is not None and not self._is_customer(user)
+
     def _is_customer(self, user: Any) -> bool:
         if isinstance(user, Mapping) and user.get("accountType") == "customer":
             return True
@@ -585,7 +591,7 @@ class _History:
                 facts["status_history"] = self._statuses(changes)
                 facts["tier_changes"] = self._tiers(changes)
                 for at, author, item in changes:
-                    if item.get("fieldId") in ("status", history.assignee_field) and not self._is_customer(author):
+                    if item.get("fieldId") in ("status", history.assignee_field) and self._is_agent(author):
                         actions.append(at)
         if history.comments:
             comments = self._comments()
@@ -600,7 +606,7 @@ class _History:
                         if public is not False:
                             customer = at
                         continue
-                    if ours:
+                    if ours or not self._is_agent(author):
                         continue
                     actions.append(at)
                     if public is None:

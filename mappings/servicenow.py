@@ -185,6 +185,8 @@ class HistoryMap(Strict):
     customer's own comments from agents' replies. "" treats every author as an agent."""
     public_element: str = "comments"
     internal_element: str = "work_notes"
+    system_users: list[str] = Field(default_factory=lambda: ["system"])
+    """Authors whose changes are the platform's own (business rules, SLA engine, auto-close): no agent actions."""
 
 
 class ServiceNowMappingFile(Strict):
@@ -585,6 +587,8 @@ class _History:
 
     def _by_agent(self, row: dict[str, Any], author: str) -> bool:
         name = text_value(row.get(author))
+        if name in self.spec.history.system_users:
+            return False
         return not self.requester or name != self.requester
 
     def _status_history(self, audit: list[tuple[datetime, dict[str, Any]]]) -> tuple[StatusChange, ...] | None:

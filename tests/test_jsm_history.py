@@ -264,3 +264,14 @@ def test_sandbox_extra_calls_per_page_stay_constant(clock, mapping, count: int) 
     assert calls == ["/rest/api/3/search/jql", "/rest/api/3/changelog/bulkfetch"]
     cut = [record for record in page.records if record.data["changelog"]["total"] > 1]
     assert cut and all("changelog" in record.related for record in cut)
+
+
+def test_automation_rules_are_no_agents(mapping: JsmMapping) -> None:
+    body = fixture("search_with_history.json")
+    automation = {"accountId": "557058:f58131cb-b67d-43c7-b30d-6b58d40bd077", "accountType": "app"}
+    automation["displayName"] = "Automation for Jira"
+    moved = next(h for h in body["issues"][0]["changelog"]["histories"] if h["id"] == "10815")
+    moved["author"] = automation  # a rule moved it to "Waiting for customer"
+    ticket = mapping.normalize(RawRecord("10101", body["issues"][0]), "acme-jsm")
+    assert utc("2026-03-06T10:20:00.000-05:00") not in ticket.agent_actions
+    assert Status.PENDING in [change.status for change in ticket.status_history]

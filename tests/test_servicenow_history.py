@@ -301,3 +301,13 @@ def test_sandbox_a_denied_history_table_is_unknown_not_fatal(sandbox, clock) -> 
     ticket = snow.mapping.normalize(page.records[0], "acme-snow")
     assert ticket.agent_actions is None and "agent_actions" in ticket.missing_facts
     assert ticket.status_history  # sys_audit was readable
+
+
+def test_the_platforms_own_changes_are_no_agent_actions(mapping: ServiceNowMapping) -> None:
+    body = fixture("sys_audit_for_page1.json")
+    for row in body["result"]:
+        if row["documentkey"] == RECORD and row["sys_created_on"] == "2026-11-20 09:00:00":
+            row["user"] = "system"  # a business rule put it on hold
+    ticket = normalized(mapping, audit=httpx.Response(200, json=body, headers={"Date": DATE}))
+    assert at("2026-11-20 09:00:00") not in ticket.agent_actions
+    assert ticket.status_history[-1] == StatusChange(at("2026-11-20 09:00:00"), Status.ON_HOLD)
