@@ -14,7 +14,9 @@ where its model fits, over `http.session()`; raw requests through `http.request`
   https://developer.zendesk.com/api-reference/ticketing/ticket-management/incremental_exports/
   https://developer.zendesk.com/documentation/ticketing/managing-tickets/using-the-incremental-export-api/
 - fetch: `GET /api/v2/tickets/{id}.json` through `http.request`: we need the raw JSON for the mapping, and
-  zenpy would deserialize (and cache) an object. 404 -> None.
+  zenpy would deserialize (and cache) an object. 404 -> None. With history, also the ticket's audits
+  (`GET /api/v2/tickets/{id}/audits.json`, every page): a single-ticket read (a conflict, `explain`) is per ticket
+  anyway, and it must not depend on how long this process has followed the event export.
 - apply: ONE `PUT /api/v2/tickets/{id}.json` through `http.request` with `safe_update: true` and
   `updated_stamp: <revision>` (the ticket's updated_at as we read it), so a ticket changed under us answers
   409 instead of being overwritten. Tags: the Tickets API documents `additional_tags`/`remove_tags` only for
@@ -264,6 +266,40 @@ class ZendeskConnector:
     # -- fetch ------------------------------------------------------------------------------------------------
 
     def fetch(self, ticket_id: str) -> RawRecord | None:
+        """Re-read one ticket; with history, its audits too (a per-ticket read anyway: a conflict, `explain`),
+        so a daemon that has not followed the event export long enough still knows the whole history."""
+        record = self._fetch(ticket_id)
+        if record is None or self.events is None:
+            return record
+        return RawRecord(record.id, record.data, {**record.related, **self._audits(ticket_id)})
+
+    def _audits(self, ticket_id: str) -> dict[str, Any]:
+        """`GET /api/v2/tickets/{id}/audits.json`, every page (offset pagination, `next_page` until null).
+        https://developer.zendesk.com/api-reference/ticketing/tickets/ticket_audits/#list-audits-for-a-ticket"""
+        audits: list[Any] = []
+        url: str | None = f"/api/v2/tickets/{_ticket_path_id(ticket_id)}/audits.json"
+        used: str | None = None
+        paging = CursorExport(self.instance, f"audits of ticket {ticket_id}")
+        while url is not None:
+            try:
+                response = self.http.request("GET", url)
+            except AuthError as error:
+                if error.status != 403:
+                    raise
+                return {"history_unavailable": ["ticket_audits"]}
+            body = self._json(response, f"audits of ticket {ticket_id}")
+            if response.status_code != 200 or not isinstance(body.get("audits"), list):
+                raise TransientError(
+                    f"{self.instance}: audits of ticket {ticket_id}: HTTP {response.status_code}: {_error_text(body)}"
+                )
+            audits.extend(body["audits"])
+            following = body.get("next_page") if isinstance(body.get("next_page"), str) else None
+            if following is None:
+                break
+            used = url = paging.next_cursor(used, following, end_of_stream=False)
+        return {"ticket_audits": audits}
+
+    def _fetch(self, ticket_id: str) -> RawRecord | None:
         params = {"include": ",".join(self.spec.sideloads)}
         response = self.http.request("GET", f"/api/v2/tickets/{_ticket_path_id(ticket_id)}.json", params=params)
         if response.status_code == 404:
@@ -317,7 +353,7 @@ class ZendeskConnector:
         """The ticket's tags at `writeback.revision` (the memo of the last read, else a re-read)."""
         memo = self._memo.get(str(writeback.ticket_id))
         if memo is None or memo[0] != writeback.revision:
-            record = self.fetch(writeback.ticket_id)
+            record = self._fetch(writeback.ticket_id)
             if record is None:
                 raise PermanentWriteError(f"{where}: ticket no longer exists")
             memo = self._memo.get(str(writeback.ticket_id))

@@ -343,6 +343,11 @@ class ZendeskMapping:
         """History facts from the ticket's events, when the connector saw all of them (see `_EventHistory`)."""
         if not self.config.history.ticket_events:
             return {}
+        audits = record.related.get("ticket_audits")
+        if isinstance(audits, list):  # a single-ticket read: every audit of the ticket, complete by construction
+            events = _audits_as_events(audits)
+            facts = _EventHistory(self, rid, data, events).facts() if events is not None else None
+            return facts if facts is not None else {"missing_facts": frozenset(_EVENT_FACTS)}
         window = record.related.get("ticket_events_window")
         events = record.related.get("ticket_events")
         complete = (
@@ -627,6 +632,45 @@ class _EventHistory:
             "agent_actions": tuple(sorted(actions)),
             "last_customer_message_at": customer,
         }
+
+
+def _audits_as_events(audits: list[Any]) -> list[dict[str, Any]] | None:
+    """Ticket Audits API audits (`{id, created_at, author_id, events: [{type, field_name, value, previous_value}
+    | {type: "Comment", author_id, body, public}]}`, ids as text) in the ticket event export's form, so one reader
+    serves both; None when an audit is malformed.
+    https://developer.zendesk.com/api-reference/ticketing/tickets/ticket_audits/"""
+    converted = []
+    for audit in audits:
+        if not isinstance(audit, Mapping) or not isinstance(audit.get("events"), list):
+            return None
+        children: list[dict[str, Any]] = []
+        for event in audit["events"]:
+            if not isinstance(event, Mapping):
+                return None
+            kind = event.get("type")
+            if kind == "Comment":
+                children.append({**event, "event_type": "Comment"})
+            elif kind in ("Create", "Change") and isinstance(event.get("field_name"), str):
+                child = {event["field_name"]: event.get("value"), "event_type": kind}
+                if "previous_value" in event:
+                    child["previous_value"] = event["previous_value"]
+                children.append(child)
+        converted.append(
+            {
+                "id": audit.get("id"),
+                "created_at": audit.get("created_at"),
+                "updater_id": _as_int(audit.get("author_id")),
+                "child_events": children,
+            }
+        )
+    return converted
+
+
+def _as_int(value: Any) -> Any:
+    """Audit ids may come as text; the ticket's requester id is a number."""
+    if isinstance(value, str) and value.lstrip("-").isdigit():
+        return int(value)
+    return value
 
 
 def _id_text(value: Any) -> str | None:

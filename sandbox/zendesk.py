@@ -22,6 +22,8 @@ the client's misunderstandings. What it follows (developer.zendesk.com):
   change child event naming its field as the key (`"status": "pending", "previous_value": "open"`), comments as
   `event_type: "Comment"` with `author_id`, `body`, `public` (only with the sideload). Time based: up to 1000
   events a page, `end_time` is the next `start_time`; the last minute is left out as in the ticket export.
+- Ticket Audits: `GET /api/v2/tickets/{id}/audits.json`, oldest first, offset pagination (`next_page`, `count`);
+  events `{id, type, field_name, value, previous_value}` (values as text) and comments.
 - Ticket Metrics (`metric_sets` sideload): minutes as `{calendar, business}`, null until reached.
 - Request format: `X-Rate-Limit` / `X-Rate-Limit-Remaining` on every response; 429 with `Retry-After`.
 Inferred, not documented (kept plausible and marked here): the wording of 422 parameter errors, the 400 for a
@@ -269,6 +271,7 @@ class _TicketState:
     initially_assigned_at: datetime | None = None
     assignee_updated_at: datetime | None = None
     requester_updated_at: datetime | None = None
+    audits: list[dict[str, Any]] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------- the sandbox
@@ -309,6 +312,7 @@ class ZendeskSandbox(SandboxApp):
             ("GET", r"/api/v2/tickets/(?P<ticket_id>\d+)(?:\.json)?", self._show_ticket),
             ("PUT", r"/api/v2/tickets/(?P<ticket_id>\d+)(?:\.json)?", self._update_ticket),
             ("GET", r"/api/v2/tickets/(?P<ticket_id>\d+)/comments(?:\.json)?", self._list_comments),
+            ("GET", r"/api/v2/tickets/(?P<ticket_id>\d+)/audits(?:\.json)?", self._list_audits),
             ("GET", r"/api/v2/tickets/(?P<ticket_id>\d+)/metrics(?:\.json)?", self._show_metrics),
             ("GET", r"/api/v2/organizations/(?P<org_id>\d+)(?:\.json)?", self._show_org),
             ("GET", r"/api/v2/users/me(?:\.json)?", self._show_me),
@@ -705,7 +709,13 @@ class ZendeskSandbox(SandboxApp):
     def _log_event(
         self, audit_id: int, state: _TicketState, at: datetime, author: int, events: list[dict[str, Any]], channel: str
     ) -> None:
-        """The audit as a ticket event: a change child event names its field as the key, with `previous_value`."""
+        """The audit as a ticket event: a change child event names its field as the key, with `previous_value`.
+        The Ticket Audits API's form (`type`, `field_name`, `value` as text) is kept with the ticket too."""
+        shown = [
+            event if event["type"] == "Comment" else {**event, "value": _event_value(event["value"])}
+            for event in events
+        ]
+        state.audits.append(self._audit(audit_id, state, at, author, copy.deepcopy(shown), channel))
         children = []
         for event in events:
             base = {"id": event["id"], "via": _VIA_LABELS.get(channel, channel), "via_reference_id": None}
@@ -913,6 +923,32 @@ class ZendeskSandbox(SandboxApp):
                 "next_page": link(number + 1) if start + per_page < len(ordered) else None,
                 "previous_page": link(number - 1) if number > 1 else None,
                 "count": len(ordered),
+            },
+        )
+
+    def _list_audits(self, request: Request, ticket_id: str) -> Response:
+        """List Audits for a Ticket: oldest first, offset pagination (`next_page`, `previous_page`, `count`)."""
+        state = self._live(ticket_id)
+        if state is None:
+            return _json(404, ERROR_NOT_FOUND)
+        try:
+            per_page = min(max(int(request.param("per_page") or 100), 1), 100)
+            number = max(int(request.param("page") or 1), 1)
+        except ValueError:
+            return _invalid("page and per_page must be integers")
+        start = (number - 1) * per_page
+        base = f"{self._origin()}/api/v2/tickets/{state.data['id']}/audits.json"
+
+        def link(target: int) -> str:
+            return f"{base}?{urlencode({'page': target, 'per_page': per_page})}"
+
+        return _json(
+            200,
+            {
+                "audits": copy.deepcopy(state.audits[start : start + per_page]),
+                "next_page": link(number + 1) if start + per_page < len(state.audits) else None,
+                "previous_page": link(number - 1) if number > 1 else None,
+                "count": len(state.audits),
             },
         )
 

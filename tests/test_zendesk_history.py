@@ -184,6 +184,25 @@ def test_an_event_page_that_does_not_advance_is_refused(mapping: ZendeskMapping)
         poll_fixture(mapping, events=httpx.Response(200, json=stuck))
 
 
+def test_a_single_ticket_read_brings_its_audits_and_the_same_facts(mapping: ZendeskMapping) -> None:
+    """`fetch` (a conflict re-read, `explain`) in a daemon that has not followed the export: the ticket's audits."""
+    polled = ticket_4101(mapping)
+    with respx.mock() as api:
+        api.get(f"{BASE}/api/v2/tickets/4101.json").mock(
+            return_value=httpx.Response(200, json=fixture("ticket_show_4101_sideloads.json"))
+        )
+        audits = api.get(f"{BASE}/api/v2/tickets/4101/audits.json").mock(
+            return_value=httpx.Response(200, json=fixture("ticket_audits_4101.json"))
+        )
+        record = connector(mapping).fetch("4101")
+    assert record is not None and audits.call_count == 1
+    fetched = mapping.normalize(record, "acme-zendesk")
+    for fact in ("status_history", "tier_changes", "public_replies", "agent_actions", "internal_notes"):
+        assert getattr(fetched, fact) == getattr(polled, fact), fact
+    assert fetched.last_customer_message_at == polled.last_customer_message_at
+    assert fetched.missing_facts == frozenset()
+
+
 # -- on the sandbox ------------------------------------------------------------------------------------------------
 
 START = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)  # Tuesday 10:00 in Berlin
@@ -279,6 +298,17 @@ def test_sandbox_our_own_tag_write_moves_no_clock(sandbox, clock, mapping) -> No
     assert after.updated_at > before.updated_at and "esc_x" in after.tags
     later = clock.now() + timedelta(minutes=5)
     assert evaluate(before, POLICY, later).clocks == evaluate(after, POLICY, later).clocks
+
+
+def test_sandbox_a_fresh_daemons_fetch_knows_the_whole_history(sandbox, clock, mapping) -> None:
+    ticket_id = recent_l1_ticket(sandbox)
+    sandbox.add_comment(ticket_id, "Looking now.", public=True)
+    polled = read(sandbox, ticket_id, mapping)
+    record = connector(mapping, sandbox.transport()).fetch(str(ticket_id))  # no poll: the book is empty
+    assert record is not None
+    fetched = mapping.normalize(record, "acme-zendesk")
+    assert fetched.public_replies == polled.public_replies and fetched.tier_changes == polled.tier_changes
+    assert fetched.agent_actions == polled.agent_actions and fetched.status_history == polled.status_history
 
 
 @pytest.mark.parametrize("count", [10, 1000])
