@@ -157,6 +157,14 @@ class Ticket:
     def effective_tier(self) -> Tier:
         return self.tier or Tier.L1
 
+    def internal_notes_since(self, start: datetime) -> tuple[int, datetime | None] | None:
+        """How many internal notes people wrote after `start` (the tier's entry, for the handoff's
+        troubleshooting summary) and the latest one's time; None when the platform's notes cannot be read."""
+        if self.internal_notes is None:
+            return None
+        later = [moment for moment in self.internal_notes if moment > start]
+        return len(later), max(later) if later else None
+
 
 @dataclass(frozen=True)
 class EscalationHistory:

@@ -180,3 +180,10 @@ def test_management_clocks_stop_at_the_first_action_and_reply_after_the_start():
     contact = clock(decision, "mgmt_customer_contact")
     assert contact.state is ClockState.MET and contact.elapsed == 20 * M
     assert clock(decision, "mgmt_update").elapsed == 1 * H
+
+
+def test_internal_notes_since_the_tier_entry_for_the_handoff():
+    t = ticket(internal_notes=(T0 + 5 * M, T0 + 2 * H, T0 + 3 * H))
+    assert t.internal_notes_since(T0 + 1 * H) == (2, T0 + 3 * H)
+    assert t.internal_notes_since(T0 + 4 * H) == (0, None)
+    assert ticket(internal_notes=None).internal_notes_since(T0) is None
