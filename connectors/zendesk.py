@@ -188,7 +188,9 @@ class ZendeskConnector:
             raise TransientError(f"{self.instance}: incremental export: no tickets list in the page")
         end_of_stream = body.get("end_of_stream") is True
         next_cursor = self._tickets_paging.next_cursor(cursor, body.get("after_cursor"), end_of_stream)
-        self._follow_events(now)
+        if tickets or not self._book.caught_up:
+            # An idle cycle stays one call: with no ticket changed and the book caught up, no fact can be missing.
+            self._follow_events(now)
         records = self._records(tickets, body)
         return Page(records=records, cursor=str(next_cursor), has_more=not end_of_stream)
 
@@ -226,6 +228,7 @@ class ZendeskConnector:
                 book.add(event)
             end_of_stream = body.get("end_of_stream") is True
             book.position = self._events_paging.next_start(start, body.get("end_time"), end_of_stream)
+            book.caught_up = end_of_stream
             if end_of_stream:
                 book.until = max(book.until or 0, cutoff + 1)  # everything up to the cutoff has been delivered
                 return
@@ -409,6 +412,8 @@ class _EventBook:
         self.since: int | None = None
         self.until: int | None = None
         self.denied = False
+        self.caught_up = False
+        """The last page read was the end of the stream (then an empty ticket page needs no event call)."""
         self._events: OrderedDict[Any, dict[Any, Mapping[str, Any]]] = OrderedDict()
         self._dropped_until: int | None = None
 
