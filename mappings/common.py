@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
@@ -91,3 +91,18 @@ def tier_entry(changes: tuple[TierChange, ...] | None, tier: Tier | None) -> dat
         if level != previous:
             entered, previous = (change.at if level == current else None), level
     return entered
+
+
+def summary_times(history: dict[str, Any]) -> dict[str, datetime]:
+    """The single-time facts (first and last public reply, last agent action) the history implies, for the
+    fields that predate it (`explain` shows them, `ticket.has_public_reply` reads the first reply): only those
+    the history holds, so a mapping keeps its own estimate where the history is absent."""
+    times: dict[str, datetime] = {}
+    replies = history.get("public_replies")
+    if replies:
+        times["first_public_reply_at"] = min(replies)
+        times["last_public_reply_at"] = max(replies)
+    actions = history.get("agent_actions")
+    if actions:
+        times["last_agent_action_at"] = max(actions)
+    return times

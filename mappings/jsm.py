@@ -43,7 +43,7 @@ from engine.model import (
     WriteBack,
 )
 from mappings import MappingError, NormalizeError
-from mappings.common import FlagSources, Strict, TagNames, load_spec, tier_entry
+from mappings.common import FlagSources, Strict, TagNames, load_spec, summary_times, tier_entry
 
 PLATFORM = "jsm"
 _CUSTOM_FIELD = re.compile(r"^customfield_\d+$")
@@ -395,6 +395,7 @@ class JsmMapping:
         first_reply = self._first_reply(rid, fields)
         tier = self._tier(rid, fields)
         history = _History(self, record, fields, created_at, status, tier).facts()
+        times = summary_times(history)
         return Ticket(
             platform=PLATFORM,
             instance=instance,
@@ -407,7 +408,9 @@ class JsmMapping:
             created_at=created_at,
             updated_at=updated_at,
             description=adf_to_text(fields.get("description")).strip(),
-            first_public_reply_at=first_reply,
+            first_public_reply_at=first_reply or times.get("first_public_reply_at"),
+            last_public_reply_at=times.get("last_public_reply_at"),
+            last_agent_action_at=times.get("last_agent_action_at"),
             solved_at=solved_at,
             requester=user_ref(fields.get("reporter")),
             organization=self._text(fields, self.spec.organization),

@@ -38,7 +38,7 @@ from engine.model import (
     WriteBack,
 )
 from mappings import MappingError, NormalizeError
-from mappings.common import FlagSources, Strict, TagNames, load_spec, tier_entry
+from mappings.common import FlagSources, Strict, TagNames, load_spec, summary_times, tier_entry
 
 PLATFORM = "servicenow"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -389,6 +389,7 @@ class _Normalizer:
         created = self.date(fields.created_at, required=True) or updated
         tier = self.mapping._tier_by_value.get(tier_value)
         history = _History(self, created, status, tier).facts()
+        times = summary_times(history)
         return Ticket(
             platform=PLATFORM,
             instance=instance,
@@ -401,9 +402,9 @@ class _Normalizer:
             priority=self.priority(),
             created_at=created,
             updated_at=updated,
-            first_public_reply_at=self.date(fields.first_public_reply_at),
-            last_public_reply_at=self.date(fields.last_public_reply_at),
-            last_agent_action_at=self.date(fields.last_agent_action_at),
+            first_public_reply_at=self.date(fields.first_public_reply_at) or times.get("first_public_reply_at"),
+            last_public_reply_at=self.date(fields.last_public_reply_at) or times.get("last_public_reply_at"),
+            last_agent_action_at=self.date(fields.last_agent_action_at) or times.get("last_agent_action_at"),
             solved_at=solved_at,
             requester=self.text(fields.requester) or None,
             organization=self.text(fields.organization) or None,

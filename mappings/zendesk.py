@@ -21,7 +21,9 @@ https://developer.zendesk.com/documentation/ticketing/using-the-zendesk-api/side
   comment. None while it is null (no reply yet).
 - last_public_reply_at: the metric set has no "last public agent reply" time (`latest_comment_added_at`
   counts private notes and customer comments too). We only know it when `replies == 1` (then it is the first
-  reply); otherwise it stays None and the engine must not rely on it for Zendesk.
+  reply), unless the ticket's events were all seen (`related["ticket_events"]`, or its audits on a re-read):
+  then every reply, action, status and group change is known (see `_EventHistory`) and these single times
+  follow from them.
 - last_agent_action_at = `assignee_updated_at` ("when the assignee last updated the ticket").
 - status_history = one entry, the current status since `status_updated_at`: enough for the engine to know
   since when a pending or on-hold ticket has been paused.
@@ -52,7 +54,7 @@ from connectors.base import HistorySource, RawRecord, ReadSpec
 from engine.configfile import locate
 from engine.model import COMMENT_MARKER, Flags, Priority, Status, StatusChange, Ticket, Tier, TierChange, WriteBack
 from mappings import MappingError, NormalizeError
-from mappings.common import FlagSources, Strict, TagNames, load_spec, tier_entry
+from mappings.common import FlagSources, Strict, TagNames, load_spec, summary_times, tier_entry
 
 PLATFORM = "zendesk"
 ZENDESK_PRIORITIES = ("urgent", "high", "normal", "low")
@@ -307,6 +309,7 @@ class ZendeskMapping:
         tier = self._tier(data, fields)
         first_reply, last_reply, last_agent, solved_at, reopens = self._metric_times(rid, metrics, created_at)
         history = self._history(rid, data, record, created_at, updated_at)
+        times = summary_times(history)
         return Ticket(
             platform=PLATFORM,
             instance=instance,
@@ -319,9 +322,9 @@ class ZendeskMapping:
             created_at=created_at,
             updated_at=updated_at,
             description=str(data.get("description") or ""),
-            first_public_reply_at=first_reply,
-            last_public_reply_at=last_reply,
-            last_agent_action_at=last_agent,
+            first_public_reply_at=first_reply or times.get("first_public_reply_at"),
+            last_public_reply_at=times.get("last_public_reply_at", last_reply),
+            last_agent_action_at=times.get("last_agent_action_at", last_agent),
             solved_at=solved_at,
             requester=_id_text(data.get("requester_id")),
             organization=self._organization(data, organization),
