@@ -408,7 +408,8 @@ class JsmMapping:
             created_at=created_at,
             updated_at=updated_at,
             description=adf_to_text(fields.get("description")).strip(),
-            first_public_reply_at=first_reply or times.get("first_public_reply_at"),
+            # The engine reads the replies themselves; the single time agrees with them where they are known.
+            first_public_reply_at=times.get("first_public_reply_at", first_reply),
             last_public_reply_at=times.get("last_public_reply_at"),
             last_agent_action_at=times.get("last_agent_action_at"),
             solved_at=solved_at,
