@@ -6,6 +6,7 @@ mapping normalizes them), and it applies a `WriteBack` already planned by the en
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -20,6 +21,59 @@ class RawRecord:
     id: str
     data: dict[str, Any]
     related: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HistorySource:
+    """A history source a mapping asks the connector to read in bulk for every page of tickets.
+
+    Plain data, so a connector learns what to read without importing a mapping: `name` is the platform's own
+    (`sys_audit`, `sys_journal_field`, `changelog`, `comments`, `ticket_events`), `fields` narrows it to the
+    fields or elements whose history is wanted (empty: all). The rows reach the mapping under
+    `RawRecord.related[name]`; a source the platform refused (no rights) is named in
+    `related["history_unavailable"]` instead, so its facts are absent, never guessed.
+    """
+
+    name: str
+    fields: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ReadSpec:
+    """What a mapping needs read, as plain data a connector sends as it is (it never imports a mapping).
+
+    - `fields`: the record fields to request (JSM `fields`, ServiceNow `sysparm_fields`);
+    - `sideloads`: records to side-load (Zendesk `include=`);
+    - `history`: the history sources to read with each page (see HistorySource);
+    - `platform_slas` / `sla_fields`: read the platform's own SLA records (ServiceNow task_sla) and these fields;
+    - `write_reads`: fields to read back just before a write that needs their current value (a ServiceNow tag
+      field is read-modify-write);
+    - `tier_moves_tags`: a tier write changes the ticket's tags too (a Zendesk dropdown's option is a tag), so
+      the write needs the tags as they are.
+    """
+
+    fields: tuple[str, ...] = ()
+    sideloads: tuple[str, ...] = ()
+    history: tuple[HistorySource, ...] = ()
+    platform_slas: bool = False
+    sla_fields: tuple[str, ...] = ()
+    write_reads: tuple[str, ...] = ()
+    tier_moves_tags: bool = False
+
+
+class RecordSpec(Protocol):
+    """The mapping as a connector sees it: what to read, and the write rendered into the platform's patch.
+
+    Data flows one way: the mapping declares and renders, the connector moves the bytes. A connector is given an
+    object with these two methods (its platform's mapping) and knows nothing else of it.
+    """
+
+    def read_spec(self) -> ReadSpec: ...
+
+    def render_patch(self, writeback: WriteBack, current: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The platform fields that carry the write-back's tier and tags, given the record's current values
+        (`ReadSpec.write_reads`, or the tags) when the write needs them; {} when nothing is to change."""
+        ...
 
 
 @dataclass(frozen=True)

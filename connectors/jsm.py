@@ -9,6 +9,13 @@ pacing, redaction and respx replay are the same as for the other platforms):
   The response is `{issues, nextPageToken, isLast}`: it carries no `maxResults` or `total`, and Jira may return
   fewer issues than asked (it caps pages by the size of the requested fields), so the end of the data is known
   only from `isLast` / a missing `nextPageToken`, never from a short page.
+- history, with the poll and never per issue: `expand=changelog` on the search embeds each issue's changelog
+  (status, assignee, tier-field and other changes, `{startAt, maxResults, total, histories}`), and the `comment`
+  field (in the mapping's fields) brings the comments with `jsdPublic`. Jira embeds at most 100 histories, so
+  the issues of a page whose changelog is cut off get theirs from ONE `POST /rest/api/3/changelog/bulkfetch`
+  (up to 1000 issues, filtered to the mapping's history fields): at most one extra call per page.
+  https://developer.atlassian.com/cloud/jira/platform/rest/v3/api-group-issue-search/ (expand)
+  https://developer.atlassian.com/cloud/jira/platform/rest/v3/api-group-issues/ (Bulk fetch changelogs)
 - fetch: the `jira` library (`JIRA.issue(key, fields=...)`, `GET /rest/api/3/issue/{key}`), its requests
   session replaced by `HttpClient.session()`.
 - apply: one `PUT /rest/api/3/issue/{id}` carrying the tier (a select custom field, `fields`) and the labels as
@@ -50,17 +57,22 @@ from connectors.base import (
     AuthError,
     ConflictError,
     ConnectorError,
+    HistorySource,
     Page,
     PermanentWriteError,
     RawRecord,
+    RecordSpec,
 )
 from connectors.http import HttpClient, path_segment
+from connectors.paging import CursorExport
 from engine.model import COMMENT_MARKER, WriteBack
-from mappings.jsm import JsmMapping
 
 log = logging.getLogger("escalation_sync.jsm")
 
 SEARCH_PATH = "/rest/api/3/search/jql"
+BULK_CHANGELOG_PATH = "/rest/api/3/changelog/bulkfetch"
+BULK_CHANGELOG_ISSUES = 1000  # the most issues one bulk changelog request may name
+BULK_CHANGELOG_FIELDS = 10  # the most fieldIds it may filter by
 ISSUE_PATH = "/rest/api/3/issue/{id}"
 COMMENT_PATH = "/rest/servicedeskapi/request/{id}/comment"
 DEFAULT_PAGE_SIZE = 50
@@ -151,6 +163,17 @@ class _Cursor:
         return json.dumps(data, separators=(",", ":"), sort_keys=True)
 
 
+def _changelog_cut(issue: Mapping[str, Any]) -> bool:
+    """Whether the issue's embedded changelog shows fewer histories than it has (Jira embeds at most 100)."""
+    changelog = issue.get("changelog")
+    if not isinstance(changelog, Mapping):
+        return False
+    histories = changelog.get("histories")
+    total = changelog.get("total")
+    shown = len(histories) if isinstance(histories, list) else 0
+    return isinstance(total, int) and total > shown
+
+
 def _optional_int(value: Any) -> int | None:
     return int(value) if value is not None else None
 
@@ -183,14 +206,21 @@ class JsmConnector:
 
     platform = "jsm"
 
-    def __init__(self, instance: str, http: HttpClient, mapping: JsmMapping, options: Mapping[str, Any]) -> None:
+    def __init__(self, instance: str, http: HttpClient, mapping: RecordSpec, options: Mapping[str, Any]) -> None:
         self.instance = instance
         self.http = http
         self.mapping = mapping
+        self.spec = mapping.read_spec()
+        self._tie_paging = CursorExport(instance, "JQL search page token")
         self.page_size = int(options.get("page_size", DEFAULT_PAGE_SIZE))
         self.overlap_ms = int(options.get("overlap_seconds", DEFAULT_OVERLAP_SECONDS)) * 1000
         self.lookback = timedelta(hours=float(options.get("initial_lookback_hours", DEFAULT_LOOKBACK_HOURS)))
         self.extra_jql = str(options.get("jql", "")).strip()
+        sources = {source.name: source for source in self.spec.history}
+        unknown = set(sources) - {"changelog"}
+        if unknown:
+            raise ValueError(f"{instance}: the mapping asks for history sources JSM has not: {sorted(unknown)}")
+        self.changelog: HistorySource | None = sources.get("changelog")
         if self.page_size < 1:
             raise ValueError(f"{instance}: page_size must be at least 1")
         # The library only builds URLs and parses responses here; every byte goes through our HttpClient.
@@ -243,6 +273,7 @@ class JsmConnector:
                 state.seen[key] = updated
                 state.high_water = max(state.high_water or updated, updated)
             records.append(RawRecord(id=str(issue.get("id") or key), data=dict(issue)))
+        records = self._complete_changelogs(records)
         next_token = body.get("nextPageToken") or None
         has_more = bool(next_token) and body.get("isLast") is not True
         if not has_more:
@@ -255,7 +286,7 @@ class JsmConnector:
             state.since, state.token = last_updated, None
         else:
             # A whole page tied on one `updated` instant: only the token can step past the tie.
-            state.since, state.token = since, next_token
+            state.since, state.token = since, self._tie_paging.next_cursor(token, next_token, not has_more)
         if state.high_water is not None:
             floor = state.high_water - self.overlap_ms
             state.seen = {key: value for key, value in state.seen.items() if value >= floor}
@@ -290,6 +321,7 @@ class JsmConnector:
                 if key:
                     state.seen[key] = updated
             records.append(RawRecord(id=str(issue.get("id") or key), data=dict(issue)))
+        records = self._complete_changelogs(records)
         next_token = body.get("nextPageToken") or None
         has_more = bool(next_token) and body.get("isLast") is not True
         if has_more and last_updated is not None and last_updated > since:
@@ -303,11 +335,62 @@ class JsmConnector:
         payload: dict[str, Any] = {
             "jql": self.jql(since, open_only),
             "maxResults": self.page_size,
-            "fields": self.mapping.request_fields,
+            "fields": list(self.spec.fields),
         }
         if token:
             payload["nextPageToken"] = token
+        if self.changelog is not None:
+            payload["expand"] = "changelog"
         return self.http.request("POST", SEARCH_PATH, json=payload, read_only=True)
+
+    def _complete_changelogs(self, records: list[RawRecord]) -> list[RawRecord]:
+        """Issues whose embedded changelog is cut off (`total` above the histories shown) get their full
+        changelog of the mapping's fields from one bulk request for the whole page (paged by `nextPageToken`
+        only when the page's history is longer than one answer): never a request per issue.
+        `POST /rest/api/3/changelog/bulkfetch` takes up to 1000 issues and 10 field ids."""
+        if self.changelog is None:
+            return records
+        cut = [record for record in records if _changelog_cut(record.data)]
+        if not cut:
+            return records
+        found: dict[str, list[Any]] = {record.id: [] for record in cut}
+        fields = list(self.changelog.fields)[:BULK_CHANGELOG_FIELDS]
+        for start in range(0, len(cut), BULK_CHANGELOG_ISSUES):
+            batch = [record.id for record in cut[start : start + BULK_CHANGELOG_ISSUES]]
+            token: str | None = None
+            while True:
+                body: dict[str, Any] = {"issueIdsOrKeys": batch, "fieldIds": fields, "maxResults": 1000}
+                if token:
+                    body["nextPageToken"] = token
+                response = self.http.request("POST", BULK_CHANGELOG_PATH, json=body, read_only=True)
+                answer = self._bulk_body(response)
+                for log in answer.get("issueChangeLogs") or []:
+                    if isinstance(log, Mapping) and str(log.get("issueId")) in found:
+                        found[str(log.get("issueId"))].extend(log.get("changeHistories") or [])
+                next_token = answer.get("nextPageToken") or None
+                if not next_token or next_token == token:
+                    break
+                token = str(next_token)
+        return [
+            RawRecord(record.id, record.data, {**record.related, "changelog": found[record.id]})
+            if record.id in found
+            else record
+            for record in records
+        ]
+
+    def _bulk_body(self, response: httpx.Response) -> Mapping[str, Any]:
+        if response.status_code != 200:
+            raise ConnectorError(
+                f"{self.instance}: bulk changelog refused (HTTP {response.status_code}): "
+                f"{self.http.redact(error_text(response))}"
+            )
+        try:
+            body = response.json()
+        except ValueError:
+            raise ConnectorError(f"{self.instance}: bulk changelog answered with a body that is not JSON") from None
+        if not isinstance(body, Mapping):
+            raise ConnectorError(f"{self.instance}: bulk changelog answer is not an object")
+        return body
 
     def _search_body(self, response: httpx.Response) -> Mapping[str, Any]:
         if response.status_code != 200:
@@ -326,8 +409,9 @@ class JsmConnector:
     # -- fetch ------------------------------------------------------------------------------------------
 
     def fetch(self, ticket_id: str) -> RawRecord | None:
+        expand = "changelog" if self.changelog is not None else None
         try:
-            issue = self._jira.issue(path_segment(ticket_id), fields=",".join(self.mapping.request_fields))
+            issue = self._jira.issue(path_segment(ticket_id), fields=",".join(list(self.spec.fields)), expand=expand)
         except JIRAError as error:
             if error.status_code == 404:
                 return None
@@ -336,20 +420,13 @@ class JsmConnector:
                 f"{self.http.redact(str(error.text))}"
             ) from None
         raw = issue.raw
-        return RawRecord(id=str(raw.get("id") or ticket_id), data=raw)
+        return self._complete_changelogs([RawRecord(id=str(raw.get("id") or ticket_id), data=raw)])[0]
 
     # -- apply ------------------------------------------------------------------------------------------
 
     def edit_payload(self, writeback: WriteBack) -> dict[str, Any]:
-        """The one edit body: tier as `fields`, labels as `update` add/remove operations."""
-        payload: dict[str, Any] = {}
-        if writeback.tier is not None:
-            payload["fields"] = self.mapping.tier_fields(writeback.tier)
-        operations = [{"add": label} for label in sorted(writeback.add_tags)]
-        operations += [{"remove": label} for label in sorted(writeback.remove_tags)]
-        if operations:
-            payload["update"] = {"labels": operations}
-        return payload
+        """The one edit body, as the mapping renders it (tier as `fields`, labels as `update` operations)."""
+        return dict(self.mapping.render_patch(writeback, None))
 
     def apply(self, writeback: WriteBack) -> ApplyResult:
         ticket = writeback.ticket_id

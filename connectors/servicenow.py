@@ -41,7 +41,7 @@ import json
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 from pydantic import SecretStr
@@ -51,19 +51,38 @@ from connectors.base import (
     AuthError,
     ConflictError,
     ConnectorError,
+    HistorySource,
     Page,
     PermanentWriteError,
     RawRecord,
+    RecordSpec,
     TransientError,
 )
 from connectors.http import HttpClient
+from connectors.paging import Keyset
 from engine.model import COMMENT_MARKER, WriteBack
-from mappings.servicenow import ServiceNowMapping
 
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 MAX_PAGE_SIZE = 10000
-# task_sla rows per request: a page of 200 records has a few hundred SLAs; more pages are keyset-read on sys_id.
-SLA_PAGE_SIZE = 1000
+# Related rows (task_sla, sys_audit, sys_journal_field) per request: a page of 200 records has a few hundred
+# SLAs and a few thousand history rows; more are keyset-read on sys_id.
+SLA_PAGE_SIZE = 10000
+# History sources per page (ServiceNow "Audit" / "sys_audit" and "Journal fields" / "sys_journal_field" tables):
+# source -> (the field naming the record, the condition on top of it, the fields read). `{names}` is the mapping's
+# list of audited fields / journal elements. sys_audit names the author by user_name (`user`), journal rows by
+# `sys_created_by`; values are read raw (a reference's old and new values are sys_ids).
+HISTORY: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "sys_audit": (
+        "documentkey",
+        "tablename={table}^fieldnameIN{names}",
+        ("sys_id", "documentkey", "fieldname", "oldvalue", "newvalue", "user", "sys_created_on"),
+    ),
+    "sys_journal_field": (
+        "element_id",
+        "name={table}^elementIN{names}",
+        ("sys_id", "element_id", "element", "value", "sys_created_by", "sys_created_on"),
+    ),
+}
 CURSOR_VERSION = "v1"
 TOKEN_PATH = "/oauth_token.do"
 # The only query parameters this connector may send. The platform ignores names it does not know (it would not
@@ -79,6 +98,13 @@ ALLOWED_PARAMS = frozenset(
     }
 )
 WRITE_FIELDS = ("sys_id", "sys_updated_on", "sys_mod_count")
+
+
+class ServiceNowSpec(RecordSpec, Protocol):
+    """The mapping as this connector sees it: a RecordSpec that also names a record's revision, the token the
+    conflict check compares (`sys_updated_on` and `sys_mod_count` in the mapping's format)."""
+
+    def revision_of(self, data: dict[str, Any]) -> str: ...
 
 
 def table_params(**params: str | int) -> dict[str, str]:
@@ -218,11 +244,13 @@ class ServiceNowConnector:
 
     platform = "servicenow"
 
-    def __init__(self, instance: str, http: HttpClient, mapping: ServiceNowMapping, options: Mapping[str, Any]) -> None:
+    def __init__(self, instance: str, http: HttpClient, mapping: ServiceNowSpec, options: Mapping[str, Any]) -> None:
         self.instance = instance
         self.http = http
         self.mapping = mapping
+        self.spec = mapping.read_spec()
         self.table = str(options.get("table", "incident"))
+        self._paging = Keyset(instance, f"{self.table} keyset poll")
         if not self.table.replace("_", "").isalnum():
             raise ValueError(f"{instance}: options.table {self.table!r} is not a table name")
         self.page_size = _int_option(options, "page_size", 200, instance, 1, MAX_PAGE_SIZE)
@@ -235,7 +263,9 @@ class ServiceNowConnector:
         self.journal_lookup = str(options.get("journal_lookup", "sys_journal_field"))
         if self.journal_lookup not in ("sys_journal_field", "display_value"):
             raise ValueError(f"{instance}: options.journal_lookup must be 'sys_journal_field' or 'display_value'")
-        self.fields = list(dict.fromkeys([*WRITE_FIELDS, *mapping.poll_fields()]))
+        self.fields = list(dict.fromkeys([*WRITE_FIELDS, *self.spec.fields]))
+        self.history_sources: tuple[HistorySource, ...] = self.spec.history
+        self.history_batch = _int_option(options, "history_batch", 1000, instance, 1, 1000)
 
     # -- reading ------------------------------------------------------------------------------------------------
 
@@ -261,11 +291,16 @@ class ServiceNowConnector:
         # mapping quarantines it) but must not poison the cursor.
         last = next((row for row in reversed(rows) if _cursor_key(row) is not None), None)
         if last is not None:
-            updated_on, after = _str(last["sys_updated_on"]), _str(last["sys_id"])
+            used = (updated_on, after)
+            updated_on, after = self._paging.next_key(
+                used, (_str(last["sys_updated_on"]), _str(last["sys_id"])), has_more
+            )
         if not has_more and not self._settled(updated_on, response):
             after = ""
-        slas = self._task_slas([_str(row.get("sys_id")) for row in rows])
-        records = [self._record(row, slas) for row in rows]
+        ids = [_str(row.get("sys_id")) for row in rows]
+        slas = self._task_slas(ids)
+        history = self._history(ids)
+        records = [self._record(row, slas, history) for row in rows]
         return Page(records=records, cursor=encode_cursor(updated_on, after), has_more=has_more)
 
     def open_tickets(self, cursor: str | None, now: datetime) -> Page:
@@ -281,12 +316,17 @@ class ServiceNowConnector:
             sysparm_no_count="true",
         )
         rows = self._result_list(self.http.request("GET", self._table_url(), params=params), "open-record scan")
+        has_more = len(rows) >= self.page_size
         last = next((row for row in reversed(rows) if _cursor_key(row) is not None), None)
         if last is not None:
-            updated_on, after = _str(last["sys_updated_on"]), _str(last["sys_id"])
-        slas = self._task_slas([_str(row.get("sys_id")) for row in rows])
-        records = [self._record(row, slas) for row in rows]
-        return Page(records=records, cursor=encode_cursor(updated_on, after), has_more=len(rows) >= self.page_size)
+            updated_on, after = self._paging.next_key(
+                (updated_on, after), (_str(last["sys_updated_on"]), _str(last["sys_id"])), has_more
+            )
+        ids = [_str(row.get("sys_id")) for row in rows]
+        slas = self._task_slas(ids)
+        history = self._history(ids)
+        records = [self._record(row, slas, history) for row in rows]
+        return Page(records=records, cursor=encode_cursor(updated_on, after), has_more=has_more)
 
     def _settled(self, updated_on: str, response: httpx.Response) -> bool:
         """Whether no more writes can land in the second `updated_on`, judged by the server's own Date header."""
@@ -309,42 +349,75 @@ class ServiceNowConnector:
         if response.status_code == 404:
             return None
         row = self._result_object(response, f"fetch {ticket_id}")
-        return self._record(row, self._task_slas([ticket_id]))
+        return self._record(row, self._task_slas([ticket_id]), self._history([ticket_id]))
 
-    def _record(self, row: dict[str, Any], slas: dict[str, list[dict[str, Any]]]) -> RawRecord:
+    def _record(self, row: dict[str, Any], slas: dict[str, list[dict[str, Any]]], history: _Histories) -> RawRecord:
         sys_id = _str(row.get("sys_id"))
         related: dict[str, Any] = {"instance_url": self.http.base_url, "table": self.table}
-        if self.mapping.wants_platform_slas:
+        if self.spec.platform_slas:
             related["task_sla"] = slas.get(sys_id, [])
+        rows, unavailable = history
+        for source, by_record in rows.items():
+            related[source] = by_record.get(sys_id, [])
+        if unavailable:
+            related["history_unavailable"] = sorted(unavailable)
         return RawRecord(id=sys_id, data=row, related=related)
 
-    def _task_slas(self, sys_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
-        """task_sla rows of these records: one query per `sla_batch` records, keyset-paged on sys_id if large."""
-        found: dict[str, list[dict[str, Any]]] = {}
+    def _history(self, sys_ids: list[str]) -> _Histories:
+        """The history rows the mapping asks for, one query per source for the whole page (see HISTORY).
+
+        A source the integration user may not read (403) is reported as unavailable, not raised: the facts it
+        feeds become unknown and the cycle goes on.
+        """
+        rows: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        unavailable: set[str] = set()
         ids = [sys_id for sys_id in dict.fromkeys(sys_ids) if _is_sys_id(sys_id)]
-        if not self.mapping.wants_platform_slas or not ids:
-            return found
-        for start in range(0, len(ids), self.sla_batch):
-            batch = ",".join(ids[start : start + self.sla_batch])
+        if not ids:
+            return rows, unavailable
+        for source in self.history_sources:
+            spec = HISTORY.get(source.name)
+            if spec is None:
+                raise ValueError(f"{self.instance}: the mapping asks for an unknown history source {source.name!r}")
+            key, condition, fields = spec
+            names = ",".join(query_value(name) for name in source.fields)
+            where = condition.format(table=query_value(self.table), names=names)
+            try:
+                rows[source.name] = self._rows_of(source.name, key, ids, where, fields, self.history_batch)
+            except AuthError as error:
+                if error.status != 403:
+                    raise
+                unavailable.add(source.name)
+        return rows, unavailable
+
+    def _rows_of(
+        self, table: str, key: str, ids: list[str], where: str, fields: Iterable[str], batch_size: int
+    ) -> dict[str, list[dict[str, Any]]]:
+        """Rows of `table` whose `key` is one of `ids`: one query per `batch_size` ids, keyset-paged on sys_id
+        when one answer would exceed SLA_PAGE_SIZE rows (more calls only for more history, not more records)."""
+        found: dict[str, list[dict[str, Any]]] = {}
+        for start in range(0, len(ids), batch_size):
+            batch = ",".join(ids[start : start + batch_size])
             after = ""
             while True:
-                query = f"taskIN{batch}" + (f"^sys_id>{after}" if after else "") + "^ORDERBYsys_id"
-                params = raw_params(
-                    self.mapping.task_sla_fields,
-                    sysparm_query=query,
-                    sysparm_limit=SLA_PAGE_SIZE,
-                    sysparm_no_count="true",
-                )
-                rows = self._result_list(
-                    self.http.request("GET", self._table_url(table="task_sla"), params=params), "task_sla"
-                )
-                for row in rows:
-                    found.setdefault(_str(row.get("task")), []).append(row)
-                next_after = _str(rows[-1].get("sys_id")) if rows else ""
-                if len(rows) < SLA_PAGE_SIZE or not next_after or next_after <= after:
+                query = f"{key}IN{batch}" + (f"^{where}" if where else "")
+                query += (f"^sys_id>{after}" if after else "") + "^ORDERBYsys_id"
+                params = raw_params(fields, sysparm_query=query, sysparm_limit=SLA_PAGE_SIZE, sysparm_no_count="true")
+                response = self.http.request("GET", self._table_url(table=table), params=params)
+                found_rows = self._result_list(response, table)
+                for row in found_rows:
+                    found.setdefault(_str(row.get(key)), []).append(row)
+                next_after = _str(found_rows[-1].get("sys_id")) if found_rows else ""
+                if len(found_rows) < SLA_PAGE_SIZE or not next_after or next_after <= after:
                     break
                 after = next_after
         return found
+
+    def _task_slas(self, sys_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """task_sla rows of these records: one query per `sla_batch` records, keyset-paged on sys_id if large."""
+        ids = [sys_id for sys_id in dict.fromkeys(sys_ids) if _is_sys_id(sys_id)]
+        if not self.spec.platform_slas or not ids:
+            return {}
+        return self._rows_of("task_sla", "task", ids, "", self.spec.sla_fields, self.sla_batch)
 
     # -- writing ------------------------------------------------------------------------------------------------
 
@@ -362,14 +435,7 @@ class ServiceNowConnector:
                     f"{self.instance}: {self.table} {sys_id} changed since it was read "
                     f"(revision {writeback.revision} -> {revision}); re-read and plan again"
                 )
-            if writeback.tier is not None:
-                payload.update(self.mapping.tier_fields(writeback.tier))
-            if writeback.add_tags or writeback.remove_tags:
-                before = self.mapping.split_tags(_str(current.get(self.mapping.tags_field)))
-                after = [tag for tag in before if tag not in writeback.remove_tags]
-                after += sorted(tag for tag in writeback.add_tags if tag not in after)
-                if after != before:
-                    payload[self.mapping.tags_field] = self.mapping.join_tags(after)
+            payload.update(self.mapping.render_patch(writeback, current))
         if writeback.comment is not None:
             payload["work_notes"] = writeback.comment.text
         if not payload:
@@ -394,7 +460,7 @@ class ServiceNowConnector:
         raise PermanentWriteError(f"{self.instance}: {self.table} {sys_id}: HTTP {status} {reason}")
 
     def _current(self, sys_id: str) -> dict[str, Any]:
-        fields = [*WRITE_FIELDS, self.mapping.tags_field]
+        fields = [*WRITE_FIELDS, *self.spec.write_reads]
         response = self.http.request("GET", self._table_url(sys_id), params=raw_params(fields))
         if response.status_code == 404:
             raise PermanentWriteError(f"{self.instance}: {self.table} {sys_id} no longer exists")
@@ -450,6 +516,10 @@ class ServiceNowConnector:
         if not isinstance(result, dict):
             raise TransientError(f"{self.instance}: {what}: response has no result object")
         return result
+
+
+_Histories = tuple[dict[str, dict[str, list[dict[str, Any]]]], set[str]]
+"""History rows by source and record sys_id, and the sources the platform refused."""
 
 
 def _is_sys_id(value: str) -> bool:

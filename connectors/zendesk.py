@@ -14,7 +14,9 @@ where its model fits, over `http.session()`; raw requests through `http.request`
   https://developer.zendesk.com/api-reference/ticketing/ticket-management/incremental_exports/
   https://developer.zendesk.com/documentation/ticketing/managing-tickets/using-the-incremental-export-api/
 - fetch: `GET /api/v2/tickets/{id}.json` through `http.request`: we need the raw JSON for the mapping, and
-  zenpy would deserialize (and cache) an object. 404 -> None.
+  zenpy would deserialize (and cache) an object. 404 -> None. With history, also the ticket's audits
+  (`GET /api/v2/tickets/{id}/audits.json`, every page): a single-ticket read (a conflict, `explain`) is per ticket
+  anyway, and it must not depend on how long this process has followed the event export.
 - apply: ONE `PUT /api/v2/tickets/{id}.json` through `http.request` with `safe_update: true` and
   `updated_stamp: <revision>` (the ticket's updated_at as we read it), so a ticket changed under us answers
   409 instead of being overwritten. Tags: the Tickets API documents `additional_tags`/`remove_tags` only for
@@ -34,8 +36,19 @@ where its model fits, over `http.session()`; raw requests through `http.request`
 - auth: API token as basic auth `{email}/token:{api_token}`, or an OAuth access token as a bearer token.
   https://developer.zendesk.com/api-reference/introduction/security-and-auth/
 
-RawRecord.related carries `organization` (the sideloaded organization of the ticket, or absent) and
-`metric_set` (its ticket metric set, or absent): the contract with mappings/zendesk.py.
+- history: the incremental ticket event export (`GET /api/v2/incremental/ticket_events.json?start_time=...
+  &include=comment_events`, time based, 1000 events a page, `end_time` the next `start_time`) followed alongside
+  the ticket export, `history_pages_per_poll` pages (default 1) per poll whatever the page size: Zendesk has no
+  audits-of-these-tickets query, and one audits call per ticket is what the cost rule forbids. The events go into
+  an in-memory book by ticket; a ticket's facts come from it only when the book holds all its events (see
+  `_EventBook.related`); a restarted daemon follows again from its look-back.
+  https://developer.zendesk.com/api-reference/ticketing/ticket-management/incremental_exports/#incremental-ticket-event-export
+
+RawRecord.related carries `organization` (the sideloaded organization of the ticket, or absent), `metric_set`
+(its ticket metric set, or absent) and, when the mapping reads history, `ticket_events` with
+`ticket_events_window` ([since, until) epoch seconds the book is complete for) or `history_unavailable`
+(the export was refused): the contract with the mapping, which this module never imports (connectors.base
+RecordSpec: it reads `read_spec()` and sends what `render_patch()` renders).
 """
 
 from __future__ import annotations
@@ -54,18 +67,24 @@ from zenpy.lib.exception import RecordNotFoundException
 
 from connectors.base import (
     ApplyResult,
+    AuthError,
     ConflictError,
+    HistorySource,
     Page,
     PermanentWriteError,
     RawRecord,
+    RecordSpec,
     TransientError,
 )
 from connectors.http import HttpClient
-from engine.model import COMMENT_MARKER, Tier, WriteBack
-from mappings.zendesk import ZendeskMapping
+from connectors.paging import CursorExport, TimeExport
+from engine.model import COMMENT_MARKER, WriteBack
 
 PLATFORM = "zendesk"
 INCREMENTAL_PATH = "/api/v2/incremental/tickets/cursor.json"
+EVENTS_PATH = "/api/v2/incremental/ticket_events.json"
+DEFAULT_HISTORY_PAGES = 1
+_BOOK_SIZE = 20000
 MIN_EXPORT_AGE = timedelta(seconds=60)
 DEFAULT_LOOKBACK_HOURS = 72
 DEFAULT_PAGE_SIZE = 100
@@ -112,14 +131,24 @@ class ZendeskConnector:
 
     platform = PLATFORM
 
-    def __init__(self, instance: str, http: HttpClient, mapping: ZendeskMapping, options: Mapping[str, Any]) -> None:
+    def __init__(self, instance: str, http: HttpClient, mapping: RecordSpec, options: Mapping[str, Any]) -> None:
         self.instance = instance
         self.http = http
         self.mapping = mapping
+        self.spec = mapping.read_spec()
         self.options = dict(options)
         self.page_size = max(1, min(int(self.options.get("page_size", DEFAULT_PAGE_SIZE)), MAX_PAGE_SIZE))
         self.lookback = timedelta(hours=float(self.options.get("initial_lookback_hours", DEFAULT_LOOKBACK_HOURS)))
         self._memo: OrderedDict[str, tuple[str, frozenset[str], str]] = OrderedDict()
+        sources = {source.name: source for source in self.spec.history}
+        unknown = set(sources) - {"ticket_events"}
+        if unknown:
+            raise ValueError(f"{instance}: the mapping asks for history sources Zendesk has not: {sorted(unknown)}")
+        self.events: HistorySource | None = sources.get("ticket_events")
+        self.history_pages = max(0, int(self.options.get("history_pages_per_poll", DEFAULT_HISTORY_PAGES)))
+        self._book = _EventBook()
+        self._tickets_paging = CursorExport(instance, "incremental ticket export")
+        self._events_paging = TimeExport(instance, "incremental ticket event export")
         # zenpy builds https://{subdomain}.zendesk.com URLs; the adapter re-bases them onto http.base_url.
         # anonymous=True: the HttpClient owns authentication, so zenpy never holds a secret.
         self.zenpy = Zenpy(
@@ -141,7 +170,7 @@ class ZendeskConnector:
     # -- poll -------------------------------------------------------------------------------------------------
 
     def poll(self, cursor: str | None, now: datetime) -> Page:
-        return self._export(cursor, min(now - self.lookback, now - MIN_EXPORT_AGE), self.page_size)
+        return self._export(cursor, min(now - self.lookback, now - MIN_EXPORT_AGE), self.page_size, now)
 
     def open_tickets(self, cursor: str | None, now: datetime) -> Page:
         """Every ticket, through the same incremental export from its beginning (start_time 0).
@@ -150,10 +179,10 @@ class ZendeskConnector:
         `show_many` with metric sets on top, and without metric sets first-response clocks look breached.
         The export reads 1,000 tickets a call, closed ones included (the cycle drops them).
         """
-        return self._export(cursor, datetime.fromtimestamp(0, UTC), MAX_PAGE_SIZE)
+        return self._export(cursor, datetime.fromtimestamp(0, UTC), MAX_PAGE_SIZE, now)
 
-    def _export(self, cursor: str | None, start: datetime, per_page: int) -> Page:
-        params: dict[str, Any] = {"per_page": per_page, "include": ",".join(self.mapping.sideloads)}
+    def _export(self, cursor: str | None, start: datetime, per_page: int, now: datetime) -> Page:
+        params: dict[str, Any] = {"per_page": per_page, "include": ",".join(self.spec.sideloads)}
         if cursor:
             params["cursor"] = cursor
         else:
@@ -167,11 +196,53 @@ class ZendeskConnector:
         tickets = body.get("tickets")
         if not isinstance(tickets, list):
             raise TransientError(f"{self.instance}: incremental export: no tickets list in the page")
+        end_of_stream = body.get("end_of_stream") is True
+        next_cursor = self._tickets_paging.next_cursor(cursor, body.get("after_cursor"), end_of_stream)
+        if tickets or not self._book.caught_up:
+            # An idle cycle stays one call: with no ticket changed and the book caught up, no fact can be missing.
+            self._follow_events(now)
         records = self._records(tickets, body)
-        next_cursor = body.get("after_cursor") or cursor
-        if not next_cursor:
-            raise TransientError(f"{self.instance}: incremental export page has no after_cursor")
-        return Page(records=records, cursor=str(next_cursor), has_more=body.get("end_of_stream") is not True)
+        return Page(records=records, cursor=str(next_cursor), has_more=not end_of_stream)
+
+    def _follow_events(self, now: datetime) -> None:
+        """Read the next page(s) of the ticket event export into the book: `history_pages_per_poll` calls per
+        poll (1 by default) whatever the page's size, never one per ticket.
+
+        The book is this process's memory of every event since it started following (the configured look-back
+        before its first poll); a ticket's facts are complete only when all its events fall inside it, which the
+        mapping judges from `ticket_events_window`. The export needs an admin's access: a 403 leaves the facts
+        to the metric set (the window stays empty), with the history reported as unavailable."""
+        if self.events is None:
+            return
+        book = self._book
+        cutoff = int((now - MIN_EXPORT_AGE).timestamp())
+        if book.position is None:
+            book.position = book.since = min(int((now - self.lookback).timestamp()), cutoff)
+        for _ in range(self.history_pages):
+            start = min(book.position, cutoff)
+            params = {"start_time": start, "include": ",".join(self.events.fields)}
+            try:
+                response = self.http.request("GET", EVENTS_PATH, params=params)
+            except AuthError as error:
+                if error.status != 403:
+                    raise
+                book.denied = True
+                return
+            body = self._json(response, "ticket event export")
+            if response.status_code != 200 or not isinstance(body.get("ticket_events"), list):
+                raise TransientError(
+                    f"{self.instance}: ticket event export: HTTP {response.status_code}: {_error_text(body)}"
+                )
+            book.denied = False
+            for event in body["ticket_events"]:
+                book.add(event)
+            end_of_stream = body.get("end_of_stream") is True
+            book.position = self._events_paging.next_start(start, body.get("end_time"), end_of_stream)
+            book.caught_up = end_of_stream
+            if end_of_stream:
+                book.until = max(book.until or 0, cutoff + 1)  # everything up to the cutoff has been delivered
+                return
+            book.until = max(book.until or 0, book.position)
 
     def _records(self, tickets: Iterable[Any], body: Mapping[str, Any]) -> list[RawRecord]:
         organizations = {org.get("id"): org for org in _objects(body.get("organizations"))}
@@ -189,6 +260,8 @@ class ZendeskConnector:
             metric_set = metric_sets.get(ticket.get("id"))
             if metric_set is not None:
                 related["metric_set"] = metric_set
+            if self.events is not None:
+                related.update(self._book.related(ticket.get("id")))
             self._remember(ticket)
             records.append(RawRecord(id=str(ticket.get("id")), data=ticket, related=related))
         return records
@@ -206,7 +279,41 @@ class ZendeskConnector:
     # -- fetch ------------------------------------------------------------------------------------------------
 
     def fetch(self, ticket_id: str) -> RawRecord | None:
-        params = {"include": ",".join(self.mapping.sideloads)}
+        """Re-read one ticket; with history, its audits too (a per-ticket read anyway: a conflict, `explain`),
+        so a daemon that has not followed the event export long enough still knows the whole history."""
+        record = self._fetch(ticket_id)
+        if record is None or self.events is None:
+            return record
+        return RawRecord(record.id, record.data, {**record.related, **self._audits(ticket_id)})
+
+    def _audits(self, ticket_id: str) -> dict[str, Any]:
+        """`GET /api/v2/tickets/{id}/audits.json`, every page (offset pagination, `next_page` until null).
+        https://developer.zendesk.com/api-reference/ticketing/tickets/ticket_audits/#list-audits-for-a-ticket"""
+        audits: list[Any] = []
+        url: str | None = f"/api/v2/tickets/{_ticket_path_id(ticket_id)}/audits.json"
+        used: str | None = None
+        paging = CursorExport(self.instance, f"audits of ticket {ticket_id}")
+        while url is not None:
+            try:
+                response = self.http.request("GET", url)
+            except AuthError as error:
+                if error.status != 403:
+                    raise
+                return {"history_unavailable": ["ticket_audits"]}
+            body = self._json(response, f"audits of ticket {ticket_id}")
+            if response.status_code != 200 or not isinstance(body.get("audits"), list):
+                raise TransientError(
+                    f"{self.instance}: audits of ticket {ticket_id}: HTTP {response.status_code}: {_error_text(body)}"
+                )
+            audits.extend(body["audits"])
+            following = body.get("next_page") if isinstance(body.get("next_page"), str) else None
+            if following is None:
+                break
+            used = url = paging.next_cursor(used, following, end_of_stream=False)
+        return {"ticket_audits": audits}
+
+    def _fetch(self, ticket_id: str) -> RawRecord | None:
+        params = {"include": ",".join(self.spec.sideloads)}
         response = self.http.request("GET", f"/api/v2/tickets/{_ticket_path_id(ticket_id)}.json", params=params)
         if response.status_code == 404:
             self._memo.pop(str(ticket_id), None)
@@ -223,11 +330,13 @@ class ZendeskConnector:
     def apply(self, writeback: WriteBack) -> ApplyResult:
         ticket_id = writeback.ticket_id
         where = f"{self.instance}: ticket {ticket_id}"
-        update: dict[str, Any] = {}
-        if writeback.tier is not None:
-            update.update(self.mapping.tier_fields(Tier(writeback.tier)))
-        if writeback.add_tags or writeback.remove_tags or (writeback.tier is not None and self.mapping.tier_tags):
-            update["tags"] = sorted(self._new_tags(writeback, where))
+        tier_moves_tags = writeback.tier is not None and self.spec.tier_moves_tags
+        current = None
+        if writeback.add_tags or writeback.remove_tags or tier_moves_tags:
+            current = {"tags": sorted(self._current_tags(writeback, where))}
+        # The mapping renders tier and tags into ticket fields; a `tags` list replaces the ticket's tags, which
+        # is exact because the PUT is a safe update at the revision those tags were read at.
+        update = dict(self.mapping.render_patch(writeback, current))
         if writeback.comment is not None:
             update["comment"] = {"body": writeback.comment.text, "public": False}
         update["safe_update"] = True
@@ -253,11 +362,11 @@ class ZendeskConnector:
             raise PermanentWriteError(f"{where}: HTTP {status}: {text}")
         raise TransientError(f"{where}: unexpected HTTP {status}: {text}")
 
-    def _new_tags(self, writeback: WriteBack, where: str) -> set[str]:
-        """The ticket's tags at `writeback.revision`, with the write-back's changes applied."""
+    def _current_tags(self, writeback: WriteBack, where: str) -> frozenset[str]:
+        """The ticket's tags at `writeback.revision` (the memo of the last read, else a re-read)."""
         memo = self._memo.get(str(writeback.ticket_id))
         if memo is None or memo[0] != writeback.revision:
-            record = self.fetch(writeback.ticket_id)
+            record = self._fetch(writeback.ticket_id)
             if record is None:
                 raise PermanentWriteError(f"{where}: ticket no longer exists")
             memo = self._memo.get(str(writeback.ticket_id))
@@ -269,12 +378,7 @@ class ZendeskConnector:
         _, current, status = memo
         if status == "closed":
             raise PermanentWriteError(f"{where}: closed tickets cannot be updated")
-        tags = (set(current) - set(writeback.remove_tags)) | set(writeback.add_tags)
-        if writeback.tier is not None and self.mapping.tier_tags:
-            # A dropdown field's value is also a tag: keep the tag list in step with the new option.
-            tags -= set(self.mapping.tier_tags)
-            tags.add(self.mapping.config.tier.options[Tier(writeback.tier)])
-        return tags
+        return current
 
     # -- has_comment ------------------------------------------------------------------------------------------
 
@@ -308,6 +412,42 @@ class ZendeskConnector:
         except (json.JSONDecodeError, UnicodeDecodeError):
             return None
         return body if isinstance(body, dict) else None
+
+
+class _EventBook:
+    """Ticket events seen since this process started following the export, by ticket (bounded, oldest out)."""
+
+    def __init__(self) -> None:
+        self.position: int | None = None
+        self.since: int | None = None
+        self.until: int | None = None
+        self.denied = False
+        self.caught_up = False
+        """The last page read was the end of the stream (then an empty ticket page needs no event call)."""
+        self._events: OrderedDict[Any, dict[Any, Mapping[str, Any]]] = OrderedDict()
+        self._dropped_until: int | None = None
+
+    def add(self, event: Any) -> None:
+        if not isinstance(event, Mapping):
+            return
+        ticket = event.get("ticket_id")
+        seen = self._events.setdefault(ticket, {})
+        seen[event.get("id")] = event
+        self._events.move_to_end(ticket)
+        while len(self._events) > _BOOK_SIZE:
+            self._events.popitem(last=False)
+            # A forgotten ticket's events are gone: only tickets created after now can be complete again.
+            self._dropped_until = self.position
+
+    def related(self, ticket_id: Any) -> dict[str, Any]:
+        """What the mapping reads: the ticket's events and the window [since, until) they are complete for."""
+        if self.denied:
+            return {"history_unavailable": ["ticket_events"]}
+        if self.since is None or self.until is None:
+            return {}
+        since = max(self.since, self._dropped_until or self.since)
+        events = sorted(self._events.get(ticket_id, {}).values(), key=lambda event: str(event.get("timestamp")))
+        return {"ticket_events": events, "ticket_events_window": [since, self.until]}
 
 
 def _objects(value: Any) -> list[Mapping[str, Any]]:

@@ -58,15 +58,38 @@ def _utc(moment: datetime) -> datetime:
 def tier_started_at(ticket: Ticket, history: EscalationHistory) -> datetime:
     """When the ticket entered its current tier: the later of the platform's record and ours, else creation.
 
-    Our own record (the state store's tier entries) is exact for the moves we made, while platforms often only
-    estimate (Zendesk keeps no group-change time on the ticket); the later of the two also follows a person
-    who moved the ticket again after us.
+    The platform's tier change history (`Ticket.tier_changes`) is exact and holds entries only, so a
+    reassignment inside the tier keeps the entry time; without it the mapping's estimate (`tier_entered_at`)
+    stands in. Our own record (the state store's tier entries) is exact for the moves we made; the later of the
+    two also follows a person who moved the ticket again after us.
     """
     tier = ticket.effective_tier
     known = [at for entered, at in history.tier_entries if entered == tier]
-    if ticket.tier_entered_at is not None:
-        known.append(ticket.tier_entered_at)
+    platform = _platform_tier_entry(ticket, tier)
+    if platform is not None:
+        known.append(platform)
     return max(known) if known else ticket.created_at
+
+
+def _platform_tier_entry(ticket: Ticket, tier: Tier) -> datetime | None:
+    """The last move into `tier` from another tier in the platform's history, else the mapping's estimate.
+
+    An empty but available history means the ticket never changed tier: it has been at it since creation. A
+    history whose last entry is another tier lags behind the ticket itself: it cannot date this tier.
+    """
+    changes = ticket.tier_changes
+    if changes is None:
+        return ticket.tier_entered_at
+    entered: datetime | None = ticket.created_at
+    previous: Tier | None = None
+    for change in sorted(changes, key=lambda change: change.at):
+        level = change.tier or Tier.L1
+        if level != previous:
+            entered = change.at if level == tier else None
+            previous = level
+    if previous is not None and previous != tier:
+        return ticket.tier_entered_at
+    return entered
 
 
 def _closed_at(ticket: Ticket) -> datetime | None:
@@ -77,6 +100,56 @@ def _closed_at(ticket: Ticket) -> datetime | None:
 
 def _after(moment: datetime | None, start: datetime) -> datetime | None:
     return moment if moment is not None and moment > start else None
+
+
+def _first_after(times: Sequence[datetime], start: datetime) -> datetime | None:
+    """The first event after `start`: a clock waiting for an event stops at its first occurrence, never later."""
+    later = [moment for moment in times if moment > start]
+    return min(later) if later else None
+
+
+_Stop = tuple[datetime | None, bool]
+"""When the awaited event happened (None: not yet), and whether that is known at all (False: UNKNOWN clock)."""
+
+
+def _first_reply_after(ticket: Ticket, start: datetime) -> _Stop:
+    if ticket.public_replies is not None:
+        return _first_after(ticket.public_replies, start), True
+    # Without the history only the last reply is known: after `start` it proves a reply came, if not the first.
+    stop = _after(ticket.last_public_reply_at, start)
+    return stop, stop is not None or "public_replies" not in ticket.missing_facts
+
+
+def _first_action_after(ticket: Ticket, start: datetime) -> _Stop:
+    if ticket.agent_actions is not None:
+        return _first_after(ticket.agent_actions, start), True
+    stop = _after(ticket.last_agent_action_at, start)
+    return stop, stop is not None or "agent_actions" not in ticket.missing_facts
+
+
+def _last_reply(ticket: Ticket) -> _Stop:
+    """The last public reply (the update cadence counts from it)."""
+    if ticket.public_replies is not None:
+        return (max(ticket.public_replies) if ticket.public_replies else None), True
+    if "public_replies" in ticket.missing_facts:
+        # The first reply is no stand-in for the last when the history is known to be missing: the cadence
+        # would count from it forever.
+        return ticket.last_public_reply_at, ticket.last_public_reply_at is not None
+    # Platforms that only know the first reply (a metric set) still beat counting from creation.
+    return ticket.last_public_reply_at or ticket.first_public_reply_at, True
+
+
+def _unknown(name: str, target: timedelta, calendar: BusinessCalendar) -> Clock:
+    """A clock whose stopping fact cannot be read here: shown in explain, never tagged, never breached."""
+    return Clock(
+        name=name,
+        target=target,
+        elapsed=timedelta(0),
+        remaining=target,
+        due_at=None,
+        state=ClockState.UNKNOWN,
+        calendar=calendar.name,
+    )
 
 
 def _clock(
@@ -114,49 +187,80 @@ def measure_clocks(
     cal = sla.calendar
     clocks: list[Clock] = []
     if sla.first_response:
-        reply = ticket.first_public_reply_at
-        clocks.append(
-            _clock(policy, now, closed, "first_response", ticket.created_at, reply, sla.first_response, cal, pauses)
-        )
+        if ticket.public_replies is not None:
+            reply: datetime | None = min(ticket.public_replies) if ticket.public_replies else None
+        else:
+            reply = ticket.first_public_reply_at
+        if reply is not None or ticket.public_replies is not None or "public_replies" not in ticket.missing_facts:
+            start = ticket.created_at
+            clocks.append(_clock(policy, now, closed, "first_response", start, reply, sla.first_response, cal, pauses))
+        else:
+            clocks.append(_unknown("first_response", sla.first_response, cal))
     if sla.resolution:
         clocks.append(_clock(policy, now, closed, "resolution", ticket.created_at, closed, sla.resolution, cal, pauses))
     if closed is None and sla.customer_update:
-        # Platforms that only know the first reply (Zendesk's metric set) still beat counting from creation.
-        since = ticket.last_public_reply_at or ticket.first_public_reply_at or ticket.created_at
-        clocks.append(_clock(policy, now, closed, "customer_update", since, None, sla.customer_update, cal, pauses))
+        last, known = _last_reply(ticket)
+        if known:
+            since = last or ticket.created_at
+            clocks.append(_clock(policy, now, closed, "customer_update", since, None, sla.customer_update, cal, pauses))
+        else:
+            clocks.append(_unknown("customer_update", sla.customer_update, cal))
     return clocks
 
 
 def tier_clocks(ticket: Ticket, policy: Policy, now: datetime, tier: Tier, tier_start: datetime) -> list[Clock]:
-    """Acknowledgment and initial assessment by `tier`, entered at `tier_start` (not paused: internal)."""
+    """Acknowledgment and initial assessment by `tier`, entered at `tier_start` (not paused: internal).
+
+    Each stops at the FIRST qualifying event after the entry: acting or replying again later cannot make an
+    acknowledgment that was on time a late one.
+    """
     targets = policy.tiers[tier]
     cal = policy.sla[ticket.priority].calendar
     closed = _closed_at(ticket)
     clocks: list[Clock] = []
     if targets.acknowledgment:
-        acted = _after(ticket.last_agent_action_at, tier_start)
-        clocks.append(_clock(policy, now, closed, "acknowledgment", tier_start, acted, targets.acknowledgment, cal, ()))
+        acted, known = _first_action_after(ticket, tier_start)
+        if known:
+            target = targets.acknowledgment
+            clocks.append(_clock(policy, now, closed, "acknowledgment", tier_start, acted, target, cal, ()))
+        else:
+            clocks.append(_unknown("acknowledgment", targets.acknowledgment, cal))
     if targets.assessment:
-        replied = _after(ticket.last_public_reply_at, tier_start)
-        clocks.append(_clock(policy, now, closed, "assessment", tier_start, replied, targets.assessment, cal, ()))
+        replied, known = _first_reply_after(ticket, tier_start)
+        if known:
+            clocks.append(_clock(policy, now, closed, "assessment", tier_start, replied, targets.assessment, cal, ()))
+        else:
+            clocks.append(_unknown("assessment", targets.assessment, cal))
     return clocks
 
 
 def management_clocks(ticket: Ticket, policy: Policy, now: datetime, start: datetime) -> list[Clock]:
-    """The management track's clocks, running from the track's start (never paused: internal deadlines)."""
+    """The management track's clocks, running from the track's start (never paused: internal deadlines).
+
+    Acknowledgment and customer contact stop at the first agent action / public reply after the start; the
+    update cadence counts from the last public reply.
+    """
     mgmt = policy.management
     cal = mgmt.calendar
     closed = _closed_at(ticket)
     clocks: list[Clock] = []
-    acted = _after(ticket.last_agent_action_at, start)
-    contacted = _after(ticket.last_public_reply_at, start)
+    acted, acted_known = _first_action_after(ticket, start)
+    contacted, contact_known = _first_reply_after(ticket, start)
     if mgmt.acknowledgment:
-        clocks.append(_clock(policy, now, closed, "mgmt_acknowledgment", start, acted, mgmt.acknowledgment, cal, ()))
+        if acted_known:
+            target = mgmt.acknowledgment
+            clocks.append(_clock(policy, now, closed, "mgmt_acknowledgment", start, acted, target, cal, ()))
+        else:
+            clocks.append(_unknown("mgmt_acknowledgment", mgmt.acknowledgment, cal))
     if mgmt.customer_contact:
         target = mgmt.customer_contact
-        clocks.append(_clock(policy, now, closed, "mgmt_customer_contact", start, contacted, target, cal, ()))
+        if contact_known:
+            clocks.append(_clock(policy, now, closed, "mgmt_customer_contact", start, contacted, target, cal, ()))
+        else:
+            clocks.append(_unknown("mgmt_customer_contact", target, cal))
     if contacted is not None and closed is None and mgmt.update_interval:
-        since = ticket.last_public_reply_at or contacted
+        last, _ = _last_reply(ticket)
+        since = max(last or contacted, contacted)
         clocks.append(_clock(policy, now, closed, "mgmt_update", since, None, mgmt.update_interval, cal, ()))
     return clocks
 

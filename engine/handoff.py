@@ -50,6 +50,8 @@ def _clock_line(clock: Clock, policy: Policy) -> str:
         overdue = format_duration(-clock.remaining)
         due = f" (was due {_time(clock.due_at, policy)})" if clock.due_at else ""
         return f"- {clock.name}: BREACHED, overdue by {overdue}{due}"
+    if clock.state is ClockState.UNKNOWN:
+        return f"- {clock.name}: unknown (the platform's history for it cannot be read)"
     due = f", due {_time(clock.due_at, policy)}" if clock.due_at else ""
     state = {ClockState.AT_RISK: " (at risk)", ClockState.PAUSED: " (paused)"}.get(clock.state, "")
     return (

@@ -56,6 +56,9 @@ class ClockState(StrEnum):
     BREACHED = "breached"
     PAUSED = "paused"
     MET = "met"
+    UNKNOWN = "unknown"
+    """The fact that stops the clock cannot be read on this instance (no rights, disabled by the mapping): the
+    clock is reported, never tagged, never counted as breached."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,21 @@ class Flags:
 class StatusChange:
     at: datetime
     status: Status
+
+
+@dataclass(frozen=True)
+class TierChange:
+    """The ticket entered `tier` at `at` (None: a tier-less group or value), whoever moved it.
+
+    Mappings record entries only: a move inside a tier (another group or agent of the same tier) is not one.
+    """
+
+    at: datetime
+    tier: Tier | None
+
+
+HISTORY_FACTS = ("status_history", "public_replies", "agent_actions", "tier_changes", "internal_notes")
+"""Fact names a mapping may list in `Ticket.missing_facts` when their source cannot be read."""
 
 
 @dataclass(frozen=True)
@@ -121,10 +139,31 @@ class Ticket:
     platform_slas: tuple[PlatformSla, ...] = ()
     revision: str = ""
     """Opaque concurrency token the connector sends back on write (Zendesk `updated_stamp`, Jira/SNOW updated)."""
+    public_replies: tuple[datetime, ...] | None = None
+    """Every public reply by an agent, oldest first (None: the mapping reads no reply history)."""
+    agent_actions: tuple[datetime, ...] | None = None
+    """Every action by an agent that shows a person took the ticket up (a comment, public or internal, a status
+    or assignee change), oldest first. Never our own tag, tier or handoff-note writes."""
+    tier_changes: tuple[TierChange, ...] | None = None
+    """Every entry into a tier, oldest first, the ticket's first tier at creation included."""
+    last_customer_message_at: datetime | None = None
+    internal_notes: tuple[datetime, ...] | None = None
+    """Times of internal notes by people (our own handoff notes excluded), oldest first."""
+    missing_facts: frozenset[str] = frozenset()
+    """History facts (names from HISTORY_FACTS) whose source this instance cannot read: the clocks that need
+    them are UNKNOWN instead of running on to a breach nobody could have avoided."""
 
     @property
     def effective_tier(self) -> Tier:
         return self.tier or Tier.L1
+
+    def internal_notes_since(self, start: datetime) -> tuple[int, datetime | None] | None:
+        """How many internal notes people wrote after `start` (the tier's entry, for the handoff's
+        troubleshooting summary) and the latest one's time; None when the platform's notes cannot be read."""
+        if self.internal_notes is None:
+            return None
+        later = [moment for moment in self.internal_notes if moment > start]
+        return len(later), max(later) if later else None
 
 
 @dataclass(frozen=True)

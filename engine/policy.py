@@ -19,7 +19,7 @@ Fact vocabulary (what a rule condition can read; all facts always exist, so no `
   flags.vendor_dependency, flags.customer_requested                                       bool
   flags.revenue_at_risk  double  flags.affected_customers, flags.linked_incidents, flags.reopen_count  int
   hours_at_tier          double  business hours at the current tier (calendar of the priority, pauses left out)
-  clocks.<clock>.state   string  ok, at_risk, breached, paused, met, or "none" when the ticket has no such clock
+  clocks.<clock>.state   string  ok, at_risk, breached, paused, met, unknown, or "none" when the ticket has no such clock
   clocks.<clock>.elapsed_minutes / .remaining_minutes / .target_minutes  double (remaining < 0: overdue)
   clocks.<clock>.active  bool    the ticket has this clock
       <clock> is one of: first_response, resolution, customer_update, acknowledgment, assessment,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 from engine.configfile import ConfigFileError, load_toml, validate
-from engine.model import TagScheme
+from engine.model import TagScheme, Tier, TierChange
 from mappings import MappingError
 
 
@@ -72,3 +73,36 @@ class TagNames(Strict):
         return TagScheme(
             breached=self.breached, at_risk=self.at_risk, management=self.management, update_due=self.update_due
         )
+
+
+def tier_entry(changes: tuple[TierChange, ...] | None, tier: Tier | None) -> datetime | None:
+    """When the ticket last entered `tier` according to its tier history (None: no history, or it lags).
+
+    The mapping's `tier_entered_at` estimate, made exact: what `explain` shows next to the tier. The engine reads
+    the history itself (engine.escalate.tier_started_at); this only keeps the two in agreement.
+    """
+    if changes is None:
+        return None
+    current = tier or Tier.L1
+    entered: datetime | None = None
+    previous: Tier | None = None
+    for change in sorted(changes, key=lambda change: change.at):
+        level = change.tier or Tier.L1
+        if level != previous:
+            entered, previous = (change.at if level == current else None), level
+    return entered
+
+
+def summary_times(history: dict[str, Any]) -> dict[str, datetime]:
+    """The single-time facts (first and last public reply, last agent action) the history implies, for the
+    fields that predate it (`explain` shows them, `ticket.has_public_reply` reads the first reply): only those
+    the history holds, so a mapping keeps its own estimate where the history is absent."""
+    times: dict[str, datetime] = {}
+    replies = history.get("public_replies")
+    if replies:
+        times["first_public_reply_at"] = min(replies)
+        times["last_public_reply_at"] = max(replies)
+    actions = history.get("agent_actions")
+    if actions:
+        times["last_agent_action_at"] = max(actions)
+    return times

@@ -3,7 +3,7 @@
 Owns every fact about how a JSM issue (as `/rest/api/3/search/jql` or `GET /rest/api/3/issue/{key}`
 returns it) becomes an `engine.model.Ticket`: which priority names mean P1-P4, which statuses pause or close,
 which select custom field holds the support tier, which custom fields are JSM SLAs, where the customer segment
-and the escalation flags live. The connector asks `JsmMapping.request_fields` for the `fields` list it sends,
+and the escalation flags live. The connector sends the `fields` of `JsmMapping.read_spec()` (it imports no mapping),
 so a search returns nothing the mapping does not read.
 
 Shapes handled (from Atlassian's REST docs and real recordings):
@@ -29,15 +29,27 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from connectors.base import RawRecord
-from engine.model import Flags, PlatformSla, Priority, Status, Ticket, Tier
+from connectors.base import HistorySource, RawRecord, ReadSpec
+from engine.model import (
+    COMMENT_MARKER,
+    Flags,
+    PlatformSla,
+    Priority,
+    Status,
+    StatusChange,
+    Ticket,
+    Tier,
+    TierChange,
+    WriteBack,
+)
 from mappings import MappingError, NormalizeError
-from mappings.common import FlagSources, Strict, TagNames, load_spec
+from mappings.common import FlagSources, Strict, TagNames, load_spec, summary_times, tier_entry
 
 PLATFORM = "jsm"
 _CUSTOM_FIELD = re.compile(r"^customfield_\d+$")
 _FIELD_ID = re.compile(r"^(customfield_\d+|[a-z][A-Za-z0-9]*)$")
 _CATEGORY_KEYS = ("new", "indeterminate", "done", "undefined")
+OUR_MARKER = COMMENT_MARKER.partition("{")[0]
 _BOOLEAN_FLAGS = (
     "churn_threat",
     "public_complaint",
@@ -157,6 +169,20 @@ class SlaMap(Strict):
         return self
 
 
+class HistoryMap(Strict):
+    """Which history the connector reads with each page (see `JsmMapping.history_sources`).
+
+    - `changelog`: the issues' changelog (status, assignee and tier-field changes): `expand=changelog` on the
+      search itself, and one bulk changelog request per page for the issues whose embedded changelog is cut off.
+    - `comments`: the `comment` field, with `jsdPublic` telling public replies from internal notes (Jira Cloud
+      service projects; without it the reply facts are unknown).
+    """
+
+    changelog: bool = True
+    comments: bool = True
+    assignee_field: FieldId = "assignee"
+
+
 class JsmMappingFile(Strict):
     priority: PriorityMap
     status: StatusMap = StatusMap()
@@ -167,6 +193,7 @@ class JsmMappingFile(Strict):
     assignee_group: FieldRef | None = None
     flags: FlagsMap = FlagsMap()
     tags: TagNames = TagNames()
+    history: HistoryMap = HistoryMap()
 
 
 # ---- value readers ---------------------------------------------------------------------------------------
@@ -296,11 +323,37 @@ class JsmMapping:
         for ref in (spec.segment, spec.organization, spec.assignee_group):
             if ref is not None:
                 wanted.append(ref.field)
+        if spec.history.comments:
+            wanted.append("comment")
         for name in FlagsMap.model_fields:
             rule = getattr(spec.flags, name)
             if rule is not None and rule.field:
                 wanted.append(rule.field)
         return list(dict.fromkeys(wanted))
+
+    def read_spec(self) -> ReadSpec:
+        """What connectors/jsm.py reads for this mapping (it imports no mapping: see connectors.base)."""
+        return ReadSpec(fields=tuple(self.request_fields), history=self.history_sources())
+
+    def render_patch(self, writeback: WriteBack, current: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The one edit body: the tier's select option as `fields`, labels as `update` add/remove operations (no
+        read-modify-write, so a label someone adds meanwhile survives)."""
+        payload: dict[str, Any] = {}
+        if writeback.tier is not None:
+            payload["fields"] = self.tier_fields(Tier(writeback.tier))
+        operations: list[dict[str, str]] = [{"add": label} for label in sorted(writeback.add_tags)]
+        operations += [{"remove": label} for label in sorted(writeback.remove_tags)]
+        if operations:
+            payload["update"] = {"labels": operations}
+        return payload
+
+    def history_sources(self) -> tuple[HistorySource, ...]:
+        """What the connector reads besides the fields: the changelog of these fields (comments come as the
+        `comment` field, already in `request_fields`)."""
+        history = self.spec.history
+        if not history.changelog:
+            return ()
+        return (HistorySource("changelog", ("status", history.assignee_field, self.spec.tier.field)),)
 
     def tier_fields(self, tier: Tier) -> dict[str, Any]:
         """`{customfield_N: {"value": ...}}` (or `{"id": ...}`): the select option that means `tier`."""
@@ -341,6 +394,8 @@ class JsmMapping:
         slas = self._slas(rid, fields)
         first_reply = self._first_reply(rid, fields)
         tier = self._tier(rid, fields)
+        history = _History(self, record, fields, created_at, status, tier).facts()
+        times = summary_times(history)
         return Ticket(
             platform=PLATFORM,
             instance=instance,
@@ -353,7 +408,10 @@ class JsmMapping:
             created_at=created_at,
             updated_at=updated_at,
             description=adf_to_text(fields.get("description")).strip(),
-            first_public_reply_at=first_reply,
+            # The engine reads the replies themselves; the single time agrees with them where they are known.
+            first_public_reply_at=times.get("first_public_reply_at", first_reply),
+            last_public_reply_at=times.get("last_public_reply_at"),
+            last_agent_action_at=times.get("last_agent_action_at"),
             solved_at=solved_at,
             requester=user_ref(fields.get("reporter")),
             organization=self._text(fields, self.spec.organization),
@@ -361,9 +419,11 @@ class JsmMapping:
             tags=frozenset(labels),
             assignee_group=self._text(fields, self.spec.assignee_group),
             tier=tier,
+            tier_entered_at=tier_entry(history.get("tier_changes"), tier),
             flags=self._flags(rid, fields, labels),
             platform_slas=slas,
             revision=str(fields["updated"]) if isinstance(fields["updated"], str) else updated_at.isoformat(),
+            **history,
         )
 
     @staticmethod
@@ -475,6 +535,184 @@ class JsmMapping:
         if not cycles or not isinstance(cycles[0], Mapping) or "stopTime" not in cycles[0]:
             return None
         return parse_jira_time(cycles[0]["stopTime"], rid, f"{field_id}.completedCycles[0].stopTime")
+
+
+class _History:
+    """The history facts of one issue, from its changelog and its `comment` field.
+
+    The changelog is `related["changelog"]` (the complete histories the connector fetched in bulk) or else the
+    issue's embedded `changelog` when it is complete (`total` equals the histories shown). A field's value at
+    creation is the `from` of its first change, or its current value when it never changed. Status names map
+    through `status.names` (or the issue's current status when the name is the current one); other names count
+    as open, so statuses that pause or close should be named there. Customers are the reporter and every author
+    whose `accountType` is "customer"; apps (`accountType` "app": automation rules) are neither customers nor agents. Anything cut off or malformed leaves its facts absent (`missing_facts`).
+    """
+
+    def __init__(
+        self,
+        mapping: JsmMapping,
+        record: RawRecord,
+        fields: Mapping[str, Any],
+        created: datetime,
+        status: Status,
+        tier: Tier | None,
+    ) -> None:
+        self.mapping = mapping
+        self.spec = mapping.spec
+        self.record = record
+        self.fields = fields
+        self.rid = str(record.data.get("key") or record.id)
+        self.created = created
+        self.status = status
+        self.tier = tier
+        self.reporter = user_ref(fields.get("reporter"))
+        raw_status = fields.get("status")
+        self.status_name = raw_status.get("name") if isinstance(raw_status, Mapping) else None
+
+    def _is_agent(self, user: Any) -> bool:
+        """A person on the support side: not a customer, and not an app (Automation for Jira, integrations)."""
+        if isinstance(user, Mapping) and user.get("accountType") == "app":
+            return False
+        return user is not None and not self._is_customer(user)
+
+    def _is_customer(self, user: Any) -> bool:
+        if isinstance(user, Mapping) and user.get("accountType") == "customer":
+            return True
+        return user_ref(user) is not None and user_ref(user) == self.reporter
+
+    def facts(self) -> dict[str, Any]:
+        history = self.spec.history
+        facts: dict[str, Any] = {}
+        missing: set[str] = set()
+        actions: list[datetime] = []
+        actions_known = True
+        if history.changelog:
+            changes = self._changelog()
+            if changes is None:
+                missing.update(("status_history", "tier_changes", "agent_actions"))
+                actions_known = False
+            else:
+                facts["status_history"] = self._statuses(changes)
+                facts["tier_changes"] = self._tiers(changes)
+                for at, author, item in changes:
+                    if item.get("fieldId") in ("status", history.assignee_field) and self._is_agent(author):
+                        actions.append(at)
+        if history.comments:
+            comments = self._comments()
+            if comments is None:
+                missing.update(("public_replies", "internal_notes", "agent_actions"))
+                actions_known = False
+            else:
+                replies, notes, customer = [], [], None
+                public_known = True
+                for at, author, public, ours in comments:
+                    if self._is_customer(author):
+                        if public is not False:
+                            customer = at
+                        continue
+                    if ours or not self._is_agent(author):
+                        continue
+                    actions.append(at)
+                    if public is None:
+                        public_known = False
+                    elif public:
+                        replies.append(at)
+                    else:
+                        notes.append(at)
+                facts["last_customer_message_at"] = customer
+                if public_known:
+                    facts.update(public_replies=tuple(replies), internal_notes=tuple(notes))
+                else:
+                    missing.update(("public_replies", "internal_notes"))
+        if actions_known and (history.changelog or history.comments):
+            facts["agent_actions"] = tuple(sorted(actions))
+        if missing:
+            facts["missing_facts"] = frozenset(missing)
+        return facts
+
+    def _changelog(self) -> list[tuple[datetime, Any, Mapping[str, Any]]] | None:
+        """Every change item with its time and author, oldest first; None when cut off or malformed."""
+        if "changelog" in self.record.related:
+            histories = self.record.related["changelog"]
+        else:
+            embedded = self.record.data.get("changelog")
+            if not isinstance(embedded, Mapping):
+                return None
+            histories = embedded.get("histories")
+            if not isinstance(histories, list) or embedded.get("total", len(histories)) != len(histories):
+                return None
+        if not isinstance(histories, list):
+            return None
+        found = []
+        for history in histories:
+            if not isinstance(history, Mapping) or not isinstance(history.get("items"), list):
+                return None
+            try:
+                at = parse_jira_time(history.get("created"), self.rid, "changelog.created")
+            except NormalizeError:
+                return None
+            for item in history["items"]:
+                if not isinstance(item, Mapping):
+                    return None
+                found.append((at, history.get("author"), item))
+        found.sort(key=lambda change: change[0])
+        return found
+
+    def _status_of(self, name: Any) -> Status:
+        if isinstance(name, str):
+            named = self.mapping._status_names.get(name.casefold())
+            if named is not None:
+                return named
+            if name == self.status_name:
+                return self.status
+        return Status.OPEN
+
+    def _statuses(self, changes: list[tuple[datetime, Any, Mapping[str, Any]]]) -> tuple[StatusChange, ...]:
+        moves = [(at, item) for at, _, item in changes if item.get("fieldId") == "status"]
+        if not moves:
+            return (StatusChange(self.created, self.status),)
+        result = [StatusChange(self.created, self._status_of(moves[0][1].get("fromString")))]
+        result += [StatusChange(at, self._status_of(item.get("toString"))) for at, item in moves]
+        return tuple(result)
+
+    def _tier_of(self, item: Mapping[str, Any], side: str) -> Tier | None:
+        by_text = self.mapping._tier_by_text
+        option, text = item.get(side), item.get(f"{side}String")
+        if isinstance(option, str) and option in by_text:
+            return by_text[option]
+        return by_text.get(text.casefold()) if isinstance(text, str) else None
+
+    def _tiers(self, changes: list[tuple[datetime, Any, Mapping[str, Any]]]) -> tuple[TierChange, ...]:
+        field = self.spec.tier.field
+        moves = [(at, item) for at, _, item in changes if item.get("fieldId") == field]
+        result = [TierChange(self.created, self._tier_of(moves[0][1], "from") if moves else self.tier)]
+        for at, item in moves:
+            tier = self._tier_of(item, "to")
+            if (tier or Tier.L1) != (result[-1].tier or Tier.L1):
+                result.append(TierChange(at, tier))
+        return tuple(result)
+
+    def _comments(self) -> list[tuple[datetime, Any, bool | None, bool]] | None:
+        """(time, author, public or None when the platform does not say, ours) per comment; None when cut off."""
+        raw = self.fields.get("comment")
+        if not isinstance(raw, Mapping) or not isinstance(raw.get("comments"), list):
+            return None
+        comments = raw["comments"]
+        if raw.get("total", len(comments)) != len(comments):
+            return None
+        found = []
+        for comment in comments:
+            if not isinstance(comment, Mapping):
+                return None
+            try:
+                at = parse_jira_time(comment.get("created"), self.rid, "comment.created")
+            except NormalizeError:
+                return None
+            public = comment.get("jsdPublic")
+            ours = OUR_MARKER in adf_to_text(comment.get("body"))
+            found.append((at, comment.get("author"), public if isinstance(public, bool) else None, ours))
+        found.sort(key=lambda comment: comment[0])
+        return found
 
 
 def _number(rid: str, field: str, value: Any, kind: type) -> Any:

@@ -16,6 +16,7 @@ through the Table API).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,14 +24,27 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from connectors.base import RawRecord
-from engine.model import Flags, PlatformSla, Priority, Status, Ticket, Tier
+from connectors.base import HistorySource, RawRecord, ReadSpec
+from engine.model import (
+    COMMENT_MARKER,
+    Flags,
+    PlatformSla,
+    Priority,
+    Status,
+    StatusChange,
+    Ticket,
+    Tier,
+    TierChange,
+    WriteBack,
+)
 from mappings import MappingError, NormalizeError
-from mappings.common import FlagSources, Strict, TagNames, load_spec
+from mappings.common import FlagSources, Strict, TagNames, load_spec, summary_times, tier_entry
 
 PLATFORM = "servicenow"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 REVISION_SEPARATOR = "#"
+OUR_MARKER = COMMENT_MARKER.partition("{")[0]
+"""What every handoff note of ours carries: such a work note is our own write, not a person's note."""
 # What we read of each task_sla row (ServiceNow "Task SLA table" reference). `sla.name` is dot-walked so the SLA
 # definition's name arrives without display values (which would also localise the dates).
 TASK_SLA_FIELDS = (
@@ -153,6 +167,28 @@ class PlatformSlaMap(Strict):
     skip_stages: list[str] = Field(default_factory=lambda: ["cancelled"])
 
 
+class HistoryMap(Strict):
+    """Which history tables to read per page of records (one query each; an integration user without read
+    rights on one gets the facts it feeds reported as unknown, never guessed).
+
+    - `audit`: `sys_audit` rows of the status, tier and assignee fields: status history, tier entries, agent
+      status / assignee changes.
+    - `journal`: `sys_journal_field` rows of `comments` (public) and `work_notes` (internal): replies, customer
+      messages, internal notes, agent actions.
+    """
+
+    audit: bool = True
+    journal: bool = True
+    assignee: str = "assigned_to"
+    requester_user_name: str = "caller_id.user_name"
+    """The requester's user_name (dot-walked), which journal and audit rows name their author by: it tells the
+    customer's own comments from agents' replies. "" treats every author as an agent."""
+    public_element: str = "comments"
+    internal_element: str = "work_notes"
+    system_users: list[str] = Field(default_factory=lambda: ["system"])
+    """Authors whose changes are the platform's own (business rules, SLA engine, auto-close): no agent actions."""
+
+
 class ServiceNowMappingFile(Strict):
     fields: FieldNames = Field(default_factory=FieldNames)
     status: StatusMap
@@ -162,6 +198,7 @@ class ServiceNowMappingFile(Strict):
     flags: FlagsMap = Field(default_factory=FlagsMap)
     tags: TagsMap = Field(default_factory=TagsMap)
     platform_sla: PlatformSlaMap = Field(default_factory=PlatformSlaMap)
+    history: HistoryMap = Field(default_factory=HistoryMap)
 
 
 def parse_datetime(value: str) -> datetime:
@@ -217,6 +254,45 @@ class ServiceNowMapping:
     def task_sla_fields(self) -> tuple[str, ...]:
         return TASK_SLA_FIELDS
 
+    def read_spec(self) -> ReadSpec:
+        """What connectors/servicenow.py reads for this mapping (it imports no mapping: see connectors.base)."""
+        return ReadSpec(
+            fields=tuple(self.poll_fields()),
+            history=self.history_sources(),
+            platform_slas=self.wants_platform_slas,
+            sla_fields=self.task_sla_fields,
+            write_reads=(self.tags_field,),
+        )
+
+    def render_patch(self, writeback: WriteBack, current: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The PATCH fields for the write-back: the tier's field value, and the tags field rewritten from its
+        current value (`current`, read just before: the field is a plain string list) when tags change."""
+        patch: dict[str, Any] = {}
+        if writeback.tier is not None:
+            patch.update(self.tier_fields(Tier(writeback.tier)))
+        if writeback.add_tags or writeback.remove_tags:
+            if current is None:
+                raise ValueError("rendering a tag change needs the record's current tags field")
+            before = self.split_tags(text_value(current.get(self.tags_field)))
+            after = [tag for tag in before if tag not in writeback.remove_tags]
+            after += sorted(tag for tag in writeback.add_tags if tag not in after)
+            if after != before:
+                patch[self.tags_field] = self.join_tags(after)
+        return patch
+
+    def history_sources(self) -> tuple[HistorySource, ...]:
+        """The history tables the connector reads per page, with the fields (sys_audit) or elements
+        (sys_journal_field) wanted: plain data, so the connector needs nothing of this mapping's schema."""
+        spec = self.spec
+        sources = []
+        if spec.history.audit:
+            audited = (spec.fields.status, spec.tier.field, spec.history.assignee)
+            sources.append(HistorySource("sys_audit", tuple(dict.fromkeys(name for name in audited if name))))
+        if spec.history.journal:
+            elements = (spec.history.public_element, spec.history.internal_element)
+            sources.append(HistorySource("sys_journal_field", elements))
+        return tuple(sources)
+
     def poll_fields(self) -> list[str]:
         """Every record field this mapping reads: the connector asks for these and no more (sysparm_fields)."""
         spec = self.spec
@@ -224,6 +300,8 @@ class ServiceNowMapping:
         names += [spec.tier.field, spec.tags.field]
         if spec.segment.field:
             names.append(spec.segment.field)
+        if spec.history.requester_user_name:
+            names.append(spec.history.requester_user_name)
         for flag in (getattr(spec.flags, name) for name in FlagsMap.model_fields):
             if flag is not None and getattr(flag, "field", ""):
                 names.append(flag.field)
@@ -308,6 +386,10 @@ class _Normalizer:
         tier_value = self.text(self.spec.tier.field)
         updated = self.date(fields.updated_at, required=True)
         assert updated is not None
+        created = self.date(fields.created_at, required=True) or updated
+        tier = self.mapping._tier_by_value.get(tier_value)
+        history = _History(self, created, status, tier).facts()
+        times = summary_times(history)
         return Ticket(
             platform=PLATFORM,
             instance=instance,
@@ -318,21 +400,23 @@ class _Normalizer:
             description=self.text(fields.description),
             status=status,
             priority=self.priority(),
-            created_at=self.date(fields.created_at, required=True) or updated,
+            created_at=created,
             updated_at=updated,
-            first_public_reply_at=self.date(fields.first_public_reply_at),
-            last_public_reply_at=self.date(fields.last_public_reply_at),
-            last_agent_action_at=self.date(fields.last_agent_action_at),
+            first_public_reply_at=self.date(fields.first_public_reply_at) or times.get("first_public_reply_at"),
+            last_public_reply_at=self.date(fields.last_public_reply_at) or times.get("last_public_reply_at"),
+            last_agent_action_at=self.date(fields.last_agent_action_at) or times.get("last_agent_action_at"),
             solved_at=solved_at,
             requester=self.text(fields.requester) or None,
             organization=self.text(fields.organization) or None,
             segment=self.segment(),
             tags=tags,
             assignee_group=self.text(fields.assignee_group) or None,
-            tier=self.mapping._tier_by_value.get(tier_value),
+            tier=tier,
+            tier_entered_at=tier_entry(history.get("tier_changes"), tier),
             flags=self.flags(tags),
             platform_slas=self.platform_slas(),
             revision=make_revision(self.text(fields.updated_at), self.text(fields.mod_count)),
+            **history,
         )
 
     def status(self) -> Status:
@@ -411,6 +495,129 @@ class _Normalizer:
             return parse_datetime(value) - datetime(1970, 1, 1, tzinfo=UTC)
         except ValueError:
             raise self.fail("task_sla.time_left", f"not a duration: {value!r}") from None
+
+
+class _History:
+    """The history facts of one record, from the sys_audit and sys_journal_field rows the connector attached.
+
+    sys_audit does not record inserts on a default instance (`glide.sys.audit_inserts` is false), so the value
+    a field had at creation is the `oldvalue` of its first audited change, or its current value when it never
+    changed. A source the mapping does not read, the connector could not read (`related["history_unavailable"]`)
+    or that holds a malformed row leaves its facts absent and listed in `missing_facts`.
+    """
+
+    def __init__(self, normalizer: _Normalizer, created: datetime, status: Status, tier: Tier | None) -> None:
+        self.n = normalizer
+        self.spec = normalizer.spec
+        self.created = created
+        self.status = status
+        self.tier = tier
+        self.unavailable = set(normalizer.related.get("history_unavailable") or ())
+        self.requester = normalizer.text(self.spec.history.requester_user_name) if self._reads_history else ""
+
+    @property
+    def _reads_history(self) -> bool:
+        return self.spec.history.audit or self.spec.history.journal
+
+    def _rows(self, source: str, author: str) -> list[tuple[datetime, dict[str, Any]]] | None:
+        """The source's rows oldest first with their time, or None when the source is absent or malformed."""
+        rows = self.n.related.get(source)
+        if source in self.unavailable or not isinstance(rows, list):
+            return None
+        timed = []
+        for row in rows:
+            if not isinstance(row, dict):
+                return None
+            try:
+                at = parse_datetime(text_value(row.get("sys_created_on")))
+                text_value(row.get(author))
+            except (ValueError, TypeError):
+                return None
+            timed.append((at, row))
+        timed.sort(key=lambda item: (item[0], text_value(item[1].get("sys_id"))))
+        return timed
+
+    def facts(self) -> dict[str, Any]:
+        history = self.spec.history
+        facts: dict[str, Any] = {}
+        missing: set[str] = set()
+        actions: list[datetime] = []
+        audit = self._rows("sys_audit", "user") if history.audit else None
+        journal = self._rows("sys_journal_field", "sys_created_by") if history.journal else None
+        if history.audit:
+            if audit is None:
+                missing.update(("status_history", "tier_changes"))
+            else:
+                statuses = self._status_history(audit)
+                if statuses is None:
+                    missing.add("status_history")
+                else:
+                    facts["status_history"] = statuses
+                facts["tier_changes"] = self._tier_changes(audit)
+                for at, row in audit:
+                    field = text_value(row.get("fieldname"))
+                    if field in (self.spec.fields.status, history.assignee) and self._by_agent(row, "user"):
+                        actions.append(at)
+        if history.journal:
+            if journal is None:
+                missing.update(("public_replies", "agent_actions", "internal_notes"))
+            else:
+                replies, notes, customer = [], [], None
+                for at, row in journal:
+                    element = text_value(row.get("element"))
+                    ours = OUR_MARKER in text_value(row.get("value"))
+                    if element == history.public_element:
+                        if self._by_agent(row, "sys_created_by"):
+                            replies.append(at)
+                            actions.append(at)
+                        else:
+                            customer = at
+                    elif element == history.internal_element and not ours:
+                        notes.append(at)
+                        if self._by_agent(row, "sys_created_by"):
+                            actions.append(at)
+                facts.update(
+                    public_replies=tuple(replies),
+                    internal_notes=tuple(notes),
+                    last_customer_message_at=customer,
+                    agent_actions=tuple(sorted(actions)),
+                )
+        if missing:
+            facts["missing_facts"] = frozenset(missing)
+        return facts
+
+    def _by_agent(self, row: dict[str, Any], author: str) -> bool:
+        name = text_value(row.get(author))
+        if name in self.spec.history.system_users:
+            return False
+        return not self.requester or name != self.requester
+
+    def _status_history(self, audit: list[tuple[datetime, dict[str, Any]]]) -> tuple[StatusChange, ...] | None:
+        field = self.spec.fields.status
+        codes = self.spec.status.values
+        rows = [(at, row) for at, row in audit if text_value(row.get("fieldname")) == field]
+        if not rows:
+            return (StatusChange(self.created, self.status),)
+        first = codes.get(text_value(rows[0][1].get("oldvalue")))
+        changes = [StatusChange(self.created, first)] if first is not None else []
+        for at, row in rows:
+            status = codes.get(text_value(row.get("newvalue")))
+            if status is None:
+                return None  # a state code the mapping does not know: the history is not usable
+            changes.append(StatusChange(at, status))
+        return tuple(changes)
+
+    def _tier_changes(self, audit: list[tuple[datetime, dict[str, Any]]]) -> tuple[TierChange, ...]:
+        field = self.spec.tier.field
+        tiers = self.n.mapping._tier_by_value
+        rows = [(at, row) for at, row in audit if text_value(row.get("fieldname")) == field]
+        initial = tiers.get(text_value(rows[0][1].get("oldvalue"))) if rows else self.tier
+        changes = [TierChange(self.created, initial)]
+        for at, row in rows:
+            tier = tiers.get(text_value(row.get("newvalue")))
+            if (tier or Tier.L1) != (changes[-1].tier or Tier.L1):
+                changes.append(TierChange(at, tier))
+        return tuple(changes)
 
 
 def load(path: Path) -> ServiceNowMapping:

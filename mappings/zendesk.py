@@ -21,7 +21,9 @@ https://developer.zendesk.com/documentation/ticketing/using-the-zendesk-api/side
   comment. None while it is null (no reply yet).
 - last_public_reply_at: the metric set has no "last public agent reply" time (`latest_comment_added_at`
   counts private notes and customer comments too). We only know it when `replies == 1` (then it is the first
-  reply); otherwise it stays None and the engine must not rely on it for Zendesk.
+  reply), unless the ticket's events were all seen (`related["ticket_events"]`, or its audits on a re-read):
+  then every reply, action, status and group change is known (see `_EventHistory`) and these single times
+  follow from them.
 - last_agent_action_at = `assignee_updated_at` ("when the assignee last updated the ticket").
 - status_history = one entry, the current status since `status_updated_at`: enough for the engine to know
   since when a pending or on-hold ticket has been paused.
@@ -48,11 +50,11 @@ from typing import Any, Literal
 
 from pydantic import Field, PositiveInt, field_validator
 
-from connectors.base import RawRecord
+from connectors.base import HistorySource, RawRecord, ReadSpec
 from engine.configfile import locate
-from engine.model import Flags, Priority, Status, StatusChange, Ticket, Tier
+from engine.model import COMMENT_MARKER, Flags, Priority, Status, StatusChange, Ticket, Tier, TierChange, WriteBack
 from mappings import MappingError, NormalizeError
-from mappings.common import FlagSources, Strict, TagNames, load_spec
+from mappings.common import FlagSources, Strict, TagNames, load_spec, summary_times, tier_entry
 
 PLATFORM = "zendesk"
 ZENDESK_PRIORITIES = ("urgent", "high", "normal", "low")
@@ -66,6 +68,11 @@ STATUSES: dict[str, Status] = {
     "deleted": Status.DELETED,
 }
 _TAG = re.compile(r"^[^\s,]+$")
+OUR_MARKER = COMMENT_MARKER.partition("{")[0]
+SYSTEM_USER_ID = -1
+"""The updater of changes made by triggers, automations and other system rules."""
+_EVENT_FACTS = ("public_replies", "agent_actions", "tier_changes", "internal_notes")
+"""What the ticket events give; absent (missing) for a ticket whose events were not all seen."""
 _BOOL_FLAGS = (
     "churn_threat",
     "public_complaint",
@@ -166,12 +173,21 @@ class NumberRule(Strict):
 FlagsMap = FlagSources[FlagRule, NumberRule]
 
 
+class HistoryMap(Strict):
+    """`ticket_events`: follow the incremental ticket event export (with `comment_events`) alongside the ticket
+    export, for complete reply, action, status and tier histories. The export needs an admin's API access; off,
+    or refused, the facts come from the metric set alone and the clocks they cannot stop are "unknown"."""
+
+    ticket_events: bool = True
+
+
 class ZendeskMappingFile(Strict):
     priority: PriorityMap
     tier: TierMap
     segment: SegmentMap = SegmentMap()
     flags: FlagsMap = FlagsMap()
     tags: TagNames = TagNames()
+    history: HistoryMap = HistoryMap()
 
 
 def parse_time(value: Any) -> datetime:
@@ -230,6 +246,35 @@ class ZendeskMapping:
         """`include=` values the incremental export needs for this mapping."""
         return ("metric_sets", "organizations")
 
+    def read_spec(self) -> ReadSpec:
+        """What connectors/zendesk.py reads for this mapping (it imports no mapping: see connectors.base)."""
+        return ReadSpec(sideloads=self.sideloads, history=self.history_sources(), tier_moves_tags=bool(self.tier_tags))
+
+    def render_patch(self, writeback: WriteBack, current: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Ticket fields for the write-back: the tier's group or dropdown option, and the whole tag list (the
+        current tags, `current["tags"]`, with the changes applied) when tags change or follow the tier."""
+        patch: dict[str, Any] = {}
+        tier = Tier(writeback.tier) if writeback.tier is not None else None
+        if tier is not None:
+            patch.update(self.tier_fields(tier))
+        moves_tags = tier is not None and bool(self.tier_tags)
+        if writeback.add_tags or writeback.remove_tags or moves_tags:
+            if current is None or not isinstance(current.get("tags"), list | tuple | frozenset | set):
+                raise ValueError("rendering a tag change needs the ticket's current tags")
+            tags = (set(current["tags"]) - set(writeback.remove_tags)) | set(writeback.add_tags)
+            if tier is not None and moves_tags:
+                # A dropdown field's value is also a tag: keep the tag list in step with the new option.
+                tags -= set(self.tier_tags)
+                tags.add(self.config.tier.options[tier])
+            patch["tags"] = sorted(tags)
+        return patch
+
+    def history_sources(self) -> tuple[HistorySource, ...]:
+        """The ticket event export, with comments (its `include` value), when the mapping reads history."""
+        if not self.config.history.ticket_events:
+            return ()
+        return (HistorySource("ticket_events", ("comment_events",)),)
+
     @property
     def tier_tags(self) -> frozenset[str]:
         """Tags Zendesk itself adds for the tier dropdown's options: they follow the field, not our tag diff."""
@@ -263,6 +308,8 @@ class ZendeskMapping:
         org_fields = (organization or {}).get("organization_fields") or {}
         tier = self._tier(data, fields)
         first_reply, last_reply, last_agent, solved_at, reopens = self._metric_times(rid, metrics, created_at)
+        history = self._history(rid, data, record, created_at, updated_at)
+        times = summary_times(history)
         return Ticket(
             platform=PLATFORM,
             instance=instance,
@@ -275,9 +322,9 @@ class ZendeskMapping:
             created_at=created_at,
             updated_at=updated_at,
             description=str(data.get("description") or ""),
-            first_public_reply_at=first_reply,
-            last_public_reply_at=last_reply,
-            last_agent_action_at=last_agent,
+            first_public_reply_at=first_reply or times.get("first_public_reply_at"),
+            last_public_reply_at=times.get("last_public_reply_at", last_reply),
+            last_agent_action_at=times.get("last_agent_action_at", last_agent),
             solved_at=solved_at,
             requester=_id_text(data.get("requester_id")),
             organization=self._organization(data, organization),
@@ -285,11 +332,39 @@ class ZendeskMapping:
             tags=tags,
             assignee_group=_id_text(data.get("group_id")),
             tier=tier,
-            tier_entered_at=self._tier_entered_at(rid, tier, metrics, created_at),
-            status_history=self._current_status_since(rid, status, metrics),
+            tier_entered_at=tier_entry(history.get("tier_changes"), tier)
+            or self._tier_entered_at(rid, tier, metrics, created_at),
+            status_history=history.pop("status_history", None) or self._current_status_since(rid, status, metrics),
             flags=self._flags(rid, tags, fields, org_fields, reopens),
             revision=str(data["updated_at"]),
+            **history,
         )
+
+    def _history(
+        self, rid: str, data: Mapping[str, Any], record: RawRecord, created_at: datetime, updated_at: datetime
+    ) -> dict[str, Any]:
+        """History facts from the ticket's events, when the connector saw all of them (see `_EventHistory`)."""
+        if not self.config.history.ticket_events:
+            return {}
+        audits = record.related.get("ticket_audits")
+        if isinstance(audits, list):  # a single-ticket read: every audit of the ticket, complete by construction
+            events = _audits_as_events(audits)
+            facts = _EventHistory(self, rid, data, events).facts() if events is not None else None
+            return facts if facts is not None else {"missing_facts": frozenset(_EVENT_FACTS)}
+        window = record.related.get("ticket_events_window")
+        events = record.related.get("ticket_events")
+        complete = (
+            isinstance(window, list)
+            and len(window) == 2
+            and all(isinstance(edge, int) for edge in window)
+            and isinstance(events, list)
+            and window[0] <= created_at.timestamp()
+            and updated_at.timestamp() < window[1]
+        )
+        facts = _EventHistory(self, rid, data, events).facts() if complete and isinstance(events, list) else None
+        if facts is None:
+            return {"missing_facts": frozenset(_EVENT_FACTS)}
+        return facts
 
     def _status(self, rid: str, value: Any) -> Status:
         if value is None:
@@ -469,6 +544,136 @@ class ZendeskMapping:
             elif _truthy(value):
                 return True
         return False
+
+
+class _EventHistory:
+    """The facts of one ticket from its ticket events (the incremental ticket event export with
+    `include=comment_events`): each event `{id, ticket_id, timestamp, created_at, updater_id, child_events}`, a
+    change child event naming its field as the key (`{"status": "pending", "previous_value": "open",
+    "event_type": "Change"}`), a comment child event `{"event_type": "Comment", "author_id", "body", "public"}`.
+
+    Only a ticket whose events were all seen (created after the connector started following the export, and not
+    changed after the export's end) gets them; `facts` answers None when an event is malformed. The requester's
+    comments are customer messages; the creating event's comment is the ticket's description, no reply; a comment
+    carrying our marker is our own handoff note. Changes by the system user (triggers) are no agent actions, and
+    neither are tag or group changes alone (ours among them): only comments, status and assignee changes are.
+    """
+
+    def __init__(self, mapping: ZendeskMapping, rid: str, data: Mapping[str, Any], events: list[Any]) -> None:
+        self.mapping = mapping
+        self.rid = rid
+        self.requester = data.get("requester_id")
+        self.events = events
+        config = mapping.config.tier
+        self.tier_key = "group_id" if config.mode == "group" else str(config.field_id)
+
+    def _tier_of(self, value: Any) -> Tier | None:
+        if self.tier_key == "group_id":
+            try:
+                return self.mapping._group_tiers.get(int(value)) if value is not None else None
+            except (TypeError, ValueError):
+                return None
+        return self.mapping._option_tiers.get(str(value).lower()) if value is not None else None
+
+    def facts(self) -> dict[str, Any] | None:
+        timed = []
+        for event in self.events:
+            if not isinstance(event, Mapping) or not isinstance(event.get("child_events"), list):
+                return None
+            try:
+                at = parse_time(event.get("created_at"))
+            except ValueError:
+                return None
+            timed.append((at, event))
+        timed.sort(key=lambda item: (item[0], str(item[1].get("id"))))
+        statuses: list[StatusChange] = []
+        tiers: list[TierChange] = []
+        replies: list[datetime] = []
+        notes: list[datetime] = []
+        actions: list[datetime] = []
+        customer: datetime | None = None
+        for at, event in timed:
+            updater = event.get("updater_id")
+            by_agent = updater not in (self.requester, SYSTEM_USER_ID, None)
+            children = event["child_events"]
+            creating = any(isinstance(child, Mapping) and child.get("event_type") == "Create" for child in children)
+            for child in children:
+                if not isinstance(child, Mapping):
+                    return None
+                kind = child.get("event_type")
+                if kind == "Comment":
+                    text = str(child.get("body") or child.get("plain_body") or "")
+                    if creating or OUR_MARKER in text:
+                        continue
+                    if child.get("author_id") == self.requester:
+                        if child.get("public") is True:
+                            customer = at
+                        continue
+                    actions.append(at)
+                    (replies if child.get("public") is True else notes).append(at)
+                elif kind in ("Create", "Change"):
+                    if "status" in child:
+                        status = STATUSES.get(str(child["status"]))
+                        if status is None:
+                            return None
+                        statuses.append(StatusChange(at, status))
+                        if by_agent and kind == "Change":
+                            actions.append(at)
+                    if self.tier_key in child:
+                        tier = self._tier_of(child[self.tier_key])
+                        if not tiers or (tier or Tier.L1) != (tiers[-1].tier or Tier.L1):
+                            tiers.append(TierChange(at, tier))
+                    if "assignee_id" in child and by_agent and kind == "Change":
+                        actions.append(at)
+        if not statuses:
+            return None  # no creation event: not the whole history after all
+        return {
+            "status_history": tuple(statuses),
+            "tier_changes": tuple(tiers) or (TierChange(statuses[0].at, None),),
+            "public_replies": tuple(replies),
+            "internal_notes": tuple(notes),
+            "agent_actions": tuple(sorted(actions)),
+            "last_customer_message_at": customer,
+        }
+
+
+def _audits_as_events(audits: list[Any]) -> list[dict[str, Any]] | None:
+    """Ticket Audits API audits (`{id, created_at, author_id, events: [{type, field_name, value, previous_value}
+    | {type: "Comment", author_id, body, public}]}`, ids as text) in the ticket event export's form, so one reader
+    serves both; None when an audit is malformed.
+    https://developer.zendesk.com/api-reference/ticketing/tickets/ticket_audits/"""
+    converted = []
+    for audit in audits:
+        if not isinstance(audit, Mapping) or not isinstance(audit.get("events"), list):
+            return None
+        children: list[dict[str, Any]] = []
+        for event in audit["events"]:
+            if not isinstance(event, Mapping):
+                return None
+            kind = event.get("type")
+            if kind == "Comment":
+                children.append({**event, "event_type": "Comment"})
+            elif kind in ("Create", "Change") and isinstance(event.get("field_name"), str):
+                child = {event["field_name"]: event.get("value"), "event_type": kind}
+                if "previous_value" in event:
+                    child["previous_value"] = event["previous_value"]
+                children.append(child)
+        converted.append(
+            {
+                "id": audit.get("id"),
+                "created_at": audit.get("created_at"),
+                "updater_id": _as_int(audit.get("author_id")),
+                "child_events": children,
+            }
+        )
+    return converted
+
+
+def _as_int(value: Any) -> Any:
+    """Audit ids may come as text; the ticket's requester id is a number."""
+    if isinstance(value, str) and value.lstrip("-").isdigit():
+        return int(value)
+    return value
 
 
 def _id_text(value: Any) -> str | None:

@@ -6,6 +6,13 @@ Serves, with the real paths, payloads, paging and error bodies:
   `{issues, nextPageToken, isLast}` pages of at most `page_cap` issues whatever `maxResults` asks, an opaque
   `nextPageToken` bound to its query, and only the requested `fields` (`id` alone when none are asked).
 - `GET /rest/api/3/issue/{idOrKey}?fields=...`
+- `expand=changelog` on both (the issue's `changelog`: `{startAt, maxResults, total, histories}`, at most
+  `changelog_cap` histories, oldest first), and `POST /rest/api/3/changelog/bulkfetch` (`issueIdsOrKeys`, `fieldIds`,
+  `maxResults`, `nextPageToken` -> `{issueChangeLogs: [{issueId, changeHistories}], nextPageToken}`). Status moves,
+  tier option and label edits are recorded, each history `{id, author, created, items: [{field, fieldtype,
+  fieldId, from, fromString, to, toString}]}`.
+- the `comment` field: `{comments, self, maxResults, total, startAt}`, ADF bodies, `jsdPublic` (Cloud service
+  projects: false for an internal note), authors with `accountType` ("customer" for portal customers).
 - `PUT /rest/api/3/issue/{idOrKey}`: `fields` (the tier select by `value` or `id`, numbers, text) and `update`
   operations on labels (`add`, `remove`, `set`); 204, or 400 `{"errorMessages": [...], "errors": {...}}`.
 - `POST`/`GET /rest/servicedeskapi/request/{idOrKey}/comment`: public and internal comments, the servicedeskapi
@@ -175,6 +182,16 @@ class _Comment:
 
 
 @dataclass
+class _History:
+    """One changelog entry: who changed which fields when (items in the REST API's shape)."""
+
+    id: str
+    author: tuple[str, str, str]
+    created: datetime
+    items: list[dict[str, Any]]
+
+
+@dataclass
 class _Issue:
     id: str
     key: str
@@ -200,6 +217,7 @@ class _Issue:
     paused_since: datetime | None = None
     paused_total: timedelta = timedelta()
     comments: list[_Comment] = field(default_factory=list)
+    histories: list[_History] = field(default_factory=list)
 
 
 class JqlError(ValueError):
@@ -227,12 +245,18 @@ class JsmSandbox(SandboxApp):
         self._next_comment = 20001
         self.page_cap = 100
         """The most issues one search page holds, whatever maxResults asks (Jira caps by field cost)."""
+        self.changelog_cap = 100
+        """The most histories `expand=changelog` embeds in an issue (the oldest first; `total` tells the rest)."""
+        self.comment_cap = 5000
+        """The most comments the `comment` field holds (`total` tells the rest)."""
+        self._next_history = 30001
         self.route("POST", r"/rest/api/3/search/jql", self._search_post)
         self.route("GET", r"/rest/api/3/search/jql", self._search_get)
         self.route("GET", r"/rest/api/3/issue/(?P<ref>[^/]+)", self._get_issue)
         self.route("PUT", r"/rest/api/3/issue/(?P<ref>[^/]+)", self._edit_issue)
         self.route("POST", r"/rest/servicedeskapi/request/(?P<ref>[^/]+)/comment", self._add_comment)
         self.route("GET", r"/rest/servicedeskapi/request/(?P<ref>[^/]+)/comment", self._list_comments)
+        self.route("POST", r"/rest/api/3/changelog/bulkfetch", self._bulk_changelogs)
 
     # -- serving ----------------------------------------------------------------------------------------
 
@@ -270,7 +294,12 @@ class JsmSandbox(SandboxApp):
         fields = body.get("fields")
         if fields is not None and not isinstance(fields, list):
             return jira_error(400, ["'fields' must be a list of field ids."])
-        return self._search(request, body.get("jql"), body.get("maxResults"), fields, body.get("nextPageToken"))
+        expand = body.get("expand")
+        if expand is not None and not isinstance(expand, str):
+            return jira_error(400, ["'expand' must be a comma-separated string."])
+        changelog = "changelog" in (expand or "").split(",")
+        jql, token = body.get("jql"), body.get("nextPageToken")
+        return self._search(request, jql, body.get("maxResults"), fields, token, changelog=changelog)
 
     def _search_get(self, request: Request) -> Response:
         fields_param = request.param("fields")
@@ -282,7 +311,16 @@ class JsmSandbox(SandboxApp):
             return jira_error(400, ["maxResults: must be a number."])
         return self._search(request, request.param("jql"), max_value, fields, request.param("nextPageToken"))
 
-    def _search(self, request: Request, jql: Any, max_results: Any, fields: list[str] | None, token: Any) -> Response:
+    def _search(
+        self,
+        request: Request,
+        jql: Any,
+        max_results: Any,
+        fields: list[str] | None,
+        token: Any,
+        *,
+        changelog: bool = False,
+    ) -> Response:
         if not isinstance(jql, str) or not jql.strip():
             return jira_error(400, ["Unbounded JQL queries are not allowed here. Please add a search restriction."])
         if max_results is None:
@@ -310,7 +348,7 @@ class JsmSandbox(SandboxApp):
             size = min(max_results, self.page_cap)
             page = matches[offset : offset + size]
             base = self._base(request)
-            issues = [self._render(issue, base, fields, search=True) for issue in page]
+            issues = [self._render(issue, base, fields, search=True, changelog=changelog) for issue in page]
         end = offset + len(page)
         body: dict[str, Any] = {"issues": issues}
         if end < len(matches) and size > 0:
@@ -418,7 +456,8 @@ class JsmSandbox(SandboxApp):
                 return jira_error(404, [JIRA_ERROR_NOT_FOUND])
             fields_param = request.param("fields")
             fields = [name.strip() for name in fields_param.split(",")] if fields_param else ["*all"]
-            return Response(200, self._render(issue, self._base(request), fields))
+            changelog = "changelog" in (request.param("expand") or "").split(",")
+            return Response(200, self._render(issue, self._base(request), fields, changelog=changelog))
 
     def _edit_issue(self, request: Request, ref: str) -> Response:
         try:
@@ -446,11 +485,95 @@ class JsmSandbox(SandboxApp):
                 self._edit_operations(issue, name, operations, errors, changes)
             if errors:
                 return jira_error(400, [], errors)
+            before = (issue.tier, list(issue.labels))
             for change in changes:
                 change(issue)
             if changes:
                 issue.updated = self.clock.now()
+                self._log_edit(issue, AGENTS[0], before)
             return Response(204, None)
+
+    def _log_edit(self, issue: _Issue, author: tuple[str, str, str], before: tuple[str | None, list[str]]) -> None:
+        """The changelog entry of an edit: the tier option and the labels, as Jira records them."""
+        tier, labels = before
+        items = []
+        if tier != issue.tier:
+            items.append(
+                {
+                    "field": "Support tier",
+                    "fieldtype": "custom",
+                    "fieldId": TIER_FIELD,
+                    "from": tier,
+                    "fromString": TIER_OPTIONS.get(tier or ""),
+                    "to": issue.tier,
+                    "toString": TIER_OPTIONS.get(issue.tier or ""),
+                }
+            )
+        if labels != issue.labels:
+            items.append(
+                {
+                    "field": "labels",
+                    "fieldtype": "jira",
+                    "fieldId": "labels",
+                    "from": None,
+                    "fromString": " ".join(labels),
+                    "to": None,
+                    "toString": " ".join(issue.labels),
+                }
+            )
+        self._log(issue, author, issue.updated, items)
+
+    def _log(self, issue: _Issue, author: tuple[str, str, str], moment: datetime, items: list[dict[str, Any]]) -> None:
+        if items:
+            issue.histories.append(_History(str(self._next_history), author, moment, items))
+            self._next_history += 1
+
+    def _render_history(self, history: _History, base: str) -> dict[str, Any]:
+        author = self._user(history.author, base)
+        return {"id": history.id, "author": author, "created": jira_time(history.created), "items": history.items}
+
+    def _bulk_changelogs(self, request: Request) -> Response:
+        """`POST /rest/api/3/changelog/bulkfetch`: changelogs of up to 1000 issues, filtered by up to 10 fields,
+        oldest first across the issues, paged by `nextPageToken`."""
+        try:
+            body = request.json()
+        except ValueError:
+            return jira_error(400, ["Unexpected character in the request body: not valid JSON."])
+        refs = body.get("issueIdsOrKeys") if isinstance(body, dict) else None
+        if not isinstance(refs, list) or not refs or len(refs) > 1000:
+            return jira_error(400, ["issueIdsOrKeys must list between 1 and 1000 issues."])
+        field_ids = body.get("fieldIds") or []
+        if not isinstance(field_ids, list) or len(field_ids) > 10:
+            return jira_error(400, ["fieldIds must list at most 10 fields."])
+        limit = body.get("maxResults", 1000)
+        token = body.get("nextPageToken")
+        try:
+            offset = int(base64.urlsafe_b64decode(str(token).encode())) if token else 0
+            limit = max(1, min(int(limit), 10000))
+        except ValueError:
+            return jira_error(400, ["The provided next page token is invalid or expired."])
+        base = self._base(request)
+        with self._lock:
+            found = []
+            for ref in refs:
+                issue = self._find(str(ref))
+                if issue is None:
+                    continue
+                for history in issue.histories:
+                    items = [item for item in history.items if not field_ids or item["fieldId"] in field_ids]
+                    if items:
+                        found.append((history.created, int(issue.id), issue.id, history, items))
+            found.sort(key=lambda entry: (entry[0], entry[1], int(entry[3].id)))
+            page = found[offset : offset + limit]
+            logs: dict[str, list[dict[str, Any]]] = {}
+            for _, _, issue_id, history, items in page:
+                logs.setdefault(issue_id, []).append({**self._render_history(history, base), "items": items})
+        answer: dict[str, Any] = {
+            "issueChangeLogs": [{"issueId": issue_id, "changeHistories": entries} for issue_id, entries in logs.items()]
+        }
+        if offset + limit < len(found):
+            answer["nextPageToken"] = base64.urlsafe_b64encode(str(offset + limit).encode()).decode()
+        return Response(200, answer)
 
     def _edit_field(self, name: str, value: Any, errors: dict[str, str], changes: list[Any]) -> None:
         if name == TIER_FIELD:
@@ -587,6 +710,7 @@ class JsmSandbox(SandboxApp):
             "displayName": name,
             "active": True,
             "timeZone": "America/New_York",
+            "accountType": "atlassian" if user in AGENTS else "customer",
             "_links": {
                 "jiraRest": f"{base}/rest/api/2/user?accountId={account}",
                 "avatarUrls": {"48x48": f"https://avatar-management.example/{account}/48"},
@@ -607,7 +731,9 @@ class JsmSandbox(SandboxApp):
 
     # -- rendering an issue -----------------------------------------------------------------------------
 
-    def _render(self, issue: _Issue, base: str, fields: list[str] | None, search: bool = False) -> dict[str, Any]:
+    def _render(
+        self, issue: _Issue, base: str, fields: list[str] | None, search: bool = False, *, changelog: bool = False
+    ) -> dict[str, Any]:
         if search and fields is None:
             return {"id": issue.id}  # /search/jql returns ids only unless fields are asked for
         every = self._fields(issue, base)
@@ -624,6 +750,14 @@ class JsmSandbox(SandboxApp):
             "key": issue.key,
         }
         rendered["fields"] = chosen
+        if changelog:
+            shown = issue.histories[: self.changelog_cap]
+            rendered["changelog"] = {
+                "startAt": 0,
+                "maxResults": len(shown),
+                "total": len(issue.histories),
+                "histories": [self._render_history(history, base) for history in shown],
+            }
         return rendered
 
     def _fields(self, issue: _Issue, base: str) -> dict[str, Any]:
@@ -690,6 +824,7 @@ class JsmSandbox(SandboxApp):
             ENGINEERING_FIELD: None,
             REVENUE_FIELD: issue.revenue,
             AFFECTED_FIELD: issue.affected,
+            "comment": self._comment_field(issue, base),
         }
         if issue.priority:
             priority_id = PRIORITIES[issue.priority][0]
@@ -731,6 +866,36 @@ class JsmSandbox(SandboxApp):
             fields[FIRST_RESPONSE_FIELD] = self._sla(issue, base, "2", "Time to first response", first_goal)
             fields[RESOLUTION_FIELD] = self._sla(issue, base, "1", "Time to resolution", resolution_goal)
         return fields
+
+    def _comment_field(self, issue: _Issue, base: str) -> dict[str, Any]:
+        """The issue's `comment` field (platform API v3): ADF bodies, and `jsdPublic` on a service project."""
+        shown = issue.comments[: self.comment_cap]
+        comments = []
+        for comment in shown:
+            author = self._user(comment.author, base)
+            comments.append(
+                {
+                    "self": f"{base}/rest/api/3/issue/{issue.id}/comment/{comment.id}",
+                    "id": comment.id,
+                    "author": author,
+                    "body": {
+                        "version": 1,
+                        "type": "doc",
+                        "content": [{"type": "paragraph", "content": [{"type": "text", "text": comment.body}]}],
+                    },
+                    "updateAuthor": author,
+                    "created": jira_time(comment.created),
+                    "updated": jira_time(comment.created),
+                    "jsdPublic": comment.public,
+                }
+            )
+        return {
+            "comments": comments,
+            "self": f"{base}/rest/api/3/issue/{issue.id}/comment",
+            "maxResults": len(shown),
+            "total": len(issue.comments),
+            "startAt": 0,
+        }
 
     def _sla(self, issue: _Issue, base: str, sla_id: str, name: str, goal: timedelta) -> dict[str, Any]:
         """A rough JSM SLA: one cycle from creation, 24x7; resolution pauses while waiting for the customer."""
@@ -880,9 +1045,12 @@ class JsmSandbox(SandboxApp):
         else:
             self._move(issue, rng.choice(["Resolved", "Resolved", "Done"]), moment)
 
-    def _move(self, issue: _Issue, status: str, moment: datetime) -> None:
+    def _move(self, issue: _Issue, status: str, moment: datetime, author: tuple[str, str, str] = AGENTS[0]) -> None:
         if status == issue.status:
             return
+        item = {"field": "status", "fieldtype": "jira", "fieldId": "status", "from": STATUSES[issue.status][0]}
+        item |= {"fromString": issue.status, "to": STATUSES[status][0], "toString": status}
+        self._log(issue, author, moment, [item])
         if issue.paused_since is not None:
             issue.paused_total += moment - issue.paused_since
             issue.paused_since = None
@@ -939,11 +1107,12 @@ class JsmSandbox(SandboxApp):
             if issue is None:
                 raise KeyError(ref)
             now = self.clock.now()
+            before = (issue.tier, list(issue.labels))
             for name, value in changes.items():
                 if name == "status":
                     if value not in STATUSES:
                         raise ValueError(f"unknown status {value!r}")
-                    self._move(issue, value, now)
+                    self._move(issue, value, now, AGENTS[1])
                 elif name == "priority":
                     if value is not None and value not in PRIORITIES:
                         raise ValueError(f"unknown priority {value!r}")
@@ -959,6 +1128,7 @@ class JsmSandbox(SandboxApp):
                 else:
                     raise ValueError(f"the sandbox cannot change {name!r}")
             issue.updated = now
+            self._log_edit(issue, AGENTS[1], before)
 
     def add_comment(self, ref: str, body: str, public: bool, *, by_customer: bool = False) -> dict[str, Any]:
         with self._lock:

@@ -10,6 +10,10 @@ Endpoints (ServiceNow "Table API" reference; "OAuth tokens"; "Inbound REST API r
   (`work_notes`, `comments`) are write-only inputs: a value becomes a `sys_journal_field` row, and the field reads
   back as "" in raw mode. A write that changes something moves `sys_updated_on` and `sys_mod_count`; unknown
   fields in the body are ignored (as the platform does).
+- History tables read like any other: `sys_journal_field` (one row per journal entry: `element_id`, `element`,
+  `value`, `sys_created_by`) and `sys_audit` (one row per changed field of an incident: `documentkey`,
+  `fieldname`, `oldvalue`, `newvalue`, `user` = the user_name, `sys_created_on`; inserts not audited). A table in
+  `denied_tables` answers 403, as a table read ACL makes it.
 - `POST /oauth_token.do` (form encoded, `grant_type=client_credentials`): a bearer token valid `expires_in` s.
 - Every `/api/` request needs an `Authorization` header (Basic, or Bearer with a live token), else 401; given
   `credentials` / `client`, only those are accepted.
@@ -43,6 +47,7 @@ from sandbox.base import Request, Response, SandboxApp, SimClock
 DATE = "%Y-%m-%d %H:%M:%S"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 DEFAULT_LIMIT = 10000
+_QUERY_ACL_DETAIL = "Field(s) present in the query do not have permission to be read"
 TOKEN_LIFETIME = 1799
 
 # Reference fields per table and the table they point to (what the `link` of a reference names).
@@ -63,7 +68,12 @@ REFERENCES: dict[str, dict[str, str]] = {
     "core_company": {},
     "contract_sla": {},
     "sys_journal_field": {},
+    "sys_audit": {},
 }
+# Fields whose changes the platform audits into sys_audit (every field of an audited table but the system
+# fields and journal fields, whose entries are sys_journal_field rows). Inserts are not audited, as on a
+# default instance (`glide.sys.audit_inserts` false): a field's value at creation is its first change's oldvalue.
+AUDITED_TABLES = frozenset({"incident"})
 JOURNAL_FIELDS = {"incident": ("work_notes", "comments")}
 DISPLAY_FIELD = {"sys_user_group": "name", "core_company": "name", "sys_user": "name", "contract_sla": "name"}
 # Fields the platform maintains itself; a PATCH naming them is ignored (no sysparm_suppress_auto_sys_field).
@@ -253,11 +263,14 @@ class ServiceNowSandbox(SandboxApp):
         self.rng = random.Random(seed)
         self._idle: set[str] = set()
         """Incidents nobody touches after creation (simulate() leaves them alone)."""
+        self._audit_rng = random.Random(seed + 1)
         self.credentials = credentials
         self.client = client
         self.tokens: dict[str, datetime] = {}
         self.tables: dict[str, dict[str, dict[str, str]]] = {name: {} for name in REFERENCES}
         self.rate_limit: int | None = None
+        self.denied_tables: set[str] = set()
+        """Tables the integration user may not read: a list read answers 403, as a table ACL makes it."""
         self._as_of: datetime | None = None
         self._window: tuple[int, int] = (0, 0)  # (hour index, requests counted)
         self._next_number = 10001
@@ -346,6 +359,8 @@ class ServiceNowSandbox(SandboxApp):
     def _list(self, request: Request, table: str) -> Response:
         if table not in self.tables:
             return _error(400, f"Invalid table {table}")
+        if table in self.denied_tables:
+            return _error(403, "Insufficient rights to query records", _QUERY_ACL_DETAIL)
         rows = list(self.tables[table].values())
         query = EncodedQuery(request.param("sysparm_query", "") or "")
         rows = [row for row in rows if query.matches(lambda name, row=row: self._get_value(table, row, name))]
@@ -523,6 +538,8 @@ class ServiceNowSandbox(SandboxApp):
                     self._journal(table, row["sys_id"], name, value, user)
                     changed = True
             elif name in row and name not in SYSTEM_FIELDS and row[name] != value:
+                if table in AUDITED_TABLES:
+                    self._audit(table, row, name, row[name], value, user)
                 row[name] = value
                 changed = True
         if changed:
@@ -531,6 +548,25 @@ class ServiceNowSandbox(SandboxApp):
                 self._sync_slas(row)
             self._stamp(row, user)
         return changed
+
+    def _audit(self, table: str, row: dict[str, str], field: str, old: str, new: str, user: str) -> None:
+        """One sys_audit row per changed field, as the platform writes them (raw values, user by user_name)."""
+        # Its own random stream: auditing must not change what the seeded simulation does.
+        entry = {
+            "sys_id": f"{self._audit_rng.getrandbits(128):032x}",
+            "sys_created_on": _fmt(self._now()),
+            "sys_created_by": user,
+            "tablename": table,
+            "documentkey": row["sys_id"],
+            "fieldname": field,
+            "oldvalue": old,
+            "newvalue": new,
+            "user": user,
+            "reason": "",
+            "record_checkpoint": str(int(row.get("sys_mod_count") or 0) + 1),
+            "internal_checkpoint": f"{self._audit_rng.getrandbits(48):012x}",
+        }
+        self.tables["sys_audit"][entry["sys_id"]] = entry
 
     def _journal(self, table: str, sys_id: str, element: str, value: str, user: str) -> None:
         entry = {
@@ -825,14 +861,20 @@ class ServiceNowSandbox(SandboxApp):
         rows = [row for row in self.tables["sys_journal_field"].values() if row["element_id"] == sys_id]
         return sorted((dict(row) for row in rows), key=lambda row: row["sys_created_on"])
 
+    def audits(self, sys_id: str) -> list[dict[str, str]]:
+        """sys_audit rows of an incident, oldest first."""
+        rows = [row for row in self.tables["sys_audit"].values() if row["documentkey"] == sys_id]
+        return sorted((dict(row) for row in rows), key=lambda row: row["sys_created_on"])
+
     def task_slas(self, sys_id: str) -> list[dict[str, str]]:
         return [dict(row) for row in self.tables["task_sla"].values() if row["task"] == sys_id]
 
-    def update(self, sys_id: str, **fields: str) -> dict[str, str]:
-        """Act as another agent: set fields (journal fields append) and move the record."""
+    def update(self, sys_id: str, *, user: str = "other.agent", **fields: str) -> dict[str, str]:
+        """Act as another agent (or as `user`: the caller's user_name acts as the customer): set fields (journal
+        fields append) and move the record."""
         with self._lock:
             row = self.tables["incident"][sys_id]
-            self._write("incident", row, {key: self._input(value) for key, value in fields.items()}, "other.agent")
+            self._write("incident", row, {key: self._input(value) for key, value in fields.items()}, user)
             return dict(row)
 
     def add_comment(self, sys_id: str, body: str, public: bool) -> None:

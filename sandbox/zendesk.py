@@ -16,6 +16,14 @@ the client's misunderstandings. What it follows (developer.zendesk.com):
   `{"error": "Couldn't authenticate you"}`. The update answers `{ticket, audit}`.
 - Ticket Comments: cursor pagination (`page[size]` <= 100, `page[after]`, `page[before]`, `meta.has_more`,
   `meta.after_cursor`, `links.next`) and the older offset pagination (`next_page`, `count`); `sort_order`.
+- Incremental Ticket Event Export: `GET /api/v2/incremental/ticket_events.json?start_time=<epoch>` with
+  `include=comment_events`: `{ticket_events, next_page, count, end_of_stream, end_time}`, each event `{id,
+  ticket_id, timestamp, created_at, updater_id, via, system, metadata, event_type: "Audit", child_events}`, a
+  change child event naming its field as the key (`"status": "pending", "previous_value": "open"`), comments as
+  `event_type: "Comment"` with `author_id`, `body`, `public` (only with the sideload). Time based: up to 1000
+  events a page, `end_time` is the next `start_time`; the last minute is left out as in the ticket export.
+- Ticket Audits: `GET /api/v2/tickets/{id}/audits.json`, oldest first, offset pagination (`next_page`, `count`);
+  events `{id, type, field_name, value, previous_value}` (values as text) and comments.
 - Ticket Metrics (`metric_sets` sideload): minutes as `{calendar, business}`, null until reached.
 - Request format: `X-Rate-Limit` / `X-Rate-Limit-Remaining` on every response; 429 with `Retry-After`.
 Inferred, not documented (kept plausible and marked here): the wording of 422 parameter errors, the 400 for a
@@ -263,6 +271,7 @@ class _TicketState:
     initially_assigned_at: datetime | None = None
     assignee_updated_at: datetime | None = None
     requester_updated_at: datetime | None = None
+    audits: list[dict[str, Any]] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------- the sandbox
@@ -290,6 +299,9 @@ class ZendeskSandbox(SandboxApp):
         self._minute_counts: dict[int, int] = {}
         self._tickets: dict[int, _TicketState] = {}
         self._counters = {"ticket": 1000, "event": 36100000000000, "audit": 36200000000000, "metric": 36300000000000}
+        self._counters["create_event"] = 36400000000000
+        self._ticket_events: list[dict[str, Any]] = []
+        """Every audit as the incremental ticket event export shows it (comment child events included)."""
         self._users: dict[int, dict[str, Any]] = {}
         self._orgs: dict[int, dict[str, Any]] = {}
         self._groups: dict[int, dict[str, Any]] = {}
@@ -298,9 +310,11 @@ class ZendeskSandbox(SandboxApp):
         self._build_directory()
         for method, pattern, handler in (
             ("GET", r"/api/v2/incremental/tickets/cursor\.json", self._export),
+            ("GET", r"/api/v2/incremental/ticket_events(?:\.json)?", self._export_events),
             ("GET", r"/api/v2/tickets/(?P<ticket_id>\d+)(?:\.json)?", self._show_ticket),
             ("PUT", r"/api/v2/tickets/(?P<ticket_id>\d+)(?:\.json)?", self._update_ticket),
             ("GET", r"/api/v2/tickets/(?P<ticket_id>\d+)/comments(?:\.json)?", self._list_comments),
+            ("GET", r"/api/v2/tickets/(?P<ticket_id>\d+)/audits(?:\.json)?", self._list_audits),
             ("GET", r"/api/v2/tickets/(?P<ticket_id>\d+)/metrics(?:\.json)?", self._show_metrics),
             ("GET", r"/api/v2/organizations/(?P<org_id>\d+)(?:\.json)?", self._show_org),
             ("GET", r"/api/v2/users/me(?:\.json)?", self._show_me),
@@ -691,7 +705,103 @@ class ZendeskSandbox(SandboxApp):
         data["updated_at"] = _iso(at)
         state.updated = at
         state.generated = _epoch(at)
+        self._log_event(audit_id, state, at, author, events, channel)
         return self._audit(audit_id, state, at, author, events, channel)
+
+    def _log_event(
+        self, audit_id: int, state: _TicketState, at: datetime, author: int, events: list[dict[str, Any]], channel: str
+    ) -> None:
+        """The audit as a ticket event: a change child event names its field as the key, with `previous_value`.
+        The Ticket Audits API's form (`type`, `field_name`, `value` as text) is kept with the ticket too."""
+        shown = [
+            event if event["type"] == "Comment" else {**event, "value": _event_value(event["value"])}
+            for event in events
+        ]
+        state.audits.append(self._audit(audit_id, state, at, author, copy.deepcopy(shown), channel))
+        children = []
+        for event in events:
+            base = {"id": event["id"], "via": _VIA_LABELS.get(channel, channel), "via_reference_id": None}
+            if event["type"] == "Comment":
+                keys = ("author_id", "body", "html_body", "plain_body", "public", "attachments", "audit_id")
+                children.append({**base, "event_type": "Comment", **{key: copy.deepcopy(event[key]) for key in keys}})
+            else:
+                field_name, value = event["field_name"], state.data.get(event["field_name"], event["value"])
+                if field_name.isdigit():  # a custom field
+                    value = event["value"]
+                child = {**base, field_name: copy.deepcopy(value), "event_type": event["type"]}
+                if event["type"] == "Change":
+                    previous = event["previous_value"]
+                    if field_name in ("group_id", "assignee_id") and isinstance(previous, str) and previous.isdigit():
+                        previous = int(previous)
+                    child["previous_value"] = copy.deepcopy(previous)
+                children.append(child)
+        self._ticket_events.append(
+            {
+                "id": audit_id,
+                "ticket_id": state.data["id"],
+                "timestamp": _epoch(at),
+                "created_at": _iso(at),
+                "updater_id": author,
+                "via": _VIA_LABELS.get(channel, channel),
+                "system": {"client": "sandbox", "ip_address": "127.0.0.1"},
+                "metadata": {"system": {"client": "sandbox", "ip_address": "127.0.0.1"}, "custom": {}},
+                "event_type": "Audit",
+                "child_events": children,
+            }
+        )
+
+    def _log_creation(self, state: _TicketState, channel: str) -> None:
+        """The ticket event of a new ticket: a Create child event per set field, then the description comment."""
+        data, comment = state.data, state.comments[0]
+        events = [
+            {"id": self._next("create_event"), "type": "Create", "field_name": name, "value": data[name]}
+            for name in ("subject", "status", "priority", "requester_id", "group_id", "tags")
+            if data[name] is not None
+        ]
+        keys = ("id", "type", "author_id", "body", "html_body", "plain_body", "public", "attachments", "audit_id")
+        events.append({key: comment[key] for key in keys})
+        self._log_event(comment["audit_id"], state, state.created, data["requester_id"], events, channel)
+
+    def _export_events(self, request: Request) -> Response:
+        """Incremental Ticket Event Export (time based): events at or after `start_time`, oldest first, 1000 a
+        page (a second is never split: all its events come on one page), `end_time` = the last event's time, to
+        be the next `start_time`; events of the last minute are left out, as with the ticket export."""
+        cutoff = _epoch(self.clock.now()) - EXPORT_LAG
+        raw_start = request.param("start_time")
+        if raw_start is None:
+            return _invalid("start_time is required")
+        try:
+            start_time = int(raw_start)
+        except ValueError:
+            return _invalid("start_time must be a Unix epoch time in seconds")
+        if start_time > cutoff:
+            return _invalid("Too recent start_time. Use a start_time older than 1 minute")
+        comments = "comment_events" in self._includes(request)
+        found = sorted(
+            (event for event in self._ticket_events if start_time <= event["timestamp"] <= cutoff),
+            key=lambda event: (event["timestamp"], event["id"]),
+        )
+        page = found[:EXPORT_MAX_PER_PAGE]
+        if len(found) > len(page):
+            last = page[-1]["timestamp"]
+            page += [event for event in found[len(page) :] if event["timestamp"] == last]
+        end_of_stream = len(page) == len(found)
+        end_time = page[-1]["timestamp"] if page else start_time
+        shown = []
+        for event in page:
+            event = copy.deepcopy(event)
+            if not comments:
+                event["child_events"] = [child for child in event["child_events"] if child["event_type"] != "Comment"]
+            shown.append(event)
+        query = urlencode({"start_time": end_time, **({"include": "comment_events"} if comments else {})})
+        body = {
+            "ticket_events": shown,
+            "next_page": f"{self._origin()}/api/v2/incremental/ticket_events.json?{query}",
+            "count": len(shown),
+            "end_of_stream": end_of_stream,
+            "end_time": end_time,
+        }
+        return _json(200, body)
 
     def _audit(
         self, audit_id: int, state: _TicketState, at: datetime, author: int, events: list[dict[str, Any]], channel: str
@@ -815,6 +925,32 @@ class ZendeskSandbox(SandboxApp):
                 "next_page": link(number + 1) if start + per_page < len(ordered) else None,
                 "previous_page": link(number - 1) if number > 1 else None,
                 "count": len(ordered),
+            },
+        )
+
+    def _list_audits(self, request: Request, ticket_id: str) -> Response:
+        """List Audits for a Ticket: oldest first, offset pagination (`next_page`, `previous_page`, `count`)."""
+        state = self._live(ticket_id)
+        if state is None:
+            return _json(404, ERROR_NOT_FOUND)
+        try:
+            per_page = min(max(int(request.param("per_page") or 100), 1), 100)
+            number = max(int(request.param("page") or 1), 1)
+        except ValueError:
+            return _invalid("page and per_page must be integers")
+        start = (number - 1) * per_page
+        base = f"{self._origin()}/api/v2/tickets/{state.data['id']}/audits.json"
+
+        def link(target: int) -> str:
+            return f"{base}?{urlencode({'page': target, 'per_page': per_page})}"
+
+        return _json(
+            200,
+            {
+                "audits": copy.deepcopy(state.audits[start : start + per_page]),
+                "next_page": link(number + 1) if start + per_page < len(state.audits) else None,
+                "previous_page": link(number - 1) if number > 1 else None,
+                "count": len(state.audits),
             },
         )
 
@@ -1181,6 +1317,7 @@ class ZendeskSandbox(SandboxApp):
         )
         state.comments.append(self._make_comment(requester, description, True, at, self._next("audit"), channel))
         self._tickets[ticket_id] = state
+        self._log_creation(state, channel)
         return state
 
     def _tick(self, state: _TicketState, start: datetime, end: datetime) -> int:
@@ -1272,6 +1409,10 @@ class ZendeskSandbox(SandboxApp):
                     fields["additional_tags"] = [tag]
         fields["comment"] = {"body": body, "public": True}
         self._apply(state, at, data["requester_id"], fields, data["via"]["channel"])
+
+
+_VIA_LABELS = {"email": "Mail", "web": "Web form", "api": "Web service", "rule": "Rule"}
+"""How ticket events name the channel (`via`), as the export shows it."""
 
 
 def rate_limited_response(retry_after: int) -> Response:

@@ -355,6 +355,10 @@ def test_refused_write_is_dead_lettered_and_blocks_nothing(world: World) -> None
 
 def test_management_track_started_once_keeps_its_clocks(zendesk_world: World) -> None:
     world = zendesk_world
+    # Follow the event export back over every seeded ticket, so each one's agent actions are known (a ticket
+    # older than the look-back has them "unknown", and its management acknowledgment is never tagged).
+    section = world.platform.section.model_copy(update={"initial_lookback_hours": 24 * 11})
+    world.platform = replace(world.platform, section=section)
     syncer = world.syncer()
     started: list[str] = []
     syncer.on_event = lambda event: (

@@ -332,7 +332,7 @@ def test_connector_survives_faults_and_deleted_records(sandbox: ServiceNowSandbo
 def test_connector_waits_out_the_rate_limit(sandbox: ServiceNowSandbox, clock: SimClock) -> None:
     snow = make_connector(sandbox, clock)
     clock.advance(timedelta(minutes=58))
-    sandbox.rate_limit = 2  # a poll is two requests (incidents, their task_sla rows)
+    sandbox.rate_limit = 4  # a poll is four requests (incidents, their task_sla, sys_audit and journal rows)
     first = snow.poll(None, clock.now())
     assert clock.now() == START + timedelta(minutes=58)
     second = snow.poll(first.cursor, clock.now())  # 429, Retry-After 120 s; the injected sleep moves the clock

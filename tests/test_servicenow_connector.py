@@ -74,7 +74,7 @@ def api(sleeps: list[float]):
 
 
 def connector(
-    mapping: ServiceNowMapping, sleeps: list[float], *, sla: bool = False, **options: Any
+    mapping: ServiceNowMapping, sleeps: list[float], *, sla: bool = False, history: bool = False, **options: Any
 ) -> ServiceNowConnector:
     if not sla:
         mapping = ServiceNowMapping(
@@ -83,6 +83,9 @@ def connector(
             ),
             mapping.path,
         )
+    if not history:
+        off = mapping.spec.history.model_copy(update={"audit": False, "journal": False})
+        mapping = ServiceNowMapping(mapping.spec.model_copy(update={"history": off}), mapping.path)
     http = HttpClient("acme-snow", BASE, auth=httpx.BasicAuth("sync", "pw"), sleep=sleeps.append)
     return ServiceNowConnector("acme-snow", http, mapping, {"page_size": 3, **options})
 
