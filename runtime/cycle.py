@@ -62,6 +62,8 @@ log = logging.getLogger("escalation_sync.cycle")
 REPEAT_WINDOW = timedelta(days=30)
 TIER_NAMES = frozenset(tier.value for tier in Tier)
 MANAGEMENT = "MGMT"
+RESOLVED = "RESOLVED"
+"""Recorded beside the tier entries when an escalated ticket is solved or closed (for `sync.py report`)."""
 """Recorded beside the tier entries when the management track starts: its clocks run from then on."""
 SCAN_DONE = "done"
 """The open-ticket scan's progress once it has completed (`sync.py backfill` clears it to scan again)."""
@@ -368,6 +370,8 @@ class Syncer:
             return None
         decision, writeback = decided
         due = not writeback.is_empty
+        if ticket.status.is_terminal:
+            self._resolved(ticket, now)
         if ticket.status.is_terminal and not due:
             return _tombstone(ticket, now)
         return BookEntry(
@@ -382,6 +386,15 @@ class Syncer:
             adopt=adopting and due and self.adopt_tag_only,
             seen_at=now,
         )
+
+    def _resolved(self, ticket: Ticket, now: datetime) -> None:
+        """A ticket we escalated reached a terminal status: the report's resolution time and success rate by
+        tier read this row (tier RESOLVED), which no count of escalations includes."""
+        if self.dry_run or ticket.status is Status.DELETED:
+            return
+        if any(tier in TIER_NAMES for tier, _ in self.state.tier_entries(self.instance, ticket.id)):
+            at = ticket.solved_at or ticket.updated_at
+            self.state.record_escalation(self.instance, _customer(ticket), ticket.id, RESOLVED, at)
 
     def _normalize(self, record: RawRecord, now: datetime, report: CycleReport) -> Ticket | None:
         try:
@@ -748,5 +761,10 @@ def _describe(writeback: WriteBack, decision: Decision | None, ticket: Ticket | 
     if decision is not None:
         detail["from_tier"] = decision.current_tier.value
         detail["reasons"] = [rule.reason for rule in decision.fired]
+        detail["rules"] = [rule.name for rule in decision.fired]
         detail["management"] = decision.management
+        # The rule that set the tier: the first fired rule aiming at the tier the decision chose.
+        setting = next((r for r in decision.fired if r.target_tier is decision.target_tier and r.target_tier), None)
+        if setting is not None and writeback.tier is not None:
+            detail["tier_rule"] = {"name": setting.name, "reason": setting.reason}
     return detail

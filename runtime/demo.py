@@ -144,7 +144,8 @@ def _printer(out: TextIO, clock: SimClock) -> Callable[[Event], None]:
                 parts.append("-" + " -".join(detail["remove_tags"]))
             if detail.get("comment"):
                 parts.append("handoff note")
-            reason = f"  ({detail['reasons'][0]})" if detail.get("tier") and detail.get("reasons") else ""
+            rule = detail.get("tier_rule")
+            reason = f"  ({rule['name']}: {rule['reason']})" if detail.get("tier") and rule else ""
             key = detail.get("key", event.ticket_id)
             line = f"{stamp}  {event.instance:16} {key:12} {detail.get('priority', ''):3} {', '.join(parts)}{reason}"
             print(line, file=out)

@@ -282,7 +282,7 @@ class SqlStore:
         row = self._one(
             "counting escalations",
             "SELECT COUNT(*) FROM (SELECT DISTINCT instance, ticket_id FROM escalations "
-            "WHERE customer = ? AND at >= ?) AS tickets",
+            "WHERE customer = ? AND at >= ? AND tier <> 'RESOLVED') AS tickets",
             (customer, self._encode_time(since, "since")),
         )
         return int(row[0]) if row else 0
@@ -434,7 +434,7 @@ class SqlStore:
         rows = self._all(
             "counting escalations",
             "SELECT customer, COUNT(*) FROM (SELECT DISTINCT customer, instance, ticket_id FROM escalations "
-            "WHERE at >= ?) AS tickets GROUP BY customer",
+            "WHERE at >= ? AND tier <> 'RESOLVED') AS tickets GROUP BY customer",
             (self._encode_time(since, "since"),),
         )
         return {customer: int(count) for customer, count in rows}

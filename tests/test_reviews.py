@@ -306,3 +306,24 @@ def test_the_scan_of_all_open_tickets_reports_its_progress(tmp_path: Path) -> No
         assert world.store.book_stats(world.name, start)[0] == 70
     finally:
         world.close()
+
+
+def test_an_escalated_ticket_that_closes_records_its_resolution_once(empty_world: World) -> None:
+    world = empty_world
+    ticket = world.idle.create(world.sandbox, world.clock.now())  # type: ignore[attr-defined]
+    world.clock.advance(timedelta(minutes=2))
+    syncer = world.syncer()
+    syncer.run_cycle()
+    world.clock.advance(timedelta(hours=2, minutes=5))
+    syncer.run_cycle()
+    ticket_id = ticket_id_of(world, ticket)
+    customer = world.store.book_entry(world.name, ticket_id).customer  # type: ignore[union-attr]
+    counted = world.store.escalations_since(customer, world.clock.now() - timedelta(days=30))
+    world.idle.close(world.sandbox, ticket)  # type: ignore[attr-defined]
+    world.clock.advance(CYCLE)
+    syncer.run_cycle()
+    world.clock.advance(CYCLE)
+    syncer.run_cycle()
+    tiers = [tier for tier, _ in world.store.tier_entries(world.name, ticket_id)]
+    assert tiers == ["L2", "RESOLVED"]
+    assert world.store.escalations_since(customer, world.clock.now() - timedelta(days=30)) == counted
