@@ -374,18 +374,8 @@ class Syncer:
             self._resolved(ticket, now)
         if ticket.status.is_terminal and not due:
             return _tombstone(ticket, now)
-        return BookEntry(
-            ticket_id=ticket.id,
-            is_open=True,
-            updated_at=ticket.updated_at,
-            revision=ticket.revision,
-            raw=encode_record(record),
-            customer=_customer(ticket),
-            review_at=now if due else self._review_time(decision, now),
-            urgency=_urgency(decision, ticket),
-            adopt=adopting and due and self.adopt_tag_only,
-            seen_at=now,
-        )
+        review_at = now if due else self._review_time(decision, now)
+        return _open_entry(record, ticket, decision, review_at, now, adopt=adopting and due and self.adopt_tag_only)
 
     def _resolved(self, ticket: Ticket, now: datetime) -> None:
         """A ticket we escalated reached a terminal status: the report's resolution time and success rate by
@@ -621,18 +611,7 @@ class Syncer:
         if ticket.status.is_terminal:
             self.state.book_put(self.instance, [_tombstone(ticket, now)])
             return
-        entry = BookEntry(
-            ticket_id=ticket.id,
-            is_open=True,
-            updated_at=ticket.updated_at,
-            revision=ticket.revision,
-            raw=encode_record(raw),
-            customer=_customer(ticket),
-            review_at=self._review_time(decision, now),
-            urgency=_urgency(decision, ticket),
-            seen_at=now,
-        )
-        self.state.book_put(self.instance, [entry])
+        self.state.book_put(self.instance, [_open_entry(raw, ticket, decision, self._review_time(decision, now), now)])
 
     def _recover_pending(self, now: datetime, report: CycleReport) -> None:
         for intent in self.state.pending(self.instance):
@@ -742,6 +721,30 @@ def _urgency(decision: Decision, ticket: Ticket) -> int:
         sla.breached for sla in ticket.platform_slas
     )
     return (0 if breached else 4) + int(ticket.priority.value[1]) - 1
+
+
+def _open_entry(
+    record: RawRecord,
+    ticket: Ticket,
+    decision: Decision,
+    review_at: datetime | None,
+    now: datetime,
+    adopt: bool = False,
+) -> BookEntry:
+    """An open ticket as the book keeps it: its raw record (a mapping edited later applies to it) and when to
+    look at it again."""
+    return BookEntry(
+        ticket_id=ticket.id,
+        is_open=True,
+        updated_at=ticket.updated_at,
+        revision=ticket.revision,
+        raw=encode_record(record),
+        customer=_customer(ticket),
+        review_at=review_at,
+        urgency=_urgency(decision, ticket),
+        adopt=adopt,
+        seen_at=now,
+    )
 
 
 def _tombstone(ticket: Ticket, now: datetime) -> BookEntry:

@@ -54,6 +54,16 @@ def empty_world(request: pytest.FixtureRequest, tmp_path: Path):
     created.close()
 
 
+def booked(world: World) -> tuple[Any, Syncer]:
+    """An untouched ticket created now, read into the book by a first cycle two minutes later (Zendesk's
+    export leaves out the last minute)."""
+    ticket = world.idle.create(world.sandbox, world.clock.now())  # type: ignore[attr-defined]
+    world.clock.advance(timedelta(minutes=2))
+    syncer = world.syncer()
+    syncer.run_cycle()
+    return ticket, syncer
+
+
 def run_until(world: World, syncer: Syncer, end: datetime, watch: Any) -> tuple[dict[str, datetime], list[int]]:
     """Cycles every CYCLE until `end`; when each tier and tag first appeared on the platform, and the number
     of requests sent (read from the sandbox's own request log) by each idle cycle: one whose poll found no
@@ -135,10 +145,7 @@ def test_the_first_cycle_finds_open_tickets_older_than_the_look_back(empty_world
 
 def test_a_closed_ticket_leaves_the_book_on_the_next_poll(empty_world: World) -> None:
     world = empty_world
-    ticket = world.idle.create(world.sandbox, world.clock.now())  # type: ignore[attr-defined]
-    world.clock.advance(timedelta(minutes=2))  # Zendesk's export leaves out the last minute
-    syncer = world.syncer()
-    syncer.run_cycle()
+    ticket, syncer = booked(world)
     assert world.store.book_stats(world.name, world.clock.now())[0] == 1
     world.clock.advance(CYCLE)
     world.idle.close(world.sandbox, ticket)  # type: ignore[attr-defined]
@@ -152,10 +159,7 @@ def test_a_closed_ticket_leaves_the_book_on_the_next_poll(empty_world: World) ->
 
 def test_a_deleted_ticket_leaves_the_book(empty_world: World) -> None:
     world = empty_world
-    ticket = world.idle.create(world.sandbox, world.clock.now())  # type: ignore[attr-defined]
-    world.clock.advance(timedelta(minutes=2))  # Zendesk's export leaves out the last minute
-    syncer = world.syncer()
-    syncer.run_cycle()
+    ticket, syncer = booked(world)
     if not hasattr(world.sandbox, "delete"):
         pytest.skip("this sandbox cannot delete")
     world.sandbox.delete(ticket)
@@ -171,10 +175,7 @@ def test_a_deleted_ticket_leaves_the_book(empty_world: World) -> None:
 
 def test_an_edit_between_our_read_and_our_write_is_never_clobbered(empty_world: World) -> None:
     world = empty_world
-    ticket = world.idle.create(world.sandbox, world.clock.now())  # type: ignore[attr-defined]
-    world.clock.advance(timedelta(minutes=2))  # Zendesk's export leaves out the last minute
-    syncer = world.syncer()
-    syncer.run_cycle()
+    ticket, syncer = booked(world)
     world.clock.advance(timedelta(hours=2, minutes=1))
     real_poll = syncer.connector.poll
 
