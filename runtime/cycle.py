@@ -583,11 +583,14 @@ class Syncer:
         now: datetime,
         report: CycleReport,
         carried_tier: Tier | None = None,
+        intended_at: datetime | None = None,
     ) -> None:
         """Re-read a ticket and plan again; the old intent is settled by whatever the new plan does.
 
         `carried` is the note of an intent that may not have been posted: it goes out with the new plan unless
-        the ticket has moved past the tier it announced (a note for L2 on a ticket now at L3 is history)."""
+        the ticket has moved past the tier it announced (a note for L2 on a ticket now at L3 is history). Where
+        the platform shows that the intent's tier or management tag did land, its history is recorded as of
+        the intent (`intended_at`), exactly as a first-time write records it."""
         raw = self.connector.fetch(ticket_id)
         if raw is None:
             self._dead(key, "ticket no longer exists", now, report, ticket_id)
@@ -600,6 +603,14 @@ class Syncer:
         if ticket is None:
             self._dead(key, "ticket cannot be normalized", now, report, ticket_id)
             return
+        if intended_at is not None:
+            landed = replace(
+                WriteBack(ticket.platform, self.instance, ticket.id, ticket.revision, comment=carried),
+                tier=carried_tier if carried_tier is not None and ticket.effective_tier is carried_tier else None,
+            )
+            if carried is not None and self.mapping.tags.management not in ticket.tags:
+                landed = replace(landed, comment=None)  # the management tag did not land: no track started
+            self._record_history(landed, intended_at, _customer(ticket))
         decision, writeback = self._decide(ticket, now)
         superseded = carried_tier is not None and ticket.effective_tier.rank > carried_tier.rank
         if carried is not None and writeback.comment is None and not ticket.status.is_terminal and not superseded:
@@ -622,11 +633,11 @@ class Syncer:
             try:
                 if comment and self.connector.has_comment(writeback.ticket_id, comment.idempotency_key):
                     self.state.mark_done(intent.key, now)
-                    self._record_history(writeback, now)
+                    self._record_history(writeback, intent.created_at)
                     report.recovered += 1
                     self.on_event(Event("recovered", self.instance, writeback.ticket_id, now, {"key": intent.key}))
                     continue
-                self._replan(writeback.ticket_id, intent.key, comment, now, report, writeback.tier)
+                self._replan(writeback.ticket_id, intent.key, comment, now, report, writeback.tier, intent.created_at)
                 report.recovered += 1
             except (PermanentWriteError, ConflictError) as error:
                 self._dead(intent.key, str(error), now, report, writeback.ticket_id)
@@ -644,10 +655,11 @@ class Syncer:
                 # Refused for good (400, an unreadable answer): dead-letter it so that polling goes on.
                 self._dead(intent.key, f"{UNVERIFIED} lookup failed: {error}", now, report, writeback.ticket_id)
 
-    def _record_history(self, writeback: WriteBack, now: datetime) -> None:
+    def _record_history(self, writeback: WriteBack, now: datetime, customer: str | None = None) -> None:
         """The escalation history of a write confirmed done by recovery, as a first-time write records it."""
-        entry = self.state.book_entry(self.instance, writeback.ticket_id)
-        customer = entry.customer if entry is not None else ""
+        if customer is None:
+            entry = self.state.book_entry(self.instance, writeback.ticket_id)
+            customer = entry.customer if entry is not None else ""
         if writeback.tier is not None:
             self._escalated(customer, writeback.ticket_id, writeback.tier.value, now)
         if writeback.comment is not None and writeback.comment.idempotency_key.endswith(":" + MANAGEMENT):

@@ -528,3 +528,23 @@ def test_a_long_retry_after_holds_the_instance_back_across_processes(zendesk_wor
     world.clock.advance(timedelta(minutes=31))
     resumed = world.syncer().run_cycle()
     assert resumed.error == "" and resumed.tickets_seen > 0
+
+
+def test_a_tier_that_landed_before_its_note_failed_is_in_the_history_after_recovery(tmp_path: Path) -> None:
+    """JSM writes the tier (an issue edit), then the note (a second call): when only the edit lands, recovery
+    posts the note once and records the escalation as of the intent, as a first-time write would."""
+    world = World(tmp_path, PLATFORMS["jsm"])
+    try:
+        world.sandbox.inject(Fault(status=502, times=1, method="POST", path_pattern=r"/request/[^/]+/comment$"))
+        syncer = world.syncer()
+        first = syncer.run_cycle()
+        [pending] = world.store.pending(world.name)
+        assert first.failed == 1
+        world.clock.advance(timedelta(minutes=5))
+        syncer.run_cycle()
+        assert world.store.pending(world.name) == []
+        entries = [tier for tier, _ in world.store.tier_entries(world.name, pending.ticket_id)]
+        assert any(tier in ("L2", "L3", "L4") for tier in entries), entries
+        assert set(world.marker_counts().values()) == {1}
+    finally:
+        world.close()
