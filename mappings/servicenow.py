@@ -16,6 +16,7 @@ through the Table API).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -60,6 +61,10 @@ TASK_SLA_FIELDS = (
     "business_percentage",
     "active",
 )
+
+
+_SYS_ID = re.compile(r"[0-9A-Za-z_]{1,64}")
+"""What a sys_id may look like (32 hex characters on every instance; custom tables allow a little more)."""
 
 
 class FieldNames(Strict):
@@ -372,9 +377,14 @@ class _Normalizer:
 
     def ticket(self, instance: str) -> Ticket:
         fields = self.spec.fields
+        raw_id = self.data.get(fields.id)
         sys_id = self.text(fields.id)
         if not sys_id:
             raise self.fail(fields.id, "missing sys_id")
+        # sys_ids are 32 hex characters; a value of another type or shape (false, a number, a list) is a broken
+        # record, not a ticket to write to.
+        if not isinstance(raw_id, (str, dict)) or not _SYS_ID.fullmatch(sys_id):
+            raise self.fail(fields.id, f"not a sys_id: {str(raw_id)[:60]!r}")
         self.record_id = sys_id
         tags = frozenset(self.mapping.split_tags(self.text(self.spec.tags.field)))
         status = self.status()
