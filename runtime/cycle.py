@@ -508,7 +508,13 @@ class Syncer:
     def _decide(
         self, ticket: Ticket, now: datetime, history: EscalationHistory | None = None
     ) -> tuple[Decision, WriteBack]:
-        decision = evaluate(ticket, self.policy, now, history or self._history(ticket, now))
+        history = history or self._history(ticket, now)
+        if history.management_started_at is None and self.mapping.tags.management in ticket.tags:
+            # The management tag is there but no start was recorded (a person set it, another tool, a store
+            # reset): the track started at the latest when we first see it, and its clocks run from then.
+            self.state.record_escalation(self.instance, _customer(ticket), ticket.id, MANAGEMENT, now)
+            history = replace(history, management_started_at=now)
+        decision = evaluate(ticket, self.policy, now, history)
         return decision, plan(decision, ticket, self.mapping.tags)
 
     def _history(self, ticket: Ticket, now: datetime) -> EscalationHistory:
@@ -582,7 +588,7 @@ class Syncer:
         carried: Comment | None,
         now: datetime,
         report: CycleReport,
-        carried_tier: Tier | None = None,
+        intended: WriteBack | None = None,
         intended_at: datetime | None = None,
     ) -> None:
         """Re-read a ticket and plan again; the old intent is settled by whatever the new plan does.
@@ -603,13 +609,14 @@ class Syncer:
         if ticket is None:
             self._dead(key, "ticket cannot be normalized", now, report, ticket_id)
             return
-        if intended_at is not None:
+        carried_tier = intended.tier if intended is not None else None
+        if intended is not None and intended_at is not None:
+            # What of the intent the platform shows now did land: record its history as of the intent.
             landed = replace(
-                WriteBack(ticket.platform, self.instance, ticket.id, ticket.revision, comment=carried),
-                tier=carried_tier if carried_tier is not None and ticket.effective_tier is carried_tier else None,
+                intended,
+                tier=carried_tier if ticket.effective_tier is carried_tier else None,
+                add_tags=intended.add_tags & ticket.tags,
             )
-            if carried is not None and self.mapping.tags.management not in ticket.tags:
-                landed = replace(landed, comment=None)  # the management tag did not land: no track started
             self._record_history(landed, intended_at, _customer(ticket))
         decision, writeback = self._decide(ticket, now)
         superseded = carried_tier is not None and ticket.effective_tier.rank > carried_tier.rank
@@ -637,7 +644,7 @@ class Syncer:
                     report.recovered += 1
                     self.on_event(Event("recovered", self.instance, writeback.ticket_id, now, {"key": intent.key}))
                     continue
-                self._replan(writeback.ticket_id, intent.key, comment, now, report, writeback.tier, intent.created_at)
+                self._replan(writeback.ticket_id, intent.key, comment, now, report, writeback, intent.created_at)
                 report.recovered += 1
             except (PermanentWriteError, ConflictError) as error:
                 self._dead(intent.key, str(error), now, report, writeback.ticket_id)
@@ -662,7 +669,7 @@ class Syncer:
             customer = entry.customer if entry is not None else ""
         if writeback.tier is not None:
             self._escalated(customer, writeback.ticket_id, writeback.tier.value, now)
-        if writeback.comment is not None and writeback.comment.idempotency_key.endswith(":" + MANAGEMENT):
+        if self.mapping.tags.management in writeback.add_tags:
             self._escalated(customer, writeback.ticket_id, MANAGEMENT, now)
 
     def _escalated(self, customer: str, ticket_id: str, tier: str, now: datetime) -> None:

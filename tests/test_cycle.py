@@ -548,3 +548,24 @@ def test_a_tier_that_landed_before_its_note_failed_is_in_the_history_after_recov
         assert set(world.marker_counts().values()) == {1}
     finally:
         world.close()
+
+
+def test_a_management_tag_set_by_a_person_starts_the_track_and_its_clocks(tmp_path: Path) -> None:
+    world = World(tmp_path, PLATFORMS["zendesk"], tickets=0)
+    try:
+        ticket = world.sandbox.add_idle_ticket(world.clock.now())
+        world.clock.advance(timedelta(minutes=2))
+        syncer = world.syncer()
+        syncer.run_cycle()
+        tags = sorted(world.sandbox.ticket(ticket)["tags"])
+        world.sandbox.update(ticket, tags=[*tags, "esc_management"])  # a team lead escalates by hand
+        world.clock.advance(timedelta(minutes=2))
+        syncer.run_cycle()
+        [(tier, started)] = world.store.tier_entries(world.name, str(ticket))
+        assert tier == "MGMT" and started == world.clock.now()
+        world.clock.advance(timedelta(minutes=35))  # management acknowledgment: 30 minutes, nobody acted
+        syncer.run_cycle()
+        assert "esc_breached_mgmt_acknowledgment" in world.sandbox.ticket(ticket)["tags"]
+        assert world.marker_counts() == {}, "no management note for a track a person started"
+    finally:
+        world.close()
