@@ -89,7 +89,7 @@ MIGRATIONS: list[list[str]] = [
             seen_at TIMESTAMPTZ,
             PRIMARY KEY (instance, ticket_id)
         )""",
-        "CREATE INDEX book_due ON book (instance, review_at) WHERE is_open = 1",
+        "CREATE INDEX book_due ON book (instance, urgency, review_at, ticket_id) WHERE is_open = 1",
         "CREATE INDEX book_by_customer ON book (customer) WHERE is_open = 1",
         """CREATE TABLE settings (
             key TEXT PRIMARY KEY,

@@ -352,13 +352,27 @@ class SqlStore:
         )
 
     def book_due(self, instance: str, now: datetime, limit: int) -> list[BookEntry]:
-        rows = self._all(
+        # Keys first, then the rows: ordering the raw records themselves would make the database sort every due
+        # record in memory (hundreds of MB for a book that is all due) to hand back a few hundred.
+        keys = self._all(
             "reading due reviews",
-            f"SELECT {BOOK_COLUMNS} FROM book WHERE instance = ? AND is_open = 1 AND review_at <= ? "
+            "SELECT ticket_id FROM book WHERE instance = ? AND is_open = 1 AND review_at <= ? "
             "ORDER BY urgency, review_at, ticket_id LIMIT ?",
             (instance, self._encode_time(now, "now"), limit),
         )
-        return [self._entry(row) for row in rows]
+        order = {key: index for index, (key,) in enumerate(keys)}
+        found: list[BookEntry] = []
+        ids = list(order)
+        for start in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[start : start + _IN_CHUNK]
+            marks = ", ".join("?" for _ in chunk)
+            rows = self._all(
+                "reading due reviews",
+                f"SELECT {BOOK_COLUMNS} FROM book WHERE instance = ? AND ticket_id IN ({marks})",
+                (instance, *chunk),
+            )
+            found.extend(self._entry(row) for row in rows)
+        return sorted(found, key=lambda entry: order[entry.ticket_id])
 
     def book_entry(self, instance: str, ticket_id: str) -> BookEntry | None:
         row = self._one(
