@@ -441,8 +441,8 @@ class Syncer:
             if not due:
                 if len(rows) < window:
                     return
-                # Reviewed this cycle and due again (a customer's count moved): look past them; they wait
-                # for the next cycle.
+                # Only entries reviewed this cycle are due (a safety net: each is rescheduled past `now` as it
+                # is reviewed): look past them; they wait for the next cycle.
                 window += REVIEW_CHUNK
                 continue
             if counts is None and CUSTOMER_COUNT in self.policy.fact_paths:
@@ -509,7 +509,8 @@ class Syncer:
         self, ticket: Ticket, now: datetime, history: EscalationHistory | None = None
     ) -> tuple[Decision, WriteBack]:
         history = history or self._history(ticket, now)
-        if history.management_started_at is None and self.mapping.tags.management in ticket.tags:
+        untracked = history.management_started_at is None and not ticket.status.is_terminal
+        if untracked and self.mapping.tags.management in ticket.tags:
             # The management tag is there but no start was recorded (a person set it, another tool, a store
             # reset): the track started at the latest when we first see it, and its clocks run from then.
             self.state.record_escalation(self.instance, _customer(ticket), ticket.id, MANAGEMENT, now)
