@@ -27,18 +27,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from connectors.base import ConnectorError, RawRecord
+from connectors.base import ConnectorError
 from engine.configfile import ConfigFileError
 from engine.escalate import evaluate
-from engine.model import EscalationHistory
 from engine.plan import plan
 from engine.policy import load_policy
 from engine.report import explain, explain_dict
 from escalation_sync import __version__, resources
 from mappings import NormalizeError, load_mapping
 from runtime import logs
-from runtime.config import AppConfig, Settings, environment, load_config
+from runtime.config import AppConfig, InstanceSection, Settings, environment, load_config
 from runtime.cycle import SCAN_DONE, Event
+from runtime.explain_input import Skipped, history_for, open_history_store, records_in
 from runtime.metrics import Metrics
 from runtime.notify import LEDGER_PREFIX as NOTIFY_LEDGER
 from runtime.notify import Notifier
@@ -375,26 +375,34 @@ def _intent_row(intent: Intent) -> dict[str, Any]:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    """Every ticket in a saved payload (any envelope, page or recorded exchange), or one live ticket, explained
+    with the inputs a cycle would use: its history comes from the state store when the config names one."""
     now = datetime.fromisoformat(args.at).astimezone(UTC) if args.at else utcnow()
+    config = _load(args) if args.instance or (args.config and not args.file) else None
     if args.file:
-        policy = load_policy(Path(args.config) if args.config else EXAMPLE_CONFIG)
-        mapping = load_mapping(args.platform, Path(args.mapping) if args.mapping else None)
+        section = _explain_section(config, args) if config else None
+        if section is None and args.instance:
+            return 2
+        policy = config.policy if config else load_policy(Path(args.config) if args.config else EXAMPLE_CONFIG)
+        platform = section.platform if section else args.platform
+        if args.mapping or section is None:
+            mapping = load_mapping(platform, Path(args.mapping) if args.mapping else None)
+        else:
+            mapping = load_instance_mapping(config, section)  # type: ignore[arg-type]
         try:
             data = json.loads(Path(args.file).read_text(encoding="utf-8"))
         except (OSError, ValueError) as error:
             print(f"explain: cannot read {args.file}: {_one_line(error)}", file=sys.stderr)
             return 2
-        data = data.get("ticket", data) if isinstance(data, dict) else data
-        record = RawRecord(id=str(data.get("id") or data.get("sys_id") or data.get("key")), data=data)
-        instance_name = "file"
+        items = list(records_in(data, platform))
+        instance_name = section.name if section else "file"
     else:
-        config = _load(args)
-        policy = config.policy
-        section = next((s for s in config.instances if s.name == args.instance), None)
+        assert config is not None
+        section = _explain_section(config, args)
         if section is None:
-            print(f"unknown instance {args.instance!r}", file=sys.stderr)
             return 2
         mapping = load_instance_mapping(config, section)
+        policy = config.policy
         http, connector = build_connector(section, mapping, environment())
         try:
             fetched = connector.fetch(args.ticket)
@@ -404,19 +412,48 @@ def cmd_explain(args: argparse.Namespace) -> int:
         if fetched is None:
             print(f"ticket {args.ticket} not found on {section.name}", file=sys.stderr)
             return 1
-        record, instance_name = fetched, section.name
+        items, instance_name = [fetched], section.name
+    store = open_history_store(config.state_url) if config and section else None
+    explained: list[dict[str, Any]] = []
+    failed = shown = 0
     try:
-        ticket = mapping.normalize(record, instance_name)
-    except NormalizeError as error:
-        print(f"cannot normalize: {error}", file=sys.stderr)
-        return 1
-    decision = evaluate(ticket, policy, now, EscalationHistory())
-    writeback = plan(decision, ticket, mapping.tags)
-    if args.json:
-        print(json.dumps(explain_dict(ticket, decision, writeback), indent=2, default=str))
-    else:
-        print(explain(ticket, decision, writeback))
-    return 0
+        for item in items:
+            if isinstance(item, Skipped):
+                failed += 1
+                print(f"skipped {item.where}: {item.reason}", file=sys.stderr)
+                continue
+            try:
+                ticket = mapping.normalize(item, instance_name)
+            except NormalizeError as error:
+                failed += 1
+                print(f"cannot normalize: {error}", file=sys.stderr)
+                continue
+            except Exception as error:  # the cycle quarantines any fault of one record: so does explain
+                failed += 1
+                print(f"cannot normalize ticket {item.id or '?'}: {type(error).__name__}: {error}", file=sys.stderr)
+                continue
+            decision = evaluate(ticket, policy, now, history_for(store, instance_name, ticket, now))
+            writeback = plan(decision, ticket, mapping.tags)
+            if args.json:
+                explained.append(explain_dict(ticket, decision, writeback))
+            else:
+                print(("\n" if shown else "") + explain(ticket, decision, writeback))
+            shown += 1
+    finally:
+        if store is not None:
+            store.close()
+    if args.json and explained:
+        print(json.dumps(explained[0] if len(items) == 1 else explained, indent=2, default=str))
+    if not shown and not failed:
+        print(f"explain: no ticket found in {args.file}", file=sys.stderr)
+    return 1 if failed or not shown else 0
+
+
+def _explain_section(config: AppConfig, args: argparse.Namespace) -> InstanceSection | None:
+    section = next((s for s in config.instances if s.name == args.instance), None)
+    if section is None:
+        print(f"unknown instance {args.instance!r}", file=sys.stderr)
+    return section
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -550,8 +587,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "explain" and not args.file and not (args.instance and args.ticket):
         print("explain needs --instance and a ticket id, or --file and --platform", file=sys.stderr)
         return 2
-    if args.command == "explain" and args.file and not args.platform:
-        print("explain --file needs --platform", file=sys.stderr)
+    if args.command == "explain" and args.file and not (args.platform or args.instance):
+        print("explain --file needs --platform (or --instance)", file=sys.stderr)
         return 2
     try:
         return int(args.func(args))
