@@ -79,8 +79,19 @@ def _state_url_problem(url: str) -> str | None:
     return None
 
 
+def _print_problems(what: str, error: ConfigFileError) -> int:
+    """One line per problem of a file (ConfigFileError.problems): an admin fixes them all in one pass."""
+    for problem in error.problems:
+        print(f"error {what}: {problem.headline}")
+    return len(error.problems)
+
+
 def cmd_check(args: argparse.Namespace) -> int:
-    config = _load(args)
+    try:
+        config = _load(args)
+    except ConfigFileError as error:
+        print(f"{_print_problems('config', error)} problem(s) found")
+        return 2
     problems = 0
     for what, problem in (
         ("state", _state_url_problem(config.state_url)),
@@ -90,18 +101,21 @@ def cmd_check(args: argparse.Namespace) -> int:
             problems += 1
             print(f"error {what}: {problem}")
     for section in config.instances:
+        found = problems
         try:
             load_instance_mapping(config, section)
-            section.read_credentials(environment())
-            print(f"ok    {section.name} ({section.platform}) -> {section.url}")
         except ConfigFileError as error:
-            problems += 1
-            print(f"error {section.name}: {error}")
+            problems += _print_problems(section.name, error)
+        try:  # a missing variable is reported beside a broken mapping, not hidden by it
+            section.read_credentials(environment())
+        except ConfigFileError as error:
+            problems += _print_problems(section.name, error)
+        if problems == found:
+            print(f"ok    {section.name} ({section.platform}) -> {section.url}")
     try:
         print(f"ok    notifications: {check_notifications(config.path, environment())}")
     except ConfigFileError as error:
-        problems += 1
-        print(f"error notifications: {error}")
+        problems += _print_problems("notifications", error)
     rules = len(config.policy.rules)
     print(f"ok    policy: {rules} rules" if not problems else f"{problems} problem(s) found")
     # The exit code `once` and `run` give for the same problem: a broken mapping or a missing variable is
