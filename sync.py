@@ -9,6 +9,8 @@ python sync.py backfill --instance N    read every open ticket of N again into t
 python sync.py explain ...              why a ticket is (or is not) escalated
 python sync.py init DIR                 write a starting config.toml and mappings/ into DIR
 python sync.py report [--since] [--html F]  the escalation dashboard from the state store's history
+python sync.py record --instance N --out D  one read-only cycle, every HTTP exchange saved as a fixture
+python sync.py replay D [--expect PLAN]     that cycle again on the fixtures only; the plan, or its diff
 """
 
 from __future__ import annotations
@@ -470,6 +472,57 @@ def _explain_section(config: AppConfig, args: argparse.Namespace) -> InstanceSec
     return section
 
 
+def cmd_record(args: argparse.Namespace) -> int:
+    """One read-only cycle of an instance, every HTTP exchange saved as a fixture (runtime/record.py)."""
+    from runtime.record import RecordError, record
+
+    config = _load(args)
+    section = _explain_section(config, args)
+    if section is None:
+        return 2
+    try:
+        report, count = record(
+            config, section, Path(args.out), now=utcnow(), environ=environment(), limit=args.limit,
+            scrub_pii=args.scrub_pii, on_event=print_plan,
+        )  # fmt: skip
+    except RecordError as error:
+        print(f"record: {error}", file=sys.stderr)
+        return 2
+    print(f"recorded {count} exchanges of {section.name} into {args.out} ({report.tickets_seen} tickets)")
+    if report.error:
+        print(f"record: the cycle stopped: {report.error}", file=sys.stderr)
+    return 1 if report.error else 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """The recorded cycle again, against the recording only; the plan, compared with an approved one."""
+    from runtime.replay import ReplayError, differences, replay
+
+    config = _load(args)
+    now = datetime.fromisoformat(args.now).astimezone(UTC) if args.now else None
+    try:
+        expected = json.loads(Path(args.expect).read_text(encoding="utf-8")) if args.expect else None
+        report, plan, missed = replay(config, Path(args.directory), now=now, on_event=print_plan)
+    except (ReplayError, OSError, ValueError) as error:
+        print(f"replay: {_one_line(error)}", file=sys.stderr)
+        return 2
+    for request in dict.fromkeys(missed):
+        print(f"replay: request not recorded: {request}", file=sys.stderr)
+    if report.error and not missed:
+        print(f"replay: the cycle stopped: {report.error}", file=sys.stderr)
+    if args.write_plan:
+        Path(args.write_plan).write_text(json.dumps(plan, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    print(f"{len(plan['tickets'])} ticket(s) in the plan of {plan['instance']} at {plan['now']}")
+    failed = bool(missed or report.error)
+    if expected is not None:
+        changed = differences(expected, plan)
+        for line in changed:
+            print(f"plan differs: {line}")
+        print("plan matches the expected one" if not changed else f"{len(changed)} difference(s) from {args.expect}")
+        failed = failed or bool(changed)
+    return 1 if failed else 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from runtime.demo import LEGEND, print_summary, run_demo
 
@@ -567,6 +620,21 @@ def parser() -> argparse.ArgumentParser:
     explain_cmd.add_argument("--at", help="evaluate at this ISO time instead of now")
     explain_cmd.add_argument("--json", action="store_true")
     explain_cmd.set_defaults(func=cmd_explain)
+
+    record_cmd = with_config(commands.add_parser("record", help="save one read-only cycle's exchanges as fixtures"))
+    record_cmd.add_argument("--instance", required=True, help="instance name from the config")
+    record_cmd.add_argument("--out", required=True, help="an empty directory for the fixtures")
+    record_cmd.add_argument("--limit", type=int, help="at most this many tickets")
+    record_cmd.add_argument("--scrub-pii", action="store_true", help="replace emails, names and free text")
+    record_cmd.set_defaults(func=cmd_record)
+
+    replay_cmd = with_config(commands.add_parser("replay", help="run a recorded cycle again and print its plan"))
+    replay_cmd.add_argument("directory", help="what `record` wrote")
+    replay_cmd.add_argument("--now", help="evaluate at this ISO time (default: when it was recorded)")
+    plan_file = replay_cmd.add_mutually_exclusive_group()
+    plan_file.add_argument("--expect", help="fail on any difference from this plan (JSON)")
+    plan_file.add_argument("--write-plan", help="write the plan to this file (JSON)")
+    replay_cmd.set_defaults(func=cmd_replay)
 
     demo = commands.add_parser("demo", help="run against the built-in sandboxes with simulated time")
     demo.add_argument("--config", help="take the policy from this file (default: config.example.toml)")
