@@ -91,8 +91,9 @@ def _print_problems(what: str, error: ConfigFileError) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     try:
         config = _load(args)
-    except ConfigFileError as error:
-        print(f"{_print_problems('config', error)} problem(s) found")
+    except ConfigFileError as error:  # on stderr, as `once` and `run` report it; one line per problem
+        for problem in error.problems:
+            print(f"configuration error: {problem.headline}", file=sys.stderr)
         return 2
     problems = 0
     for what, problem in (

@@ -74,15 +74,15 @@ def test_check_refuses_a_misspelled_connector_option_and_placeholder(tmp_path: P
         tmp_path, ("page_size = 100", "page_sise = 100"), ("Escalation handoff: $ticket", "Escalation handoff: $tikcet")
     )
     assert sync.main(["check", "--config", str(path)]) == 2
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     option_line, template_line = _line(path, "page_sise"), _line(path, "$tikcet")
     assert (
-        f"error config: {path}:{option_line}: instances.acme-zendesk.options.page_sise: unknown zendesk option "
+        f"configuration error: {path}:{option_line}: instances.acme-zendesk.options.page_sise: unknown zendesk option "
         "'page_sise'; did you mean 'page_size'?" in out
     )
-    assert f"error config: {path}:{template_line}: policy.handoff.template: unknown placeholder $tikcet: " in out
+    assert f"configuration error: {path}:{template_line}: policy.handoff.template: unknown placeholder $tikcet: " in out
     assert "did you mean $ticket?" in out
-    assert "2 problem(s) found" in out
+    assert len(out.splitlines()) == 2
 
 
 def test_once_refuses_them_too(tmp_path: Path, capsys) -> None:

@@ -106,7 +106,7 @@ def test_a_policy_change_fails_with_ticket_field_before_and_after(recorded, tmp_
     capsys.readouterr()
     # Management escalations disabled: every planned management tag disappears from the plan.
     base_url = re.search(r'base_url = "([^"]+)"', config.read_text()).group(1)
-    edited = write_config(tmp_path, platform, base_url, ('at_risk_fraction = 0.75', 'at_risk_fraction = 0.25'))
+    edited = write_config(tmp_path, platform, base_url, ("at_risk_fraction = 0.75", "at_risk_fraction = 0.25"))
     code = sync.main(["replay", "--config", str(edited), str(out), "--expect", str(plan)])
     printed = capsys.readouterr().out
     assert code == 1, printed
