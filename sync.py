@@ -81,10 +81,10 @@ def _state_url_problem(url: str) -> str | None:
     return None
 
 
-def _print_problems(what: str, error: ConfigFileError) -> int:
+def _print_problems(what: str, error: ConfigFileError, out: Any = None) -> int:
     """One line per problem of a file (ConfigFileError.problems): an admin fixes them all in one pass."""
     for problem in error.problems:
-        print(f"error {what}: {problem.headline}")
+        print(f"error {what}: {problem.headline}", file=out)
     return len(error.problems)
 
 
@@ -96,34 +96,66 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"configuration error: {problem.headline}", file=sys.stderr)
         return 2
     problems = 0
+    out = sys.stderr if args.live and args.json else sys.stdout  # --json: stdout is the JSON document alone
     for what, problem in (
         ("state", _state_url_problem(config.state_url)),
         ("logging", logs.level_problem(Settings().log_level)),
     ):
         if problem:
             problems += 1
-            print(f"error {what}: {problem}")
+            print(f"error {what}: {problem}", file=out)
     for section in config.instances:
         found = problems
         try:
             load_instance_mapping(config, section)
         except ConfigFileError as error:
-            problems += _print_problems(section.name, error)
+            problems += _print_problems(section.name, error, out)
         try:  # a missing variable is reported beside a broken mapping, not hidden by it
             section.read_credentials(environment())
         except ConfigFileError as error:
-            problems += _print_problems(section.name, error)
+            problems += _print_problems(section.name, error, out)
         if problems == found:
-            print(f"ok    {section.name} ({section.platform}) -> {section.url}")
+            print(f"ok    {section.name} ({section.platform}) -> {section.url}", file=out)
     try:
-        print(f"ok    notifications: {check_notifications(config.path, environment())}")
+        print(f"ok    notifications: {check_notifications(config.path, environment())}", file=out)
     except ConfigFileError as error:
-        problems += _print_problems("notifications", error)
+        problems += _print_problems("notifications", error, out)
     rules = len(config.policy.rules)
-    print(f"ok    policy: {rules} rules" if not problems else f"{problems} problem(s) found")
+    print(f"ok    policy: {rules} rules" if not problems else f"{problems} problem(s) found", file=out)
     # The exit code `once` and `run` give for the same problem: a broken mapping or a missing variable is
     # configuration, whichever command finds it.
-    return 2 if problems else 0
+    if problems:
+        return 2
+    return _check_live(config, args) if args.live else 0
+
+
+def _check_live(config: AppConfig, args: argparse.Namespace) -> int:
+    """`check --live`: the mappings against each instance's metadata (runtime/live_check.py); 1 on any error."""
+    from runtime.live_check import LiveCheckError, check_live
+
+    selected = [s for s in config.instances if not args.instance or s.name in args.instance]
+    report: dict[str, list[dict[str, str]]] = {}
+    for section in selected:
+        mapping = load_instance_mapping(config, section)
+        http, connector = build_connector(section, mapping, environment())
+        try:
+            findings = [f.as_dict() for f in check_live(section.platform, http, mapping, section.options)]
+        except (LiveCheckError, ConnectorError) as error:
+            findings = [{"level": "error", "what": "metadata", "detail": _one_line(error)}]
+        finally:
+            connector.close()
+            http.close()
+        report[section.name] = findings
+    errors = sum(1 for findings in report.values() for f in findings if f["level"] == "error")
+    if args.json:
+        print(json.dumps({"instances": report, "errors": errors}, indent=2))
+    else:
+        for name, findings in report.items():
+            for finding in findings:
+                level = {"ok": "ok   ", "warning": "warn ", "error": "error"}[finding["level"]]
+                print(f"{level} {name} live: {finding['what']}: {finding['detail']}")
+        print(f"live: {errors} error(s)" if errors else "live: every field, option, group, status and priority found")
+    return 1 if errors else 0
 
 
 Running = tuple[list[Wired], Notifier | None]
@@ -596,7 +628,11 @@ def parser() -> argparse.ArgumentParser:
         sub.add_argument("--config", help="config file (default: $ESCALATION_SYNC_CONFIG or config.toml)")
         return sub
 
-    with_config(commands.add_parser("check", help="validate config, mappings and policy")).set_defaults(func=cmd_check)
+    check = with_config(commands.add_parser("check", help="validate config, mappings and policy"))
+    check.add_argument("--live", action="store_true", help="also verify the mappings against each instance")
+    check.add_argument("--instance", action="append", help="with --live: only this instance (repeatable)")
+    check.add_argument("--json", action="store_true", help="with --live: the live findings as JSON")
+    check.set_defaults(func=cmd_check)
     for name, func, text in (("once", cmd_once, "one cycle per instance"), ("run", cmd_run, "run as a daemon")):
         sub = with_config(commands.add_parser(name, help=text))
         sub.add_argument("--dry-run", action="store_true", help="plan and log, write nothing")
