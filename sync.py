@@ -429,7 +429,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     now = datetime.fromisoformat(args.at).astimezone(UTC) if args.at else utcnow()
     config = _load(args) if args.instance or (args.config and not args.file) else None
     if args.file:
-        section = _explain_section(config, args) if config else None
+        section = _section_named(config, args) if config else None
         if section is None and args.instance:
             return 2
         policy = config.policy if config else load_policy(Path(args.config) if args.config else EXAMPLE_CONFIG)
@@ -447,7 +447,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
         instance_name = section.name if section else "file"
     else:
         assert config is not None
-        section = _explain_section(config, args)
+        section = _section_named(config, args)
         if section is None:
             return 2
         mapping = load_instance_mapping(config, section)
@@ -498,7 +498,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 1 if failed or not shown else 0
 
 
-def _explain_section(config: AppConfig, args: argparse.Namespace) -> InstanceSection | None:
+def _section_named(config: AppConfig, args: argparse.Namespace) -> InstanceSection | None:
     section = next((s for s in config.instances if s.name == args.instance), None)
     if section is None:
         print(f"unknown instance {args.instance!r}", file=sys.stderr)
@@ -510,7 +510,7 @@ def cmd_record(args: argparse.Namespace) -> int:
     from runtime.record import RecordError, record
 
     config = _load(args)
-    section = _explain_section(config, args)
+    section = _section_named(config, args)
     if section is None:
         return 2
     try:

@@ -44,7 +44,10 @@ class ReplayTransport(httpx.BaseTransport):
         query = [list(pair) for pair in request.url.params.multi_items()]
         body: Any = None
         if request.content and "json" in request.headers.get("content-type", ""):
-            body = json.loads(request.content)
+            try:
+                body = json.loads(request.content)
+            except ValueError:
+                body = None
         same_path = [
             index
             for index, exchange in enumerate(self.exchanges)
