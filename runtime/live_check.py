@@ -12,6 +12,10 @@ layer as the daemon) and every name the mapping uses is looked up:
 - ServiceNow: `sys_dictionary` (every field the mapping reads, on the table and `task`, which incident
   extends), `sys_choice` (the state and priority codes), `sys_user_group` (the tier groups).
 
+And the credentials' rights, where the platform can say without a write: Zendesk `users/me` (the incremental
+exports need an admin), Jira `mypermissions` (browse, edit, comment), ServiceNow a one-row read of the table,
+`sys_audit` and `sys_journal_field` (its write rights cannot be tested without writing: a warning says so).
+
 An error is something that breaks the sync: a field, option or group that does not exist, and a priority or
 status of the instance the mapping cannot place (its tickets would be quarantined). A mapped name the instance
 does not have is only a warning (it is never used there; the default mappings name both Jira schemes).
@@ -23,6 +27,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from connectors.base import AuthError
 from connectors.http import HttpClient, path_segment
 from mappings import PlatformMapping
 
@@ -86,6 +91,15 @@ def check_zendesk(http: HttpClient, mapping: PlatformMapping) -> list[Finding]:
             groups |= {str(group["id"]) for group in body.get("groups", []) if not group.get("deleted")}
             url = body.get("next_page")
         findings += _present("tier group", (str(g) for g in spec.tier.groups.values()), groups, "groups")
+    user = _get(http, "/api/v2/users/me.json").get("user") or {}
+    role = user.get("role")
+    # The incremental ticket and event exports the daemon polls are admin-only; agents may write and comment.
+    level, detail = (
+        ("ok", "admin: read (incremental exports), write and comment")
+        if role == "admin"
+        else ("error", f"role {role!r}: the incremental exports the daemon reads need an admin")
+    )
+    findings.append(Finding(level, "credentials", detail))
     return findings
 
 
@@ -116,6 +130,12 @@ def check_jsm(http: HttpClient, mapping: PlatformMapping) -> list[Finding]:
         placed = name.casefold() in names or category in spec.status.categories
         detail = "mapped" if placed else f"not in status.names, category {category!r} not in status.categories"
         findings.append(Finding("ok" if placed else "error", f"status {name}", detail))
+    wanted_rights = ("BROWSE_PROJECTS", "EDIT_ISSUES", "ADD_COMMENTS")
+    rights = _get(http, "/rest/api/3/mypermissions", {"permissions": ",".join(wanted_rights)}).get("permissions", {})
+    for key in wanted_rights:
+        have = bool((rights.get(key) or {}).get("havePermission"))
+        detail = "granted (in at least one project)" if have else "not granted: the daemon needs it"
+        findings.append(Finding("ok" if have else "error", f"permission {key}", detail))
     return findings
 
 
@@ -148,6 +168,18 @@ def check_servicenow(http: HttpClient, mapping: PlatformMapping, table: str = "i
         params = {"sysparm_query": f"sys_idIN{','.join(ids)}", "sysparm_fields": "sys_id,name"}
         groups = {row["sys_id"] for row in _get(http, "/api/now/table/sys_user_group", params)["result"]}
         findings += _present("tier group", ids, groups, "sys_user_group")
+    # The reads the daemon makes; a table the read ACLs refuse answers 403. Writes cannot be tested without
+    # writing: the first cycle's dead letters name a refused write.
+    for read in (table, "sys_audit", "sys_journal_field"):
+        try:
+            params = {"sysparm_limit": "1", "sysparm_fields": "sys_id"}
+            status = http.request("GET", f"/api/now/table/{read}", params=params).status_code
+        except AuthError as error:  # the HTTP layer raises on 401/403
+            status = error.status or 403
+        ok = status == 200
+        detail = "readable" if ok else f"answered {status}: the daemon reads it"
+        findings.append(Finding("ok" if ok else "error", f"read {read}", detail))
+    findings.append(Finding("warning", "write rights", "not checked: ServiceNow has no read-only way to test them"))
     return findings
 
 

@@ -46,6 +46,7 @@ def instances():
         zd = "https://acme.zendesk.com/api/v2"
         mock.get(f"{zd}/ticket_fields.json").respond(json=_json("zendesk/live_ticket_fields.json"))
         mock.get(f"{zd}/groups.json").respond(json=_json("zendesk/live_groups.json"))
+        mock.get(f"{zd}/users/me.json").respond(json=_json("zendesk/live_users_me.json"))
         jira = "https://acme.atlassian.net/rest/api/3"
         mock.get(f"{jira}/field").respond(json=_json("jsm/live_fields.json"))
         mock.get(f"{jira}/field/customfield_10200/context").respond(json=_json("jsm/live_tier_contexts.json"))
@@ -54,6 +55,7 @@ def instances():
         )
         mock.get(f"{jira}/priority").respond(json=_json("jsm/live_priorities.json"))
         mock.get(f"{jira}/status").respond(json=_json("jsm/live_statuses.json"))
+        mock.get(f"{jira}/mypermissions").respond(json=_json("jsm/live_mypermissions.json"))
         sn = "https://acme.service-now.com/api/now/table"
         mock.get(f"{sn}/sys_dictionary").respond(json=_json("servicenow/live_sys_dictionary.json"))
         mock.get(
@@ -63,6 +65,8 @@ def instances():
             f"{sn}/sys_choice", params={"sysparm_query": "nameINincident,task^element=priority^inactive=false"}
         ).respond(json=_json("servicenow/live_sys_choice_priority.json"))
         mock.get(f"{sn}/sys_user_group").respond(json=_json("servicenow/live_sys_user_group.json"))
+        for table in ("incident", "sys_audit", "sys_journal_field"):
+            mock.get(f"{sn}/{table}").respond(json=_json("servicenow/live_read_one.json"))
         yield mock
 
 
@@ -122,3 +126,25 @@ def test_metadata_the_credentials_cannot_read_is_an_error(config: Path, instance
     assert sync.main(["check", "--config", str(config), "--live", "--instance", "acme-jsm"]) == 1
     out = capsys.readouterr().out
     assert "error acme-jsm live: metadata: " in out and "jsm-live-secret" not in out
+
+
+def test_rights_the_credentials_lack_are_errors(config: Path, instances, capsys) -> None:
+    me = _json("zendesk/live_users_me.json")
+    me["user"]["role"] = "agent"
+    instances.get("https://acme.zendesk.com/api/v2/users/me.json").respond(json=me)
+    permissions = _json("jsm/live_mypermissions.json")
+    permissions["permissions"]["ADD_COMMENTS"]["havePermission"] = False
+    instances.get("https://acme.atlassian.net/rest/api/3/mypermissions").respond(json=permissions)
+    denied = {"error": {"message": "Insufficient rights to query records", "detail": None}, "status": "failure"}
+    instances.get("https://acme.service-now.com/api/now/table/sys_audit").respond(403, json=denied)
+    assert sync.main(["check", "--config", str(config), "--live"]) == 1
+    out = capsys.readouterr().out
+    assert (
+        "error acme-zendesk live: credentials: role 'agent': the incremental exports the daemon reads need an admin"
+        in out
+    )
+    assert "error acme-jsm live: permission ADD_COMMENTS: not granted: the daemon needs it" in out
+    assert "ok    acme-jsm live: permission EDIT_ISSUES: granted (in at least one project)" in out
+    assert "error acme-servicenow live: read sys_audit: answered 403: the daemon reads it" in out
+    assert "ok    acme-servicenow live: read sys_journal_field: readable" in out
+    assert "warn  acme-servicenow live: write rights: not checked" in out
