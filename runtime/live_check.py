@@ -120,16 +120,26 @@ def check_jsm(http: HttpClient, mapping: PlatformMapping) -> list[Finding]:
         wanted_options = [getattr(option, by) or option.value for option in spec.tier.options.values()]
         findings += _present("tier option", wanted_options, options, f"field {tier}")
     mapped = {name.casefold() for name in spec.priority.values}
+    seen: set[str] = set()
     for priority in _get(http, "/rest/api/3/priority"):
         name = str(priority.get("name"))
+        seen.add(name.casefold())
         level = "ok" if name.casefold() in mapped else "error"
         findings.append(Finding(level, f"priority {name}", "mapped" if level == "ok" else "not in priority.values"))
+    unused = sorted(name for name in spec.priority.values if name.casefold() not in seen)
+    if unused:
+        findings.append(Finding("warning", "priority.values", f"not on this instance (unused): {', '.join(unused)}"))
     names = {name.casefold() for name in spec.status.names}
+    seen = set()
     for status in _get(http, "/rest/api/3/status"):
         name, category = str(status.get("name")), (status.get("statusCategory") or {}).get("key")
+        seen.add(name.casefold())
         placed = name.casefold() in names or category in spec.status.categories
         detail = "mapped" if placed else f"not in status.names, category {category!r} not in status.categories"
         findings.append(Finding("ok" if placed else "error", f"status {name}", detail))
+    unused = sorted(name for name in spec.status.names if name.casefold() not in seen)
+    if unused:
+        findings.append(Finding("warning", "status.names", f"not on this instance (unused): {', '.join(unused)}"))
     wanted_rights = ("BROWSE_PROJECTS", "EDIT_ISSUES", "ADD_COMMENTS")
     rights = _get(http, "/rest/api/3/mypermissions", {"permissions": ",".join(wanted_rights)}).get("permissions", {})
     for key in wanted_rights:

@@ -86,12 +86,14 @@ def test_zendesk_wrong_field_id_unknown_option_and_deleted_group(config: Path, i
 
 def test_jsm_wrong_field_id_disabled_option_and_unmapped_priority(config: Path, instances, capsys) -> None:
     assert sync.main(["check", "--config", str(config), "--live", "--instance", "acme-jsm"]) == 1
-    errors = _errors(capsys.readouterr().out, "acme-jsm")
+    out = capsys.readouterr().out
+    errors = _errors(out, "acme-jsm")
     assert errors == [
         "error acme-jsm live: field customfield_10121: not found on /rest/api/3/field",
         "error acme-jsm live: tier option L4 - Engineering: not found on field customfield_10200",
         "error acme-jsm live: priority Emergency: not in priority.values",
     ]
+    assert "warn  acme-jsm live: priority.values: not on this instance (unused): Blocker, Critical, Major" in out
 
 
 def test_servicenow_wrong_field_unmapped_state_and_missing_group(config: Path, instances, capsys) -> None:
