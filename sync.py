@@ -40,7 +40,7 @@ from mappings import NormalizeError, load_mapping
 from runtime import logs
 from runtime.config import AppConfig, InstanceSection, Settings, environment, load_config
 from runtime.cycle import SCAN_DONE, Event
-from runtime.explain_input import Skipped, history_for, open_history_store, records_in
+from runtime.explain_input import Skipped, history_for, on_instance, open_history_store, records_in
 from runtime.metrics import Metrics
 from runtime.notify import LEDGER_PREFIX as NOTIFY_LEDGER
 from runtime.notify import Notifier
@@ -444,6 +444,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
             print(f"explain: cannot read {args.file}: {_one_line(error)}", file=sys.stderr)
             return 2
         items = list(records_in(data, platform))
+        if section is not None:
+            items = [on_instance(item, platform, section.url, section.options) for item in items]
         instance_name = section.name if section else "file"
     else:
         assert config is not None

@@ -124,3 +124,12 @@ def open_history_store(url: str) -> Store | None:
     if url.partition("://")[0].lower() == "sqlite" and not Path(path_from_url(url)).exists():
         return None
     return open_store(url)
+
+
+def on_instance(item: RawRecord | Skipped, platform: str, url: str, options: Mapping[str, Any]) -> RawRecord | Skipped:
+    """What the connector adds to every record of this instance (ServiceNow: the instance URL and table, from
+    which the ticket's link is built), where the file does not say."""
+    if isinstance(item, Skipped) or platform != "servicenow":
+        return item
+    related = {"instance_url": url, "table": str(options.get("table", "incident")), **item.related}
+    return RawRecord(item.id, item.data, related)

@@ -127,3 +127,16 @@ def test_records_in_never_raises_on_odd_json() -> None:
     for data in (None, "text", 3.5, {"result": "x"}, {"status": 200, "headers": {}, "body": "not json"}):
         for item in records_in(data, "servicenow"):
             assert isinstance(item, (RawRecord, Skipped))
+
+
+def test_with_an_instance_a_servicenow_record_links_to_it(tmp_path: Path, capsys) -> None:
+    example = (ROOT / "config.example.toml").read_text(encoding="utf-8")
+    config = tmp_path / "config.toml"
+    config.write_text(example.replace('mapping = "mappings/', f'mapping = "{ROOT}/mappings/'), encoding="utf-8")
+    payload = tmp_path / "incident.json"
+    payload.write_text(json.dumps(_load("servicenow/incident_poll_page1.json")["result"][0]), encoding="utf-8")
+    args = ["explain", "--config", str(config), "--instance", "acme-servicenow", "--file", str(payload), "--json"]
+    assert sync.main([*args, "--at", AT]) == 0
+    ticket = json.loads(capsys.readouterr().out)["ticket"]
+    assert ticket["url"] == f"https://acme.service-now.com/incident.do?sys_id={ticket['id']}"
+    assert ticket["instance"] == "acme-servicenow"
