@@ -272,10 +272,13 @@ def read_only_cycle(
     if limit is not None:  # small pages: a recording of 20 tickets should not hold a page of 1000
         options["page_size"] = min(int(options.get("page_size", limit)), limit)
     section = section.model_copy(update={"options": options})
+    # Live (record): the HTTP layer waits out rate limits for real. Replayed: a recorded 429 is followed by the
+    # recorded retry, so nothing is waited for.
+    sleep = (lambda seconds: None) if transport is not None else None
     try:
         wired = wire(
             config, section, store, environ=environ, clock=lambda: now, dry_run=True, on_event=on_event,
-            transport=transport, on_exchange=recorder, sleep=lambda seconds: None,
+            transport=transport, on_exchange=recorder, sleep=sleep,
         )  # fmt: skip
         if recorder is not None:
             recorder.redact = secret_remover(
