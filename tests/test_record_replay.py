@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -161,3 +161,14 @@ def test_record_refuses_a_directory_that_holds_a_recording(tmp_path: Path, monke
     config = write_config(tmp_path, "zendesk", "https://acme.zendesk.com")
     code = sync.main(["record", "--config", str(config), "--instance", "local-zendesk", "--out", str(tmp_path / "out")])
     assert code == 2 and "empty directory" in capsys.readouterr().err
+
+
+def test_replay_at_a_later_time_uses_the_same_exchanges(recorded, tmp_path: Path, capsys) -> None:
+    """--now moves the poll's time window (its query changes): exchanges are then matched by method and path."""
+    _platform, config, out, _printed = recorded
+    recorded_at = datetime.fromisoformat(json.loads((out / "manifest.json").read_text())["recorded_at"])
+    later = (recorded_at + timedelta(hours=2)).isoformat()
+    plan = tmp_path / "later.json"
+    assert sync.main(["replay", "--config", str(config), str(out), "--now", later, "--write-plan", str(plan)]) == 0
+    assert json.loads(plan.read_text())["now"] == later
+    assert "request not recorded" not in capsys.readouterr().err
