@@ -23,6 +23,8 @@ from runtime.config import AppConfig, InstanceSection
 from runtime.cycle import CycleReport, Event
 from runtime.record import MANIFEST, read_only_cycle
 
+OAUTH_TOKEN_PATH = "/oauth_token.do"
+"""ServiceNow's OAuth grant (connectors/servicenow.py TOKEN_PATH)."""
 PLAN_FIELDS = ("priority", "from_tier", "tier", "add_tags", "remove_tags", "comment", "management", "reasons")
 
 
@@ -59,6 +61,11 @@ class ReplayTransport(httpx.BaseTransport):
             if self.exchanges[index]["query"] == query and self.exchanges[index].get("request_body") == body
         ]
         chosen = (exact or same_path or [None])[0]
+        if chosen is None and request.method == "POST" and request.url.path.endswith(OAUTH_TOKEN_PATH):
+            # The auth flow's grant is sent inside httpx's auth, below the HTTP layer's hook, so `record` never
+            # sees (or saves) it: a replay answers it with a placeholder token of the documented shape.
+            grant = {"access_token": "replay-token", "scope": "useraccount", "token_type": "Bearer", "expires_in": 1799}
+            return httpx.Response(200, json=grant, request=request)
         if chosen is None:
             shown = f"{request.method} {request.url.path}" + (f"?{request.url.query.decode()}" if query else "")
             self.missed.append(shown)

@@ -172,3 +172,25 @@ def test_replay_at_a_later_time_uses_the_same_exchanges(recorded, tmp_path: Path
     assert sync.main(["replay", "--config", str(config), str(out), "--now", later, "--write-plan", str(plan)]) == 0
     assert json.loads(plan.read_text())["now"] == later
     assert "request not recorded" not in capsys.readouterr().err
+
+
+def test_a_servicenow_oauth_instance_records_and_replays_without_its_grant(tmp_path: Path, monkeypatch, capsys) -> None:
+    sandbox = ServiceNowSandbox(SimClock(datetime.now(UTC)), seed=11, client=("escalation-sync", "sn-client-4714"))
+    sandbox.seed_tickets(8)
+    base_url, stop = sandbox.serve()
+    monkeypatch.setenv("SN_CLIENT_ID", "escalation-sync")
+    monkeypatch.setenv("SN_CLIENT_SECRET", "sn-client-4714")
+    config = write_config(tmp_path, "servicenow", base_url)
+    text = config.read_text().replace(
+        CREDENTIALS["servicenow"], 'client_id = "SN_CLIENT_ID"\nclient_secret = "SN_CLIENT_SECRET"'
+    )
+    config.write_text(text)
+    out = tmp_path / "oauth"
+    try:
+        assert sync.main(["record", "--config", str(config), "--instance", "local-servicenow", "--out", str(out)]) == 0
+    finally:
+        stop()
+    recorded = "".join(path.read_text() for path in out.glob("*.json"))
+    assert "sn-client-4714" not in recorded and "/oauth_token.do" not in recorded
+    monkeypatch.delenv("SN_CLIENT_SECRET")
+    assert sync.main(["replay", "--config", str(config), str(out)]) == 0, capsys.readouterr().err
