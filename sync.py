@@ -1,7 +1,7 @@
 """escalation-sync: the command line and the daemon loop. Thin on purpose: wiring, signals, scheduling.
 
 python sync.py demo [--json]            the daemon against the built-in sandboxes (no credentials)
-python sync.py check  [--config F]      validate config, mappings and policy; say what is wrong
+python sync.py check  [--config F]      validate config, mappings and policy; say what is wrong (--live: on the instance)
 python sync.py once   [--config F]      one cycle per instance (for cron); --dry-run writes nothing
 python sync.py run    [--config F]      loop every interval; SIGTERM/SIGINT finish the ticket and stop
 python sync.py status [--config F]      the book of open tickets, pending writes, dead letters, quarantine
