@@ -1,7 +1,7 @@
 """escalation-sync: the command line and the daemon loop. Thin on purpose: wiring, signals, scheduling.
 
 python sync.py demo [--json]            the daemon against the built-in sandboxes (no credentials)
-python sync.py check  [--config F]      validate config, mappings and policy; say what is wrong
+python sync.py check  [--config F]      validate config, mappings and policy; say what is wrong (--live: on the instance)
 python sync.py once   [--config F]      one cycle per instance (for cron); --dry-run writes nothing
 python sync.py run    [--config F]      loop every interval; SIGTERM/SIGINT finish the ticket and stop
 python sync.py status [--config F]      the book of open tickets, pending writes, dead letters, quarantine
@@ -9,6 +9,8 @@ python sync.py backfill --instance N    read every open ticket of N again into t
 python sync.py explain ...              why a ticket is (or is not) escalated
 python sync.py init DIR                 write a starting config.toml and mappings/ into DIR
 python sync.py report [--since] [--html F]  the escalation dashboard from the state store's history
+python sync.py record --instance N --out D  one read-only cycle, every HTTP exchange saved as a fixture
+python sync.py replay D [--expect PLAN]     that cycle again on the fixtures only; the plan, or its diff
 """
 
 from __future__ import annotations
@@ -27,18 +29,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from connectors.base import ConnectorError, RawRecord
+from connectors.base import ConnectorError
 from engine.configfile import ConfigFileError
 from engine.escalate import evaluate
-from engine.model import EscalationHistory
 from engine.plan import plan
 from engine.policy import load_policy
 from engine.report import explain, explain_dict
 from escalation_sync import __version__, resources
 from mappings import NormalizeError, load_mapping
 from runtime import logs
-from runtime.config import AppConfig, Settings, environment, load_config
+from runtime.config import AppConfig, InstanceSection, Settings, environment, load_config
 from runtime.cycle import SCAN_DONE, Event
+from runtime.explain_input import Skipped, history_for, on_instance, open_history_store, records_in
 from runtime.metrics import Metrics
 from runtime.notify import LEDGER_PREFIX as NOTIFY_LEDGER
 from runtime.notify import Notifier
@@ -79,34 +81,81 @@ def _state_url_problem(url: str) -> str | None:
     return None
 
 
+def _print_problems(what: str, error: ConfigFileError, out: Any = None) -> int:
+    """One line per problem of a file (ConfigFileError.problems): an admin fixes them all in one pass."""
+    for problem in error.problems:
+        print(f"error {what}: {problem.headline}", file=out)
+    return len(error.problems)
+
+
 def cmd_check(args: argparse.Namespace) -> int:
-    config = _load(args)
+    try:
+        config = _load(args)
+    except ConfigFileError as error:  # on stderr, as `once` and `run` report it; one line per problem
+        for problem in error.problems:
+            print(f"configuration error: {problem.headline}", file=sys.stderr)
+        return 2
     problems = 0
+    out = sys.stderr if args.live and args.json else sys.stdout  # --json: stdout is the JSON document alone
     for what, problem in (
         ("state", _state_url_problem(config.state_url)),
         ("logging", logs.level_problem(Settings().log_level)),
     ):
         if problem:
             problems += 1
-            print(f"error {what}: {problem}")
+            print(f"error {what}: {problem}", file=out)
     for section in config.instances:
+        found = problems
         try:
             load_instance_mapping(config, section)
-            section.read_credentials(environment())
-            print(f"ok    {section.name} ({section.platform}) -> {section.url}")
         except ConfigFileError as error:
-            problems += 1
-            print(f"error {section.name}: {error}")
+            problems += _print_problems(section.name, error, out)
+        try:  # a missing variable is reported beside a broken mapping, not hidden by it
+            section.read_credentials(environment())
+        except ConfigFileError as error:
+            problems += _print_problems(section.name, error, out)
+        if problems == found:
+            print(f"ok    {section.name} ({section.platform}) -> {section.url}", file=out)
     try:
-        print(f"ok    notifications: {check_notifications(config.path, environment())}")
+        print(f"ok    notifications: {check_notifications(config.path, environment())}", file=out)
     except ConfigFileError as error:
-        problems += 1
-        print(f"error notifications: {error}")
+        problems += _print_problems("notifications", error, out)
     rules = len(config.policy.rules)
-    print(f"ok    policy: {rules} rules" if not problems else f"{problems} problem(s) found")
+    print(f"ok    policy: {rules} rules" if not problems else f"{problems} problem(s) found", file=out)
     # The exit code `once` and `run` give for the same problem: a broken mapping or a missing variable is
     # configuration, whichever command finds it.
-    return 2 if problems else 0
+    if problems:
+        return 2
+    return _check_live(config, args) if args.live else 0
+
+
+def _check_live(config: AppConfig, args: argparse.Namespace) -> int:
+    """`check --live`: the mappings against each instance's metadata (runtime/live_check.py); 1 on any error."""
+    from runtime.live_check import LiveCheckError, check_live
+
+    selected = [s for s in config.instances if not args.instance or s.name in args.instance]
+    report: dict[str, list[dict[str, str]]] = {}
+    for section in selected:
+        mapping = load_instance_mapping(config, section)
+        http, connector = build_connector(section, mapping, environment())
+        try:
+            findings = [f.as_dict() for f in check_live(section.platform, http, mapping, section.options)]
+        except (LiveCheckError, ConnectorError) as error:
+            findings = [{"level": "error", "what": "metadata", "detail": _one_line(error)}]
+        finally:
+            connector.close()
+            http.close()
+        report[section.name] = findings
+    errors = sum(1 for findings in report.values() for f in findings if f["level"] == "error")
+    if args.json:
+        print(json.dumps({"instances": report, "errors": errors}, indent=2))
+    else:
+        for name, findings in report.items():
+            for finding in findings:
+                level = {"ok": "ok   ", "warning": "warn ", "error": "error"}[finding["level"]]
+                print(f"{level} {name} live: {finding['what']}: {finding['detail']}")
+        print(f"live: {errors} error(s)" if errors else "live: every field, option, group, status and priority found")
+    return 1 if errors else 0
 
 
 Running = tuple[list[Wired], Notifier | None]
@@ -375,26 +424,36 @@ def _intent_row(intent: Intent) -> dict[str, Any]:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    """Every ticket in a saved payload (any envelope, page or recorded exchange), or one live ticket, explained
+    with the inputs a cycle would use: its history comes from the state store when the config names one."""
     now = datetime.fromisoformat(args.at).astimezone(UTC) if args.at else utcnow()
+    config = _load(args) if args.instance or (args.config and not args.file) else None
     if args.file:
-        policy = load_policy(Path(args.config) if args.config else EXAMPLE_CONFIG)
-        mapping = load_mapping(args.platform, Path(args.mapping) if args.mapping else None)
+        section = _section_named(config, args) if config else None
+        if section is None and args.instance:
+            return 2
+        policy = config.policy if config else load_policy(Path(args.config) if args.config else EXAMPLE_CONFIG)
+        platform = section.platform if section else args.platform
+        if args.mapping or section is None:
+            mapping = load_mapping(platform, Path(args.mapping) if args.mapping else None)
+        else:
+            mapping = load_instance_mapping(config, section)  # type: ignore[arg-type]
         try:
             data = json.loads(Path(args.file).read_text(encoding="utf-8"))
         except (OSError, ValueError) as error:
             print(f"explain: cannot read {args.file}: {_one_line(error)}", file=sys.stderr)
             return 2
-        data = data.get("ticket", data) if isinstance(data, dict) else data
-        record = RawRecord(id=str(data.get("id") or data.get("sys_id") or data.get("key")), data=data)
-        instance_name = "file"
+        items = list(records_in(data, platform))
+        if section is not None:
+            items = [on_instance(item, platform, section.url, section.options) for item in items]
+        instance_name = section.name if section else "file"
     else:
-        config = _load(args)
-        policy = config.policy
-        section = next((s for s in config.instances if s.name == args.instance), None)
+        assert config is not None
+        section = _section_named(config, args)
         if section is None:
-            print(f"unknown instance {args.instance!r}", file=sys.stderr)
             return 2
         mapping = load_instance_mapping(config, section)
+        policy = config.policy
         http, connector = build_connector(section, mapping, environment())
         try:
             fetched = connector.fetch(args.ticket)
@@ -404,19 +463,99 @@ def cmd_explain(args: argparse.Namespace) -> int:
         if fetched is None:
             print(f"ticket {args.ticket} not found on {section.name}", file=sys.stderr)
             return 1
-        record, instance_name = fetched, section.name
+        items, instance_name = [fetched], section.name
+    store = open_history_store(config.state_url) if config and section else None
+    explained: list[dict[str, Any]] = []
+    failed = shown = 0
     try:
-        ticket = mapping.normalize(record, instance_name)
-    except NormalizeError as error:
-        print(f"cannot normalize: {error}", file=sys.stderr)
-        return 1
-    decision = evaluate(ticket, policy, now, EscalationHistory())
-    writeback = plan(decision, ticket, mapping.tags)
-    if args.json:
-        print(json.dumps(explain_dict(ticket, decision, writeback), indent=2, default=str))
-    else:
-        print(explain(ticket, decision, writeback))
-    return 0
+        for item in items:
+            if isinstance(item, Skipped):
+                failed += 1
+                print(f"skipped {item.where}: {item.reason}", file=sys.stderr)
+                continue
+            try:
+                ticket = mapping.normalize(item, instance_name)
+            except NormalizeError as error:
+                failed += 1
+                print(f"cannot normalize: {error}", file=sys.stderr)
+                continue
+            except Exception as error:  # the cycle quarantines any fault of one record: so does explain
+                failed += 1
+                print(f"cannot normalize ticket {item.id or '?'}: {type(error).__name__}: {error}", file=sys.stderr)
+                continue
+            decision = evaluate(ticket, policy, now, history_for(store, instance_name, ticket, now))
+            writeback = plan(decision, ticket, mapping.tags)
+            if args.json:
+                explained.append(explain_dict(ticket, decision, writeback))
+            else:
+                print(("\n" if shown else "") + explain(ticket, decision, writeback))
+            shown += 1
+    finally:
+        if store is not None:
+            store.close()
+    if args.json and explained:
+        print(json.dumps(explained[0] if len(items) == 1 else explained, indent=2, default=str))
+    if not shown and not failed:
+        print(f"explain: no ticket found in {args.file}", file=sys.stderr)
+    return 1 if failed or not shown else 0
+
+
+def _section_named(config: AppConfig, args: argparse.Namespace) -> InstanceSection | None:
+    section = next((s for s in config.instances if s.name == args.instance), None)
+    if section is None:
+        print(f"unknown instance {args.instance!r}", file=sys.stderr)
+    return section
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    """One read-only cycle of an instance, every HTTP exchange saved as a fixture (runtime/record.py)."""
+    from runtime.record import RecordError, record
+
+    config = _load(args)
+    section = _section_named(config, args)
+    if section is None:
+        return 2
+    try:
+        report, count = record(
+            config, section, Path(args.out), now=utcnow(), environ=environment(), limit=args.limit,
+            scrub_pii=args.scrub_pii, on_event=print_plan,
+        )  # fmt: skip
+    except RecordError as error:
+        print(f"record: {error}", file=sys.stderr)
+        return 2
+    print(f"recorded {count} exchanges of {section.name} into {args.out} ({report.tickets_seen} tickets)")
+    if report.error:
+        print(f"record: the cycle stopped: {report.error}", file=sys.stderr)
+    return 1 if report.error else 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """The recorded cycle again, against the recording only; the plan, compared with an approved one."""
+    from runtime.replay import ReplayError, differences, replay
+
+    config = _load(args)
+    now = datetime.fromisoformat(args.now).astimezone(UTC) if args.now else None
+    try:
+        expected = json.loads(Path(args.expect).read_text(encoding="utf-8")) if args.expect else None
+        report, plan, missed = replay(config, Path(args.directory), now=now, on_event=print_plan)
+    except (ReplayError, OSError, ValueError) as error:
+        print(f"replay: {_one_line(error)}", file=sys.stderr)
+        return 2
+    for request in dict.fromkeys(missed):
+        print(f"replay: request not recorded: {request}", file=sys.stderr)
+    if report.error and not missed:
+        print(f"replay: the cycle stopped: {report.error}", file=sys.stderr)
+    if args.write_plan:
+        Path(args.write_plan).write_text(json.dumps(plan, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    print(f"{len(plan['tickets'])} ticket(s) in the plan of {plan['instance']} at {plan['now']}")
+    failed = bool(missed or report.error)
+    if expected is not None:
+        changed = differences(expected, plan)
+        for line in changed:
+            print(f"plan differs: {line}")
+        print("plan matches the expected one" if not changed else f"{len(changed)} difference(s) from {args.expect}")
+        failed = failed or bool(changed)
+    return 1 if failed else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -491,7 +630,11 @@ def parser() -> argparse.ArgumentParser:
         sub.add_argument("--config", help="config file (default: $ESCALATION_SYNC_CONFIG or config.toml)")
         return sub
 
-    with_config(commands.add_parser("check", help="validate config, mappings and policy")).set_defaults(func=cmd_check)
+    check = with_config(commands.add_parser("check", help="validate config, mappings and policy"))
+    check.add_argument("--live", action="store_true", help="also verify the mappings against each instance")
+    check.add_argument("--instance", action="append", help="with --live: only this instance (repeatable)")
+    check.add_argument("--json", action="store_true", help="with --live: the live findings as JSON")
+    check.set_defaults(func=cmd_check)
     for name, func, text in (("once", cmd_once, "one cycle per instance"), ("run", cmd_run, "run as a daemon")):
         sub = with_config(commands.add_parser(name, help=text))
         sub.add_argument("--dry-run", action="store_true", help="plan and log, write nothing")
@@ -516,6 +659,21 @@ def parser() -> argparse.ArgumentParser:
     explain_cmd.add_argument("--at", help="evaluate at this ISO time instead of now")
     explain_cmd.add_argument("--json", action="store_true")
     explain_cmd.set_defaults(func=cmd_explain)
+
+    record_cmd = with_config(commands.add_parser("record", help="save one read-only cycle's exchanges as fixtures"))
+    record_cmd.add_argument("--instance", required=True, help="instance name from the config")
+    record_cmd.add_argument("--out", required=True, help="an empty directory for the fixtures")
+    record_cmd.add_argument("--limit", type=int, help="at most this many tickets")
+    record_cmd.add_argument("--scrub-pii", action="store_true", help="replace emails, names and free text")
+    record_cmd.set_defaults(func=cmd_record)
+
+    replay_cmd = with_config(commands.add_parser("replay", help="run a recorded cycle again and print its plan"))
+    replay_cmd.add_argument("directory", help="what `record` wrote")
+    replay_cmd.add_argument("--now", help="evaluate at this ISO time (default: when it was recorded)")
+    plan_file = replay_cmd.add_mutually_exclusive_group()
+    plan_file.add_argument("--expect", help="fail on any difference from this plan (JSON)")
+    plan_file.add_argument("--write-plan", help="write the plan to this file (JSON)")
+    replay_cmd.set_defaults(func=cmd_replay)
 
     demo = commands.add_parser("demo", help="run against the built-in sandboxes with simulated time")
     demo.add_argument("--config", help="take the policy from this file (default: config.example.toml)")
@@ -550,8 +708,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "explain" and not args.file and not (args.instance and args.ticket):
         print("explain needs --instance and a ticket id, or --file and --platform", file=sys.stderr)
         return 2
-    if args.command == "explain" and args.file and not args.platform:
-        print("explain --file needs --platform", file=sys.stderr)
+    if args.command == "explain" and args.file and not (args.platform or args.instance):
+        print("explain --file needs --platform (or --instance)", file=sys.stderr)
         return 2
     try:
         return int(args.func(args))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,15 +25,38 @@ _KEY_PART = re.compile(r"\"([^\"]*)\"|'([^']*)'|([A-Za-z0-9_-]+)")
 
 
 class ConfigFileError(Exception):
-    """A file a person edits is wrong. The message is the whole story: file, line, key, reason."""
+    """A file a person edits is wrong. The message is the whole story: file, line, key, reason.
 
-    def __init__(self, path: Path | str, reason: str, key: str = "", line: int | None = None) -> None:
+    A file with several problems is one error whose `problems` lists each (this one first), so an admin fixes
+    them all in one pass instead of one per run; the message has one `file:line: key: reason` line each.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        reason: str,
+        key: str = "",
+        line: int | None = None,
+        more: Sequence[ConfigFileError] = (),
+    ) -> None:
         self.path = str(path)
         self.reason = reason
         self.key = key
         self.line = line
         where = f"{self.path}:{line}" if line else self.path
-        super().__init__(f"{where}: {key + ': ' if key else ''}{reason}")
+        self.headline = f"{where}: {key + ': ' if key else ''}{reason}"
+        flat: list[ConfigFileError] = [self]
+        for problem in (problem for extra in more for problem in extra.problems):
+            if all(problem is not known for known in flat):
+                flat.append(problem)
+        self.problems: tuple[ConfigFileError, ...] = tuple(flat)
+        super().__init__("\n".join(problem.headline for problem in self.problems))
+
+    def with_more(self, more: Sequence[ConfigFileError]) -> ConfigFileError:
+        """This error with further problems of the same file after it (keeps its type)."""
+        if not more:
+            return self
+        return type(self)(self.path, self.reason, key=self.key, line=self.line, more=[*self.problems[1:], *more])
 
 
 def _split_key(text: str) -> list[str]:
@@ -53,13 +77,22 @@ def _key_lines(text: str) -> list[tuple[tuple[str | int, ...], int]]:
                 array_counts[parts] = index
                 table = (*parts, index)
             else:
-                table = parts
+                table = _in_array(parts, array_counts)
             found.append((table, number))
             continue
         assignment = _ASSIGNMENT.match(line)
         if assignment:
             found.append(((*table, *_split_key(assignment.group(1))), number))
     return found
+
+
+def _in_array(parts: tuple[str, ...], arrays: dict[tuple[str, ...], int]) -> tuple[str | int, ...]:
+    """`[instances.options]` after `[[instances]]` is a table of the array's last element (TOML): give it
+    that element's index, as pydantic's error locations do (`instances.0.options`)."""
+    for length in range(len(parts) - 1, 0, -1):
+        if parts[:length] in arrays:
+            return (*parts[:length], arrays[parts[:length]], *parts[length:])
+    return parts
 
 
 def locate(text: str, loc: tuple[str | int, ...]) -> int | None:
@@ -86,17 +119,21 @@ def load_toml(path: Path) -> tuple[dict[str, Any], str]:
 
 
 def validate(model: type[Model], data: Any, path: Path | str, text: str, base: tuple[str | int, ...] = ()) -> Model:
-    """Validate with pydantic; the first error becomes a ConfigFileError pointing at its line."""
+    """Validate with pydantic; every error becomes one problem of a ConfigFileError, each at its line."""
     try:
         return model.model_validate(data)
     except ValidationError as error:
-        first = error.errors()[0]
-        # pydantic names a bad dict key "<key>.[key]": the admin only needs the key itself.
-        loc = (*base, *(part for part in first["loc"] if part != "[key]"))
-        key = ".".join(str(part) for part in loc)
-        more = error.error_count() - 1
-        reason = first["msg"] + (f" (and {more} more)" if more else "")
-        raise ConfigFileError(path, reason, key=key, line=locate(text, loc)) from None
+        problems: list[ConfigFileError] = []
+        seen: set[tuple[str, str]] = set()
+        for item in error.errors():
+            # pydantic names a bad dict key "<key>.[key]": the admin only needs the key itself.
+            loc = (*base, *(part for part in item["loc"] if part != "[key]"))
+            key = ".".join(str(part) for part in loc)
+            if (key, item["msg"]) in seen:
+                continue
+            seen.add((key, item["msg"]))
+            problems.append(ConfigFileError(path, item["msg"], key=key, line=locate(text, loc)))
+        raise problems[0].with_more(problems[1:]) from None
 
 
 def load_model(model: type[Model], path: Path) -> Model:

@@ -39,7 +39,9 @@ import operator
 import re
 from dataclasses import dataclass, field
 from datetime import date, timedelta
+from difflib import get_close_matches
 from pathlib import Path
+from string import Template
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -214,6 +216,25 @@ Receiving tier must:
 $todo"""
 
 
+HANDOFF_PLACEHOLDERS = frozenset(
+    (
+        "ticket",
+        "priority",
+        "from_tier",
+        "to_tier",
+        "time",
+        "management",
+        "sla",
+        "description",
+        "impact",
+        "rules",
+        "todo",
+    )
+)
+"""The `$names` a handoff template may use (engine/handoff.py fills exactly these). Any other name would be
+empty in every note, and its line silently dropped: refused at load instead."""
+
+
 class HandoffModel(_Strict):
     template: str = DEFAULT_TEMPLATE
     description_lines: int = Field(default=5, ge=0)
@@ -348,8 +369,32 @@ def _error(path: str, text: str, loc: tuple[str | int, ...], reason: str, line: 
     return ConfigFileError(path, reason, key=key, line=line if line is not None else locate(text, loc))
 
 
+def _template_problems(template: str, path: str, text: str) -> list[ConfigFileError]:
+    """Every placeholder of the handoff template that engine/handoff.py does not fill, at its own line."""
+    loc: tuple[str | int, ...] = ("policy", "handoff", "template")
+    start = locate(text, loc)
+    lines = text.splitlines()
+    # A multi-line string opened by `"""` at the end of the key's line starts on the next line.
+    first = start + 1 if start and lines[start - 1].rstrip().endswith(('"""', "'''")) else start
+    problems = []
+    for offset, line in enumerate(template.splitlines()):
+        # A `$` that starts no name ("$5", "$ ") is shown as it is, as engine/handoff.py renders it.
+        for name in Template(line).get_identifiers():
+            if name in HANDOFF_PLACEHOLDERS:
+                continue
+            close = get_close_matches(name, HANDOFF_PLACEHOLDERS, n=1)
+            hint = f"did you mean ${close[0]}? " if close else ""
+            known = ", ".join("$" + known for known in sorted(HANDOFF_PLACEHOLDERS))
+            reason = f"unknown placeholder ${name}: {hint}(known: {known}); its line would be dropped from every note"
+            problems.append(_error(path, text, loc, reason, line=first + offset if first else None))
+    return problems
+
+
 def _build(data: dict[str, Any], path: str, text: str) -> Policy:
     model = validate(PolicyModel, data, path, text, base=("policy",))
+    template_problems = _template_problems(model.handoff.template, path, text)
+    if template_problems:
+        raise template_problems[0].with_more(template_problems[1:])
     calendars = _calendars(model, path, text)
 
     def calendar(name: str | None, loc: tuple[str | int, ...]) -> BusinessCalendar:

@@ -28,7 +28,7 @@ def load_spec(model: type[Spec], path: Path) -> tuple[Spec, str]:
         data, text = load_toml(path)
         return validate(model, data, path, text), text
     except ConfigFileError as error:
-        raise MappingError(error.path, error.reason, key=error.key, line=error.line) from None
+        raise MappingError(error.path, error.reason, key=error.key, line=error.line, more=error.problems[1:]) from None
 
 
 BoolRule = TypeVar("BoolRule", bound=BaseModel)

@@ -415,7 +415,7 @@ class JsmMapping:
             solved_at=solved_at,
             requester=user_ref(fields.get("reporter")),
             organization=self._text(fields, self.spec.organization),
-            segment=self._text(fields, self.spec.segment),
+            segment=self._segment(fields),
             tags=frozenset(labels),
             assignee_group=self._text(fields, self.spec.assignee_group),
             tier=tier,
@@ -455,6 +455,12 @@ class JsmMapping:
         category = raw.get("statusCategory")
         category_key = category.get("key") if isinstance(category, Mapping) else None
         found = self.spec.status.categories.get(category_key) if isinstance(category_key, str) else None
+        if found is None and category is None:  # Jira Server 5.x: statuses carry no statusCategory
+            raise NormalizeError(
+                rid,
+                "status",
+                f"status {raw['name']!r} has no statusCategory (Jira Server 5.x?): add it to [status.names]",
+            )
         if found is None:
             raise NormalizeError(
                 rid, "status", f"status {raw['name']!r} (category {category_key!r}) is not in the mapping"
@@ -483,6 +489,17 @@ class JsmMapping:
         text = texts[0]
         translations = {raw.casefold(): value for raw, value in ref.values.items()}
         return translations.get(text.casefold(), text)
+
+    def _segment(self, fields: Mapping[str, Any]) -> str | None:
+        """With [segment.values], a value not listed there is no segment: the field may hold anything (a Java
+        toString of an approvals object on some Server sites), never to be passed through as a segment."""
+        ref = self.spec.segment
+        if ref is None or not ref.values:
+            return self._text(fields, ref)
+        known = {raw.casefold(): value for raw, value in ref.values.items()}
+        return next(
+            (known[text.casefold()] for text in field_texts(fields.get(ref.field)) if text.casefold() in known), None
+        )
 
     def _flags(self, rid: str, fields: Mapping[str, Any], labels: list[str]) -> Flags:
         spec = self.spec.flags

@@ -211,6 +211,14 @@ def parse_datetime(value: str) -> datetime:
     return datetime.strptime(value, DATE_FORMAT).replace(tzinfo=UTC)
 
 
+_DISPLAY_MODE = (
+    "the record was fetched in display-value mode ({evidence}): labels instead of codes and times in the "
+    "reader's time zone; fetch it with sysparm_display_value=false (the connector does; for a saved export, "
+    "add sysparm_display_value=false&sysparm_exclude_reference_link=true to the URL)"
+)
+_SYS_ID = re.compile(r"[0-9a-f]{32}")
+
+
 def text_value(value: Any) -> str:
     """A field value as the string the Table API means: references give their sys_id, null gives ""."""
     if value is None:
@@ -355,6 +363,14 @@ class _Normalizer:
         except TypeError as error:
             raise self.fail(field, str(error)) from None
 
+    def reference(self, field: str) -> str | None:
+        """A reference field's sys_id; anything else there ("no value", a name) is no reference at all, never a
+        customer. A dot-walked field (`caller_id.email`) is plain text and kept as it is."""
+        value = self.text(field)
+        if "." in field:
+            return value or None
+        return value if _SYS_ID.fullmatch(value) else None
+
     def date(self, field: str, *, required: bool = False) -> datetime | None:
         value = self.text(field)
         if not value:
@@ -386,6 +402,7 @@ class _Normalizer:
         if not isinstance(raw_id, (str, dict)) or not _SYS_ID.fullmatch(sys_id):
             raise self.fail(fields.id, f"not a sys_id: {str(raw_id)[:60]!r}")
         self.record_id = sys_id
+        self.refuse_display_values()
         tags = frozenset(self.mapping.split_tags(self.text(self.spec.tags.field)))
         status = self.status()
         solved_at = self.date(fields.solved_at)
@@ -416,8 +433,8 @@ class _Normalizer:
             last_public_reply_at=self.date(fields.last_public_reply_at) or times.get("last_public_reply_at"),
             last_agent_action_at=self.date(fields.last_agent_action_at) or times.get("last_agent_action_at"),
             solved_at=solved_at,
-            requester=self.text(fields.requester) or None,
-            organization=self.text(fields.organization) or None,
+            requester=self.reference(fields.requester),
+            organization=self.reference(fields.organization),
             segment=self.segment(),
             tags=tags,
             assignee_group=self.text(fields.assignee_group) or None,
@@ -428,6 +445,20 @@ class _Normalizer:
             revision=make_revision(self.text(fields.updated_at), self.text(fields.mod_count)),
             **history,
         )
+
+    def refuse_display_values(self) -> None:
+        """A record read with sysparm_display_value=true (a saved browser or REST-explorer export) has labels
+        for codes and times in the reader's zone: refused as such, not as "unknown state code 'Closed'", whose
+        advice (add it to [status.values]) would let the record through with times hours off."""
+        fields = self.spec.fields
+        for name, value in self.data.items():
+            if isinstance(value, dict) and "display_value" in value and "value" not in value:
+                raise self.fail(name, _DISPLAY_MODE.format(evidence=f"{name} is a {{display_value, link}} reference"))
+        codes = self.spec.status.values
+        state = self.data.get(fields.status)
+        numeric = all(code.isdigit() for code in codes)
+        if isinstance(state, str) and state and state not in codes and numeric and not state.isdigit():
+            raise self.fail(fields.status, _DISPLAY_MODE.format(evidence=f"state is the label {state!r}"))
 
     def status(self) -> Status:
         field = self.spec.fields.status

@@ -487,7 +487,11 @@ class ZendeskMapping:
             value = org_fields.get(config.org_field)
             if value not in (None, ""):
                 text = str(value)
-                return self._segment_values.get(text.lower(), text)
+                if not self._segment_values:
+                    return text
+                if text.lower() in self._segment_values:
+                    return self._segment_values[text.lower()]
+                # With [segment.values], anything else there (a stray value, an object's toString) is no match.
         for tag, segment in config.tags.items():
             if tag in tags:
                 return segment

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,6 +23,25 @@ from engine.configfile import ConfigFileError, load_toml, locate, validate
 from engine.policy import Policy, policy_from_dict
 
 Platform = Literal["zendesk", "jsm", "servicenow"]
+
+CONNECTOR_OPTIONS: dict[str, frozenset[str]] = {
+    "zendesk": frozenset({"page_size", "history_pages_per_poll", "subdomain", "initial_lookback_hours"}),
+    "jsm": frozenset({"page_size", "overlap_seconds", "jql", "initial_lookback_hours"}),
+    "servicenow": frozenset(
+        {
+            "table",
+            "page_size",
+            "sla_batch",
+            "settle_seconds",
+            "journal_lookup",
+            "history_batch",
+            "initial_lookback_hours",
+        }
+    ),
+}
+"""Every `[instances.options]` key each connector reads (connectors/<platform>.py `__init__`): one list, so a
+misspelled option (`page_sise`) is refused at load instead of silently falling back to the default. A new
+connector option is added here and in its connector together."""
 
 
 class Settings(BaseSettings):
@@ -140,20 +160,44 @@ def load_config(path: Path, settings: Settings | None = None) -> AppConfig:
     data, text = load_toml(path)
     policy_data = data.pop("policy", None)
     section = validate(FileSection, data, path, text)
-    unknown = sorted(set(section.model_extra or {}))
-    if unknown:
-        key = unknown[0]
-        raise ConfigFileError(path, "unknown section", key=key, line=locate(text, (key,)))
+    problems = [
+        ConfigFileError(path, "unknown section", key=key, line=locate(text, (key,)))
+        for key in sorted(set(section.model_extra or {}))
+    ]
+    problems += _unknown_options(section.instances, path, text)
+    policy: Policy | None = None
     if policy_data is None:
-        raise ConfigFileError(path, "missing [policy] table (see config.example.toml)")
+        problems.append(ConfigFileError(path, "missing [policy] table (see config.example.toml)"))
+    else:
+        try:
+            policy = policy_from_dict(policy_data, str(path), text)
+        except ConfigFileError as error:  # reported with the sections' problems: one run shows them all
+            problems.append(error)
+    if problems or policy is None:
+        raise problems[0].with_more(problems[1:])
     state_url = (settings.state_url if settings else None) or section.state.url
     return AppConfig(
         path=path,
         daemon=section.daemon,
         state_url=resolve_state_url(state_url, path.parent),
         instances=tuple(section.instances),
-        policy=policy_from_dict(policy_data, str(path), text),
+        policy=policy,
     )
+
+
+def _unknown_options(instances: list[InstanceSection], path: Path, text: str) -> list[ConfigFileError]:
+    problems = []
+    for index, instance in enumerate(instances):
+        known = CONNECTOR_OPTIONS[instance.platform]
+        for name in sorted(set(instance.options) - known):
+            close = get_close_matches(name, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            reason = f"unknown {instance.platform} option {name!r}{hint} (known: {', '.join(sorted(known))})"
+            loc = ("instances", index, "options", name)
+            problems.append(
+                ConfigFileError(path, reason, key=f"instances.{instance.name}.options.{name}", line=locate(text, loc))
+            )
+    return problems
 
 
 def environment() -> Mapping[str, str]:

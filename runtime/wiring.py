@@ -100,6 +100,7 @@ def wire(
     on_event: Callable[[Event], None] | None = None,
     transport: httpx.BaseTransport | None = None,
     sleep: Callable[[float], None] | None = None,
+    on_exchange: Callable[[httpx.Request, httpx.Response], None] | None = None,
 ) -> Wired:
     mapping = load_instance_mapping(config, section)
     http_kwargs: dict[str, Any] = {}
@@ -109,6 +110,8 @@ def wire(
         http_kwargs["sleep"] = sleep
     if stop is not None:  # SIGTERM/SIGINT end the HTTP layer's waits too, not only the loop over tickets
         http_kwargs["stop"] = stop
+    if on_exchange is not None:  # `sync.py record`: every exchange of the HTTP layer saved as a fixture
+        http_kwargs["on_exchange"] = on_exchange
     http_kwargs["clock"] = clock  # RateLimitedError.retry_at on the same time line as the cycle
     http, connector = build_connector(section, mapping, environ, **http_kwargs)
     syncer = Syncer(

@@ -92,7 +92,7 @@ class TestJsmContract(ConnectorContract):
         fields = copy.deepcopy(record.data["fields"])
         fields["priority"] = {
             "self": "https://acme.atlassian.net/rest/api/3/priority/10000",
-            "name": "Blocker",
+            "name": "Showstopper",
             "id": "10000",
         }
-        return with_data(record, fields=fields), "priority", "Blocker"
+        return with_data(record, fields=fields), "priority", "Showstopper"

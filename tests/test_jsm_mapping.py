@@ -167,7 +167,7 @@ def test_request_fields_cover_what_normalize_reads(mapping: JsmMapping) -> None:
 @pytest.mark.parametrize(
     ("change", "field"),
     [
-        (lambda f: f.update(priority={"name": "Blocker", "id": "9"}), "priority"),
+        (lambda f: f.update(priority={"name": "Showstopper", "id": "9"}), "priority"),
         (lambda f: f.update(updated="last tuesday"), "updated"),
         (lambda f: f.update(created="2026-03-06T09:12:44.318"), "created"),  # no offset
         (lambda f: f.pop("created"), "created"),
@@ -197,11 +197,11 @@ def test_missing_fields_object_is_a_normalize_error(mapping: JsmMapping) -> None
 
 def test_priority_names_are_configurable(tmp_path: Path) -> None:
     custom = tmp_path / "jsm.toml"
-    text = DEFAULT_TOML.read_text().replace('Highest = "P1"', 'Highest = "P1"\nBlocker = "P1"')
+    text = DEFAULT_TOML.read_text().replace('Highest = "P1"', 'Highest = "P1"\nShowstopper = "P1"')
     custom.write_text(text.replace('default = "P3"', 'default = "P4"'))
     mapping = load(custom)
     data = issue("SUP-101")
-    data["fields"]["priority"] = {"name": "blocker", "id": "9"}
+    data["fields"]["priority"] = {"name": "showstopper", "id": "9"}
     assert normalize(mapping, data).priority is Priority.P1
     data["fields"]["priority"] = None
     assert normalize(mapping, data).priority is Priority.P4
@@ -322,3 +322,27 @@ def test_flag_needs_a_source(tmp_path: Path) -> None:
     with pytest.raises(MappingError) as caught:
         load(path)
     assert caught.value.key.startswith("flags.vendor_dependency")
+
+
+def test_server5_search_page_statuses_without_category_classic_priorities_and_a_tostring_segment(
+    mapping: JsmMapping,
+) -> None:
+    """Jira Server 5.x: no statusCategory on statuses, the classic priority scheme, and a field the mapping
+    reads as the segment holding a Java toString (an approvals object): no segment, not that text."""
+    page = fixture("search_server5_classic.json")
+    tickets = {issue["key"]: normalize(mapping, issue) for issue in page["issues"]}
+    assert [(t.status, t.priority) for t in tickets.values()] == [
+        (Status.NEW, Priority.P1),
+        (Status.OPEN, Priority.P3),
+        (Status.SOLVED, Priority.P4),
+    ]
+    assert tickets["OPS-311"].segment is None
+    assert tickets["OPS-312"].segment == "enterprise"
+    assert tickets["OPS-311"].requester == "mkrause"
+
+
+def test_a_server5_status_not_named_in_the_mapping_says_it_has_no_category(mapping: JsmMapping) -> None:
+    issue_data = fixture("search_server5_classic.json")["issues"][0]
+    issue_data["fields"]["status"]["name"] = "Triage"
+    with pytest.raises(NormalizeError, match=r"'Triage' has no statusCategory .*add it to \[status.names\]"):
+        normalize(mapping, issue_data)

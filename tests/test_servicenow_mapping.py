@@ -252,3 +252,30 @@ def test_mapping_missing_section_and_bad_toml(tmp_path: Path) -> None:
     assert caught.value.line is not None
     with pytest.raises(MappingError, match="cannot read"):
         load(tmp_path / "absent.toml")
+
+
+def test_a_display_value_mode_record_is_refused_as_such(mapping: ServiceNowMapping) -> None:
+    """sysparm_display_value=true: `{display_value, link}` references, labels for codes, local times. The error
+    says so and how to fetch it, instead of "unknown state code 'Closed'; add it to [status.values]"."""
+    active, closed = fixture("incident_poll_display_values.json")["result"]
+    with pytest.raises(NormalizeError) as caught:
+        mapping.normalize(record(active), "acme")
+    assert "display-value mode" in str(caught.value) and "sysparm_display_value=false" in str(caught.value)
+    assert caught.value.field == "caller_id"
+    with pytest.raises(NormalizeError) as caught:
+        mapping.normalize(record(closed), "acme")
+    assert caught.value.field == "state" and "the label 'Closed'" in str(caught.value)
+    assert "unknown state code" not in str(caught.value)
+
+
+def test_an_unknown_numeric_state_code_keeps_its_own_advice(mapping: ServiceNowMapping) -> None:
+    data = page_row(0) | {"state": "42"}
+    with pytest.raises(NormalizeError, match=r"unknown state code '42'; add it to \[status.values\]"):
+        mapping.normalize(record(data), "acme")
+
+
+def test_a_reference_holding_garbage_is_no_requester(mapping: ServiceNowMapping) -> None:
+    data = page_row(0) | {"caller_id": "no value", "company": "ACME (see notes)"}
+    ticket = mapping.normalize(record(data), "acme")
+    assert ticket.requester is None and ticket.organization is None
+    assert mapping.normalize(record(page_row(0)), "acme").requester == page_row(0)["caller_id"]

@@ -312,3 +312,16 @@ def test_severity_field_without_values_is_refused(tmp_path: Path) -> None:
         load(path)
     assert caught.value.key == "priority.field_id"
     assert caught.value.line == line_of(text, "field_id = 360020000004")
+
+
+def test_an_org_segment_value_not_in_segment_values_is_no_segment(
+    mapping: ZendeskMapping, records: dict[str, RawRecord]
+) -> None:
+    """A value the mapping does not list (here a Java toString pasted into the field) falls through to the
+    segment tags and the default, never becomes the segment itself."""
+    record = records["4101"]
+    organization = copy.deepcopy(record.related["organization"])
+    organization["organization_fields"]["segment"] = "com.acme.crm.SegmentRef@5e9f23b4"
+    odd = RawRecord(record.id, record.data, {**record.related, "organization": organization})
+    ticket = mapping.normalize(odd, "acme-zendesk")
+    assert ticket.segment == "standard"  # no segment tag on 4101: the default
