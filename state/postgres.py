@@ -20,7 +20,8 @@ A lost connection surfaces as `StoreError` for the call in flight; the next call
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -96,6 +97,21 @@ MIGRATIONS: list[list[str]] = [
             value TEXT NOT NULL
         )""",
     ],
+    # 3: leases (which daemon runs which instance; state/lease.py) and the daemons taking part.
+    [
+        """CREATE TABLE leases (
+            instance TEXT PRIMARY KEY,
+            holder TEXT NOT NULL,
+            epoch BIGINT NOT NULL,
+            expires_at TIMESTAMPTZ NOT NULL,
+            acquired_at TIMESTAMPTZ NOT NULL
+        )""",
+        """CREATE TABLE daemons (
+            holder TEXT PRIMARY KEY,
+            started_at TIMESTAMPTZ NOT NULL,
+            expires_at TIMESTAMPTZ NOT NULL
+        )""",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -109,6 +125,9 @@ class PostgresStore(SqlStore):
 
     PARAM: ClassVar[str] = "%s"
     DRIVER_ERROR: ClassVar[type[Exception]] = psycopg.Error
+    NOW: ClassVar[str] = "clock_timestamp()"
+    LOCK_SHARE: ClassVar[str] = " FOR SHARE"
+    SKIP_LOCKED: ClassVar[str] = " FOR UPDATE SKIP LOCKED"
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -193,6 +212,16 @@ class PostgresStore(SqlStore):
             db = self._db()
             with db.transaction(), db.cursor() as cursor:
                 cursor.executemany(sql, rows)  # type: ignore[arg-type]  # SQL built from this package's text
+
+    def _later(self, seconds: float) -> tuple[str, Any]:
+        return "clock_timestamp() + make_interval(secs => ?)", seconds
+
+    @contextmanager
+    def _transaction(self, action: str) -> Iterator[None]:
+        with self._errors(action):
+            db = self._db()
+            with db.transaction():  # inside another: a savepoint, committed with it
+                yield
 
     def close(self) -> None:
         self._closed = True
