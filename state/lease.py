@@ -185,13 +185,10 @@ class LeaseKeeper:
             for lease in store.leases_claim(self.holder, wanted, self.ttl, share - len(self.held)):
                 self.held[lease.instance] = lease
                 self._changed(lease.instance, "acquired")
-            self._wait = self.heartbeat
-            if len(self.held) < share:
-                # Short of its share: look again just after the next lease of another daemon could lapse, so a
-                # dead daemon's instances are taken over at the TTL rather than up to a heartbeat later.
-                lapse = store.leases_next_expiry(self.holder, wanted)
-                if lapse is not None:
-                    self._wait = min(self.heartbeat, max(lapse, 0.0) + LAPSE_MARGIN)
+            # Look again just after the next lease of another daemon could lapse (a live one renews long before),
+            # so a dead daemon's instances are taken over at the TTL rather than up to a heartbeat later.
+            lapse = store.leases_next_expiry(self.holder, [i for i in self.instances if i not in self.held])
+            self._wait = self.heartbeat if lapse is None else min(self.heartbeat, max(lapse, 0.0) + LAPSE_MARGIN)
 
     def _changed(self, instance: str, what: str) -> None:
         log.info(f"lease {what}", extra={"event": f"lease_{what}", "instance": instance, "holder": self.holder})

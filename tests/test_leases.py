@@ -5,17 +5,29 @@ e-mail in its credentials).
 
 from __future__ import annotations
 
+import base64
+import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import psycopg
 import pytest
 
+from engine.model import COMMENT_MARKER
+from sandbox.base import SimClock
+from sandbox.zendesk import ZendeskSandbox
 from state import LeaseLostError, StoreError, open_store
 from state.base import BookEntry, Fence, Store
 from state.lease import FencedStore, LeaseKeeper, exclusive_file
@@ -213,3 +225,214 @@ def test_a_second_daemon_on_one_sqlite_file_is_refused(tmp_path: Path) -> None:
             pass  # flock is per open file: the same process opening it again is refused too
     with exclusive_file(path):
         pass  # released with the block
+
+
+# Real daemon processes on one PostgreSQL, six Zendesk sandboxes on loopback
+
+TTL = 3.0
+EXAMPLE = ROOT / "config.example.toml"
+MARKER = re.compile(re.escape(COMMENT_MARKER.format(key="")) + r"[^)\s]+")
+
+
+@dataclass
+class Hit:
+    instance: str
+    daemon: str
+    method: str
+    path: str
+    start: float
+    end: float
+
+
+@dataclass
+class Recorder:
+    """The sandboxes' request log with who sent each request (the e-mail of its Basic credentials) and when;
+    `after` runs once a request was served, before its answer is sent (to kill or stop its sender there)."""
+
+    hits: list[Hit] = field(default_factory=list)
+    pids: dict[str, int] = field(default_factory=dict)
+    after: Callable[[Hit], None] = lambda hit: None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def wrap(self, instance: str, app: Any) -> Callable[..., Iterable[bytes]]:
+        def recorded(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+            start = time.monotonic()
+            scheme, _, encoded = environ.get("HTTP_AUTHORIZATION", "").partition(" ")
+            user = base64.b64decode(encoded).decode().split("/")[0] if scheme == "Basic" else "?"
+            body = list(app(environ, start_response))
+            hit = Hit(instance, user.split("@")[0], environ["REQUEST_METHOD"], environ["PATH_INFO"], start, 0.0)
+            hit.end = time.monotonic()
+            with self.lock:
+                self.hits.append(hit)
+            self.after(hit)
+            return body
+
+        return recorded
+
+    def since(self, moment: float) -> list[Hit]:
+        with self.lock:
+            return [hit for hit in self.hits if hit.start >= moment]
+
+    def owners(self, moment: float) -> dict[str, set[str]]:
+        found: dict[str, set[str]] = {}
+        for hit in self.since(moment):
+            found.setdefault(hit.instance, set()).add(hit.daemon)
+        return found
+
+    def runs(self, instance: str, until: float = float("inf")) -> list[tuple[str, int]]:
+        """The instance's requests as runs of one daemon: [("d1", 12), ("d2", 40)] is one handover."""
+        runs: list[tuple[str, int]] = []
+        for hit in sorted((h for h in self.since(0) if h.instance == instance and h.start < until), key=_start):
+            if runs and runs[-1][0] == hit.daemon:
+                runs[-1] = (hit.daemon, runs[-1][1] + 1)
+            else:
+                runs.append((hit.daemon, 1))
+        return runs
+
+
+def _start(hit: Hit) -> float:
+    return hit.start
+
+
+class _QuietServer(WSGIServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a daemon killed mid-request
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@dataclass
+class Fleet:
+    recorder: Recorder
+    sandboxes: dict[str, ZendeskSandbox]
+    urls: dict[str, str]
+    state_url: str
+    tmp: Path
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(self, name: str) -> subprocess.Popen[bytes]:
+        config = self.tmp / f"{name}.toml"
+        policy = EXAMPLE.read_text(encoding="utf-8").split("# ---- escalation policy", 1)[1]
+        instances = "".join(
+            f'\n[[instances]]\nname = "{instance}"\nplatform = "zendesk"\nbase_url = "{url}"\n'
+            f'mapping = "{ROOT / "mappings" / "zendesk.toml"}"\n'
+            '[instances.credentials]\nemail = "ZENDESK_EMAIL"\napi_token = "ZENDESK_API_TOKEN"\n'
+            for instance, url in self.urls.items()
+        )
+        config.write_text(
+            f'[daemon]\ninterval_seconds = 0.2\nlease_ttl_seconds = {TTL}\n\n[state]\nurl = "{self.state_url}"\n'
+            f"{instances}\n# ---- escalation policy{policy}",
+            encoding="utf-8",
+        )
+        env = {**os.environ, "ZENDESK_EMAIL": f"{name}@example.com", "ZENDESK_API_TOKEN": "t", "PYTHONPATH": str(ROOT)}
+        with open(self.tmp / f"{name}.log", "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, str(ROOT / "sync.py"), "run", "--config", str(config)], stderr=log, env=env
+            )
+        self.procs[name] = proc
+        self.recorder.pids[name] = proc.pid
+        return proc
+
+    def log(self, name: str) -> list[dict[str, Any]]:
+        lines = (self.tmp / f"{name}.log").read_text(encoding="utf-8").splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    def markers(self) -> list[str]:
+        found: list[str] = []
+        for sandbox in self.sandboxes.values():
+            for ticket_id in sandbox.ticket_ids():
+                for comment in sandbox.comments(ticket_id):
+                    found += MARKER.findall(str(comment.get("body", "")))
+        return found
+
+
+@pytest.fixture
+def fleet(pg_schema: tuple[psycopg.Connection, str], tmp_path: Path) -> Iterator[Fleet]:
+    recorder = Recorder()
+    sandboxes, urls, servers = {}, {}, []
+    for number, instance in enumerate(INSTANCES):
+        sandbox = ZendeskSandbox(SimClock(datetime.now(UTC)), seed=number)
+        sandbox.seed_tickets(12)
+        server = make_server(
+            "127.0.0.1", 0, recorder.wrap(instance, sandbox), server_class=_QuietServer, handler_class=_QuietHandler
+        )
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        sandboxes[instance], urls[instance] = sandbox, f"http://127.0.0.1:{server.server_port}"
+        servers.append(server)
+    state_url = with_search_path(PG_URL, pg_schema[1])
+    fleet = Fleet(recorder, sandboxes, urls, state_url, tmp_path)
+    try:
+        yield fleet
+    finally:
+        for proc in fleet.procs.values():
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGCONT)
+                proc.kill()
+            proc.wait(timeout=10)
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+
+
+def wait_for(what: str, condition: Callable[[], Any], timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def balanced(recorder: Recorder, daemons: set[str], window: float = 1.0) -> bool:
+    owners = recorder.owners(time.monotonic() - window)
+    if sorted(owners) != INSTANCES or any(len(who) != 1 for who in owners.values()):
+        return False
+    per_daemon = [sum(1 for who in owners.values() if daemon in who) for daemon in daemons]
+    return len(per_daemon) == len(daemons) and max(per_daemon) - min(per_daemon) <= 1 and min(per_daemon) > 0
+
+
+def taken_over(recorder: Recorder, instances: set[str], by: set[str], after: float) -> dict[str, float]:
+    """When each of `instances` was first polled by one of `by` after `after` (seconds after it)."""
+    first: dict[str, float] = {}
+    for hit in recorder.since(after):
+        if hit.instance in instances and hit.daemon in by and hit.instance not in first:
+            first[hit.instance] = hit.start - after
+    return first if set(first) == instances else {}
+
+
+@pytest.mark.postgres
+def test_three_daemons_share_six_instances_and_take_over_from_each_other(fleet: Fleet) -> None:
+    for name in ("d1", "d2", "d3"):
+        fleet.start(name)
+    wait_for("two instances per daemon", lambda: balanced(fleet.recorder, {"d1", "d2", "d3"}), timeout=25)
+    settled = time.monotonic()
+    owners = fleet.recorder.owners(settled - 1.0)
+    for instance in INSTANCES:
+        runs = fleet.recorder.runs(instance, until=settled)
+        daemons = [daemon for daemon, _ in runs]
+        assert len(daemons) == len(set(daemons)), f"{instance} went back and forth: {runs}"
+        print(f"{instance}: " + " -> ".join(f"{daemon} x{count}" for daemon, count in runs))
+    by_daemon = {d: sorted(i for i, who in owners.items() if d in who) for d in ("d1", "d2", "d3")}
+    assert [len(held) for held in by_daemon.values()] == [2, 2, 2], by_daemon
+
+    fleet.procs["d3"].send_signal(signal.SIGTERM)
+    stopped = time.monotonic()
+    assert fleet.procs["d3"].wait(timeout=10) == 0
+    moved = wait_for("d3's instances", lambda: taken_over(fleet.recorder, set(by_daemon["d3"]), {"d1", "d2"}, stopped))
+    print(f"SIGTERM: taken over after {max(moved.values()):.2f} s")
+    assert max(moved.values()) < TTL, "released at once: no TTL to wait for"
+    wait_for("three instances each", lambda: balanced(fleet.recorder, {"d1", "d2"}), timeout=10)
+
+    orphans = {i for i, who in fleet.recorder.owners(time.monotonic() - 1.0).items() if "d2" in who}
+    fleet.procs["d2"].kill()
+    killed = time.monotonic()
+    moved = wait_for("d2's instances", lambda: taken_over(fleet.recorder, orphans, {"d1"}, killed), timeout=3 * TTL)
+    print(f"kill -9: taken over after {max(moved.values()):.2f} s (TTL {TTL} s)")
+    assert max(moved.values()) <= TTL + 0.5
+    assert not any(h.daemon == "d2" for h in fleet.recorder.since(killed + 0.1))
+    wait_for("d1 alone", lambda: set(fleet.recorder.owners(time.monotonic() - 1.0)) == set(INSTANCES))
+    assert fleet.markers() and max(Counter(fleet.markers()).values()) == 1, "no handoff note twice"
