@@ -26,10 +26,11 @@ import psycopg
 import pytest
 
 from engine.model import COMMENT_MARKER
+from runtime.codec import decode
 from sandbox.base import SimClock
 from sandbox.zendesk import ZendeskSandbox
 from state import LeaseLostError, StoreError, open_store
-from state.base import BookEntry, Fence, Store
+from state.base import BookEntry, Fence, IntentState, Store
 from state.lease import FencedStore, LeaseKeeper, exclusive_file
 from tests.test_state import PG_URL, private_schema, with_search_path
 
@@ -436,3 +437,73 @@ def test_three_daemons_share_six_instances_and_take_over_from_each_other(fleet: 
     assert not any(h.daemon == "d2" for h in fleet.recorder.since(killed + 0.1))
     wait_for("d1 alone", lambda: set(fleet.recorder.owners(time.monotonic() - 1.0)) == set(INSTANCES))
     assert fleet.markers() and max(Counter(fleet.markers()).values()) == 1, "no handoff note twice"
+
+
+def _on_first_write(fleet: Fleet, daemon: str, sig: signal.Signals) -> dict[str, float]:
+    """Send `sig` to `daemon` as its first write is applied, before it hears back: it then holds a pending
+    intent in the ledger for a write the platform has. Returns {instance: when} once it happened."""
+    done: dict[str, float] = {}
+
+    def after(hit: Hit) -> None:
+        if hit.daemon == daemon and hit.method == "PUT" and not done:
+            os.kill(fleet.recorder.pids[daemon], sig)
+            done[hit.instance] = time.monotonic()
+
+    fleet.recorder.after = after
+    return done
+
+
+@pytest.mark.postgres
+def test_a_daemon_killed_mid_write_is_taken_over_and_its_write_recovered(fleet: Fleet) -> None:
+    killed = _on_first_write(fleet, "d1", signal.SIGKILL)
+    fleet.start("d1")
+    wait_for("d1 killed on its first write", lambda: fleet.procs["d1"].poll() is not None)
+    ((instance, moment),) = killed.items()
+    store = open_store(fleet.state_url)
+    try:
+        (pending,) = store.pending(instance)
+        fleet.start("d2")
+        moved = wait_for("the takeover", lambda: taken_over(fleet.recorder, {instance}, {"d2"}, moment), 3 * TTL)
+        print(f"kill -9 mid-write: {instance} taken over after {moved[instance]:.2f} s (TTL {TTL} s)")
+        assert moved[instance] <= TTL + 0.5
+        wait_for("every write settled", lambda: all(not store.pending(i) for i in INSTANCES), timeout=15)
+        intent = store.get_intent(pending.key)
+        assert intent is not None and intent.state is IntentState.DONE, "recovered, not lost"
+        wait_for("d2 runs all six", lambda: set(fleet.recorder.owners(time.monotonic() - 0.5)) == set(INSTANCES))
+        wait_for("writes settled again", lambda: all(not store.pending(i) for i in INSTANCES), timeout=15)
+    finally:
+        store.close()
+    markers = Counter(fleet.markers())
+    assert markers and max(markers.values()) == 1, "no handoff note twice"
+    comment = decode(pending.payload).comment
+    if comment is not None:
+        assert markers[COMMENT_MARKER.format(key=comment.idempotency_key)] == 1, "the killed write's note is there"
+
+
+@pytest.mark.postgres
+def test_a_paused_daemon_finds_its_late_writes_refused_and_steps_back(fleet: Fleet) -> None:
+    paused = _on_first_write(fleet, "d1", signal.SIGSTOP)
+    fleet.start("d1")
+    wait_for("d1 paused on its first write", lambda: paused)
+    ((instance, moment),) = paused.items()
+    store = open_store(fleet.state_url)
+    try:
+        (pending,) = store.pending(instance)
+        fleet.start("d2")
+        wait_for("the takeover", lambda: taken_over(fleet.recorder, {instance}, {"d2"}, moment), 3 * TTL)
+        wait_for("d2 settled d1's write", lambda: store.get_intent(pending.key).state is IntentState.DONE)  # type: ignore[union-attr]
+        (lease,) = [lease for lease in store.leases() if lease.instance == instance]
+        assert lease.holder.split(":")[1] == str(fleet.procs["d2"].pid) and lease.epoch == 2
+    finally:
+        store.close()
+    os.kill(fleet.procs["d1"].pid, signal.SIGCONT)
+
+    def stepped_back() -> list[dict[str, Any]]:
+        return [r for r in fleet.log("d1") if r.get("msg") == "lease lost, stepping back"]
+
+    (record,) = wait_for("d1 stepping back", stepped_back)
+    assert record["instance"] == instance and "write refused" in record["error"]
+    wait_for("the two share the six", lambda: balanced(fleet.recorder, {"d1", "d2"}), timeout=15)
+    markers = Counter(fleet.markers())
+    assert markers and max(markers.values()) == 1, "the platform sees no duplicate"
+    assert fleet.procs["d1"].poll() is None, "d1 goes on, with the leases it is given"
