@@ -25,7 +25,7 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from connectors.base import ConnectorError, RawRecord
 from engine.configfile import ConfigFileError
@@ -37,7 +37,7 @@ from engine.report import explain, explain_dict
 from escalation_sync import __version__, resources
 from mappings import NormalizeError, load_mapping
 from runtime import logs
-from runtime.config import AppConfig, Settings, environment, load_config
+from runtime.config import AppConfig, InstanceSection, Settings, environment, load_config
 from runtime.cycle import SCAN_DONE, Event
 from runtime.metrics import Metrics
 from runtime.notify import LEDGER_PREFIX as NOTIFY_LEDGER
@@ -244,14 +244,12 @@ def _run_cycles_locked(
                 if stop.is_set():
                     break
                 began = time.monotonic()
-                hold = keeper.hold(instance.section.name) if keeper is not None else contextlib.nullcontext()
                 try:
-                    with hold as fence:
-                        if keeper is not None:
-                            if fence is None:
-                                continue  # another daemon runs it
-                            store.lease_check(fence)  # before the cycle: not one request on a lost lease
-                            cast(FencedStore, instance.syncer.store).fence = fence
+                    with keeper.running(instance.syncer.store) if keeper else contextlib.nullcontext(True) as mine:
+                        if not mine:  # another daemon runs it
+                            if not forever:
+                                log.info("run by another daemon, skipped", extra={"instance": instance.section.name})
+                            continue
                         report = instance.syncer.run_cycle()
                 except LeaseLostError as error:
                     # Another daemon took this instance over (this one was paused or cut off past the TTL):
@@ -326,6 +324,11 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     if section is None:
         print(f"unknown instance {args.instance!r}", file=sys.stderr)
         return 2
+    with _exclusive(config.state_url):
+        return _backfill(args, config, section)
+
+
+def _backfill(args: argparse.Namespace, config: AppConfig, section: InstanceSection) -> int:
     store = open_store(config.state_url)
     started = time.monotonic()
 
@@ -347,12 +350,27 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     instance = wire(
         config, section, store, environ=environment(), clock=utcnow, dry_run=args.dry_run, stop=stop, on_event=progress
     )
-    if not args.dry_run:
-        store.set_cursor(section.name + SCAN_SUFFIX, "")  # stored first: a crash mid-scan resumes it
-    instance.syncer.rescan = True
+    keeper = None
+    if not config.state_url.lower().startswith("sqlite:") and not args.dry_run:
+        url = config.state_url
+        keeper = LeaseKeeper(lambda: open_store(url), [section.name], config.daemon.lease_ttl_seconds)
+        _fence([instance], keeper)
     try:
-        report = instance.syncer.run_cycle()
+        if keeper is not None:
+            keeper.start()
+            if section.name not in keeper.holds():
+                # A running daemon holds it: resetting the scan's progress is all it needs to read everything again.
+                store.set_cursor(section.name + SCAN_SUFFIX, "")
+                print(f"{section.name} is run by another daemon: it reads every open ticket again in its next cycle")
+                return 0
+        with keeper.running(instance.syncer.store) if keeper is not None else contextlib.nullcontext(True):
+            if not args.dry_run:
+                instance.syncer.store.set_cursor(section.name + SCAN_SUFFIX, "")  # first: a crash resumes it
+            instance.syncer.rescan = True
+            report = instance.syncer.run_cycle()
     finally:
+        if keeper is not None:
+            keeper.stop()
         instance.close()
         store.close()
     log.info("cycle", extra={"event": "cycle", **report.as_dict()})

@@ -226,6 +226,20 @@ class LeaseKeeper:
             with self._lock:
                 self._busy = None
 
+    @contextlib.contextmanager
+    def running(self, store: Any) -> Iterator[bool]:
+        """Around a cycle on `store` (a `FencedStore`): False if its instance's lease is not held; else the lease
+        checked first (a lost one raises `LeaseLostError` before a single request) and the fence set."""
+        if not isinstance(store, FencedStore):
+            raise TypeError("LeaseKeeper.running needs the Syncer's FencedStore")
+        with self.hold(store.instance) as fence:
+            if fence is None:
+                yield False
+                return
+            store.inner.lease_check(fence)
+            store.fence = fence
+            yield True
+
     def step_back(self, instance: str) -> None:
         """A write was refused: this daemon lost `instance`'s lease; forget it until a heartbeat claims it again."""
         with self._lock:

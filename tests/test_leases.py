@@ -24,14 +24,18 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import psycopg
 import pytest
+from prometheus_client import generate_latest
 
+import sync
 from engine.model import COMMENT_MARKER
 from runtime.codec import decode
+from runtime.metrics import Metrics
 from sandbox.base import SimClock
 from sandbox.zendesk import ZendeskSandbox
 from state import LeaseLostError, StoreError, open_store
 from state.base import BookEntry, Fence, IntentState, Store
 from state.lease import FencedStore, LeaseKeeper, exclusive_file
+from state.sql import SCAN_SUFFIX
 from tests.test_state import PG_URL, private_schema, with_search_path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -315,6 +319,17 @@ class Fleet:
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def start(self, name: str) -> subprocess.Popen[bytes]:
+        config = self.config(name)
+        env = {**os.environ, "ZENDESK_EMAIL": f"{name}@example.com", "ZENDESK_API_TOKEN": "t", "PYTHONPATH": str(ROOT)}
+        with open(self.tmp / f"{name}.log", "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, str(ROOT / "sync.py"), "run", "--config", str(config)], stderr=log, env=env
+            )
+        self.procs[name] = proc
+        self.recorder.pids[name] = proc.pid
+        return proc
+
+    def config(self, name: str) -> Path:
         config = self.tmp / f"{name}.toml"
         policy = EXAMPLE.read_text(encoding="utf-8").split("# ---- escalation policy", 1)[1]
         instances = "".join(
@@ -328,14 +343,7 @@ class Fleet:
             f"{instances}\n# ---- escalation policy{policy}",
             encoding="utf-8",
         )
-        env = {**os.environ, "ZENDESK_EMAIL": f"{name}@example.com", "ZENDESK_API_TOKEN": "t", "PYTHONPATH": str(ROOT)}
-        with open(self.tmp / f"{name}.log", "wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, str(ROOT / "sync.py"), "run", "--config", str(config)], stderr=log, env=env
-            )
-        self.procs[name] = proc
-        self.recorder.pids[name] = proc.pid
-        return proc
+        return config
 
     def log(self, name: str) -> list[dict[str, Any]]:
         lines = (self.tmp / f"{name}.log").read_text(encoding="utf-8").splitlines()
@@ -507,3 +515,66 @@ def test_a_paused_daemon_finds_its_late_writes_refused_and_steps_back(fleet: Fle
     markers = Counter(fleet.markers())
     assert markers and max(markers.values()) == 1, "the platform sees no duplicate"
     assert fleet.procs["d1"].poll() is None, "d1 goes on, with the leases it is given"
+
+
+# The command line around leases
+
+
+def test_once_refuses_a_sqlite_file_another_daemon_works_on(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fleet = Fleet(Recorder(), {}, {"zd-1": "http://127.0.0.1:9"}, f"sqlite:///{tmp_path}/state.sqlite3", tmp_path)
+    with exclusive_file(tmp_path / "state.sqlite3"):
+        assert sync.main(["once", "--config", str(fleet.config("d1"))]) == 1
+    err = capsys.readouterr().err
+    assert "state.sqlite3 is in use by another escalation-sync process" in err and "PostgreSQL" in err
+
+
+@pytest.mark.postgres
+def test_status_shows_who_holds_each_lease_and_since_when(
+    pg_schema: tuple[psycopg.Connection, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = with_search_path(PG_URL, pg_schema[1])
+    config = Fleet(Recorder(), {}, {i: "http://127.0.0.1:9" for i in INSTANCES}, url, tmp_path).config("d1")
+    keeper = LeaseKeeper(lambda: open_store(url), INSTANCES[:2], 30, holder="ops-1:4711:abcd")
+    keeper.beat()
+    assert sync.main(["status", "--config", str(config), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    lease = data["zd-1"]["lease"]
+    assert lease["holder"] == "ops-1:4711:abcd" and lease["epoch"] == 1 and lease["live"] is True
+    assert datetime.fromisoformat(lease["since"]) <= datetime.fromisoformat(lease["expires_at"])
+    assert data["zd-3"]["lease"] is None, "never taken"
+    assert sync.main(["status", "--config", str(config)]) == 0
+    assert "  lease: held by ops-1:4711:abcd since " in capsys.readouterr().out
+    keeper.stop()
+    assert sync.main(["status", "--config", str(config)]) == 0
+    assert "  lease: free (released; epoch 1)" in capsys.readouterr().out
+
+
+@pytest.mark.postgres
+def test_backfill_of_an_instance_another_daemon_runs_leaves_the_scan_to_it(
+    pg_schema: tuple[psycopg.Connection, str], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    url = with_search_path(PG_URL, pg_schema[1])
+    config = Fleet(Recorder(), {}, {"zd-1": "http://127.0.0.1:9"}, url, tmp_path).config("d1")
+    monkeypatch.setenv("ZENDESK_EMAIL", "ops@example.com")
+    monkeypatch.setenv("ZENDESK_API_TOKEN", "t")
+    other = LeaseKeeper(lambda: open_store(url), ["zd-1"], 30, holder="other:1:ab")
+    other.beat()
+    store = open_store(url)
+    store.set_cursor("zd-1" + SCAN_SUFFIX, "done")
+    try:
+        assert sync.main(["backfill", "--instance", "zd-1", "--config", str(config)]) == 0
+        assert "zd-1 is run by another daemon" in capsys.readouterr().out
+        assert store.get_cursor("zd-1" + SCAN_SUFFIX) == "", "the holder scans again"
+        assert [lease.holder for lease in store.leases()] == ["other:1:ab"], "its lease untouched"
+    finally:
+        store.close()
+        other.stop()
+
+
+def test_lease_metrics_count_what_this_daemon_holds() -> None:
+    metrics = Metrics()
+    for instance, change in (("a", "acquired"), ("b", "acquired"), ("a", "lost"), ("c", "acquired")):
+        metrics.record_lease(instance, change)
+    scraped = generate_latest(metrics.registry).decode()
+    assert "escalation_sync_leases_held 2.0" in scraped
+    assert 'escalation_sync_lease_changes_total{change="lost",instance="a"} 1.0' in scraped
