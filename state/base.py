@@ -201,8 +201,8 @@ class Store(Protocol):
         ...
 
     def leases_claim(self, holder: str, instances: Sequence[str], ttl: float, limit: int) -> list[Lease]:
-        """Take up to `limit` of `instances` whose lease is free or expired (epoch + 1); rows another daemon is
-        claiming at this moment are skipped, not waited for."""
+        """Take up to `limit` of `instances` whose lease is free, expired or `holder`'s own (epoch + 1); rows
+        another daemon is claiming at this moment are skipped, not waited for."""
         ...
 
     def leases_release(self, holder: str, instances: Sequence[str]) -> None:

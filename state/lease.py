@@ -204,7 +204,7 @@ class LeaseKeeper:
         while not self._stop.wait(self._wait):
             try:
                 self.beat()
-            except StoreError as error:
+            except Exception as error:  # whatever it is, the next beat tries again; the leases lapse meanwhile
                 log.error("lease heartbeat failed", extra={"event": "lease_error", "error": str(error)})
                 if self._store is not None:
                     self._store.close()

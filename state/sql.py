@@ -504,12 +504,13 @@ class SqlStore:
         later, param = self._later(ttl)
         marks = ", ".join("?" for _ in instances)
         # The row selection locks what it takes and skips what another daemon's claim has locked, so racing
-        # daemons share the free leases out instead of queueing on the same rows.
+        # daemons share the free leases out instead of queueing on the same rows. A lease of our own is taken
+        # again too (a new epoch): the caller stepped back from it after a refused write.
         rows = self._all(
             "claiming leases",
             f"UPDATE leases SET holder = ?, epoch = epoch + 1, acquired_at = {self.NOW}, expires_at = {later} "
-            f"WHERE instance IN (SELECT instance FROM leases WHERE instance IN ({marks}) AND holder <> ? "
-            f"AND expires_at <= {self.NOW} ORDER BY instance LIMIT ?{self.SKIP_LOCKED}) RETURNING {LEASE_COLUMNS}",
+            f"WHERE instance IN (SELECT instance FROM leases WHERE instance IN ({marks}) AND (holder = ? "
+            f"OR expires_at <= {self.NOW}) ORDER BY instance LIMIT ?{self.SKIP_LOCKED}) RETURNING {LEASE_COLUMNS}",
             (holder, param, *instances, holder, limit),
         )
         return sorted((self._lease(row) for row in rows), key=lambda lease: lease.instance)

@@ -201,6 +201,18 @@ def test_keepers_share_instances_out_and_shed_their_surplus(store_url: str) -> N
     second.stop()
 
 
+def test_a_daemon_that_stepped_back_takes_its_lapsed_lease_again_with_a_new_epoch(store_url: str) -> None:
+    (keeper,) = _keepers(store_url, 1, ttl=0)  # every lease lapses at once: a daemon paused past its TTL
+    keeper.beat()
+    with keeper.hold("zd-1") as fence:
+        assert fence is not None and fence.epoch == 1
+    keeper.step_back("zd-1")  # its write was refused
+    keeper.beat()
+    with keeper.hold("zd-1") as fence:
+        assert fence is not None and fence.epoch == 2
+    keeper.stop()
+
+
 def test_a_busy_instance_is_not_shed(store_url: str) -> None:
     first, second = _keepers(store_url, 2)
     first.beat()
