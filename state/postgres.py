@@ -6,8 +6,9 @@ Transactions: the connection is in autocommit mode and every write is ONE statem
 ``ON CONFLICT``, or an ``UPDATE ... RETURNING``), so each call is its own transaction, committed before the
 method returns, and concurrent daemons cannot interleave inside a read-modify-write: ``record_intent`` of the
 same key from two daemons yields one row, ``mark_failed`` counts every attempt, ``quarantine`` reports a new
-(record, error) exactly once. Migrations are the one multi-statement transaction, serialised between daemons
-by an advisory lock on the schema name. The queries themselves are shared with SQLite in state/sql.py; this
+(record, error) exactly once. Migrations are a multi-statement transaction, serialised between daemons
+by an advisory lock on the schema name; so is a write under a lease (`fenced`), whose check locks the lease
+row ``FOR SHARE`` until the write commits, so that no takeover can come between the two. The queries themselves are shared with SQLite in state/sql.py; this
 module owns the connection, its session settings and migrations.
 
 Schema: the tables live in the connection's current schema, so ``?options=-csearch_path%3Dname`` in the URL

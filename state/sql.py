@@ -8,7 +8,8 @@ and read back (`_decode_time`), and the migrations that create the tables.
 
 Every write is one statement (an upsert with ``ON CONFLICT``, or an ``UPDATE ... RETURNING``) on an
 autocommit connection, so each call is its own transaction on both databases: nothing is left half done,
-and concurrent writers cannot interleave inside a read-modify-write.
+and concurrent writers cannot interleave inside a read-modify-write. The exception is `fenced`: a write made
+for an instance under its lease (state/lease.py) runs in one transaction with the lease check.
 """
 
 from __future__ import annotations

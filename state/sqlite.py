@@ -4,9 +4,11 @@ Durability is the point of the ledger: an intent recorded before an API call mus
 killed right after. So the connection runs in autocommit mode (every call is committed before it returns),
 the journal is WAL (readers such as a status command never block the daemon) and ``synchronous=FULL`` makes
 each commit survive a power cut too, not only a process crash. Every write is a single statement (upserts with
-RETURNING), so there is no multi-statement transaction to leave half done; only migrations use an explicit
-``BEGIN IMMEDIATE`` so two processes opening a fresh file cannot both create the schema. The queries
-themselves are shared with PostgreSQL in state/sql.py; this module owns the file, its pragmas and migrations.
+RETURNING), so there is no multi-statement transaction to leave half done; migrations (so two processes
+opening a fresh file cannot both create the schema), batches and fenced writes use an explicit
+``BEGIN IMMEDIATE`` (`_transaction`). `sync.py run` and `once` hold the file's lock (state/lease.py): one daemon
+per file. The queries themselves are shared with PostgreSQL in state/sql.py; this module owns the file, its
+pragmas and migrations.
 
 Threads: a `SqliteStore` is for the one thread that opened it (sqlite3's ``check_same_thread`` stays on and
 raises if another thread uses it). Several processes may open the same file (SQLite locks it; writers wait up
