@@ -142,8 +142,8 @@ class Metrics:
         )
         self.lease_changes = PromCounter(
             "escalation_sync_lease_changes",
-            "Leases this daemon took (acquired: free, released or expired ones, i.e. takeovers), had taken over "
-            "by another daemon (lost) or gave up (released: surplus, SIGTERM)",
+            "Leases this daemon took (acquired: a free one; taken_over: from a daemon that stopped renewing), "
+            "had taken over by another daemon (lost) or gave up (released: surplus, SIGTERM)",
             ["instance", "change"],
             registry=reg,
         )
@@ -198,9 +198,9 @@ class Metrics:
         self.record_result(report.instance, not report.error, report.error)
 
     def record_lease(self, instance: str, change: str) -> None:
-        """A lease acquired, lost or released (state.lease.LeaseKeeper's `on_change`)."""
+        """A lease acquired, taken over, lost or released (state.lease.LeaseKeeper's `on_change`)."""
         with self._lock:
-            if change == "acquired":
+            if change in ("acquired", "taken_over"):
                 self._held.add(instance)
             else:
                 self._held.discard(instance)

@@ -150,7 +150,8 @@ class LeaseKeeper:
         self.ttl = ttl
         self.holder = holder or daemon_id()
         self.on_change = on_change or (lambda instance, what: None)
-        """Called with (instance, "acquired" | "lost" | "released") as leases come and go (metrics, logs)."""
+        """Called with (instance, change) as leases come and go (metrics, logs): "acquired" (a free lease),
+        "taken_over" (from a daemon that stopped renewing), "lost" (to another daemon) or "released"."""
         self.held: dict[str, Lease] = {}
         self.live = 1
         self._busy: str | None = None
@@ -182,9 +183,13 @@ class LeaseKeeper:
                     del self.held[instance]
                     self._changed(instance, "released")
             wanted = [instance for instance in self.instances if instance not in self.held]
-            for lease in store.leases_claim(self.holder, wanted, self.ttl, share - len(self.held)):
-                self.held[lease.instance] = lease
-                self._changed(lease.instance, "acquired")
+            if wanted and len(self.held) < share:
+                # Who held them before, only to tell a takeover (its holder stopped renewing) from a free lease.
+                before = {lease.instance: lease.holder for lease in store.leases() if lease.instance in wanted}
+                for lease in store.leases_claim(self.holder, wanted, self.ttl, share - len(self.held)):
+                    self.held[lease.instance] = lease
+                    previous = before.get(lease.instance, "")
+                    self._changed(lease.instance, "taken_over" if previous not in ("", self.holder) else "acquired")
             # Look again just after the next lease of another daemon could lapse (a live one renews long before),
             # so a dead daemon's instances are taken over at the TTL rather than up to a heartbeat later.
             lapse = store.leases_next_expiry(self.holder, [i for i in self.instances if i not in self.held])

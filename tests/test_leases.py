@@ -213,6 +213,21 @@ def test_a_daemon_that_stepped_back_takes_its_lapsed_lease_again_with_a_new_epoc
     keeper.stop()
 
 
+def test_a_lease_whose_holder_stopped_renewing_is_taken_over(store_url: str) -> None:
+    changes: list[tuple[str, str]] = []
+    dead = LeaseKeeper(lambda: open_store(store_url), INSTANCES[:1], 0, holder="dead")
+    dead.beat()  # TTL 0: lapsed at once, as if it had stopped renewing long ago
+    heir = LeaseKeeper(
+        lambda: open_store(store_url), INSTANCES[:1], 30, holder="heir", on_change=lambda *c: changes.append(c)
+    )
+    heir.beat()
+    assert heir.holds() == INSTANCES[:1] and changes == [(INSTANCES[0], "taken_over")]
+    dead.beat()
+    assert dead.holds() == [], "the old holder learns it at its next heartbeat"
+    heir.stop()
+    assert changes[-1] == (INSTANCES[0], "released")
+
+
 def test_a_busy_instance_is_not_shed(store_url: str) -> None:
     first, second = _keepers(store_url, 2)
     first.beat()
@@ -587,8 +602,9 @@ def test_backfill_of_an_instance_another_daemon_runs_leaves_the_scan_to_it(
 
 def test_lease_metrics_count_what_this_daemon_holds() -> None:
     metrics = Metrics()
-    for instance, change in (("a", "acquired"), ("b", "acquired"), ("a", "lost"), ("c", "acquired")):
+    for instance, change in (("a", "acquired"), ("b", "taken_over"), ("a", "lost"), ("c", "acquired")):
         metrics.record_lease(instance, change)
     scraped = generate_latest(metrics.registry).decode()
     assert "escalation_sync_leases_held 2.0" in scraped
     assert 'escalation_sync_lease_changes_total{change="lost",instance="a"} 1.0' in scraped
+    assert 'escalation_sync_lease_changes_total{change="taken_over",instance="b"} 1.0' in scraped
