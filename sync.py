@@ -49,8 +49,9 @@ from runtime.notify import start as start_notifier
 from runtime.report import add_arguments as add_report_arguments
 from runtime.report import run as run_report
 from runtime.wiring import Wired, build_connector, load_instance_mapping, wire
-from state import StoreError, StoreUrlError, open_store
-from state.base import Intent, Store
+from state import LeaseLostError, StoreError, StoreUrlError, open_store
+from state.base import Intent, Lease, Store
+from state.lease import FencedStore, LeaseKeeper, exclusive_file
 from state.sql import SCAN_SUFFIX
 from state.sqlite import path_from_url
 
@@ -218,6 +219,23 @@ def _reload(
     return new, new_store, new_running
 
 
+def _exclusive(url: str) -> contextlib.AbstractContextManager[None]:
+    """SQLite serves one daemon: the file's lock for as long as `run` or `once` works on it (state/lease.py)."""
+    if url.lower().startswith("sqlite:") and path_from_url(url) != ":memory:":
+        return exclusive_file(path_from_url(url))
+    return contextlib.nullcontext()
+
+
+def _fence(wired: list[Wired], keeper: LeaseKeeper | None) -> None:
+    """With leases, each Syncer writes through a store that refuses writes once its lease is lost."""
+    if keeper is None:
+        return
+    keeper.instances = sorted(w.section.name for w in wired)
+    for instance in wired:
+        if not isinstance(instance.syncer.store, FencedStore):
+            instance.syncer.store = FencedStore(instance.syncer.store, instance.section.name)
+
+
 def _run_cycles(
     config: AppConfig,
     args: argparse.Namespace,
@@ -226,27 +244,72 @@ def _run_cycles(
     metrics: Metrics | None = None,
     reload: threading.Event | None = None,
 ) -> int:
+    with _exclusive(config.state_url):
+        return _run_cycles_locked(config, args, stop, forever, metrics, reload)
+
+
+def _run_cycles_locked(
+    config: AppConfig,
+    args: argparse.Namespace,
+    stop: threading.Event,
+    forever: bool,
+    metrics: Metrics | None,
+    reload: threading.Event | None,
+) -> int:
     store = open_store(config.state_url)
+    keeper: LeaseKeeper | None = None
     try:
         running = _wire_all(config, args, store, stop)
+        if not config.state_url.lower().startswith("sqlite:") and not args.dry_run:
+            url = config.state_url
+            keeper = LeaseKeeper(
+                lambda: open_store(url),
+                [w.section.name for w in running[0]],
+                config.daemon.lease_ttl_seconds,
+                on_change=metrics.record_lease if metrics is not None else None,
+            )
+            _fence(running[0], keeper)
+            keeper.start()
     except BaseException:
+        if keeper is not None:
+            keeper.stop()
         store.close()
         raise
     wired = running[0]
     failures = 0
     try:
         while True:
+            held = set(keeper.holds()) if keeper is not None else {w.section.name for w in wired}
             if metrics is not None:
-                metrics.expect(((w.section.name, w.section.platform) for w in wired), config.daemon.interval_seconds)
+                metrics.expect(
+                    ((w.section.name, w.section.platform) for w in wired if w.section.name in held),
+                    config.daemon.interval_seconds,
+                )
                 for instance in wired:
-                    metrics.record_store(instance.section.name, instance.section.platform, store)
+                    if instance.section.name in held:
+                        metrics.record_store(instance.section.name, instance.section.platform, store)
             started = utcnow()
             for instance in wired:
                 if stop.is_set():
                     break
                 began = time.monotonic()
                 try:
-                    report = instance.syncer.run_cycle()
+                    with keeper.running(instance.syncer.store) if keeper else contextlib.nullcontext(True) as mine:
+                        if not mine:  # another daemon runs it
+                            if not forever:
+                                log.info("run by another daemon, skipped", extra={"instance": instance.section.name})
+                            continue
+                        report = instance.syncer.run_cycle()
+                except LeaseLostError as error:
+                    # Another daemon took this instance over (this one was paused or cut off past the TTL):
+                    # its writes were refused; step back and let the heartbeat share leases out again.
+                    log.warning(
+                        "lease lost, stepping back",
+                        extra={"event": "lease_lost", "instance": instance.section.name, "error": str(error)},
+                    )
+                    if keeper is not None:
+                        keeper.step_back(instance.section.name)
+                    continue
                 except (ConnectorError, StoreError, OSError) as error:
                     failures += 1
                     log.error("cycle failed", extra={"instance": instance.section.name, "error": str(error)})
@@ -278,7 +341,10 @@ def _run_cycles(
                 reload.clear()
                 config, store, running = _reload(args, config, store, running, stop)
                 wired = running[0]
+                _fence(wired, keeper)
     finally:
+        if keeper is not None:
+            keeper.stop()  # SIGTERM: every lease released at once, the others take over without waiting
         _close(running)
         store.close()
     return 1 if failures and not forever else 0
@@ -307,6 +373,11 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     if section is None:
         print(f"unknown instance {args.instance!r}", file=sys.stderr)
         return 2
+    with _exclusive(config.state_url):
+        return _backfill(args, config, section)
+
+
+def _backfill(args: argparse.Namespace, config: AppConfig, section: InstanceSection) -> int:
     store = open_store(config.state_url)
     started = time.monotonic()
 
@@ -328,12 +399,27 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     instance = wire(
         config, section, store, environ=environment(), clock=utcnow, dry_run=args.dry_run, stop=stop, on_event=progress
     )
-    if not args.dry_run:
-        store.set_cursor(section.name + SCAN_SUFFIX, "")  # stored first: a crash mid-scan resumes it
-    instance.syncer.rescan = True
+    keeper = None
+    if not config.state_url.lower().startswith("sqlite:") and not args.dry_run:
+        url = config.state_url
+        keeper = LeaseKeeper(lambda: open_store(url), [section.name], config.daemon.lease_ttl_seconds)
+        _fence([instance], keeper)
     try:
-        report = instance.syncer.run_cycle()
+        if keeper is not None:
+            keeper.start()
+            if section.name not in keeper.holds():
+                # A running daemon holds it: resetting the scan's progress is all it needs to read everything again.
+                store.set_cursor(section.name + SCAN_SUFFIX, "")
+                print(f"{section.name} is run by another daemon: it reads every open ticket again in its next cycle")
+                return 0
+        with keeper.running(instance.syncer.store) if keeper is not None else contextlib.nullcontext(True):
+            if not args.dry_run:
+                instance.syncer.store.set_cursor(section.name + SCAN_SUFFIX, "")  # first: a crash resumes it
+            instance.syncer.rescan = True
+            report = instance.syncer.run_cycle()
     finally:
+        if keeper is not None:
+            keeper.stop()
         instance.close()
         store.close()
     log.info("cycle", extra={"event": "cycle", **report.as_dict()})
@@ -375,9 +461,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     store = open_store(config.state_url)
     try:
         now = utcnow()
+        leases = {lease.instance: lease for lease in store.leases()}
         report = {
             section.name: {
                 "platform": section.platform,
+                "lease": _lease_row(leases.get(section.name), now),
                 "cursor": store.get_cursor(section.name),
                 "open_ticket_scan": _scan_state(store.get_cursor(section.name + SCAN_SUFFIX)),
                 "book": dict(zip(("open", "due"), store.book_stats(section.name, now), strict=True)),
@@ -405,12 +493,34 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"{name} ({data['platform']}): cursor {'set' if data['cursor'] else 'not set (first poll pending)'}")
         book = data["book"]
         print(f"  book: {book['open']} open tickets, {book['due']} due for review; scan {data['open_ticket_scan']}")
+        if data["lease"] is not None:
+            print(f"  lease: {_lease_text(data['lease'])}")
         for title in ("pending", "dead_letters", "quarantined", "dead_notifications"):
             rows = data[title]
             print(f"  {title.replace('_', ' ')}: {len(rows)}")
             for row in rows:
                 print(f"    ticket {row['ticket']}: {row['error']}")
     return 0
+
+
+def _lease_row(lease: Lease | None, now: datetime) -> dict[str, Any] | None:
+    """Who runs the instance and since when; None where no daemon ever took a lease (SQLite, or not yet)."""
+    if lease is None:
+        return None
+    return {
+        "holder": lease.holder or None,
+        "since": lease.acquired_at.isoformat(),
+        "epoch": lease.epoch,
+        "expires_at": lease.expires_at.isoformat(),
+        "live": bool(lease.holder) and lease.expires_at > now,
+    }
+
+
+def _lease_text(row: dict[str, Any]) -> str:
+    if row["holder"] is None:
+        return f"free (released; epoch {row['epoch']})"
+    state = "held" if row["live"] else "expired, to be taken over"
+    return f"{state} by {row['holder']} since {row['since']} (epoch {row['epoch']}, until {row['expires_at']})"
 
 
 def _scan_state(progress: str | None) -> str:

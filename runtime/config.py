@@ -64,6 +64,8 @@ class DaemonSection(BaseModel):
     metrics_address: str = "127.0.0.1"
     max_writes_per_cycle: int = Field(100, ge=1)
     review_interval_seconds: float = Field(3600.0, gt=0)
+    lease_ttl_seconds: float = Field(30.0, gt=0)
+    """PostgreSQL: how long an instance's lease outlives its holder's last heartbeat (state/lease.py)."""
 
 
 class StateSection(BaseModel):

@@ -137,6 +137,17 @@ class Metrics:
         self.requests = PromCounter(
             "escalation_sync_http_requests", "HTTP requests by outcome", ["instance", "outcome"], registry=reg
         )
+        self.leases_held = Gauge(
+            "escalation_sync_leases_held", "Instance leases this daemon holds (PostgreSQL state)", registry=reg
+        )
+        self.lease_changes = PromCounter(
+            "escalation_sync_lease_changes",
+            "Leases this daemon took (acquired: a free one; taken_over: from a daemon that stopped renewing), "
+            "had taken over by another daemon (lost) or gave up (released: surplus, SIGTERM)",
+            ["instance", "change"],
+            registry=reg,
+        )
+        self._held: set[str] = set()
         self._seen_requests: dict[str, Counter[str]] = {}
         self._metrics_app = make_wsgi_app(self.registry)
 
@@ -185,6 +196,16 @@ class Metrics:
                 with self._lock:
                     self._caught_up[report.instance] = report.started_at.timestamp()
         self.record_result(report.instance, not report.error, report.error)
+
+    def record_lease(self, instance: str, change: str) -> None:
+        """A lease acquired, taken over, lost or released (state.lease.LeaseKeeper's `on_change`)."""
+        with self._lock:
+            if change in ("acquired", "taken_over"):
+                self._held.add(instance)
+            else:
+                self._held.discard(instance)
+            self.leases_held.set(len(self._held))
+        self.lease_changes.labels(instance, change).inc()
 
     def record_result(self, instance: str, ok: bool, error: str = "") -> None:
         """The outcome of one cycle for readiness; `record_cycle` calls it, and the daemon for a crashed cycle."""

@@ -25,6 +25,7 @@ from state.base import Intent, IntentState, QuarantinedRecord, Store
 __all__ = [
     "Intent",
     "IntentState",
+    "LeaseLostError",
     "QuarantinedRecord",
     "Store",
     "StoreError",
@@ -46,6 +47,11 @@ class StoreError(Exception):
 
 class StoreUrlError(StoreError, ValueError):
     """The state URL itself is malformed or names a scheme we do not support."""
+
+
+class LeaseLostError(StoreError):
+    """This daemon no longer holds the lease of the instance it was writing for (another daemon took it over
+    after the TTL, or it was released): the write was refused, and the cycle must stop and step back."""
 
 
 class UnknownIntentError(StoreError, KeyError):

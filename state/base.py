@@ -8,6 +8,7 @@ committed only after every ticket of its page is done or durably pending.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -69,6 +70,33 @@ class BookEntry:
     adopt: bool = False
     """First seen with its escalation already overdue during an adoption sweep: write tiers and tags only."""
     seen_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Fence:
+    """Who may write for an instance: the lease's holder at this epoch. A store write made under a fence is
+    refused (`state.LeaseLostError`) unless the lease still has this holder and epoch and has not expired, checked
+    in the write's own transaction."""
+
+    instance: str
+    holder: str
+    epoch: int
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One instance's lease: `holder` ("" once released) runs it until `expires_at` unless it renews;
+    `epoch` grows by one at every change of holder, so a write fenced with an older epoch is refused."""
+
+    instance: str
+    holder: str
+    epoch: int
+    acquired_at: datetime
+    expires_at: datetime
+
+    @property
+    def fence(self) -> Fence:
+        return Fence(self.instance, self.holder, self.epoch)
 
 
 class Store(Protocol):
@@ -158,6 +186,44 @@ class Store(Protocol):
 
     def escalation_counts(self, since: datetime) -> dict[str, int]:
         """`escalations_since` of every customer at once."""
+        ...
+
+    # Leases (state/lease.py): times are the database's clock, so daemons on hosts whose clocks differ agree.
+
+    def daemon_heartbeat(self, holder: str, ttl: float) -> int:
+        """Say `holder` is alive for `ttl` seconds more; returns how many daemons are alive (itself included)."""
+        ...
+
+    def daemon_leave(self, holder: str) -> None: ...
+
+    def leases_renew(self, holder: str, instances: Sequence[str], ttl: float) -> list[Lease]:
+        """Extend the leases `holder` still holds among `instances`; the ones it lost are not returned."""
+        ...
+
+    def leases_claim(self, holder: str, instances: Sequence[str], ttl: float, limit: int) -> list[Lease]:
+        """Take up to `limit` of `instances` whose lease is free, expired or `holder`'s own (epoch + 1); rows
+        another daemon is claiming at this moment are skipped, not waited for."""
+        ...
+
+    def leases_release(self, holder: str, instances: Sequence[str]) -> None:
+        """Give these leases up at once (SIGTERM, surplus): another daemon may claim them at its next heartbeat."""
+        ...
+
+    def leases_next_expiry(self, holder: str, instances: Sequence[str]) -> float | None:
+        """Seconds until the first of `instances` held by another daemon could lapse (None: none is held)."""
+        ...
+
+    def leases(self) -> list[Lease]:
+        """Every lease, by instance."""
+        ...
+
+    def lease_check(self, fence: Fence) -> None:
+        """Raise `state.LeaseLostError` unless `fence` still holds its lease."""
+        ...
+
+    def fenced(self, fence: Fence) -> AbstractContextManager[None]:
+        """A transaction whose writes commit only if `fence` holds its lease (checked first, and the lease row
+        locked against a takeover until the commit); `state.LeaseLostError` otherwise."""
         ...
 
     def snapshot(self, instance: str) -> Store:

@@ -6,8 +6,9 @@ Transactions: the connection is in autocommit mode and every write is ONE statem
 ``ON CONFLICT``, or an ``UPDATE ... RETURNING``), so each call is its own transaction, committed before the
 method returns, and concurrent daemons cannot interleave inside a read-modify-write: ``record_intent`` of the
 same key from two daemons yields one row, ``mark_failed`` counts every attempt, ``quarantine`` reports a new
-(record, error) exactly once. Migrations are the one multi-statement transaction, serialised between daemons
-by an advisory lock on the schema name. The queries themselves are shared with SQLite in state/sql.py; this
+(record, error) exactly once. Migrations are a multi-statement transaction, serialised between daemons
+by an advisory lock on the schema name; so is a write under a lease (`fenced`), whose check locks the lease
+row ``FOR SHARE`` until the write commits, so that no takeover can come between the two. The queries themselves are shared with SQLite in state/sql.py; this
 module owns the connection, its session settings and migrations.
 
 Schema: the tables live in the connection's current schema, so ``?options=-csearch_path%3Dname`` in the URL
@@ -20,7 +21,8 @@ A lost connection surfaces as `StoreError` for the call in flight; the next call
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -96,6 +98,21 @@ MIGRATIONS: list[list[str]] = [
             value TEXT NOT NULL
         )""",
     ],
+    # 3: leases (which daemon runs which instance; state/lease.py) and the daemons taking part.
+    [
+        """CREATE TABLE leases (
+            instance TEXT PRIMARY KEY,
+            holder TEXT NOT NULL,
+            epoch BIGINT NOT NULL,
+            expires_at TIMESTAMPTZ NOT NULL,
+            acquired_at TIMESTAMPTZ NOT NULL
+        )""",
+        """CREATE TABLE daemons (
+            holder TEXT PRIMARY KEY,
+            started_at TIMESTAMPTZ NOT NULL,
+            expires_at TIMESTAMPTZ NOT NULL
+        )""",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -109,6 +126,9 @@ class PostgresStore(SqlStore):
 
     PARAM: ClassVar[str] = "%s"
     DRIVER_ERROR: ClassVar[type[Exception]] = psycopg.Error
+    NOW: ClassVar[str] = "clock_timestamp()"
+    LOCK_SHARE: ClassVar[str] = " FOR SHARE"
+    SKIP_LOCKED: ClassVar[str] = " FOR UPDATE SKIP LOCKED"
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -193,6 +213,16 @@ class PostgresStore(SqlStore):
             db = self._db()
             with db.transaction(), db.cursor() as cursor:
                 cursor.executemany(sql, rows)  # type: ignore[arg-type]  # SQL built from this package's text
+
+    def _later(self, seconds: float) -> tuple[str, Any]:
+        return "clock_timestamp() + make_interval(secs => ?)", seconds
+
+    @contextmanager
+    def _transaction(self, action: str) -> Iterator[None]:
+        with self._errors(action):
+            db = self._db()
+            with db.transaction():  # inside another: a savepoint, committed with it
+                yield
 
     def close(self) -> None:
         self._closed = True

@@ -8,24 +8,26 @@ and read back (`_decode_time`), and the migrations that create the tables.
 
 Every write is one statement (an upsert with ``ON CONFLICT``, or an ``UPDATE ... RETURNING``) on an
 autocommit connection, so each call is its own transaction on both databases: nothing is left half done,
-and concurrent writers cannot interleave inside a read-modify-write.
+and concurrent writers cannot interleave inside a read-modify-write. The exception is `fenced`: a write made
+for an instance under its lease (state/lease.py) runs in one transaction with the lease check.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from typing import Any, ClassVar, Protocol, Self
 
-from state import StoreError, UnknownIntentError, redact_url, scrub
-from state.base import BookEntry, Intent, IntentState, QuarantinedRecord
+from state import LeaseLostError, StoreError, UnknownIntentError, redact_url, scrub
+from state.base import BookEntry, Fence, Intent, IntentState, Lease, QuarantinedRecord
 
 BOOK_COLUMNS = "ticket_id, is_open, updated_at, revision, raw, customer, review_at, urgency, adopt, seen_at"
 _IN_CHUNK = 500
 """Ids per `IN (...)` list: well under SQLite's and PostgreSQL's parameter limits."""
 INTENT_COLUMNS = "key, instance, ticket_id, payload, state, attempts, last_error, created_at, updated_at"
 QUARANTINE_COLUMNS = "instance, record_id, raw, error, first_seen, last_seen, seen_count"
+LEASE_COLUMNS = "instance, holder, epoch, acquired_at, expires_at"
 
 
 class _Cursor(Protocol):
@@ -46,9 +48,24 @@ class SqlStore:
     DRIVER_ERROR: ClassVar[type[Exception]] = Exception
     """The driver's base exception, translated into `StoreError` by `_errors`."""
 
+    NOW: ClassVar[str] = "CURRENT_TIMESTAMP"
+    """SQL for the database's clock now, in the stored time format: every lease time is the database's."""
+    LOCK_SHARE: ClassVar[str] = ""
+    """Appended to the lease check of a fenced write: locks the lease row until the write commits."""
+    SKIP_LOCKED: ClassVar[str] = ""
+    """Appended to the lease claim's row selection: rows another daemon is claiming are skipped."""
+
     url: str
 
     # Backend hooks
+
+    def _later(self, seconds: float) -> tuple[str, Any]:
+        """SQL (with one ``?``) and its parameter for the database's clock `seconds` from now."""
+        raise NotImplementedError
+
+    def _transaction(self, action: str) -> AbstractContextManager[None]:
+        """One transaction around several calls (joined, not nested, if one is open already)."""
+        raise NotImplementedError
 
     def _db(self) -> Connection:
         """The open connection (reconnecting if the backend can); `StoreError` once the store is closed."""
@@ -452,6 +469,113 @@ class SqlStore:
             (self._encode_time(since, "since"),),
         )
         return {customer: int(count) for customer, count in rows}
+
+    # Leases (state/lease.py)
+
+    def _lease(self, row: tuple[Any, ...]) -> Lease:
+        instance, holder, epoch, acquired_at, expires_at = row
+        return Lease(instance, holder, int(epoch), self._decode_time(acquired_at), self._decode_time(expires_at))
+
+    def daemon_heartbeat(self, holder: str, ttl: float) -> int:
+        later, param = self._later(ttl)
+        with self._transaction("announcing this daemon"):
+            self._exec(
+                "announcing this daemon",
+                f"INSERT INTO daemons (holder, started_at, expires_at) VALUES (?, {self.NOW}, {later}) "
+                "ON CONFLICT (holder) DO UPDATE SET expires_at = EXCLUDED.expires_at",
+                (holder, param),
+            )
+            self._exec("forgetting stopped daemons", f"DELETE FROM daemons WHERE expires_at <= {self.NOW}", ())
+            row = self._one("counting daemons", f"SELECT COUNT(*) FROM daemons WHERE expires_at > {self.NOW}", ())
+        return int(row[0]) if row else 1
+
+    def daemon_leave(self, holder: str) -> None:
+        self._exec("leaving", "DELETE FROM daemons WHERE holder = ?", (holder,))
+
+    def leases_renew(self, holder: str, instances: Sequence[str], ttl: float) -> list[Lease]:
+        if not instances:
+            return []
+        later, param = self._later(ttl)
+        marks = ", ".join("?" for _ in instances)
+        rows = self._all(
+            "renewing leases",
+            f"UPDATE leases SET expires_at = {later} WHERE holder = ? AND instance IN ({marks}) "
+            f"RETURNING {LEASE_COLUMNS}",
+            (param, holder, *instances),
+        )
+        return sorted((self._lease(row) for row in rows), key=lambda lease: lease.instance)
+
+    def leases_claim(self, holder: str, instances: Sequence[str], ttl: float, limit: int) -> list[Lease]:
+        if not instances or limit <= 0:
+            return []
+        self._many(
+            "registering leases",
+            self._sql(
+                "INSERT INTO leases (instance, holder, epoch, expires_at, acquired_at) "
+                f"VALUES (?, '', 0, {self.NOW}, {self.NOW}) ON CONFLICT (instance) DO NOTHING"
+            ),
+            [(instance,) for instance in instances],
+        )
+        later, param = self._later(ttl)
+        marks = ", ".join("?" for _ in instances)
+        # The row selection locks what it takes and skips what another daemon's claim has locked, so racing
+        # daemons share the free leases out instead of queueing on the same rows. A lease of our own is taken
+        # again too (a new epoch): the caller stepped back from it after a refused write.
+        rows = self._all(
+            "claiming leases",
+            f"UPDATE leases SET holder = ?, epoch = epoch + 1, acquired_at = {self.NOW}, expires_at = {later} "
+            f"WHERE instance IN (SELECT instance FROM leases WHERE instance IN ({marks}) AND (holder = ? "
+            f"OR expires_at <= {self.NOW}) ORDER BY instance LIMIT ?{self.SKIP_LOCKED}) RETURNING {LEASE_COLUMNS}",
+            (holder, param, *instances, holder, limit),
+        )
+        return sorted((self._lease(row) for row in rows), key=lambda lease: lease.instance)
+
+    def leases_release(self, holder: str, instances: Sequence[str]) -> None:
+        if not instances:
+            return
+        marks = ", ".join("?" for _ in instances)
+        self._exec(
+            "releasing leases",
+            f"UPDATE leases SET holder = '', expires_at = {self.NOW} WHERE holder = ? AND instance IN ({marks})",
+            (holder, *instances),
+        )
+
+    def leases_next_expiry(self, holder: str, instances: Sequence[str]) -> float | None:
+        if not instances:
+            return None
+        marks = ", ".join("?" for _ in instances)
+        row = self._one(
+            "reading lease expiries",
+            f"SELECT MIN(expires_at), {self.NOW} FROM leases WHERE instance IN ({marks}) "
+            "AND holder <> '' AND holder <> ?",
+            (*instances, holder),
+        )
+        if row is None or row[0] is None:
+            return None
+        return (self._decode_time(row[0]) - self._decode_time(row[1])).total_seconds()
+
+    def leases(self) -> list[Lease]:
+        rows = self._all("listing leases", f"SELECT {LEASE_COLUMNS} FROM leases ORDER BY instance", ())
+        return [self._lease(row) for row in rows]
+
+    def lease_check(self, fence: Fence) -> None:
+        row = self._one(
+            "checking the lease",
+            "SELECT 1 FROM leases WHERE instance = ? AND holder = ? AND epoch = ? "
+            f"AND expires_at > {self.NOW}{self.LOCK_SHARE}",
+            (fence.instance, fence.holder, fence.epoch),
+        )
+        if row is None:
+            raise LeaseLostError(
+                f"state store {redact_url(self.url)}: the lease of {fence.instance!r} is no longer held by "
+                f"{fence.holder} at epoch {fence.epoch} (taken over or expired): write refused"
+            )
+
+    @contextmanager
+    def fenced(self, fence: Fence) -> Iterator[None]:
+        with self._transaction("writing under a lease"):
+            self.lease_check(fence)
+            yield
 
     # Dry runs
 

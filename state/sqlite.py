@@ -4,9 +4,11 @@ Durability is the point of the ledger: an intent recorded before an API call mus
 killed right after. So the connection runs in autocommit mode (every call is committed before it returns),
 the journal is WAL (readers such as a status command never block the daemon) and ``synchronous=FULL`` makes
 each commit survive a power cut too, not only a process crash. Every write is a single statement (upserts with
-RETURNING), so there is no multi-statement transaction to leave half done; only migrations use an explicit
-``BEGIN IMMEDIATE`` so two processes opening a fresh file cannot both create the schema. The queries
-themselves are shared with PostgreSQL in state/sql.py; this module owns the file, its pragmas and migrations.
+RETURNING), so there is no multi-statement transaction to leave half done; migrations (so two processes
+opening a fresh file cannot both create the schema), batches and fenced writes use an explicit
+``BEGIN IMMEDIATE`` (`_transaction`). `sync.py run` and `once` hold the file's lock (state/lease.py): one daemon
+per file. The queries themselves are shared with PostgreSQL in state/sql.py; this module owns the file, its
+pragmas and migrations.
 
 Threads: a `SqliteStore` is for the one thread that opened it (sqlite3's ``check_same_thread`` stays on and
 raises if another thread uses it). Several processes may open the same file (SQLite locks it; writers wait up
@@ -20,7 +22,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
@@ -29,6 +32,8 @@ from state import StoreError, StoreUrlError, as_utc, redact_url
 from state.sql import SqlStore
 
 BUSY_TIMEOUT_S = 10.0
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%f000+00:00"
+"""SQLite's clock in the stored format: its %f is seconds with milliseconds, padded here to microseconds."""
 MEMORY = ":memory:"
 
 # Each migration is a list of statements applied in one transaction; its version is its position + 1.
@@ -95,6 +100,21 @@ MIGRATIONS: list[list[str]] = [
             value TEXT NOT NULL
         )""",
     ],
+    # 3: leases (which daemon runs which instance; state/lease.py) and the daemons taking part.
+    [
+        """CREATE TABLE leases (
+            instance TEXT PRIMARY KEY,
+            holder TEXT NOT NULL,
+            epoch INTEGER NOT NULL,
+            expires_at TEXT NOT NULL,
+            acquired_at TEXT NOT NULL
+        )""",
+        """CREATE TABLE daemons (
+            holder TEXT PRIMARY KEY,
+            started_at TEXT NOT NULL,
+            expires_at TEXT NOT NULL
+        )""",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -117,11 +137,13 @@ class SqliteStore(SqlStore):
     """
 
     DRIVER_ERROR: ClassVar[type[Exception]] = sqlite3.Error
+    NOW: ClassVar[str] = f"strftime('{_TIME_FORMAT}', 'now')"
 
     def __init__(self, path: str | Path, *, url: str | None = None, durable: bool = True) -> None:
         """`durable=False` skips the per-commit disk sync: for scratch stores (the demo) only."""
         self.path = str(path)
         self.url = url or f"sqlite:///{self.path}"
+        self._in_transaction = False
         try:
             fresh = self.path != MEMORY and not Path(self.path).exists()
             if self.path != MEMORY:
@@ -185,15 +207,30 @@ class SqliteStore(SqlStore):
             raise
 
     def _many(self, action: str, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
+        with self._transaction(action), self._errors(action):
+            self._db().executemany(sql, rows)
+
+    def _later(self, seconds: float) -> tuple[str, Any]:
+        return f"strftime('{_TIME_FORMAT}', 'now', ?)", f"{seconds:+.3f} seconds"
+
+    @contextmanager
+    def _transaction(self, action: str) -> Iterator[None]:
+        if self._in_transaction:
+            yield
+            return
+        db = self._db()
         with self._errors(action):
-            db = self._db()
             db.execute("BEGIN IMMEDIATE")
-            try:
-                db.executemany(sql, rows)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        self._in_transaction = True
+        try:
+            yield
+        except BaseException:
+            self._in_transaction = False
+            db.execute("ROLLBACK")
+            raise
+        self._in_transaction = False
+        with self._errors(action):
+            db.execute("COMMIT")
 
     def close(self) -> None:
         if self._conn is not None:

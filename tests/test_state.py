@@ -62,6 +62,11 @@ def _admin() -> psycopg.Connection:
 @pytest.fixture
 def pg_schema() -> Iterator[tuple[psycopg.Connection, str]]:
     """A fresh schema on the test server (dropped afterwards) and an admin connection to inspect it."""
+    yield from private_schema()
+
+
+def private_schema() -> Iterator[tuple[psycopg.Connection, str]]:
+    """`pg_schema`'s body, for other test modules' fixtures (tests/test_leases.py)."""
     admin = _admin()
     name = f"escalation_sync_test_{secrets.token_hex(6)}"
     admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
@@ -260,7 +265,7 @@ def test_state_survives_reopening(store: Store, reopen: Callable[[], Store]) -> 
     store.close()
 
     again = reopen()
-    assert again.schema_version() == 2  # type: ignore[attr-defined]
+    assert again.schema_version() == 3  # type: ignore[attr-defined]
     [intent] = again.pending("zd")
     assert (intent.key, intent.attempts, intent.last_error, intent.created_at) == ("k", 1, "HTTP 500", T0)
     assert [r.record_id for r in again.quarantined("zd")] == ["r"]
@@ -426,7 +431,17 @@ def test_postgres_tables_live_in_the_search_path_schema(pg_schema: tuple[psycopg
             "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (schema,)
         ).fetchall()
     }
-    assert tables == {"schema_version", "cursors", "intents", "quarantine", "escalations", "book", "settings"}
+    assert tables == {
+        "schema_version",
+        "cursors",
+        "intents",
+        "quarantine",
+        "escalations",
+        "book",
+        "settings",
+        "leases",
+        "daemons",
+    }
     types = dict(
         admin.execute(
             "SELECT column_name, data_type FROM information_schema.columns "
@@ -497,7 +512,7 @@ def test_postgres_stores_share_state_safely(pg_schema: tuple[psycopg.Connection,
         assert sorted(news) == [False] * (workers - 1) + [True]
         assert store.quarantined("zd")[0].count == workers
         assert store.escalations_since("acme", T0) == 1
-        assert store.schema_version() == 2  # type: ignore[attr-defined]
+        assert store.schema_version() == 3  # type: ignore[attr-defined]
 
 
 @pytest.mark.postgres
@@ -692,7 +707,7 @@ def test_a_version_1_sqlite_file_is_migrated_to_the_book(tmp_path: Path) -> None
         db.execute("INSERT INTO schema_version VALUES (1, '2026-01-01T00:00:00.000000+00:00')")
         db.execute("INSERT INTO cursors VALUES ('zd', 'kept')")
     with open_store(f"sqlite:///{path}") as migrated:
-        assert migrated.schema_version() == 2  # type: ignore[attr-defined]
+        assert migrated.schema_version() == 3  # type: ignore[attr-defined]
         assert migrated.get_cursor("zd") == "kept"
         migrated.book_put("zd", [entry("1", T0)])
         assert migrated.book_stats("zd", T0) == (1, 0)
