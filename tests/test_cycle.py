@@ -243,18 +243,25 @@ def test_every_handoff_note_is_posted_once(world: World) -> None:
     assert set(counts.values()) == {1}
 
 
-def test_crash_between_write_and_ledger_done_leaves_one_comment(world: World, tmp_path: Path) -> None:
-    syncer = world.syncer()
-    original = world.store.mark_done
+def crash_once_before_done(store: Store) -> list[str]:
+    """Make the store's next `mark_done` raise, as if the process died after the API write and before the
+    ledger said so; returns the list that receives the key of the write that 'crashed'."""
+    original = store.mark_done
     crashed: list[str] = []
 
-    def crash_once(key: str, now):  # the API write happened; the process dies before the ledger says so
+    def crash_once(key: str, now):
         if not crashed:
             crashed.append(key)
             raise RuntimeError("injected crash")
         return original(key, now)
 
-    world.store.mark_done = crash_once  # type: ignore[method-assign]
+    store.mark_done = crash_once  # type: ignore[method-assign]
+    return crashed
+
+
+def test_crash_between_write_and_ledger_done_leaves_one_comment(world: World, tmp_path: Path) -> None:
+    syncer = world.syncer()
+    crashed = crash_once_before_done(world.store)
     with pytest.raises(RuntimeError, match="injected crash"):
         syncer.run_cycle()
     assert crashed

@@ -17,7 +17,7 @@ import pytest
 
 from engine.model import Priority
 from runtime.cycle import CycleReport, Syncer
-from tests.test_cycle import PLATFORMS, World
+from tests.test_cycle import PLATFORMS, World, crash_once_before_done
 
 CYCLE = timedelta(minutes=5)
 
@@ -213,15 +213,7 @@ def test_a_crash_between_a_reviews_write_and_done_leaves_one_note(empty_world: W
     world.syncer().run_cycle()
     world.clock.advance(timedelta(hours=2, minutes=1))
     original = world.store.mark_done
-    crashed: list[str] = []
-
-    def crash_once(key: str, now):  # the API write happened; the process dies before the ledger says so
-        if not crashed:
-            crashed.append(key)
-            raise RuntimeError("injected crash")
-        return original(key, now)
-
-    world.store.mark_done = crash_once  # type: ignore[method-assign]
+    crash_once_before_done(world.store)
     with pytest.raises(RuntimeError, match="injected crash"):
         world.syncer().run_cycle()
     world.store.mark_done = original  # type: ignore[method-assign]
