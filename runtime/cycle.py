@@ -358,6 +358,9 @@ class Syncer:
         self._polled.add(record.id)
         ticket = self._normalize(record, now, report)
         if ticket is None:
+            # Its last good version may be in the book: no review may act on it while the platform's own
+            # record cannot be read (it comes back when a poll normalizes it again).
+            self.state.book_schedule(self.instance, [(record.id, None, 0, False)])
             return None
         if record.id in quarantined:
             self.state.release(self.instance, record.id)

@@ -320,3 +320,21 @@ def test_an_escalated_ticket_that_closes_records_its_resolution_once(empty_world
     tiers = [tier for tier, _ in world.store.tier_entries(world.name, ticket_id)]
     assert tiers == ["L2", "RESOLVED"]
     assert world.store.escalations_since(customer, world.clock.now() - timedelta(days=30)) == counted
+
+
+def test_a_ticket_whose_new_version_is_quarantined_is_not_reviewed_from_its_old_one(tmp_path: Path) -> None:
+    from sandbox.zendesk import FIELD_SEVERITY, UNMAPPED_SEVERITY
+
+    world = World(tmp_path, PLATFORMS["zendesk"], tickets=0)
+    try:
+        world.idle = IDLE["zendesk"]  # type: ignore[attr-defined]
+        ticket, syncer = booked(world)
+        world.sandbox.update(ticket, custom_fields=[{"id": FIELD_SEVERITY, "value": UNMAPPED_SEVERITY}])
+        world.clock.advance(timedelta(minutes=2))
+        assert syncer.run_cycle().quarantined == 1
+        writes = world.writes()
+        world.clock.advance(timedelta(hours=3))  # long past the L1 limit of the version in the book
+        syncer.run_cycle()
+        assert world.writes() == writes and world.sandbox.escalation_view(ticket)[0] == "L1"
+    finally:
+        world.close()
