@@ -195,14 +195,14 @@ class Syncer:
         now = self.clock()
         report = CycleReport(self.instance, self.platform, now, dry_run=self.dry_run)
         calls_before = self.api_calls()
-        self.state = self.store.snapshot(self.instance) if self.dry_run else self.store
-        self._polled, self._rebooked, self._attempts = set(), set(), 0
-        self._counts_before = {}
         held = self._held_until(now)
         if held is not None:
             report.retry_at = held
             report.error = f"RateLimitedError: the platform asked us to wait until {held.isoformat()}"
             return report
+        self.state = self.store.snapshot(self.instance) if self.dry_run else self.store
+        self._polled, self._rebooked, self._attempts = set(), set(), 0
+        self._counts_before = {}
         try:
             if not self.dry_run:
                 self._recover_pending(now, report)
@@ -230,10 +230,11 @@ class Syncer:
 
     def _held_until(self, now: datetime) -> datetime | None:
         value = self.store.get_setting(_HOLD + self.instance)
-        if not value:
+        try:
+            held = datetime.fromisoformat(value) if value else None
+        except ValueError:  # not ours to keep: an unreadable hold holds nothing
             return None
-        held = datetime.fromisoformat(value)
-        return held if held > now else None
+        return held if held is not None and held > now else None
 
     def _check_generation(self, now: datetime) -> None:
         """A policy or mapping edited since the book was last evaluated may move any review moment earlier:
