@@ -338,3 +338,29 @@ def test_a_ticket_whose_new_version_is_quarantined_is_not_reviewed_from_its_old_
         assert world.writes() == writes and world.sandbox.escalation_view(ticket)[0] == "L1"
     finally:
         world.close()
+
+
+def test_a_rule_whose_time_use_cannot_be_solved_is_looked_at_every_fallback_interval(tmp_path: Path) -> None:
+    import tomllib
+
+    from engine.policy import policy_from_dict
+
+    world = World(tmp_path, PLATFORMS["zendesk"], tickets=0)
+    try:
+        data = tomllib.loads((Path(__file__).parent.parent / "config.example.toml").read_text())["policy"]
+        data["rules"] = [{"name": "minutes-at-l1", "when": "hours_at_tier * 60.0 >= 120.0", "tier": "L2"}]
+        interval = timedelta(minutes=40)
+        daemon = world.config.daemon.model_copy(update={"review_interval_seconds": interval.total_seconds()})
+        world.config = replace(world.config, policy=policy_from_dict(data), daemon=daemon)
+        world.idle = IDLE["zendesk"]  # type: ignore[attr-defined]
+        start = world.clock.now()
+        ticket, syncer = booked(world)
+        entry = world.store.book_entry(world.name, str(ticket))
+        assert entry is not None and entry.review_at == world.clock.now() + interval
+        while world.sandbox.escalation_view(ticket)[0] == "L1":
+            world.clock.advance(timedelta(minutes=5))
+            syncer.run_cycle()
+        limit = world.config.policy.sla[Priority.P3].calendar.add_business_time(start, timedelta(hours=2))
+        assert limit <= world.clock.now() <= limit + interval, "escalated within one fallback interval"
+    finally:
+        world.close()
