@@ -343,7 +343,7 @@ class Syncer:
                 break
             if scan and record.id in self._polled:
                 continue  # a scan reading what this cycle's poll has just booked
-            entry = self._book_entry(record, now, report, quarantined, adopting)
+            entry = self._book_entry(record, now, report, quarantined, adopting, scan)
             if entry is not None:
                 entries.append(entry)
         self.state.book_put(self.instance, entries)
@@ -353,7 +353,13 @@ class Syncer:
         return complete
 
     def _book_entry(
-        self, record: RawRecord, now: datetime, report: CycleReport, quarantined: set[str], adopting: bool
+        self,
+        record: RawRecord,
+        now: datetime,
+        report: CycleReport,
+        quarantined: set[str],
+        adopting: bool,
+        scan: bool = False,
     ) -> BookEntry | None:
         report.tickets_seen += 1
         self._polled.add(record.id)
@@ -368,6 +374,10 @@ class Syncer:
             quarantined.discard(record.id)
         if ticket.status is Status.DELETED:
             report.tombstones += 1
+            return _tombstone(ticket, now)
+        if scan and ticket.status.is_terminal:
+            # The scan looks for open tickets; the closed ones Zendesk's export hands along (most of an old
+            # account) are history: no evaluation, no store query each. Closing is seen by the poll.
             return _tombstone(ticket, now)
         decided = self._decide_safely(record, ticket, now, report)
         if decided is None:
