@@ -71,6 +71,8 @@ REVIEW_CHUNK = 500
 """Due entries read from the book at a time."""
 MAX_PAGES = 100_000
 """A poll that pages this often in one cycle is looping, whatever its cursors say."""
+PURGE_EVERY = timedelta(hours=1)
+"""Old tombstones are looked for at most this often: the query reads every row of the instance."""
 TOMBSTONE_DAYS = 30
 """How long a terminal ticket's tombstone guards the book against a stale read of it."""
 CUSTOMER_COUNT = "history.customer_escalations_30d"
@@ -187,6 +189,7 @@ class Syncer:
         self._page_oldest: datetime | None = None
         self._page_newest: datetime | None = None
         """The last booked page's range of update times (the scan's progress)."""
+        self._purged_at: datetime | None = None
         self._counts_before: dict[str, int] = {}
         """Customers escalated this cycle, with their 30-day count before the first of those escalations."""
         self._attempts = 0
@@ -212,8 +215,9 @@ class Syncer:
             self._review(now, report)
             self._recount(now)
             report.book_open, report.book_due = self.state.book_stats(self.instance, now)
-            if not self.dry_run:
+            if not self.dry_run and (self._purged_at is None or now - self._purged_at >= PURGE_EVERY):
                 self.state.book_purge(self.instance, now - timedelta(days=TOMBSTONE_DAYS))
+                self._purged_at = now
         except (AuthError, TransientError) as error:
             report.error = f"{type(error).__name__}: {error}"
             if isinstance(error, RateLimitedError):
