@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,15 +32,16 @@ sys.path.insert(0, str(ROOT))
 
 from connectors.base import ApplyResult, Page, RawRecord  # noqa: E402
 from engine.escalate import evaluate  # noqa: E402
-from engine.model import EscalationHistory, Tier, WriteBack  # noqa: E402
+from engine.model import EscalationHistory, WriteBack  # noqa: E402
 from engine.plan import plan  # noqa: E402
 from engine.policy import load_policy  # noqa: E402
 from mappings import NormalizeError, load_mapping  # noqa: E402
 from runtime.codec import decode_record, encode_record  # noqa: E402
-from runtime.cycle import MANAGEMENT, SCAN_DONE, Syncer  # noqa: E402
+from runtime.cycle import MANAGEMENT, SCAN_DONE, Syncer, history_from_rows  # noqa: E402
 from state import open_store  # noqa: E402
 from state.base import BookEntry  # noqa: E402
 from state.sql import SCAN_SUFFIX  # noqa: E402
+from state.sqlite import SqliteStore  # noqa: E402
 
 
 def _generator() -> Any:
@@ -81,8 +83,7 @@ def build(path: Path, tickets: int, due_share: float) -> dict[str, int]:
     policy = load_policy(ROOT / "config.example.toml")
     mappings = {platform: load_mapping(platform) for platform, _, _ in gen.SHARES}
     orgs = gen._organizations(random.Random(7))
-    store = open_store(f"sqlite:///{path}")
-    store._db().execute("PRAGMA synchronous=OFF")  # type: ignore[attr-defined]  # building, not measured
+    store = SqliteStore(path, durable=False)  # building, not measured: no disk sync per commit
     rng = random.Random(11)
     later = gen.NOW + timedelta(minutes=1)
     booked: dict[str, int] = {}
@@ -133,32 +134,27 @@ def _settle(store: Any, policy: Any, mappings: dict[str, Any], gen: Any) -> None
     counts = store.escalation_counts(gen.NOW - timedelta(days=30))
     for platform, mapping in mappings.items():
         instance = f"bench-{platform}"
-        rows = store._all("settling", "SELECT ticket_id, raw, customer FROM book WHERE instance = ?", (instance,))
-        history = store.tier_entries_many(instance, [row[0] for row in rows])
+        rows = store.book_due(instance, gen.NOW + timedelta(days=365), 10**9)
+        history = store.tier_entries_many(instance, [row.ticket_id for row in rows])
         changed = []
-        for ticket_id, raw, customer in rows:
-            record = decode_record(raw)
+        for row in rows:
+            record = decode_record(row.raw or "{}")
             ticket = mapping.normalize(record, instance)
-            entries = history.get(ticket_id, [])
-            known = EscalationHistory(
-                customer_escalations_30d=counts.get(customer, 0),
-                tier_entries=tuple((Tier(tier), at) for tier, at in entries if tier != MANAGEMENT),
-                management_started_at=next((at for tier, at in entries if tier == MANAGEMENT), None),
-            )
+            known = history_from_rows(history.get(row.ticket_id, []), counts.get(row.customer, 0))
             decision = evaluate(ticket, policy, gen.NOW, known)
             writeback = plan(decision, ticket, mapping.tags)
             if writeback.is_empty:
                 continue
             if writeback.tier is not None:
-                store.record_escalation(instance, customer, ticket_id, writeback.tier.value, gen.NOW)
+                store.record_escalation(instance, row.customer, row.ticket_id, writeback.tier.value, gen.NOW)
             if decision.management:
-                store.record_escalation(instance, customer, ticket_id, MANAGEMENT, gen.NOW)
+                store.record_escalation(instance, row.customer, row.ticket_id, MANAGEMENT, gen.NOW)
             tier = writeback.tier.value if writeback.tier else None
             gen.apply_echo(
                 platform, mapping, record, (tier, tuple(writeback.add_tags), tuple(writeback.remove_tags)), gen.NOW
             )
-            changed.append((encode_record(record), instance, ticket_id))
-        store._many("settling", "UPDATE book SET raw = ? WHERE instance = ? AND ticket_id = ?", changed)
+            changed.append(replace(row, raw=encode_record(record)))
+        store.book_put(instance, changed)
 
 
 def _peak_rss_mib() -> float:

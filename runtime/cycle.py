@@ -472,7 +472,7 @@ class Syncer:
                     report.stopped_early = True
                     break
                 processed.add(entry.ticket_id)
-                history = _history_of(entries.get(entry.ticket_id, []), (counts or {}).get(entry.customer, 0))
+                history = history_from_rows(entries.get(entry.ticket_id, []), (counts or {}).get(entry.customer, 0))
                 if not self._review_one(entry, history, now, report, updates):
                     self.state.book_schedule(self.instance, updates)
                     return
@@ -539,7 +539,7 @@ class Syncer:
     def _history(self, ticket: Ticket, now: datetime) -> EscalationHistory:
         customer = _customer(ticket)
         repeats = self.state.escalations_since(customer, now - REPEAT_WINDOW) if customer else 0
-        return _history_of(self.state.tier_entries(self.instance, ticket.id), repeats)
+        return history_from_rows(self.state.tier_entries(self.instance, ticket.id), repeats)
 
     def _send(
         self,
@@ -743,7 +743,8 @@ def _customer(ticket: Ticket) -> str:
     return ticket.organization or ticket.requester or ""
 
 
-def _history_of(recorded: list[tuple[str, datetime]], repeats: int) -> EscalationHistory:
+def history_from_rows(recorded: list[tuple[str, datetime]], repeats: int) -> EscalationHistory:
+    """The engine's EscalationHistory from the store's rows of one ticket and its customer's 30-day count."""
     entries = tuple((Tier(tier), at) for tier, at in recorded if tier in TIER_NAMES)
     management = [at for tier, at in recorded if tier == MANAGEMENT]
     return EscalationHistory(
