@@ -20,7 +20,7 @@ from typing import Any
 
 from connectors.base import RawRecord
 from engine.model import EscalationHistory, Ticket
-from runtime.cycle import REPEAT_WINDOW, _customer, _history_of
+from runtime.cycle import REPEAT_WINDOW, _customer, history_from_rows
 from state.base import Store
 
 ENVELOPES = ("result", "tickets", "ticket", "issues", "results", "records")
@@ -112,7 +112,7 @@ def history_for(store: Store | None, instance: str, ticket: Ticket, now: datetim
         return EscalationHistory()
     customer = _customer(ticket)
     repeats = store.escalations_since(customer, now - REPEAT_WINDOW) if customer else 0
-    return _history_of(store.tier_entries(instance, ticket.id), repeats)
+    return history_from_rows(store.tier_entries(instance, ticket.id), repeats)
 
 
 def open_history_store(url: str) -> Store | None:
