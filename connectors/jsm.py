@@ -257,23 +257,7 @@ class JsmConnector:
         body = self._search_body(response)
         if starts_window:
             state.searched_at = _server_millis(response, now)
-        issues = body.get("issues") or []
-        records: list[RawRecord] = []
-        last_updated: int | None = None
-        for issue in issues:
-            if not isinstance(issue, Mapping):
-                continue
-            key = str(issue.get("key") or issue.get("id") or "")
-            updated = _updated_millis(issue)
-            if updated is not None:
-                last_updated = max(last_updated or updated, updated)
-            if updated is not None and key:
-                if state.seen.get(key, -1) >= updated:
-                    continue  # delivered before (the overlap, or the key boundary of the previous page)
-                state.seen[key] = updated
-                state.high_water = max(state.high_water or updated, updated)
-            records.append(RawRecord(id=str(issue.get("id") or key), data=dict(issue)))
-        records = self._complete_changelogs(records)
+        records, last_updated = self._take_issues(body, state)
         next_token = body.get("nextPageToken") or None
         has_more = bool(next_token) and body.get("isLast") is not True
         if not has_more:
@@ -307,6 +291,19 @@ class JsmConnector:
         state = _Cursor.decode(cursor)
         since = state.since if state.since is not None else 0
         body = self._search_body(self._search(since, state.token, open_only=True))
+        records, last_updated = self._take_issues(body, state)
+        next_token = body.get("nextPageToken") or None
+        has_more = bool(next_token) and body.get("isLast") is not True
+        if has_more and last_updated is not None and last_updated > since:
+            state.since, state.token = last_updated, None
+        elif has_more:  # a page tied on one instant: only the token steps on
+            state.since, state.token = since, self._tie_paging.next_cursor(state.token, next_token, False)
+        state.seen = {key: value for key, value in state.seen.items() if value >= (state.since or 0)}
+        return Page(records=records, cursor=state.encode(), has_more=has_more)
+
+    def _take_issues(self, body: Mapping[str, Any], state: _Cursor) -> tuple[list[RawRecord], int | None]:
+        """A search page's issues not delivered before (the overlap, or the key boundary of the previous
+        page), with their changelogs completed; and the newest `updated` on the page."""
         records: list[RawRecord] = []
         last_updated: int | None = None
         for issue in body.get("issues") or []:
@@ -316,20 +313,13 @@ class JsmConnector:
             updated = _updated_millis(issue)
             if updated is not None:
                 last_updated = max(last_updated or updated, updated)
-                if key and state.seen.get(key, -1) >= updated:
-                    continue  # the key boundary of the previous page
-                if key:
-                    state.seen[key] = updated
+            if updated is not None and key:
+                if state.seen.get(key, -1) >= updated:
+                    continue
+                state.seen[key] = updated
+                state.high_water = max(state.high_water or updated, updated)
             records.append(RawRecord(id=str(issue.get("id") or key), data=dict(issue)))
-        records = self._complete_changelogs(records)
-        next_token = body.get("nextPageToken") or None
-        has_more = bool(next_token) and body.get("isLast") is not True
-        if has_more and last_updated is not None and last_updated > since:
-            state.since, state.token = last_updated, None
-        elif has_more:
-            state.since, state.token = since, next_token  # a page tied on one instant: only the token steps on
-        state.seen = {key: value for key, value in state.seen.items() if value >= (state.since or 0)}
-        return Page(records=records, cursor=state.encode(), has_more=has_more)
+        return self._complete_changelogs(records), last_updated
 
     def _search(self, since: int, token: str | None, open_only: bool = False) -> httpx.Response:
         payload: dict[str, Any] = {
