@@ -190,6 +190,9 @@ class Syncer:
         self._page_newest: datetime | None = None
         """The last booked page's range of update times (the scan's progress)."""
         self._purged_at: datetime | None = None
+        self._page_ids: set[str] = set()
+        self._page_rows: dict[str, list[tuple[str, datetime]]] = {}
+        self._cycle_counts: dict[str, int] | None = None
         self._counts_before: dict[str, int] = {}
         """Customers escalated this cycle, with their 30-day count before the first of those escalations."""
         self._attempts = 0
@@ -205,7 +208,7 @@ class Syncer:
             return report
         self.state = self.store.snapshot(self.instance) if self.dry_run else self.store
         self._polled, self._rebooked, self._attempts = set(), set(), 0
-        self._counts_before = {}
+        self._counts_before, self._cycle_counts = {}, None
         try:
             if not self.dry_run:
                 self._recover_pending(now, report)
@@ -338,6 +341,8 @@ class Syncer:
         scan: bool,
     ) -> bool:
         """Put a page's records in the book; False if a stop request cut the page short (cursor stays)."""
+        self._page_ids = {record.id for record in records}
+        self._page_rows = self.state.tier_entries_many(self.instance, list(self._page_ids))
         entries: list[BookEntry] = []
         complete = True
         for record in records:
@@ -383,7 +388,7 @@ class Syncer:
             # The scan looks for open tickets; the closed ones Zendesk's export hands along (most of an old
             # account) are history: no evaluation, no store query each. Closing is seen by the poll.
             return _tombstone(ticket, now)
-        decided = self._decide_safely(record, ticket, now, report)
+        decided = self._decide_safely(record, ticket, now, report, self._page_history(ticket, now))
         if decided is None:
             return None
         decision, writeback = decided
@@ -535,6 +540,17 @@ class Syncer:
             history = replace(history, management_started_at=now)
         decision = evaluate(ticket, self.policy, now, history)
         return decision, plan(decision, ticket, self.mapping.tags)
+
+    def _page_history(self, ticket: Ticket, now: datetime) -> EscalationHistory:
+        """The history of a ticket on the page being booked, from one query for the page's tier entries and
+        one per cycle for the customers' counts (nothing is escalated before the review step)."""
+        if ticket.id not in self._page_ids:
+            return self._history(ticket, now)
+        if self._cycle_counts is None:
+            wanted = CUSTOMER_COUNT in self.policy.fact_paths
+            self._cycle_counts = self.state.escalation_counts(now - REPEAT_WINDOW) if wanted else {}
+        repeats = self._cycle_counts.get(_customer(ticket), 0)
+        return history_from_rows(self._page_rows.get(ticket.id, []), repeats)
 
     def _history(self, ticket: Ticket, now: datetime) -> EscalationHistory:
         customer = _customer(ticket)
