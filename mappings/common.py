@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -10,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 from engine.configfile import ConfigFileError, load_toml, validate
 from engine.model import TagScheme, Tier, TierChange
-from mappings import MappingError
+from mappings import MappingError, NormalizeError
 
 
 class Strict(BaseModel):
@@ -106,3 +107,66 @@ def summary_times(history: dict[str, Any]) -> dict[str, datetime]:
     if actions:
         times["last_agent_action_at"] = max(actions)
     return times
+
+
+# -- values at the edge -----------------------------------------------------------------------------------------
+
+TRUE_TEXTS = frozenset({"true", "yes", "y", "1", "on", "checked", "x"})
+"""Texts a boolean field may hold that read as true (case and surrounding spaces ignored)."""
+FALSE_TEXTS = frozenset({"", "false", "no", "n", "0", "off", "unchecked", "none", "null"})
+"""Texts that read as false. A number written as text ("0.0", "1") reads as its value; any other text is not a
+boolean at all and quarantines the record: guessing "true" for it once started management tracks."""
+
+
+def _quoted(value: Any) -> str:
+    """A bad value for an error message, cut short (a 1 MB field must not make a 1 MB log line)."""
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def finite_number(record_id: str, field: str, value: Any) -> float:
+    """A number from a JSON number or its text; NaN and infinities ("1e999" overflows to one) are refused:
+    `inf` revenue at risk once started the management track ("revenue at risk inf")."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise NormalizeError(record_id, field, f"not a number: {_quoted(value)}")
+    try:
+        number = float(value.replace(",", "").strip() if isinstance(value, str) else value)
+    except (ValueError, OverflowError):
+        raise NormalizeError(record_id, field, f"not a number: {_quoted(value)}") from None
+    if not math.isfinite(number):
+        raise NormalizeError(record_id, field, f"not a finite number: {_quoted(value)}")
+    return number
+
+
+def whole_number(record_id: str, field: str, value: Any) -> int:
+    """A count (affected customers, reopens): a finite number, truncated."""
+    return int(finite_number(record_id, field, value))
+
+
+def truth(record_id: str, field: str, value: Any) -> bool:
+    """A boolean from what a checkbox or flag field holds: JSON booleans, finite numbers (0 is false), the texts
+    in TRUE_TEXTS / FALSE_TEXTS or a number as text, null, an empty object or list (false) and a non-empty list
+    (a multi-select with options: true). Anything else is refused with the field named."""
+    if isinstance(value, bool):
+        return value
+    if value is None:
+        return False
+    if isinstance(value, int | float):
+        return finite_number(record_id, field, value) != 0
+    if isinstance(value, list):
+        return bool(value)
+    if isinstance(value, dict) and not value:
+        return False
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in TRUE_TEXTS:
+            return True
+        if text in FALSE_TEXTS:
+            return False
+        try:
+            number = float(text)
+        except ValueError:
+            number = math.nan
+        if math.isfinite(number):
+            return number != 0
+    raise NormalizeError(record_id, field, f"not a boolean (expected true/false, yes/no, 1/0): {_quoted(value)}")

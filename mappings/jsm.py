@@ -43,7 +43,16 @@ from engine.model import (
     WriteBack,
 )
 from mappings import MappingError, NormalizeError
-from mappings.common import FlagSources, Strict, TagNames, load_spec, summary_times, tier_entry
+from mappings.common import (
+    FlagSources,
+    Strict,
+    TagNames,
+    finite_number,
+    load_spec,
+    summary_times,
+    tier_entry,
+    truth,
+)
 
 PLATFORM = "jsm"
 _CUSTOM_FIELD = re.compile(r"^customfield_\d+$")
@@ -506,7 +515,7 @@ class JsmMapping:
         present = {label.casefold() for label in labels}
         values: dict[str, Any] = {}
         for name in _BOOLEAN_FLAGS:
-            values[name] = self._flag(getattr(spec, name), fields, present)
+            values[name] = self._flag(rid, name, getattr(spec, name), fields, present)
         for name, kind in (
             ("revenue_at_risk", float),
             ("affected_customers", int),
@@ -519,13 +528,18 @@ class JsmMapping:
         return Flags(**values)
 
     @staticmethod
-    def _flag(rule: FlagRule | None, fields: Mapping[str, Any], labels: set[str]) -> bool:
+    def _flag(rid: str, name: str, rule: FlagRule | None, fields: Mapping[str, Any], labels: set[str]) -> bool:
         if rule is None:
             return False
         if any(label.casefold() in labels for label in rule.labels):
             return True
         if rule.field is None:
             return False
+        raw = fields.get(rule.field)
+        if not rule.values and isinstance(raw, bool | int | float | str):
+            # A scalar (a boolean, number or text field) reads through the documented true/false texts: "false"
+            # or 0 must not count as "a value is set". Options, users and arrays still mean "set when present".
+            return truth(rid, rule.field, raw)
         texts = [text.casefold() for text in field_texts(fields.get(rule.field))]
         if not rule.values:
             return bool(texts)
@@ -740,13 +754,7 @@ def _number(rid: str, field: str, value: Any, kind: type) -> Any:
         value = texts[0] if texts else None
         if value is None:
             return kind(0)
-    if isinstance(value, bool):
-        raise NormalizeError(rid, field, f"expected a number, got {value!r}")
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise NormalizeError(rid, field, f"expected a number, got {value!r}") from None
-    return kind(number)
+    return kind(finite_number(rid, field, value))
 
 
 def _millis(rid: str, where: str, value: Any) -> timedelta | None:

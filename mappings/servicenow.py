@@ -39,7 +39,16 @@ from engine.model import (
     WriteBack,
 )
 from mappings import MappingError, NormalizeError
-from mappings.common import FlagSources, Strict, TagNames, load_spec, summary_times, tier_entry
+from mappings.common import (
+    FlagSources,
+    Strict,
+    TagNames,
+    finite_number,
+    load_spec,
+    summary_times,
+    tier_entry,
+    truth,
+)
 
 PLATFORM = "servicenow"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -383,13 +392,8 @@ class _Normalizer:
             raise self.fail(field, f"not a date of the form YYYY-MM-DD HH:MM:SS: {value!r}") from None
 
     def number(self, field: str) -> float:
-        value = self.text(field).replace(",", "")
-        if not value:
-            return 0.0
-        try:
-            return float(value)
-        except ValueError:
-            raise self.fail(field, f"not a number: {value!r}") from None
+        value = self.text(field)
+        return finite_number(self.record_id, field, value) if value else 0.0
 
     def ticket(self, instance: str) -> Ticket:
         fields = self.spec.fields
@@ -410,7 +414,7 @@ class _Normalizer:
             solved_at = self.date(fields.closed_at)
         instance_url = str(self.related.get("instance_url", "")).rstrip("/")
         table = str(self.related.get("table", "incident"))
-        tier_value = self.text(self.spec.tier.field)
+        tier_value = self.tier_value()
         updated = self.date(fields.updated_at, required=True)
         assert updated is not None
         created = self.date(fields.created_at, required=True) or updated
@@ -445,6 +449,15 @@ class _Normalizer:
             revision=make_revision(self.text(fields.updated_at), self.text(fields.mod_count)),
             **history,
         )
+
+    def tier_value(self) -> str:
+        """The tier field's raw value: a reference (`{value}` or its sys_id text) or a choice code. A boolean or a
+        number there is a broken record, refused rather than read as "no tier" (which moved tickets to L1)."""
+        field = self.spec.tier.field
+        raw = self.data.get(field)
+        if raw is not None and not isinstance(raw, str | dict):
+            raise self.fail(field, f"not a reference or choice value: {str(raw)[:60]!r}")
+        return self.text(field)
 
     def refuse_display_values(self) -> None:
         """A record read with sysparm_display_value=true (a saved browser or REST-explorer export) has labels
@@ -493,11 +506,19 @@ class _Normalizer:
         for name in FlagsMap.model_fields:
             flag = getattr(spec, name)
             if isinstance(flag, BoolFlag):
-                values[name] = flag.tag in tags if flag.tag else self.text(flag.field) in flag.true_values
+                values[name] = flag.tag in tags if flag.tag else self.flag_value(flag)
             elif isinstance(flag, NumberFlag):
                 number = self.number(flag.field)
                 values[name] = number if name == "revenue_at_risk" else int(number)
         return replace(Flags(), **values)
+
+    def flag_value(self, flag: BoolFlag) -> bool:
+        """A choice field is true for the codes in `true_values`; a true/false field (the default
+        `true_values = ["true"]`) reads through mappings.common.truth, so a value that is no boolean is refused."""
+        value = self.text(flag.field)
+        if flag.true_values == ["true"]:
+            return truth(self.record_id, flag.field, value)
+        return value in flag.true_values
 
     def platform_slas(self) -> tuple[PlatformSla, ...]:
         rows = self.related.get("task_sla") or []

@@ -54,7 +54,17 @@ from connectors.base import HistorySource, RawRecord, ReadSpec
 from engine.configfile import locate
 from engine.model import COMMENT_MARKER, Flags, Priority, Status, StatusChange, Ticket, Tier, TierChange, WriteBack
 from mappings import MappingError, NormalizeError
-from mappings.common import FlagSources, Strict, TagNames, load_spec, summary_times, tier_entry
+from mappings.common import (
+    FlagSources,
+    Strict,
+    TagNames,
+    finite_number,
+    load_spec,
+    summary_times,
+    tier_entry,
+    truth,
+    whole_number,
+)
 
 PLATFORM = "zendesk"
 ZENDESK_PRIORITIES = ("urgent", "high", "normal", "low")
@@ -87,8 +97,6 @@ _NUMBER_FLAGS: tuple[tuple[str, type], ...] = (
     ("linked_incidents", int),
     ("reopen_count", int),
 )
-_TRUE_TEXT = frozenset({"true", "yes", "y", "1", "on"})
-_FALSE_TEXT = frozenset({"", "false", "no", "n", "0", "off", "none", "null"})
 
 
 def _check_tag(value: str) -> str:
@@ -204,19 +212,6 @@ def parse_time(value: Any) -> datetime:
     if parsed.tzinfo is None:
         raise ValueError(f"timestamp {value!r} has no time zone")
     return parsed.astimezone(UTC)
-
-
-def _truthy(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if value is None:
-        return False
-    if isinstance(value, (int, float)):
-        return value != 0
-    if isinstance(value, list):
-        return bool(value)
-    text = str(value).strip().lower()
-    return text not in _FALSE_TEXT
 
 
 class ZendeskMapping:
@@ -419,14 +414,23 @@ class ZendeskMapping:
         for entry in value:
             if not (type(entry) is dict or isinstance(entry, Mapping)) or "id" not in entry:
                 raise NormalizeError(rid, "custom_fields", f"entry without an id: {entry!r}")
-            fields[int(entry["id"])] = entry.get("value")
+            field_id = entry["id"]
+            if isinstance(field_id, bool) or not isinstance(field_id, int):
+                # A custom field id is a number; any other id is a broken record, not a field we can look up.
+                raise NormalizeError(rid, "custom_fields", f"field id is not an integer: {str(field_id)[:60]!r}")
+            fields[field_id] = entry.get("value")
         return fields
 
     def _tier(self, data: Mapping[str, Any], fields: Mapping[int, Any]) -> Tier | None:
         config = self.config.tier
         if config.mode == "group":
             group = data.get("group_id")
-            return self._group_tiers.get(group) if isinstance(group, int) else None
+            if group is None:
+                return None
+            if isinstance(group, bool) or not isinstance(group, int):
+                # Read as "no tier", a group id of the wrong type once moved a ticket back to L1.
+                raise NormalizeError(str(data.get("id")), "group_id", f"not an integer: {str(group)[:60]!r}")
+            return self._group_tiers.get(group)
         value = fields.get(config.field_id or 0)
         return self._option_tiers.get(str(value).lower()) if value is not None else None
 
@@ -507,7 +511,7 @@ class ZendeskMapping:
     ) -> Flags:
         values: dict[str, Any] = {}
         for name, flag_tags, custom_field, org_field, wanted in self._flag_rules:
-            values[name] = self._flag(flag_tags, custom_field, org_field, wanted, tags, fields, org_fields)
+            values[name] = self._flag(rid, name, flag_tags, custom_field, org_field, wanted, tags, fields, org_fields)
         for name, kind, number in self._number_rules:
             raw = None
             if number is not None:
@@ -519,14 +523,14 @@ class ZendeskMapping:
                 raw = reopens
             if raw in (None, ""):
                 continue
-            try:
-                values[name] = kind(float(raw)) if kind is int else float(raw)
-            except (TypeError, ValueError):
-                raise NormalizeError(rid, f"flags.{name}", f"not a number: {raw!r}") from None
+            where = f"flags.{name}"
+            values[name] = whole_number(rid, where, raw) if kind is int else finite_number(rid, where, raw)
         return Flags(**values)
 
     @staticmethod
     def _flag(
+        rid: str,
+        name: str,
         flag_tags: frozenset[str],
         custom_field: int | None,
         org_field: str | None,
@@ -545,7 +549,7 @@ class ZendeskMapping:
                 items = value if isinstance(value, list) else [value]
                 if any(str(item).lower() in wanted for item in items if item is not None):
                     return True
-            elif _truthy(value):
+            elif truth(rid, f"flags.{name}", value):
                 return True
         return False
 

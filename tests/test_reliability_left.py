@@ -1,0 +1,147 @@
+"""Issue 10's leftovers and issue 14's call counts: values at the mapping edge, ServiceNow tags a person edits,
+no read before a ServiceNow write, JSM's search window under clock skew, and maybe-applied writes retried in
+the same cycle."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connectors.base import RawRecord
+from mappings import NormalizeError, load_mapping
+from mappings.jsm import JsmMapping
+from mappings.servicenow import ServiceNowMapping
+from mappings.zendesk import ZendeskMapping
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def _fixture(platform: str, name: str) -> Any:
+    return json.loads((FIXTURES / platform / name).read_text(encoding="utf-8"))
+
+
+# -- values at the mapping edge (issue 10 item 7) -------------------------------------------------------------
+
+
+def _zendesk_record(**changes: Any) -> RawRecord:
+    ticket = copy.deepcopy(_fixture("zendesk", "incremental_cursor_page1.json")["tickets"][0])
+    custom = changes.pop("custom", {})
+    ticket.update(changes)
+    for field_id, value in custom.items():
+        ticket["custom_fields"] = [entry for entry in ticket["custom_fields"] if entry["id"] != field_id]
+        ticket["custom_fields"].append({"id": field_id, "value": value})
+    return RawRecord(str(ticket["id"]), ticket, {})
+
+
+def _zendesk() -> ZendeskMapping:
+    loaded = load_mapping("zendesk")
+    assert isinstance(loaded, ZendeskMapping)
+    return loaded
+
+
+@pytest.mark.parametrize("value", ["1e999", "-1e999", "NaN", "inf", "Infinity", float("nan"), float("inf")])
+def test_issue10_zendesk_revenue_that_is_not_finite_is_quarantined_naming_the_field(value: Any) -> None:
+    with pytest.raises(NormalizeError) as caught:
+        _zendesk().normalize(_zendesk_record(custom={360020000001: value}), "z")
+    assert caught.value.field == "flags.revenue_at_risk"
+    assert "number" in caught.value.reason
+
+
+def test_issue10_zendesk_count_that_overflows_is_quarantined() -> None:
+    with pytest.raises(NormalizeError) as caught:
+        _zendesk().normalize(_zendesk_record(custom={360020000002: "1e999"}), "z")
+    assert caught.value.field == "flags.affected_customers"
+
+
+@pytest.mark.parametrize("value", ["0.0", "unchecked", {}, "false", "No", 0, None, False, "0"])
+def test_issue10_zendesk_checkbox_false_texts_read_false(value: Any) -> None:
+    ticket = _zendesk().normalize(_zendesk_record(custom={360000000201: value}, tags=[]), "z")
+    assert ticket.flags.engineering_required is False
+
+
+@pytest.mark.parametrize("value", [True, "true", "1", "yes", "checked", 1, "1.0"])
+def test_issue10_zendesk_checkbox_true_texts_read_true(value: Any) -> None:
+    ticket = _zendesk().normalize(_zendesk_record(custom={360000000201: value}, tags=[]), "z")
+    assert ticket.flags.engineering_required is True
+
+
+@pytest.mark.parametrize("value", ["maybe", {"a": 1}, "nan"])
+def test_issue10_zendesk_checkbox_that_is_no_boolean_is_quarantined(value: Any) -> None:
+    with pytest.raises(NormalizeError) as caught:
+        _zendesk().normalize(_zendesk_record(custom={360000000201: value}, tags=[]), "z")
+    assert caught.value.field == "flags.engineering_required"
+    assert "not a boolean" in caught.value.reason
+
+
+@pytest.mark.parametrize("value", ["360000000102", 3.6e11, True, [360000000102]])
+def test_issue10_zendesk_group_id_of_the_wrong_type_is_an_error_not_no_tier(value: Any) -> None:
+    with pytest.raises(NormalizeError) as caught:
+        _zendesk().normalize(_zendesk_record(group_id=value), "z")
+    assert caught.value.field == "group_id"
+
+
+def test_issue10_zendesk_custom_field_id_of_the_wrong_type_is_an_error() -> None:
+    record = _zendesk_record()
+    record.data["custom_fields"].append({"id": "abc", "value": "x"})
+    with pytest.raises(NormalizeError) as caught:
+        _zendesk().normalize(record, "z")
+    assert caught.value.field == "custom_fields"
+
+
+def _jsm_issue() -> dict[str, Any]:
+    return copy.deepcopy(_fixture("jsm", "search_page1.json")["issues"][0])
+
+
+def _jsm() -> JsmMapping:
+    loaded = load_mapping("jsm")
+    assert isinstance(loaded, JsmMapping)
+    return loaded
+
+
+@pytest.mark.parametrize("value", ["1e999", "NaN", float("inf"), "-Infinity"])
+def test_issue10_jsm_revenue_that_is_not_finite_is_quarantined(value: Any) -> None:
+    data = _jsm_issue()
+    data["fields"]["customfield_10120"] = value
+    with pytest.raises(NormalizeError) as caught:
+        _jsm().normalize(RawRecord(id=data["id"], data=data), "j")
+    assert caught.value.field == "customfield_10120"
+
+
+def _servicenow_row(**changes: Any) -> RawRecord:
+    row = copy.deepcopy(_fixture("servicenow", "incident_poll_page1.json")["result"][0])
+    row.update(changes)
+    return RawRecord(
+        id=row["sys_id"], data=row, related={"instance_url": "https://acme.service-now.com", "table": "incident"}
+    )
+
+
+def _servicenow() -> ServiceNowMapping:
+    loaded = load_mapping("servicenow")
+    assert isinstance(loaded, ServiceNowMapping)
+    return loaded
+
+
+@pytest.mark.parametrize("value", ["1e999", "NaN", "inf"])
+def test_issue10_servicenow_count_that_is_not_finite_is_quarantined(value: str) -> None:
+    with pytest.raises(NormalizeError) as caught:
+        _servicenow().normalize(_servicenow_row(u_affected_customers=value), "s")
+    assert caught.value.field == "u_affected_customers"
+
+
+@pytest.mark.parametrize("value", [False, True, 7])
+def test_issue10_servicenow_assignment_group_of_the_wrong_type_is_an_error(value: Any) -> None:
+    with pytest.raises(NormalizeError) as caught:
+        _servicenow().normalize(_servicenow_row(assignment_group=value), "s")
+    assert caught.value.field == "assignment_group"
+
+
+def test_issue10_servicenow_true_false_flag_refuses_other_texts() -> None:
+    assert _servicenow().normalize(_servicenow_row(u_churn_risk="false"), "s").flags.churn_threat is False
+    assert _servicenow().normalize(_servicenow_row(u_churn_risk="true"), "s").flags.churn_threat is True
+    with pytest.raises(NormalizeError) as caught:
+        _servicenow().normalize(_servicenow_row(u_churn_risk="perhaps"), "s")
+    assert caught.value.field == "u_churn_risk"
