@@ -73,6 +73,9 @@ MAX_PAGES = 100_000
 """A poll that pages this often in one cycle is looping, whatever its cursors say."""
 PURGE_EVERY = timedelta(hours=1)
 """Old tombstones are looked for at most this often: the query reads every row of the instance."""
+RETRY_BACKOFF = timedelta(seconds=2)
+"""How long a cycle waits before its one pass over writes that may have landed (a 5xx or a dropped answer):
+long enough for a passing fault to pass, short against any poll interval."""
 TOMBSTONE_DAYS = 30
 """How long a terminal ticket's tombstone guards the book against a stale read of it."""
 CUSTOMER_COUNT = "history.customer_escalations_30d"
@@ -154,6 +157,7 @@ class Syncer:
         store: Store,
         clock: Callable[[], datetime],
         max_write_attempts: int = 5,
+        retry_backoff: timedelta = RETRY_BACKOFF,
         max_writes_per_cycle: int = 100,
         review_interval: timedelta = timedelta(hours=1),
         adopt: str = "notes",
@@ -173,6 +177,10 @@ class Syncer:
         """The store this cycle works on: `store`, or a throwaway copy of it in a dry run."""
         self.clock = clock
         self.max_write_attempts = max_write_attempts
+        self.retry_backoff = retry_backoff
+        self._maybe_applied: set[str] = set()
+        """Ledger keys of writes that may have landed (a 5xx, timeout or dropped connection after sending) in
+        this cycle: verified and sent again once, after `retry_backoff`, before the cycle ends."""
         self.max_writes_per_cycle = max_writes_per_cycle
         self.review_interval = review_interval
         self.adopt_tag_only = adopt == "tag_only"
@@ -209,6 +217,7 @@ class Syncer:
         self.state = self.store.snapshot(self.instance) if self.dry_run else self.store
         self._polled, self._rebooked, self._attempts = set(), set(), 0
         self._counts_before, self._cycle_counts = {}, None
+        self._maybe_applied = set()
         try:
             if not self.dry_run:
                 self._recover_pending(now, report)
@@ -216,6 +225,7 @@ class Syncer:
             self._poll_all(now, report)
             self._scan_open(now, report)
             self._review(now, report)
+            self._retry_maybe_applied(now, report)
             self._recount(now)
             report.book_open, report.book_due = self.state.book_stats(self.instance, now)
             if not self.dry_run and (self._purged_at is None or now - self._purged_at >= PURGE_EVERY):
@@ -601,6 +611,7 @@ class Syncer:
             raise  # nothing was sent: not an attempt; the intent stays pending and the cycle stops here
         except TransientError as error:
             self._failed(key, str(error), now, report, ticket.id)
+            self._maybe_applied.add(key)
             return
         self.state.mark_done(key, now)
         self._count_write(writeback, decision, ticket, now, report)
@@ -666,10 +677,23 @@ class Syncer:
             return
         self.state.book_put(self.instance, [_open_entry(raw, ticket, decision, self._review_time(decision, now), now)])
 
-    def _recover_pending(self, now: datetime, report: CycleReport) -> None:
+    def _retry_maybe_applied(self, now: datetime, report: CycleReport) -> None:
+        """One pass over this cycle's maybe-applied writes, after a short backoff: each is verified (the ledger's
+        comment-key lookup, then a re-read and re-plan) and sent again now, not a poll interval later, so a
+        passing 5xx does not delay an escalation or shift its clocks by a cycle. Bounded: one pass a cycle (what
+        fails again waits for the next cycle's recovery, counted against max_write_attempts)."""
+        keys, self._maybe_applied = self._maybe_applied, set()
+        if not keys or self.stop.wait(self.retry_backoff.total_seconds()):
+            return
+        self._recover_pending(now, report, only=keys)
+        self._maybe_applied = set()
+
+    def _recover_pending(self, now: datetime, report: CycleReport, only: set[str] | None = None) -> None:
         for intent in self.state.pending(self.instance):
             if self.stop.is_set():
                 return
+            if only is not None and intent.key not in only:
+                continue
             writeback = decode(intent.payload)
             comment = writeback.comment
             try:
@@ -687,6 +711,7 @@ class Syncer:
                 raise  # nothing was sent: not an attempt
             except TransientError as error:
                 self._failed(intent.key, str(error), now, report, writeback.ticket_id)
+                self._maybe_applied.add(intent.key)
             except AuthError as error:
                 if error.status != 403:
                     raise  # wrong credentials: nothing else on this instance can work either

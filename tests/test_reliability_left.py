@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import copy
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from connectors.base import RawRecord
+from connectors.base import AmbiguousWriteError, RawRecord
+from engine.model import COMMENT_MARKER
 from mappings import NormalizeError, load_mapping
 from mappings.jsm import JsmMapping
 from mappings.servicenow import ServiceNowMapping
 from mappings.zendesk import ZendeskMapping
+from sandbox.base import Fault
+from tests.test_cycle import PLATFORMS, World
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -145,3 +149,92 @@ def test_issue10_servicenow_true_false_flag_refuses_other_texts() -> None:
     with pytest.raises(NormalizeError) as caught:
         _servicenow().normalize(_servicenow_row(u_churn_risk="perhaps"), "s")
     assert caught.value.field == "u_churn_risk"
+
+
+# -- a maybe-applied write is verified and sent again in the same cycle (issue 10, soak) -------------------------
+
+
+@pytest.fixture(params=sorted(PLATFORMS))
+def world(request: pytest.FixtureRequest, tmp_path: Path):
+    created = World(tmp_path, PLATFORMS[request.param])
+    yield created
+    created.close()
+
+
+def _quick(world: World):
+    syncer = world.syncer()
+    syncer.retry_backoff = timedelta(0)
+    return syncer
+
+
+def test_issue10_a_5xx_before_apply_is_sent_again_in_the_same_cycle(world: World, tmp_path: Path) -> None:
+    method, path = world.platform.write
+    world.sandbox.inject(Fault(status=502, times=1, method=method, path_pattern=path))
+    syncer = _quick(world)
+    report = syncer.run_cycle()
+    assert report.failed == 1 and report.recovered == 1, report
+    assert world.store.pending(world.name) == [], "nothing is left for the next poll interval"
+    # The faulty cycle wrote what a cycle without the fault writes, in the same cycle.
+    (tmp_path / "clean").mkdir()
+    clean = World(tmp_path / "clean", world.platform)
+    try:
+        clean_report = _quick(clean).run_cycle()
+        assert report.writes == clean_report.writes
+    finally:
+        clean.close()
+    assert set(world.marker_counts().values()) == {1}
+
+
+def test_issue10_a_write_applied_but_unanswered_is_verified_not_posted_twice_in_the_same_cycle(world: World) -> None:
+    syncer = _quick(world)
+    real_apply = syncer.connector.apply
+    lost: list[str] = []
+
+    def applied_then_lost(writeback):
+        result = real_apply(writeback)
+        if not lost and writeback.comment is not None:
+            lost.append(writeback.key)
+            raise AmbiguousWriteError("read timeout after the request was sent")
+        return result
+
+    syncer.connector.apply = applied_then_lost  # type: ignore[method-assign]
+    report = syncer.run_cycle()
+    assert lost and report.failed == 1 and report.recovered == 1
+    assert world.store.pending(world.name) == []
+    counts = world.marker_counts()
+    assert counts[COMMENT_MARKER.format(key=lost[0])] == 1
+    assert set(counts.values()) == {1}
+
+
+def test_issue10_the_same_cycle_retry_is_one_pass(world: World) -> None:
+    method, path = world.platform.write
+    world.sandbox.inject(Fault(status=502, times=1000, method=method, path_pattern=path))
+    syncer = _quick(world)
+    before = world.sandbox.calls(method, path)
+    report = syncer.run_cycle()
+    sent = world.sandbox.calls(method, path) - before
+    pending = world.store.pending(world.name)
+    assert pending and all(intent.attempts <= 2 for intent in pending)
+    # Each planned write is tried at most twice in the cycle: once, and once in the retry pass.
+    assert sent <= 2 * len(pending) + report.writes, (sent, len(pending))
+
+
+def test_issue10_the_retry_pass_waits_its_backoff_and_a_stop_skips_it(world: World) -> None:
+    method, path = world.platform.write
+    world.sandbox.inject(Fault(status=502, times=1, method=method, path_pattern=path))
+    syncer = world.syncer()
+    syncer.retry_backoff = timedelta(seconds=2)
+    waits: list[float] = []
+
+    class Stop:
+        def is_set(self) -> bool:
+            return False
+
+        def wait(self, seconds: float) -> bool:
+            waits.append(seconds)
+            return True  # stopped during the backoff
+
+    syncer.stop = Stop()  # type: ignore[assignment]
+    report = syncer.run_cycle()
+    assert waits == [2.0]
+    assert report.recovered == 0 and len(world.store.pending(world.name)) == 1
