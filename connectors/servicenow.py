@@ -26,12 +26,18 @@ limiting", "OAuth tokens"; checked against recorded responses):
 - Rate limits: a 429 carries `Retry-After`, which HttpClient honours; `X-RateLimit-*` headers pace it.
 - Work notes (`work_notes`) are internal; `comments` are shown to the customer: we only ever write work notes.
 
-The ServiceNow tags list is a string field (see mappings/servicenow.py), so changing tags is read-modify-write.
-`apply` reads the record's `sys_updated_on` + `sys_mod_count` and its tags field, refuses with ConflictError when
-the record moved since it was observed (`WriteBack.revision`), then sends one PATCH. The Table API has no
-conditional update (no If-Match), so a write landing between our read and our PATCH (milliseconds) can still be
-overwritten in the tags field only: other fields are not in our PATCH. The next cycle re-reads the record and
-reconciles our own tags; a person's tag added in that window would have to be added again.
+Writing: one PATCH per ticket and no read first (issue 14): the polled record was the read. The PATCH carries
+only the fields we change (the tier's field, our tags field, `work_notes`), so a person's edit of any other field
+survives whatever the timing. Our tags are a field only the daemon writes (see mappings/servicenow.py `TagsMap`),
+written whole from the plan's set of managed tags; people's tags live in another field we never write. The
+trade-offs, since the Table API has no conditional update (no If-Match, no sys_mod_count precondition):
+- a person's tier change landing between our poll and our PATCH (seconds) is overwritten by our tier; the next
+  poll shows ours, as it would had they been a moment earlier. The old guard (a GET of `sys_mod_count` before
+  every PATCH) narrowed that window to milliseconds at the price of a read per write, and still lost a person's
+  tag edit landing inside it: tags were one shared field rewritten from that read.
+- the platform's own tags (`label_entry`: `label` reference, `table`, `table_key`, `title`, `id_type`, `url`)
+  would give true add/remove operations, but inserting one needs write access to `table` and `table_key`,
+  which the platform's ACLs reserve to the maint role: no integration user has it.
 """
 
 from __future__ import annotations
@@ -425,21 +431,11 @@ class ServiceNowConnector:
         sys_id = writeback.ticket_id
         if not _is_sys_id(sys_id):
             raise PermanentWriteError(f"{self.instance}: {sys_id!r} is not a sys_id")
-        payload: dict[str, Any] = {}
-        revision = writeback.revision
-        if writeback.tier is not None or writeback.add_tags or writeback.remove_tags:
-            current = self._current(sys_id)
-            revision = self.mapping.revision_of(current)
-            if writeback.revision and revision != writeback.revision:
-                raise ConflictError(
-                    f"{self.instance}: {self.table} {sys_id} changed since it was read "
-                    f"(revision {writeback.revision} -> {revision}); re-read and plan again"
-                )
-            payload.update(self.mapping.render_patch(writeback, current))
+        payload: dict[str, Any] = dict(self.mapping.render_patch(writeback, None))
         if writeback.comment is not None:
             payload["work_notes"] = writeback.comment.text
         if not payload:
-            return ApplyResult(ticket_id=sys_id, revision=revision)
+            return ApplyResult(ticket_id=sys_id, revision=writeback.revision)
         params = raw_params(WRITE_FIELDS)
         try:
             response = self.http.request("PATCH", self._table_url(sys_id), params=params, json=payload)
@@ -458,13 +454,6 @@ class ServiceNowConnector:
         if status == 404:
             raise PermanentWriteError(f"{self.instance}: {self.table} {sys_id} no longer exists ({reason})")
         raise PermanentWriteError(f"{self.instance}: {self.table} {sys_id}: HTTP {status} {reason}")
-
-    def _current(self, sys_id: str) -> dict[str, Any]:
-        fields = [*WRITE_FIELDS, *self.spec.write_reads]
-        response = self.http.request("GET", self._table_url(sys_id), params=raw_params(fields))
-        if response.status_code == 404:
-            raise PermanentWriteError(f"{self.instance}: {self.table} {sys_id} no longer exists")
-        return self._result_object(response, f"read {sys_id} before writing")
 
     def has_comment(self, ticket_id: str, idempotency_key: str) -> bool:
         marker = COMMENT_MARKER.format(key=idempotency_key)

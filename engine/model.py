@@ -289,6 +289,10 @@ class WriteBack:
     add_tags: frozenset[str] = frozenset()
     remove_tags: frozenset[str] = frozenset()
     comment: Comment | None = None
+    tags: frozenset[str] | None = None
+    """Every managed tag the ticket is to show after this write (None: tags unchanged). Add/remove is how
+    platforms with tag operations apply it; a platform whose tags are one field the daemon writes whole
+    (ServiceNow) writes this set, so it needs no read of the field first."""
 
     @property
     def is_empty(self) -> bool:

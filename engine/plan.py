@@ -82,4 +82,5 @@ def plan(decision: Decision, observed: Ticket, tags: TagScheme) -> WriteBack:
         add_tags=add,
         remove_tags=remove,
         comment=comment,
+        tags=desired if add or remove else None,
     )

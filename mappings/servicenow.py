@@ -167,10 +167,24 @@ FlagsMap = FlagSources[BoolFlag, NumberFlag]
 
 
 class TagsMap(TagNames):
-    """Our breach/at-risk tags live in one string field as a separated list (read-modify-write on update)."""
+    """Our breach/at-risk tags live in a string field only the daemon writes (a separated list, written whole);
+    people's tags (the flags' `tag = ...`) live in `people_field`, which the daemon reads and never writes.
+
+    Why not one shared field: the Table API has no conditional update, so rewriting a field people also edit
+    loses an edit made between our read and our write. Why not the platform's own tags (`label_entry` rows,
+    added and removed one by one): creating one needs write access to its `table` / `table_key` fields, which
+    the platform's ACLs reserve to the maint role, and no integration user has that on a customer instance.
+    """
 
     field: str = "u_escalation_tags"
+    people_field: str = ""
     separator: str = Field(default=",", min_length=1)
+
+    @model_validator(mode="after")
+    def _two_fields(self) -> TagsMap:
+        if self.people_field == self.field:
+            raise ValueError("people_field must not be the daemon's own tags field")
+        return self
 
 
 class PlatformSlaMap(Strict):
@@ -283,23 +297,18 @@ class ServiceNowMapping:
             history=self.history_sources(),
             platform_slas=self.wants_platform_slas,
             sla_fields=self.task_sla_fields,
-            write_reads=(self.tags_field,),
         )
 
-    def render_patch(self, writeback: WriteBack, current: Mapping[str, Any] | None) -> dict[str, Any]:
-        """The PATCH fields for the write-back: the tier's field value, and the tags field rewritten from its
-        current value (`current`, read just before: the field is a plain string list) when tags change."""
+    def render_patch(self, writeback: WriteBack, current: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The PATCH fields for the write-back: the tier's field value, and, when tags change, the daemon's tags
+        field written whole from the plan's set of managed tags (no read first: only the daemon writes it)."""
         patch: dict[str, Any] = {}
         if writeback.tier is not None:
             patch.update(self.tier_fields(Tier(writeback.tier)))
         if writeback.add_tags or writeback.remove_tags:
-            if current is None:
-                raise ValueError("rendering a tag change needs the record's current tags field")
-            before = self.split_tags(text_value(current.get(self.tags_field)))
-            after = [tag for tag in before if tag not in writeback.remove_tags]
-            after += sorted(tag for tag in writeback.add_tags if tag not in after)
-            if after != before:
-                patch[self.tags_field] = self.join_tags(after)
+            if writeback.tags is None:
+                raise ValueError("a tag change for ServiceNow needs the plan's whole set of managed tags")
+            patch[self.tags_field] = self.join_tags(sorted(writeback.tags))
         return patch
 
     def history_sources(self) -> tuple[HistorySource, ...]:
@@ -319,7 +328,7 @@ class ServiceNowMapping:
         """Every record field this mapping reads: the connector asks for these and no more (sysparm_fields)."""
         spec = self.spec
         names = [value for value in spec.fields.model_dump().values() if value]
-        names += [spec.tier.field, spec.tags.field]
+        names += [name for name in (spec.tier.field, spec.tags.field, spec.tags.people_field) if name]
         if spec.segment.field:
             names.append(spec.segment.field)
         if spec.history.requester_user_name:
@@ -407,7 +416,7 @@ class _Normalizer:
             raise self.fail(fields.id, f"not a sys_id: {str(raw_id)[:60]!r}")
         self.record_id = sys_id
         self.refuse_display_values()
-        tags = frozenset(self.mapping.split_tags(self.text(self.spec.tags.field)))
+        tags = self.tags()
         status = self.status()
         solved_at = self.date(fields.solved_at)
         if solved_at is None and status.is_terminal:
@@ -449,6 +458,13 @@ class _Normalizer:
             revision=make_revision(self.text(fields.updated_at), self.text(fields.mod_count)),
             **history,
         )
+
+    def tags(self) -> frozenset[str]:
+        """The daemon's field and the people's field together; a managed tag counts only in the daemon's field
+        (one typed into the people's field could never be removed without rewriting that field)."""
+        ours = self.mapping.split_tags(self.text(self.spec.tags.field))
+        people = self.mapping.split_tags(self.text(self.spec.tags.people_field))
+        return frozenset([*ours, *(tag for tag in people if not self.mapping.tags.is_managed(tag))])
 
     def tier_value(self) -> str:
         """The tier field's raw value: a reference (`{value}` or its sys_id text) or a choice code. A boolean or a

@@ -19,6 +19,7 @@ def encode(writeback: WriteBack) -> str:
             "tier": writeback.tier.value if writeback.tier else None,
             "add_tags": sorted(writeback.add_tags),
             "remove_tags": sorted(writeback.remove_tags),
+            "tags": sorted(writeback.tags) if writeback.tags is not None else None,
             "comment": (
                 {"body": writeback.comment.body, "idempotency_key": writeback.comment.idempotency_key}
                 if writeback.comment
@@ -41,6 +42,7 @@ def decode(payload: str) -> WriteBack:
         add_tags=frozenset(data.get("add_tags", ())),
         remove_tags=frozenset(data.get("remove_tags", ())),
         comment=Comment(comment["body"], comment["idempotency_key"]) if comment else None,
+        tags=frozenset(data["tags"]) if data.get("tags") is not None else None,
     )
 
 

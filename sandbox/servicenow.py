@@ -636,7 +636,7 @@ class ServiceNowSandbox(SandboxApp):
             sys_id = self._create_incident(opened)
             row = self.tables["incident"][sys_id]
             row.update(impact=impact, urgency=urgency, priority=PRIORITY_MATRIX[(impact, urgency)])
-            row.update(assignment_group=TIER_GROUPS[tier], u_escalation_tags="", u_churn_risk="false")
+            row.update(assignment_group=TIER_GROUPS[tier], u_escalation_tags="", u_tags="", u_churn_risk="false")
             row.update(u_security_legal="false", u_engineering_required="false", u_affected_customers="0")
             row.update(reopen_count="0", child_incidents="0")
             for sla in [sla for sla in self.tables["task_sla"].values() if sla["task"] == sys_id]:
@@ -650,12 +650,13 @@ class ServiceNowSandbox(SandboxApp):
             return sys_id
 
     def escalation_view(self, sys_id: str) -> tuple[str | None, frozenset[str]]:
-        """(tier by assignment group, tags of u_escalation_tags) as the instance shows them now."""
+        """(tier by assignment group, tags of u_escalation_tags and u_tags) as the instance shows them now."""
         with self._lock:
             row = self.tables["incident"][sys_id]
             group = row["assignment_group"]
             tier = f"L{TIER_GROUPS.index(group) + 1}" if group in TIER_GROUPS else None
-            return tier, frozenset(tag for tag in row["u_escalation_tags"].split(",") if tag)
+            tags = f"{row['u_escalation_tags']},{row.get('u_tags', '')}"
+            return tier, frozenset(tag for tag in tags.split(",") if tag)
 
     def _create_incident(self, opened: datetime, *, backfill: bool = False) -> str:
         rng = self.rng
@@ -692,7 +693,8 @@ class ServiceNowSandbox(SandboxApp):
             "comments_and_work_notes": "", "due_date": "", "reopen_count": str(rng.choice([0, 0, 0, 0, 1, 2])),
             "sys_tags": "", "escalation": "0", "upon_approval": "proceed", "correlation_id": "", "location": "",
             "category": category,
-            "u_escalation_tags": rng.choice(["", "", "", "", "customer_escalation", "public_complaint"]),
+            "u_tags": rng.choice(["", "", "", "", "customer_escalation", "public_complaint"]),
+            "u_escalation_tags": "",
             "u_churn_risk": "true" if rng.random() < 0.08 else "false",
             "u_security_legal": "true" if rng.random() < 0.04 else "false",
             "u_engineering_required": "true" if rng.random() < 0.12 else "false",

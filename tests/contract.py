@@ -96,6 +96,11 @@ class World:
             http.close()
 
 
+def managed_after(world: World, observed: Ticket, added: str) -> frozenset[str]:
+    """The plan's whole set of managed tags after adding `added` (what engine.plan puts in WriteBack.tags)."""
+    return frozenset(tag for tag in observed.tags if world.mapping.tags.is_managed(tag)) | {added}
+
+
 def ids(pages: list[Page]) -> list[str]:
     return [record.id for page in pages for record in page.records]
 
@@ -332,6 +337,7 @@ class ConnectorContract:
             tier=Tier.L3,
             add_tags=frozenset({tag}),
             comment=Comment("Escalated to L3 by the contract suite.", key),
+            tags=managed_after(world, observed, tag),
         )
         writes_before = world.writes()
         result = connector.apply(writeback)
@@ -400,6 +406,7 @@ class ConnectorContract:
             tier=Tier.L3,
             add_tags=frozenset({world.mapping.tags.render(TagSignal("at_risk", "resolution"))}),
             comment=Comment("Escalated to L3 by the contract suite.", f"contract-502-{observed.id}"),
+            tags=managed_after(world, observed, world.mapping.tags.render(TagSignal("at_risk", "resolution"))),
         )
         world.sandbox.inject(Fault(502, times=1, method=self.write_method, path_pattern=self.write_path))
         writes = world.writes()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -238,3 +239,55 @@ def test_issue10_the_retry_pass_waits_its_backoff_and_a_stop_skips_it(world: Wor
     report = syncer.run_cycle()
     assert waits == [2.0]
     assert report.recovered == 0 and len(world.store.pending(world.name)) == 1
+
+
+# -- ServiceNow: a person's tag edit survives our write; no read before a write (issue 10 item 8, issue 14) -------
+
+
+def _servicenow_world(tmp_path: Path) -> World:
+    return World(tmp_path, PLATFORMS["servicenow"])
+
+
+def test_issue10_servicenow_a_persons_tag_edit_just_before_our_write_survives_4_of_4(tmp_path: Path) -> None:
+    world = _servicenow_world(tmp_path)
+    try:
+        spec = _servicenow().spec.tags
+        people_field = getattr(spec, "people_field", "") or spec.field  # where a person's tags live
+        sandbox = world.sandbox
+        real_dispatch = sandbox.dispatch
+        edited: list[str] = []
+
+        def person_edits_first(request):
+            if request.method == "PATCH" and len(edited) < 4 and spec.field in (request.json() or {}):
+                sys_id = request.path.rsplit("/", 1)[-1]
+                before = sandbox.ticket(sys_id)[people_field]
+                sandbox.update(sys_id, **{people_field: ",".join(filter(None, [before, "vip_watch"]))})
+                edited.append(sys_id)
+            return real_dispatch(request)
+
+        sandbox.dispatch = person_edits_first
+        world.syncer().run_cycle()
+        assert len(edited) == 4
+        survived = [sys_id for sys_id in edited if "vip_watch" in sandbox.ticket(sys_id)[people_field].split(",")]
+        assert len(survived) == 4, f"{len(survived)} of 4 survived"
+        # ...and our own tags landed in the daemon's field.
+        assert all(sandbox.escalation_view(sys_id)[1] for sys_id in edited)
+    finally:
+        world.close()
+
+
+def test_issue14_servicenow_one_patch_and_no_read_per_written_ticket(tmp_path: Path) -> None:
+    world = _servicenow_world(tmp_path)
+    try:
+        sandbox = world.sandbox
+        start = len(sandbox.requests)
+        report = world.syncer().run_cycle()
+        assert report.writes > 10 and report.error == ""
+        calls = sandbox.requests[start:]
+        record = r"/api/now/table/incident/[0-9a-f]{32}$"
+        patches = [path for method, path in calls if method == "PATCH" and re.search(record, path)]
+        reads = [path for method, path in calls if method == "GET" and re.search(record, path)]
+        assert reads == [], "the polled record is the read"
+        assert len(patches) == report.writes == len(set(patches)), (len(patches), report.writes)
+    finally:
+        world.close()

@@ -269,7 +269,8 @@ def test_sandbox_our_own_tag_write_moves_no_clock(sandbox, clock) -> None:
     sandbox.update(sys_id, state="3")
     clock.advance(timedelta(minutes=20))
     before = read(snow, sys_id)
-    snow.apply(WriteBack("servicenow", "acme-snow", sys_id, before.revision, add_tags=frozenset({"esc_x"})))
+    tags = frozenset({"esc_breached_resolution"})
+    snow.apply(WriteBack("servicenow", "acme-snow", sys_id, before.revision, add_tags=tags, tags=tags))
     after = read(snow, sys_id)
     assert after.updated_at > before.updated_at
     clock.advance(timedelta(minutes=5))
