@@ -277,14 +277,25 @@ class JsmConnector:
         return Page(records=records, cursor=state.encode(), has_more=has_more)
 
     def _window_start(self, state: _Cursor, now: datetime) -> int:
-        """A window re-reads `overlap` before the last completed search: an update indexed late, after that
-        search, is at most `overlap` older than it. Counting back from the server's time rather than from the
-        newest `updated` keeps an idle cycle to one call after a burst of updates at one instant."""
-        if state.polled_until is not None:
-            return state.polled_until - self.overlap_ms
+        """A window re-reads `overlap` before the last completed search, and never starts after the newest
+        `updated` delivered (the high-water mark) minus `overlap`.
+
+        Why both: the search time is the `Date` header, the server's clock; `updated` is the records' clock, and
+        a search index that lags (or a clock that runs behind) makes fresh edits carry times older than the
+        search that could not see them yet. Counted from `Date` alone, an edit whose `updated` lags it by more
+        than `overlap` fell before the next window and was never read (5 edits missed with a 600 s lag). The
+        high-water mark is in the records' own clock, so the window holds whatever the skew; an update indexed
+        late is at most `overlap` older than the newest one seen. The price: the issues updated within `overlap`
+        of the newest one are re-read (and dropped as seen) by every idle search, one call while they fit a
+        page (after a bulk edit of more than `page_size` issues at one instant, a call per page of them until
+        the next edit moves the mark)."""
         if state.high_water is None:
+            if state.polled_until is not None:
+                return state.polled_until - self.overlap_ms
             return int((now - self.lookback).timestamp() * 1000)
-        return state.high_water - self.overlap_ms
+        if state.polled_until is None:
+            return state.high_water - self.overlap_ms
+        return min(state.polled_until, state.high_water) - self.overlap_ms
 
     def open_tickets(self, cursor: str | None, now: datetime) -> Page:
         """Every issue whose status category is not Done, oldest update first, keyset-paged like `poll`."""

@@ -37,6 +37,7 @@ import random
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -250,6 +251,9 @@ class JsmSandbox(SandboxApp):
         self.comment_cap = 5000
         """The most comments the `comment` field holds (`total` tells the rest)."""
         self._next_history = 30001
+        self.date_skew = timedelta(0)
+        """How far the `Date` header (the web node's clock) runs ahead of the issues' `updated` (the database's
+        clock, and the time a search's lagging index has caught up to): on a real site the two differ."""
         self.route("POST", r"/rest/api/3/search/jql", self._search_post)
         self.route("GET", r"/rest/api/3/search/jql", self._search_get)
         self.route("GET", r"/rest/api/3/issue/(?P<ref>[^/]+)", self._get_issue)
@@ -272,7 +276,10 @@ class JsmSandbox(SandboxApp):
                 },
                 headers={"WWW-Authenticate": 'Basic realm="protected-area"'},
             )
-        return super().dispatch(request)
+        response = super().dispatch(request)
+        if self.date_skew:
+            response.headers.setdefault("Date", format_datetime(self.clock.now() + self.date_skew, usegmt=True))
+        return response
 
     def not_found(self, request: Request) -> Response:
         return jira_error(404, [f"null for uri: {request.path}"])

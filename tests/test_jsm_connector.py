@@ -133,7 +133,8 @@ def test_short_page_is_not_the_end(http: HttpClient, mapping: JsmMapping) -> Non
 
 @respx.mock
 def test_overlap_window_drops_what_was_delivered(http: HttpClient, mapping: JsmMapping) -> None:
-    # The server's clock runs 30 s ahead of ours: the next window counts back from the server's time.
+    # The server's clock runs 30 s ahead of ours: the next window counts back from the server's time, or from
+    # the newest `updated` delivered (the records' own clock) where that is earlier.
     server_time = NOW + timedelta(seconds=30)
     date = {"Date": format_datetime(server_time, usegmt=True)}
     route = respx.post(SEARCH).mock(
@@ -150,7 +151,8 @@ def test_overlap_window_drops_what_was_delivered(http: HttpClient, mapping: JsmM
     # SUP-103 comes back unchanged (dropped); SUP-104 is new; SUP-102 changed again (delivered again).
     assert [record.data["key"] for record in third.records] == ["SUP-104", "SUP-102"]
     assert not third.has_more
-    assert f"updated >= {millis(server_time) - 120_000} " in sent(route, 2)["jql"]
+    high_water = json.loads(cursor)["hw"]
+    assert f"updated >= {min(millis(server_time), high_water) - 120_000} " in sent(route, 2)["jql"]
     assert "nextPageToken" not in sent(route, 2)
 
 

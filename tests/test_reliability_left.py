@@ -291,3 +291,39 @@ def test_issue14_servicenow_one_patch_and_no_read_per_written_ticket(tmp_path: P
         assert len(patches) == report.writes == len(set(patches)), (len(patches), report.writes)
     finally:
         world.close()
+
+
+# -- JSM: the search window holds whatever the skew between `updated` and `Date` (issue 10 item 8) ---------------
+
+
+def _poll_to_end(connector: Any, cursor: str | None, now: Any) -> tuple[list[str], str | None]:
+    keys: list[str] = []
+    while True:
+        page = connector.poll(cursor, now)
+        keys += [record.data["key"] for record in page.records]
+        cursor = page.cursor
+        if not page.has_more:
+            return keys, cursor
+
+
+@pytest.mark.parametrize("skew_seconds", [600, 3600, -600])
+def test_issue10_jsm_window_sees_every_edit_when_updated_lags_the_date_header(
+    tmp_path: Path, skew_seconds: int
+) -> None:
+    world = World(tmp_path, PLATFORMS["jsm"])
+    try:
+        sandbox = world.sandbox
+        sandbox.date_skew = timedelta(seconds=skew_seconds)  # overlap_seconds is 120
+        connector = world.syncer().connector
+        _, cursor = _poll_to_end(connector, None, world.clock.now())
+        edited = sandbox.issue_keys()[:5]
+        for round_ in range(3):
+            world.clock.advance(timedelta(minutes=1))
+            for key in edited:
+                sandbox.update(key, summary=f"edited by a person, round {round_}")
+            world.clock.advance(timedelta(minutes=1))
+            seen, cursor = _poll_to_end(connector, cursor, world.clock.now())
+            missed = [key for key in edited if key not in seen]
+            assert missed == [], f"round {round_}: {len(missed)} edits missed with a {skew_seconds} s skew"
+    finally:
+        world.close()
