@@ -21,7 +21,16 @@ pacing, redaction and respx replay are the same as for the other platforms):
 - apply: one `PUT /rest/api/3/issue/{id}` carrying the tier (a select custom field, `fields`) and the labels as
   `update.labels` add/remove operations (no read-modify-write, so a label another agent adds meanwhile survives),
   then, when there is a handoff note, `POST /rest/servicedeskapi/request/{id}/comment` with `public: false`.
-  The second call is unavoidable: the edit endpoint cannot create an internal JSM comment. Each is idempotent
+  Two calls, not one (issue 14 asked whether the edit's `update.comment` `add` can carry the internal property
+  `properties: [{key: "sd.public.comment", value: {internal: true}}]`): the Edit issue reference
+  (https://developer.atlassian.com/cloud/jira/platform/rest/v3/api-group-issues/#api-rest-api-3-issue-issueidorkey-put)
+  documents `update` only as field operations (`FieldUpdateOperation`: add/set/remove/edit/copy, "the value
+  to add to the field") and says nothing of comment properties there; comment properties, and with them the
+  `sd.public.comment` visibility, are documented on the comment resources (Add comment,
+  `POST /rest/api/3/issue/{id}/comment`, `Comment.properties`; the JSM request comment with `public`), which is
+  also where client libraries put them (pycontribs/jira#313). Relying on the undocumented form would risk the
+  one failure we must never have: an edit that accepts the comment but drops the property posts the handoff
+  note PUBLIC, to the customer, and nothing in the 204 would tell us. Each is idempotent
   or covered by the ledger: the PUT sets absolute values, and the comment carries its idempotency key, which
   `has_comment` finds before a retry re-posts it. Both are sent directly: the library's `Issue.update` ignores
   the PUT's status and re-reads the whole issue afterwards (a second call on every write), and the library has

@@ -9,9 +9,9 @@ keys. Both reference shapes are accepted here, whatever the connector asked for.
 
 Everything platform-specific an admin may change lives in `mappings/servicenow.toml`: which state codes mean what
 (instances customise the incident state choices), which priority codes are P1-P4, which assignment group (or
-custom field value) is which tier, where the customer segment comes from, which fields or tags are flags, and the
-string field that holds our breach/at-risk tags (a comma-separated list: `sys_tags` labels are not writable
-through the Table API).
+custom field value) is which tier, where the customer segment comes from, which fields or tags are flags, the
+string field that holds our breach/at-risk tags (comma-separated, written only by the daemon: see `TagsMap`) and
+the one that holds people's tags (read only).
 """
 
 from __future__ import annotations
