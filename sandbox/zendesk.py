@@ -16,7 +16,8 @@ the client's misunderstandings. What it follows (developer.zendesk.com):
   `{"error": "Couldn't authenticate you"}`. The update answers `{ticket, audit}`.
 - Update Many Tickets, batch form (`PUT /api/v2/tickets/update_many.json`, `{"tickets": [{"id", ...}]}`, up
   to 100, each with its own fields) answers a queued `job_status`; the job runs on a later `GET
-  /api/v2/job_statuses/{id}.json` (`job_polls_to_finish`), then `completed` with one result per ticket,
+  /api/v2/job_statuses/{id}.json` (`job_polls_to_finish`), or before any other request (a background job runs
+  whether or not anyone polls it), then `completed` with one result per ticket,
   `{"id", "action": "update", "success": true, "status": "Updated"}` or `{"index", "id", "error", "details"}`.
   `safe_update` is documented for Update Ticket only, so a batch update does not apply it.
 - Ticket Comments: cursor pagination (`page[size]` <= 100, `page[after]`, `page[before]`, `meta.has_more`,
@@ -462,6 +463,12 @@ class ZendeskSandbox(SandboxApp):
 
     def dispatch(self, request: Request) -> Response:
         with self._lock:
+            if "/job_statuses/" not in request.path:
+                # A background job runs whether or not anyone asks after it: by the time the client sends
+                # anything else (its next cycle, a restart), the jobs it queued have run.
+                for job in self._jobs.values():
+                    if job.status in ("queued", "working"):
+                        self._run_job(job)
             response = super().dispatch(request)
             used = self._minute_counts.get(_epoch(self.clock.now()) // 60, 0)
             response.headers.setdefault("X-Rate-Limit", str(self.rate_limit))
