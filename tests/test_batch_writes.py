@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -312,3 +313,35 @@ def test_issue14_a_job_status_without_an_id_is_ambiguous() -> None:
                 )
             ]
         )
+
+
+class JobAppliedThenLost:
+    """WSGI wrapper: the update_many request is served (the job queued), then its answer is lost."""
+
+    def __init__(self, app: Any, answer: str) -> None:
+        self.app, self.answer, self.hit = app, answer, 0
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if self.hit or not environ.get("PATH_INFO", "").startswith("/api/v2/tickets/update_many"):
+            return self.app(environ, start_response)
+        self.hit += 1
+        list(self.app(environ, lambda status, headers, exc_info=None: None))
+        if self.answer == "drop":
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+        start_response("503 Service Unavailable", [("Content-Type", "text/html")])
+        return [b"<html><body>503 Service Unavailable</body></html>"]
+
+
+@pytest.mark.parametrize("answer", ["503", "drop"])
+def test_issue14_a_job_queued_but_unanswered_posts_every_note_once(zd: World, answer: str) -> None:
+    faulty = JobAppliedThenLost(zd.sandbox, answer)
+    zd.sandbox.transport = lambda: httpx.WSGITransport(app=faulty)  # type: ignore[method-assign]
+    syncer = zd.syncer()
+    first = syncer.run_cycle()
+    assert faulty.hit == 1 and first.failed >= 3 and first.writes == 0
+    zd.clock.advance(timedelta(seconds=61))
+    second = syncer.run_cycle()
+    assert second.error == "" and second.recovered >= first.failed
+    assert zd.store.pending(zd.name) == []
+    counts = zd.marker_counts()
+    assert counts and all(count == 1 for count in counts.values())
