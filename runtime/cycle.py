@@ -499,8 +499,14 @@ class Syncer:
     ) -> None:
         """Send the writes still queued, then store the reviewed entries' next moments (a ticket re-read after
         a conflict is in the book afresh already)."""
+        unsent: set[str] = set()
+        if self.stop.is_set():
+            # Stopping: the queued writes are not started (no intent recorded yet); their tickets stay due.
+            unsent = {ticket.id for _, _, ticket in self._batch}
+            self._batch = []
         self._flush(now, report)  # raising, it leaves every entry of the chunk due
-        self.state.book_schedule(self.instance, [update for update in updates if update[0] not in self._rebooked])
+        skip = self._rebooked | unsent
+        self.state.book_schedule(self.instance, [update for update in updates if update[0] not in skip])
 
     def _review_one(
         self,

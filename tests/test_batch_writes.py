@@ -345,3 +345,23 @@ def test_issue14_a_job_queued_but_unanswered_posts_every_note_once(zd: World, an
     assert zd.store.pending(zd.name) == []
     counts = zd.marker_counts()
     assert counts and all(count == 1 for count in counts.values())
+
+
+def test_issue14_a_stop_before_the_job_leaves_the_queued_writes_due(zd: World) -> None:
+    syncer = zd.syncer()
+    review_one = syncer._review_one
+    seen: list[str] = []
+
+    def stop_after_five(entry: Any, *args: Any) -> bool:
+        seen.append(entry.ticket_id)
+        if len(seen) == 5:
+            syncer.stop.set()
+        return review_one(entry, *args)
+
+    syncer._review_one = stop_after_five  # type: ignore[method-assign]
+    report = syncer.run_cycle()
+    assert report.stopped_early
+    assert zd.sandbox.calls("PUT", JOBS) == 0 and zd.sandbox.calls("PUT", SINGLE) == 0
+    assert zd.store.pending(zd.name) == []
+    due = {entry.ticket_id for entry in zd.store.book_due(zd.name, zd.clock.now(), 1000)}
+    assert set(seen) <= due, "nothing was sent, so every reviewed ticket is still due"
