@@ -1,4 +1,4 @@
-"""Zendesk Support connector: incremental polling, re-reads, one safe write per ticket, comment lookup.
+"""Zendesk Support connector: incremental polling, re-reads, one safe write per ticket or batch jobs, comment lookup.
 
 Every request goes through `connectors.http.HttpClient` (retries, pacing, redaction, recording). zenpy is used
 where its model fits, over `http.session()`; raw requests through `http.request` where it does not:
@@ -31,6 +31,10 @@ where its model fits, over `http.session()`; raw requests through `http.request`
   https://developer.zendesk.com/documentation/ticketing/managing-tickets/adding-tags-to-tickets-without-overwriting-existing-tags/
   409 -> ConflictError; 422 (e.g. "Status: closed prevents ticket update"), 404 and other 4xx ->
   PermanentWriteError carrying the API's `error`/`description`/`details`.
+- apply_many: several write-backs as Update Many Tickets jobs (`PUT /api/v2/tickets/update_many.json`, 100
+  tickets a job, each with its own values), the job status followed to its end; see `apply_many` for how a
+  job's collisions, per-ticket failures and lost answers are handled.
+  https://developer.zendesk.com/api-reference/ticketing/tickets/tickets/#update-many-tickets
 - has_comment: zenpy `tickets.comments(id)` (cursor pagination, `links.next` while `meta.has_more`), over the
   same session. https://developer.zendesk.com/api-reference/ticketing/tickets/ticket_comments/
 - auth: API token as basic auth `{email}/token:{api_token}`, or an OAuth access token as a bearer token.

@@ -73,9 +73,9 @@ RESOLVED = "RESOLVED"
 SCAN_DONE = "done"
 """The open-ticket scan's progress once it has completed (`sync.py backfill` clears it to scan again)."""
 REVIEW_CHUNK = 500
+"""Due entries read from the book at a time."""
 BATCH_SIZE = 100
 """Due writes handed to a connector's `apply_many` at once (one Zendesk update_many job)."""
-"""Due entries read from the book at a time."""
 MAX_PAGES = 100_000
 """A poll that pages this often in one cycle is looping, whatever its cursors say."""
 PURGE_EVERY = timedelta(hours=1)
@@ -676,9 +676,7 @@ class Syncer:
             outcome: BatchOutcome = self.connector.apply(writeback)
         except (RateLimitedError, WaitInterruptedError):
             raise  # nothing was sent: not an attempt; the intent stays pending and the cycle stops here
-        except ConnectorError as error:
-            if isinstance(error, AuthError):
-                raise
+        except (ConflictError, PermanentWriteError, TransientError) as error:
             outcome = error
         self._settle(writeback, decision, ticket, now, report, outcome, retry_conflict=retry_conflict)
 
@@ -712,7 +710,7 @@ class Syncer:
         except TransientError as error:
             self._failed(key, str(error), now, report, ticket.id)
             return
-        except ConnectorError as error:  # a refusal of another kind, for this ticket only
+        except ConnectorError as error:  # a batch's refusal of another kind, for this ticket only
             self._dead(key, str(error), now, report, ticket.id)
             return
         self.state.mark_done(key, now)
