@@ -365,3 +365,32 @@ def test_issue14_a_stop_before_the_job_leaves_the_queued_writes_due(zd: World) -
     assert zd.store.pending(zd.name) == []
     due = {entry.ticket_id for entry in zd.store.book_due(zd.name, zd.clock.now(), 1000)}
     assert set(seen) <= due, "nothing was sent, so every reviewed ticket is still due"
+
+
+def test_issue14_sandbox_serves_update_many_as_a_queued_job_in_the_references_shape(tmp_path: Path) -> None:
+    from runtime.demo import DEMO_START
+    from sandbox.base import SimClock
+    from sandbox.zendesk import ZendeskSandbox
+
+    sandbox = ZendeskSandbox(SimClock(DEMO_START), seed=3)
+    open_id, closed_id = sandbox.seed_tickets(2)
+    sandbox.update(closed_id, status="closed")
+    client = httpx.Client(transport=sandbox.transport(), base_url="https://acme.zendesk.com", auth=("a/token", "t"))
+    tickets = [
+        {"id": open_id, "additional_tags": ["batched"], "comment": {"body": "note", "public": False}},
+        {"id": closed_id, "additional_tags": ["batched"]},
+    ]
+    queued = client.put("/api/v2/tickets/update_many.json", json={"tickets": tickets}).json()["job_status"]
+    assert set(queued) == {"id", "job_type", "url", "total", "progress", "status", "message", "results"}
+    assert queued["status"] == "queued" and queued["results"] is None and queued["total"] is None
+    assert "batched" not in sandbox.ticket(open_id)["tags"], "the work is done when the job runs, not before"
+    done = client.get(f"/api/v2/job_statuses/{queued['id']}.json").json()["job_status"]
+    assert done["status"] == "completed" and done["total"] == 2 and done["progress"] == 2
+    ok, refused = done["results"]
+    assert ok == {"id": open_id, "action": "update", "success": True, "status": "Updated"}
+    assert refused["id"] == closed_id and refused["index"] == 1 and refused["error"] == "RecordInvalid"
+    assert "batched" in sandbox.ticket(open_id)["tags"]
+    assert sandbox.comments(open_id)[-1]["public"] is False
+    too_many = [{"id": open_id}] * 101
+    assert client.put("/api/v2/tickets/update_many.json", json={"tickets": too_many}).status_code == 422
+    assert client.get("/api/v2/job_statuses/V3-unknown.json").status_code == 404
