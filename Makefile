@@ -26,3 +26,4 @@ lint: install
 bench: install
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/review.py
+	$(BIN)/python bench/calls.py

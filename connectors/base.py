@@ -151,6 +151,37 @@ class Connector(Protocol):
     def close(self) -> None: ...
 
 
+class NotBatchedError(TransientError):
+    """A batched write that the platform's job did not apply to this ticket (its own failure in the job's
+    results, or a job that failed or was killed before reaching it): send it again on its own."""
+
+
+BatchOutcome = ApplyResult | ConnectorError
+"""One write-back's fate in a batch: its result, or the error its single apply would have raised."""
+
+
+def apply_many(connector: Connector, writebacks: list[WriteBack]) -> list[BatchOutcome]:
+    """Send several write-backs, in as few calls as the platform allows; outcomes in the order given.
+
+    Optional for a connector: one that has its own `apply_many` (Zendesk's update_many jobs) is asked to send
+    them together; any other gets one `apply` per write. A connector's own `apply_many` raises only for what
+    stops the whole batch (rate limit, a stop request, a job that may have been queued but cannot be told
+    apart: `AmbiguousWriteError`), and returns a ConnectorError per ticket for the rest.
+    """
+    own = getattr(connector, "apply_many", None)
+    if own is not None:
+        return list(own(writebacks))
+    outcomes: list[BatchOutcome] = []
+    for writeback in writebacks:
+        try:
+            outcomes.append(connector.apply(writeback))
+        except (RateLimitedError, WaitInterruptedError, AmbiguousWriteError, AuthError):
+            raise
+        except ConnectorError as error:
+            outcomes.append(error)
+    return outcomes
+
+
 class RateLimitedError(TransientError):
     """The platform asked us to wait longer than the HTTP layer waits in-process (`HttpOptions.max_retry_after`).
 

@@ -483,6 +483,14 @@ class HttpClient:
             self._not_before = until
         return self._not_before
 
+    def pause(self, seconds: float, what: str) -> None:
+        """A connector's own wait between calls (following an asynchronous job): the same injected sleep, cut
+        short by `stop` with WaitInterruptedError like every wait of this layer."""
+        try:
+            self._nap(seconds)
+        except _Interrupted:
+            raise WaitInterruptedError(f"{self.instance}: stop requested while {what}") from None
+
     def _nap(self, seconds: float) -> None:
         """Every wait of this layer: raises `_Interrupted` when `stop` is set before or during it."""
         if self._stop is not None and self._stop.is_set():

@@ -1,4 +1,4 @@
-"""Zendesk Support connector: incremental polling, re-reads, one safe write per ticket, comment lookup.
+"""Zendesk Support connector: incremental polling, re-reads, one safe write per ticket or batch jobs, comment lookup.
 
 Every request goes through `connectors.http.HttpClient` (retries, pacing, redaction, recording). zenpy is used
 where its model fits, over `http.session()`; raw requests through `http.request` where it does not:
@@ -31,6 +31,10 @@ where its model fits, over `http.session()`; raw requests through `http.request`
   https://developer.zendesk.com/documentation/ticketing/managing-tickets/adding-tags-to-tickets-without-overwriting-existing-tags/
   409 -> ConflictError; 422 (e.g. "Status: closed prevents ticket update"), 404 and other 4xx ->
   PermanentWriteError carrying the API's `error`/`description`/`details`.
+- apply_many: several write-backs as Update Many Tickets jobs (`PUT /api/v2/tickets/update_many.json`, 100
+  tickets a job, each with its own values), the job status followed to its end; see `apply_many` for how a
+  job's collisions, per-ticket failures and lost answers are handled.
+  https://developer.zendesk.com/api-reference/ticketing/tickets/tickets/#update-many-tickets
 - has_comment: zenpy `tickets.comments(id)` (cursor pagination, `links.next` while `meta.has_more`), over the
   same session. https://developer.zendesk.com/api-reference/ticketing/tickets/ticket_comments/
 - auth: API token as basic auth `{email}/token:{api_token}`, or an OAuth access token as a bearer token.
@@ -56,6 +60,7 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from collections.abc import Generator, Iterable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
@@ -66,10 +71,14 @@ from zenpy import Zenpy
 from zenpy.lib.exception import RecordNotFoundException
 
 from connectors.base import (
+    AmbiguousWriteError,
     ApplyResult,
     AuthError,
+    BatchOutcome,
     ConflictError,
+    ConnectorError,
     HistorySource,
+    NotBatchedError,
     Page,
     PermanentWriteError,
     RawRecord,
@@ -83,6 +92,14 @@ from engine.model import COMMENT_MARKER, WriteBack
 PLATFORM = "zendesk"
 INCREMENTAL_PATH = "/api/v2/incremental/tickets/cursor.json"
 EVENTS_PATH = "/api/v2/incremental/ticket_events.json"
+UPDATE_MANY_PATH = "/api/v2/tickets/update_many.json"
+JOB_SIZE = 100
+"""Tickets a batch update job takes at most (Update Many Tickets: "up to 100 tickets")."""
+JOB_ENDED = frozenset({"completed", "failed", "killed"})
+DEFAULT_JOB_POLL_SECONDS = 1.0
+"""The first wait before asking how a job went; doubled after each answer that it is still queued or working."""
+MAX_JOB_POLL_SECONDS = 30.0
+DEFAULT_JOB_POLLS = 8
 DEFAULT_HISTORY_PAGES = 1
 _BOOK_SIZE = 20000
 MIN_EXPORT_AGE = timedelta(seconds=60)
@@ -146,6 +163,8 @@ class ZendeskConnector:
             raise ValueError(f"{instance}: the mapping asks for history sources Zendesk has not: {sorted(unknown)}")
         self.events: HistorySource | None = sources.get("ticket_events")
         self.history_pages = max(0, int(self.options.get("history_pages_per_poll", DEFAULT_HISTORY_PAGES)))
+        self.job_poll_seconds = max(0.0, float(self.options.get("job_poll_seconds", DEFAULT_JOB_POLL_SECONDS)))
+        self.job_polls = max(1, int(self.options.get("job_polls", DEFAULT_JOB_POLLS)))
         self._book = _EventBook()
         self._tickets_paging = CursorExport(instance, "incremental ticket export")
         self._events_paging = TimeExport(instance, "incremental ticket event export")
@@ -362,6 +381,120 @@ class ZendeskConnector:
             raise PermanentWriteError(f"{where}: HTTP {status}: {text}")
         raise TransientError(f"{where}: unexpected HTTP {status}: {text}")
 
+    def apply_many(self, writebacks: list[WriteBack]) -> list[BatchOutcome]:
+        """Send up to `JOB_SIZE` write-backs a call as Update Many Tickets jobs, each followed to its end.
+
+        `PUT /api/v2/tickets/update_many.json` with `{"tickets": [{"id", ...}]}` (a batch update: different
+        values per ticket, the per-ticket `comment` included) answers a queued `job_status`; `GET
+        /api/v2/job_statuses/{id}.json` is polled (`job_poll_seconds`, doubling, `job_polls` at most, each a
+        counted call) until `completed`, `failed` or `killed`. A result `{"id", "action": "update",
+        "success": true, "status": "Updated"}` is done; any other (`{"id", "index", "error", "details"}`),
+        and every ticket a failed or killed job never reported, comes back as NotBatchedError so the cycle
+        sends it again on its own with the safe single PUT.
+        https://developer.zendesk.com/api-reference/ticketing/tickets/tickets/#update-many-tickets
+        https://developer.zendesk.com/api-reference/ticketing/ticket-management/job_statuses/
+
+        Collisions: safe_update/updated_stamp are documented for Update Ticket only, so a job cannot be
+        relied on to refuse a ticket a person changed since we read it. The job therefore never replaces a
+        list: tags go as `additional_tags`/`remove_tags` (the update_many form, "Updating tag lists"), so a
+        person's tag edit survives, and a dropdown tier's option tag follows the field on Zendesk's side. What a
+        job can still overwrite is the tier field itself, set by a person in the last minute or so before the
+        job (the export holds back a minute: newer edits are not in the book yet). `safe_update` is still sent
+        per ticket: were it honoured, that ticket fails in the results and goes out alone, where a 409 makes
+        the cycle re-read it. A ticket whose last read shows it closed is refused here, never sent.
+        Raises AmbiguousWriteError when a job was, or may have been, queued but its end was not seen: the
+        cycle then leaves the intents pending for recovery (comment key check) instead of sending them twice.
+        """
+        outcomes: list[BatchOutcome] = []
+        for start in range(0, len(writebacks), JOB_SIZE):
+            outcomes.extend(self._job(writebacks[start : start + JOB_SIZE]))
+        return outcomes
+
+    def _job(self, writebacks: list[WriteBack]) -> list[BatchOutcome]:
+        outcomes: dict[str, BatchOutcome] = {}
+        tickets: list[dict[str, Any]] = []
+        for writeback in writebacks:
+            where = f"{self.instance}: ticket {writeback.ticket_id}"
+            try:
+                tickets.append(self._batch_update(writeback, where))
+            except ConnectorError as error:
+                outcomes[str(writeback.ticket_id)] = error
+        if tickets:
+            sent = {str(ticket["id"]) for ticket in tickets}
+            response = self.http.request("PUT", UPDATE_MANY_PATH, json={"tickets": tickets})
+            try:
+                job = self._job_status(response, "update_many")
+            except PermanentWriteError as error:  # the batch as a whole refused (4xx): nothing was queued
+                outcomes.update({ticket_id: NotBatchedError(str(error)) for ticket_id in sent})
+            else:
+                outcomes.update(self._follow_job(job, sent))
+        return [outcomes[str(writeback.ticket_id)] for writeback in writebacks]
+
+    def _batch_update(self, writeback: WriteBack, where: str) -> dict[str, Any]:
+        """One ticket of a batch update: the mapping's tier fields, tags as a difference, the note."""
+        memo = self._memo.get(str(writeback.ticket_id))
+        if memo is not None and memo[0] == writeback.revision and memo[2] == "closed":
+            raise PermanentWriteError(f"{where}: closed tickets cannot be updated")
+        tier_only = replace(writeback, add_tags=frozenset(), remove_tags=frozenset(), comment=None)
+        # The mapping renders a whole tag list only to move a dropdown's option tag: Zendesk moves it itself
+        # when the field changes, and a list would replace a person's concurrent tag edit, so it is dropped.
+        update = {k: v for k, v in self.mapping.render_patch(tier_only, {"tags": []}).items() if k != "tags"}
+        update["id"] = _ticket_path_id(writeback.ticket_id)
+        if writeback.add_tags:
+            update["additional_tags"] = sorted(writeback.add_tags)
+        if writeback.remove_tags:
+            update["remove_tags"] = sorted(writeback.remove_tags)
+        if writeback.comment is not None:
+            update["comment"] = {"body": writeback.comment.text, "public": False}
+        update["safe_update"] = True
+        update["updated_stamp"] = writeback.revision
+        return update
+
+    def _job_status(self, response: httpx.Response, what: str) -> dict[str, Any]:
+        status = response.status_code
+        body = self._body(response)
+        job = body.get("job_status") if body else None
+        if status in (200, 201, 202) and isinstance(job, dict) and isinstance(job.get("id"), str):
+            return job
+        text = _error_text(body)
+        if what == "update_many" and 400 <= status < 500:
+            raise PermanentWriteError(f"{self.instance}: update_many refused: HTTP {status}: {text}")
+        raise AmbiguousWriteError(f"{self.instance}: {what}: HTTP {status}, no job status: {text}")
+
+    def _follow_job(self, job: dict[str, Any], sent: set[str]) -> dict[str, BatchOutcome]:
+        """Poll the job to its end; each sent ticket's outcome from its result."""
+        wait = self.job_poll_seconds
+        path = f"/api/v2/job_statuses/{_job_path_id(job['id'])}.json"
+        for _ in range(self.job_polls):
+            if job.get("status") in JOB_ENDED:
+                break
+            self.http.pause(wait, f"waiting for job {job['id']}")
+            wait = min(wait * 2, MAX_JOB_POLL_SECONDS)
+            job = self._job_status(self.http.request("GET", path), f"job {job['id']}")
+        else:
+            if job.get("status") not in JOB_ENDED:
+                raise AmbiguousWriteError(
+                    f"{self.instance}: job {job['id']} still {job.get('status')} after {self.job_polls} polls"
+                )
+        outcomes: dict[str, BatchOutcome] = {}
+        results = job.get("results") if isinstance(job.get("results"), list) else []
+        for result in results:
+            if not isinstance(result, Mapping) or str(result.get("id")) not in sent:
+                continue
+            ticket_id = str(result["id"])
+            if result.get("success") is True:
+                outcomes[ticket_id] = ApplyResult(ticket_id=ticket_id, revision="")
+            else:
+                reason = ": ".join(str(result[k]) for k in ("error", "errors", "details") if result.get(k))
+                outcomes[ticket_id] = NotBatchedError(
+                    f"{self.instance}: ticket {ticket_id}: not applied by job {job['id']}: {reason or 'no reason'}"
+                )
+        for ticket_id in sent - set(outcomes):
+            outcomes[ticket_id] = NotBatchedError(
+                f"{self.instance}: ticket {ticket_id}: job {job['id']} {job.get('status')} without a result for it"
+            )
+        return outcomes
+
     def _current_tags(self, writeback: WriteBack, where: str) -> frozenset[str]:
         """The ticket's tags at `writeback.revision` (the memo of the last read, else a re-read)."""
         memo = self._memo.get(str(writeback.ticket_id))
@@ -460,6 +593,13 @@ def _ticket_path_id(ticket_id: str) -> int:
         return int(str(ticket_id))
     except ValueError:
         raise PermanentWriteError(f"not a Zendesk ticket id: {ticket_id!r}") from None
+
+
+def _job_path_id(job_id: str) -> str:
+    """Job ids are opaque strings (`V3-326ff9...`): only letters, digits and dashes go into the path."""
+    if not job_id or not all(ch.isalnum() or ch in "-_" for ch in job_id):
+        raise AmbiguousWriteError(f"not a Zendesk job id: {job_id[:60]!r}")
+    return job_id
 
 
 def _error_text(body: Mapping[str, Any] | None) -> str:

@@ -25,7 +25,9 @@ from engine.policy import Policy, policy_from_dict
 Platform = Literal["zendesk", "jsm", "servicenow"]
 
 CONNECTOR_OPTIONS: dict[str, frozenset[str]] = {
-    "zendesk": frozenset({"page_size", "history_pages_per_poll", "subdomain", "initial_lookback_hours"}),
+    "zendesk": frozenset(
+        {"page_size", "history_pages_per_poll", "subdomain", "initial_lookback_hours", "job_poll_seconds", "job_polls"}
+    ),
     "jsm": frozenset({"page_size", "overlap_seconds", "jql", "initial_lookback_hours"}),
     "servicenow": frozenset(
         {
@@ -63,6 +65,9 @@ class DaemonSection(BaseModel):
     metrics_port: int | None = Field(None, ge=1, le=65535)
     metrics_address: str = "127.0.0.1"
     max_writes_per_cycle: int = Field(100, ge=1)
+    batch_writes_from: int = Field(3, ge=2)
+    """A cycle sends its due writes as batch jobs where the platform has them (Zendesk update_many) once at
+    least this many are due together; fewer go one call each (a job costs its call and at least one poll)."""
     review_interval_seconds: float = Field(3600.0, gt=0)
     lease_ttl_seconds: float = Field(30.0, gt=0)
     """PostgreSQL: how long an instance's lease outlives its holder's last heartbeat (state/lease.py)."""

@@ -25,27 +25,32 @@ The order is what makes a crash harmless (DESIGN.md, principles 1, 2 and 7):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from connectors.base import (
+    ApplyResult,
     AuthError,
+    BatchOutcome,
     ConflictError,
     Connector,
     ConnectorError,
+    NotBatchedError,
     Page,
     PermanentWriteError,
     RateLimitedError,
     RawRecord,
     TransientError,
     WaitInterruptedError,
+    apply_many,
 )
 from engine.escalate import evaluate
 from engine.model import ClockState, Comment, Decision, EscalationHistory, Status, Ticket, Tier, WriteBack
@@ -69,6 +74,8 @@ SCAN_DONE = "done"
 """The open-ticket scan's progress once it has completed (`sync.py backfill` clears it to scan again)."""
 REVIEW_CHUNK = 500
 """Due entries read from the book at a time."""
+BATCH_SIZE = 100
+"""Due writes handed to a connector's `apply_many` at once (one Zendesk update_many job)."""
 MAX_PAGES = 100_000
 """A poll that pages this often in one cycle is looping, whatever its cursors say."""
 PURGE_EVERY = timedelta(hours=1)
@@ -159,6 +166,7 @@ class Syncer:
         max_write_attempts: int = 5,
         retry_backoff: timedelta = RETRY_BACKOFF,
         max_writes_per_cycle: int = 100,
+        batch_writes_from: int = 3,
         review_interval: timedelta = timedelta(hours=1),
         adopt: str = "notes",
         fingerprint: str = "",
@@ -182,6 +190,9 @@ class Syncer:
         """Ledger keys of writes that may have landed (a 5xx, timeout or dropped connection after sending) in
         this cycle: verified and sent again once, after `retry_backoff`, before the cycle ends."""
         self.max_writes_per_cycle = max_writes_per_cycle
+        self.batch_writes_from = batch_writes_from
+        self._batch: list[tuple[WriteBack, Decision | None, Ticket]] = []
+        """Due writes of the review step waiting to go out together (their intents are recorded when they go)."""
         self.review_interval = review_interval
         self.adopt_tag_only = adopt == "tag_only"
         self.fingerprint = fingerprint
@@ -489,9 +500,23 @@ class Syncer:
                 processed.add(entry.ticket_id)
                 history = history_from_rows(entries.get(entry.ticket_id, []), (counts or {}).get(entry.customer, 0))
                 if not self._review_one(entry, history, now, report, updates):
-                    self.state.book_schedule(self.instance, updates)
+                    self._schedule(updates, now, report)
                     return
-            self.state.book_schedule(self.instance, updates)
+            self._schedule(updates, now, report)
+
+    def _schedule(
+        self, updates: list[tuple[str, datetime | None, int, bool]], now: datetime, report: CycleReport
+    ) -> None:
+        """Send the writes still queued, then store the reviewed entries' next moments (a ticket re-read after
+        a conflict is in the book afresh already)."""
+        unsent: set[str] = set()
+        if self.stop.is_set():
+            # Stopping: the queued writes are not started (no intent recorded yet); their tickets stay due.
+            unsent = {ticket.id for _, _, ticket in self._batch}
+            self._batch = []
+        self._flush(now, report)  # raising, it leaves every entry of the chunk due
+        skip = self._rebooked | unsent
+        self.state.book_schedule(self.instance, [update for update in updates if update[0] not in skip])
 
     def _review_one(
         self,
@@ -522,12 +547,13 @@ class Syncer:
                 updates.append((entry.ticket_id, now, _urgency(decision, ticket), entry.adopt))
                 return False
             self._attempts += 1
-            written = report.writes
-            escalated = sum(report.escalations.values())
-            self._send(writeback, decision, ticket, now, report, retry_conflict=True)
-            if ticket.id not in self._polled:
-                report.review_writes += report.writes - written
-                report.review_escalations += sum(report.escalations.values()) - escalated
+            if getattr(self.connector, "apply_many", None) is not None and not self.dry_run:
+                self._batch.append((writeback, decision, ticket))
+                if len(self._batch) >= BATCH_SIZE:
+                    self._flush(now, report)
+            else:
+                with self._review_counts(ticket, report):
+                    self._send(writeback, decision, ticket, now, report, retry_conflict=True)
         if ticket.id in self._rebooked:
             return True  # re-read after a conflict: the fresh record is in the book already
         if ticket.status.is_terminal:
@@ -567,6 +593,49 @@ class Syncer:
         repeats = self.state.escalations_since(customer, now - REPEAT_WINDOW) if customer else 0
         return history_from_rows(self.state.tier_entries(self.instance, ticket.id), repeats)
 
+    @contextlib.contextmanager
+    def _review_counts(self, ticket: Ticket, report: CycleReport) -> Iterator[None]:
+        """Writes and escalations of a ticket this cycle did not poll: time passing alone made them necessary."""
+        written, escalated = report.writes, sum(report.escalations.values())
+        yield
+        if ticket.id not in self._polled:
+            report.review_writes += report.writes - written
+            report.review_escalations += sum(report.escalations.values()) - escalated
+
+    def _flush(self, now: datetime, report: CycleReport) -> None:
+        """Send the queued writes: as the connector's batch when at least `batch_writes_from` are due together,
+        else one call each. Every write of a batch has its intent recorded before the batch is sent, so a crash
+        while a job runs leaves pending intents that recovery checks by their comment key, as for one write."""
+        queued, self._batch = self._batch, []
+        if len(queued) < self.batch_writes_from:
+            for writeback, decision, ticket in queued:
+                with self._review_counts(ticket, report):
+                    self._send(writeback, decision, ticket, now, report, retry_conflict=True)
+            return
+        batch = []
+        for writeback, decision, ticket in queued:
+            prepared = self._prepare(writeback, decision, ticket, now, report)
+            if prepared is not None:
+                batch.append((prepared, decision, ticket))
+        if not batch:
+            return
+        try:
+            outcomes = apply_many(self.connector, [writeback for writeback, _, _ in batch])
+        except (RateLimitedError, WaitInterruptedError):
+            raise  # nothing is known to have been applied: the intents stay pending for recovery
+        except TransientError as error:
+            # The job was (or may have been) queued but its end was not seen: one attempt each, and recovery
+            # checks the comment key before anything is sent again.
+            for writeback, _, ticket in batch:
+                self._failed(writeback.key, str(error), now, report, ticket.id)
+            return
+        for (writeback, decision, ticket), outcome in zip(batch, outcomes, strict=True):
+            with self._review_counts(ticket, report):
+                if isinstance(outcome, NotBatchedError):
+                    self._deliver(writeback, decision, ticket, now, report, retry_conflict=True)
+                else:
+                    self._settle(writeback, decision, ticket, now, report, outcome, retry_conflict=True)
+
     def _send(
         self,
         writeback: WriteBack,
@@ -577,12 +646,20 @@ class Syncer:
         *,
         retry_conflict: bool,
     ) -> None:
+        prepared = self._prepare(writeback, decision, ticket, now, report)
+        if prepared is not None:
+            self._deliver(prepared, decision, ticket, now, report, retry_conflict=retry_conflict)
+
+    def _prepare(
+        self, writeback: WriteBack, decision: Decision | None, ticket: Ticket, now: datetime, report: CycleReport
+    ) -> WriteBack | None:
+        """The write to send, its intent recorded in the ledger first; None when there is nothing to send."""
         if writeback.is_empty:
-            return
+            return None
         if self.dry_run:
             report.planned += 1
             self.on_event(Event("planned", self.instance, ticket.id, now, _describe(writeback, decision, ticket)))
-            return
+            return None
         intent = self.state.record_intent(self.instance, ticket.id, writeback.key, encode(writeback), now)
         unverified = intent.state is IntentState.DEAD and intent.last_error.startswith(UNVERIFIED)
         if writeback.comment is not None and (intent.state is IntentState.DONE or unverified):
@@ -590,11 +667,44 @@ class Syncer:
             # never post it twice.
             writeback = replace(writeback, comment=None)
             if writeback.is_empty:
-                return
-            intent = self.state.record_intent(self.instance, ticket.id, writeback.key, encode(writeback), now)
+                return None
+            self.state.record_intent(self.instance, ticket.id, writeback.key, encode(writeback), now)
+        return writeback
+
+    def _deliver(
+        self,
+        writeback: WriteBack,
+        decision: Decision | None,
+        ticket: Ticket,
+        now: datetime,
+        report: CycleReport,
+        *,
+        retry_conflict: bool,
+    ) -> None:
+        """One call for one prepared write, and its outcome settled in the ledger."""
+        try:
+            outcome: BatchOutcome = self.connector.apply(writeback)
+        except (RateLimitedError, WaitInterruptedError):
+            raise  # nothing was sent: not an attempt; the intent stays pending and the cycle stops here
+        except (ConflictError, PermanentWriteError, TransientError) as error:
+            outcome = error
+        self._settle(writeback, decision, ticket, now, report, outcome, retry_conflict=retry_conflict)
+
+    def _settle(
+        self,
+        writeback: WriteBack,
+        decision: Decision | None,
+        ticket: Ticket,
+        now: datetime,
+        report: CycleReport,
+        outcome: BatchOutcome,
+        *,
+        retry_conflict: bool,
+    ) -> None:
         key = writeback.key
         try:
-            self.connector.apply(writeback)
+            if not isinstance(outcome, ApplyResult):
+                raise outcome
         except ConflictError:
             report.conflicts += 1
             self.on_event(Event("conflict", self.instance, ticket.id, now, {}))
@@ -607,11 +717,12 @@ class Syncer:
             self._dead(key, str(error), now, report, ticket.id)
             self._forget_if_gone(ticket, now)
             return
-        except (RateLimitedError, WaitInterruptedError):
-            raise  # nothing was sent: not an attempt; the intent stays pending and the cycle stops here
         except TransientError as error:
             self._failed(key, str(error), now, report, ticket.id)
             self._maybe_applied.add(key)
+            return
+        except ConnectorError as error:  # a batch's refusal of another kind, for this ticket only
+            self._dead(key, str(error), now, report, ticket.id)
             return
         self.state.mark_done(key, now)
         self._count_write(writeback, decision, ticket, now, report)

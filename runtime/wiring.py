@@ -124,6 +124,7 @@ def wire(
         clock=clock,
         max_write_attempts=config.daemon.max_write_attempts,
         max_writes_per_cycle=config.daemon.max_writes_per_cycle,
+        batch_writes_from=config.daemon.batch_writes_from,
         review_interval=timedelta(seconds=config.daemon.review_interval_seconds),
         adopt=section.adopt,
         fingerprint=fingerprint(config, mapping),

@@ -14,6 +14,12 @@ the client's misunderstandings. What it follows (developer.zendesk.com):
   refuses updates with 422 `RecordInvalid` "Status: closed prevents ticket update"; unknown id -> 404
   `{"error": "RecordNotFound", "description": "Not found"}`; a missing or bad login -> 401
   `{"error": "Couldn't authenticate you"}`. The update answers `{ticket, audit}`.
+- Update Many Tickets, batch form (`PUT /api/v2/tickets/update_many.json`, `{"tickets": [{"id", ...}]}`, up
+  to 100, each with its own fields) answers a queued `job_status`; the job runs on a later `GET
+  /api/v2/job_statuses/{id}.json` (`job_polls_to_finish`), or before any other request (a background job runs
+  whether or not anyone polls it), then `completed` with one result per ticket,
+  `{"id", "action": "update", "success": true, "status": "Updated"}` or `{"index", "id", "error", "details"}`.
+  `safe_update` is documented for Update Ticket only, so a batch update does not apply it.
 - Ticket Comments: cursor pagination (`page[size]` <= 100, `page[after]`, `page[before]`, `meta.has_more`,
   `meta.after_cursor`, `links.next`) and the older offset pagination (`next_page`, `count`); `sort_order`.
 - Incremental Ticket Event Export: `GET /api/v2/incremental/ticket_events.json?start_time=<epoch>` with
@@ -251,6 +257,26 @@ class UpdateRefused(Exception):
     """A test helper asked for an update the API would refuse (closed ticket, bad value)."""
 
 
+JOB_LIMIT = 100
+"""Tickets an Update Many Tickets request takes at most."""
+
+
+@dataclass
+class _Job:
+    id: str
+    tickets: list[dict[str, Any]]
+    polls_left: int
+    status: str = "queued"
+    results: list[dict[str, Any]] = field(default_factory=list)
+    finished: datetime | None = None
+
+
+def _job_error(body: Any) -> dict[str, Any]:
+    """A failed ticket's result: `error` and `details` as the job statuses reference names them."""
+    body = body if isinstance(body, dict) else {}
+    return {"error": body.get("error", "TicketUpdateFailed"), "details": body.get("description", "")}
+
+
 @dataclass
 class _TicketState:
     """One ticket: the resource as the API shows it, plus what the platform tracks behind it (metrics)."""
@@ -300,6 +326,7 @@ class ZendeskSandbox(SandboxApp):
         self._tickets: dict[int, _TicketState] = {}
         self._counters = {"ticket": 1000, "event": 36100000000000, "audit": 36200000000000, "metric": 36300000000000}
         self._counters["create_event"] = 36400000000000
+        self._counters["job"] = 0x326FF9154427BE70C7CCE4274A4B0000
         self._ticket_events: list[dict[str, Any]] = []
         """Every audit as the incremental ticket event export shows it (comment child events included)."""
         self._users: dict[int, dict[str, Any]] = {}
@@ -307,12 +334,17 @@ class ZendeskSandbox(SandboxApp):
         self._groups: dict[int, dict[str, Any]] = {}
         self._agents_by_group: dict[int, list[int]] = {}
         self._requesters: list[tuple[int, int]] = []
+        self._jobs: dict[str, _Job] = {}
+        self.job_polls_to_finish = 1
+        """Status polls a job answers `queued`/`working` to before it runs (the first poll runs it by default)."""
         self._build_directory()
         for method, pattern, handler in (
             ("GET", r"/api/v2/incremental/tickets/cursor\.json", self._export),
             ("GET", r"/api/v2/incremental/ticket_events(?:\.json)?", self._export_events),
             ("GET", r"/api/v2/tickets/(?P<ticket_id>\d+)(?:\.json)?", self._show_ticket),
             ("PUT", r"/api/v2/tickets/(?P<ticket_id>\d+)(?:\.json)?", self._update_ticket),
+            ("PUT", r"/api/v2/tickets/update_many(?:\.json)?", self._update_many),
+            ("GET", r"/api/v2/job_statuses/(?P<job_id>[A-Za-z0-9-]+?)(?:\.json)?", self._show_job),
             ("GET", r"/api/v2/tickets/(?P<ticket_id>\d+)/comments(?:\.json)?", self._list_comments),
             ("GET", r"/api/v2/tickets/(?P<ticket_id>\d+)/audits(?:\.json)?", self._list_audits),
             ("GET", r"/api/v2/tickets/(?P<ticket_id>\d+)/metrics(?:\.json)?", self._show_metrics),
@@ -431,6 +463,12 @@ class ZendeskSandbox(SandboxApp):
 
     def dispatch(self, request: Request) -> Response:
         with self._lock:
+            if "/job_statuses/" not in request.path:
+                # A background job runs whether or not anyone asks after it: by the time the client sends
+                # anything else (its next cycle, a restart), the jobs it queued have run.
+                for job in self._jobs.values():
+                    if job.status in ("queued", "working"):
+                        self._run_job(job)
             response = super().dispatch(request)
             used = self._minute_counts.get(_epoch(self.clock.now()) // 60, 0)
             response.headers.setdefault("X-Rate-Limit", str(self.rate_limit))
@@ -575,6 +613,70 @@ class ZendeskSandbox(SandboxApp):
             return refusal
         audit = self._apply(state, self.clock.now(), API_USER_ID, fields, "api")
         return _json(200, {"ticket": self._ticket_json(state), "audit": audit})
+
+    def _update_many(self, request: Request) -> Response:
+        """Update Many Tickets, batch form: `{"tickets": [{"id", ...fields}]}`, up to 100, each with its own
+        values; answered with a queued job status, the work done when the job runs (on a later status poll).
+        Per ticket the fields are those of Update Ticket; `safe_update` is documented for Update Ticket only and
+        is not applied here (a batch update does not refuse a ticket changed since the client read it)."""
+        try:
+            payload = request.json()
+        except ValueError:
+            return _json(400, {"error": "InvalidJSON", "description": "The request body is not valid JSON"})
+        tickets = payload.get("tickets") if isinstance(payload, dict) else None
+        if not isinstance(tickets, list) or not tickets or not all(isinstance(t, dict) for t in tickets):
+            return _invalid("The request body must be an object with a 'tickets' array of ticket objects")
+        if len(tickets) > JOB_LIMIT:
+            return _invalid(f"Too many tickets: at most {JOB_LIMIT} per request")
+        job_id = f"V3-{self._next('job'):032x}"
+        self._jobs[job_id] = _Job(job_id, copy.deepcopy(tickets), self.job_polls_to_finish)
+        return _json(200, {"job_status": self._job_json(self._jobs[job_id], request)})
+
+    def _show_job(self, request: Request, job_id: str) -> Response:
+        job = self._jobs.get(job_id)
+        if job is None:
+            return _json(404, ERROR_NOT_FOUND)
+        if job.status in ("queued", "working"):
+            job.polls_left -= 1
+            if job.polls_left > 0:
+                job.status = "working"
+            else:
+                self._run_job(job)
+        return _json(200, {"job_status": self._job_json(job, request)})
+
+    def _run_job(self, job: _Job) -> None:
+        """Apply each ticket's update in order, one result each, as the job statuses reference shows them."""
+        for index, fields in enumerate(job.tickets):
+            ticket_id = fields.get("id")
+            state = self._live(ticket_id) if isinstance(ticket_id, int) else None
+            if state is None:
+                job.results.append({"index": index, "id": ticket_id, **_job_error(ERROR_NOT_FOUND)})
+                continue
+            update = {k: v for k, v in fields.items() if k not in ("id", "safe_update", "updated_stamp")}
+            refusal = self._refusal(state, update)
+            if refusal is not None:
+                job.results.append({"index": index, "id": ticket_id, **_job_error(refusal.body)})
+                continue
+            self._apply(state, self.clock.now(), API_USER_ID, update, "api")
+            job.results.append({"id": ticket_id, "action": "update", "success": True, "status": "Updated"})
+        job.status = "completed"
+        job.finished = self.clock.now()
+
+    def _job_json(self, job: _Job, request: Request) -> dict[str, Any]:
+        done = job.status == "completed"
+        return {
+            "id": job.id,
+            "job_type": "Bulk Update Ticket",
+            "url": f"{self.canonical}/api/v2/job_statuses/{job.id}.json",
+            "total": len(job.tickets) if job.status != "queued" else None,
+            "progress": len(job.results) if job.status != "queued" else None,
+            "status": job.status,
+            "message": f"Completed at {job.finished:%Y-%m-%d %H:%M:%S} +0000" if done and job.finished else None,
+            "results": copy.deepcopy(job.results) if done else None,
+        }
+
+    def job_count(self) -> int:
+        return len(self._jobs)
 
     def _refusal(self, state: _TicketState, fields: dict[str, Any]) -> Response | None:
         """What the API answers instead of applying `fields`, or None when it would apply them."""

@@ -120,7 +120,9 @@ class World:
         self.store: Store = open_store(self.store_url)
         self.config = AppConfig(
             path=ROOT / "config.example.toml",
-            daemon=DaemonSection(max_write_attempts=3),
+            # One call per write: these scenarios inject faults into the single write; batched writes (Zendesk
+            # update_many jobs) have theirs in tests/test_batch_writes.py.
+            daemon=DaemonSection(max_write_attempts=3, batch_writes_from=10**6),
             state_url=self.store_url,
             instances=(platform.section,),
             policy=load_policy(ROOT / "config.example.toml"),

@@ -101,7 +101,7 @@ def test_a_write_applied_then_lost_is_posted_once(tmp_path: Path, name: str, ans
     store = open_store(f"sqlite:///{tmp_path / 'state.sqlite3'}")
     config = AppConfig(
         path=ROOT / "config.example.toml",
-        daemon=DaemonSection(),
+        daemon=DaemonSection(batch_writes_from=10**6),  # the single write; a lost job: tests/test_batch_writes.py
         state_url="",
         instances=(section,),
         policy=load_policy(ROOT / "config.example.toml"),
