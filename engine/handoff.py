@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
+from itertools import pairwise
 from string import Template
 
 from engine.calendar import format_duration
@@ -124,7 +125,7 @@ def _path(context: HandoffContext) -> str:
     if len(path) <= 2:
         return ""  # one step: the "Escalated from ... to ..." line says it all
     parts = [path[0].value]
-    for before, after in zip(path, path[1:], strict=False):
+    for before, after in pairwise(path):
         movers = [
             rule.name
             for rule in context.fired
@@ -233,9 +234,7 @@ def _deadlines(context: HandoffContext) -> tuple[list[str], list[str], list[str]
         met = {clock.name for clock in context.clocks if clock.state is ClockState.MET}
         steps = [("acknowledge", mgmt.acknowledgment, "mgmt_acknowledgment")]
         if context.ticket.segment == "enterprise" or flags.revenue_at_risk > 0:
-            steps.append(
-                ("notify the executive sponsor", mgmt.executive_notification, "mgmt_executive_notification")
-            )
+            steps.append(("notify the executive sponsor", mgmt.executive_notification, "mgmt_executive_notification"))
         steps += [
             ("contact the customer", mgmt.customer_contact, "mgmt_customer_contact"),
             ("share a resolution plan", mgmt.resolution_plan, "mgmt_resolution_plan"),
