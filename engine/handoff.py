@@ -36,6 +36,9 @@ NOTE_CHARS = 200
 MAX_NOTES = 10
 """The latest notes shown; earlier ones are counted."""
 MAX_ATTACHMENTS = 20
+_SHRINK = ((MAX_NOTES, MAX_ATTACHMENTS), (5, 10), (2, 5), (0, 0))
+"""(notes, attachments) shown, tried in turn until the note fits the platform's limit: the long lists give way
+before the tail (why, to-dos, acceptance) is cut."""
 COMMENT_LIMITS = {"zendesk": 64_000, "jsm": 32_767, "servicenow": 4_000}
 """Characters a comment may hold, marker included. Zendesk: about 65,000 ("a size limit that roughly translates to
 a character limit of ~65,000", Zendesk developer support, support.zendesk.com/hc/en-us/community/posts/4719863289498);
@@ -136,7 +139,7 @@ def _path(context: HandoffContext) -> str:
     return f"{' -> '.join(parts)}; {passed} did not hold the ticket: each step's rule held at once"
 
 
-def _notes(context: HandoffContext) -> str:
+def _notes(context: HandoffContext, most: int = MAX_NOTES) -> str:
     """The internal notes people wrote since the tier was entered, oldest first, with their times."""
     ticket, policy = context.ticket, context.policy
     start = context.tier_start or ticket.created_at
@@ -145,8 +148,9 @@ def _notes(context: HandoffContext) -> str:
         later = [note for note in ticket.note_texts if note.at > start]
         if not later:
             return f"- none {since}"
-        shown = later[-MAX_NOTES:]
-        lines = [f"- {len(later) - len(shown)} earlier notes {since} not shown"] if len(later) > len(shown) else []
+        shown = later[len(later) - most :]
+        hidden = len(later) - len(shown)
+        lines = [f"- {hidden} earlier note{'s' if hidden != 1 else ''} {since} not shown"] if hidden else []
         lines += [f"- {_time(note.at, policy)}: {_one_line(note.text, NOTE_CHARS)}" for note in shown]
         return "\n".join(lines)
     counted = ticket.internal_notes_since(start)
@@ -158,15 +162,15 @@ def _notes(context: HandoffContext) -> str:
     return f"- {count} {since}, the last at {_time(last, policy)} (their text is not read on this platform)"
 
 
-def _attachments(ticket: Ticket) -> str:
+def _attachments(ticket: Ticket, most: int = MAX_ATTACHMENTS) -> str:
     files = ticket.attachments
     if files is None:
         return ""
     if not files:
         return "none"
-    lines = [f"{len(files)}"] + [f"- {item.name} {item.url}".rstrip() for item in files[:MAX_ATTACHMENTS]]
-    if len(files) > MAX_ATTACHMENTS:
-        lines.append(f"- and {len(files) - MAX_ATTACHMENTS} more on the ticket")
+    lines = [f"{len(files)}"] + [f"- {item.name} {item.url}".rstrip() for item in files[:most]]
+    if len(files) > most:
+        lines.append(f"- {'and ' if most else ''}{len(files) - most} {'more ' if most else ''}on the ticket")
     return "\n".join(lines)
 
 
@@ -349,5 +353,11 @@ def render_handoff(context: HandoffContext) -> Comment:
         "past_deadlines": "\n".join(past),
         "acceptance": _acceptance(context),
     }
-    body = _fit(render_template(policy.handoff_template, values), ticket.platform, context.key)
-    return Comment(body=body, idempotency_key=context.key)
+    limit = COMMENT_LIMITS.get(ticket.platform)
+    body = render_template(policy.handoff_template, values)
+    for notes, files in _SHRINK[1:]:
+        if limit is None or len(Comment(body=body, idempotency_key=context.key).text) <= limit:
+            break
+        values["notes"], values["attachments"] = _notes(context, notes), _attachments(ticket, files)
+        body = render_template(policy.handoff_template, values)
+    return Comment(body=_fit(body, ticket.platform, context.key), idempotency_key=context.key)

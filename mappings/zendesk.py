@@ -203,6 +203,13 @@ class HistoryMap(Strict):
     ticket_events: bool = True
 
 
+class ZendeskSentimentMap(SentimentMap):
+    """`satisfaction_rating`: the ticket's CSAT score ("good" / "bad"; "offered" and "unoffered" say nothing), a
+    real field of the ticket (https://developer.zendesk.com/api-reference/ticketing/tickets/tickets/), read first."""
+
+    satisfaction_rating: bool = True
+
+
 class ZendeskMappingFile(Strict):
     priority: PriorityMap
     tier: TierMap
@@ -210,14 +217,7 @@ class ZendeskMappingFile(Strict):
     flags: FlagsMap = FlagsMap()
     tags: TagNames = TagNames()
     history: HistoryMap = HistoryMap()
-    sentiment: ZendeskSentimentMap = Field(default_factory=lambda: ZendeskSentimentMap())
-
-
-class ZendeskSentimentMap(SentimentMap):
-    """`satisfaction_rating`: the ticket's CSAT score ("good" / "bad"; "offered" and "unoffered" say nothing), a
-    real field of the ticket (https://developer.zendesk.com/api-reference/ticketing/tickets/tickets/), read first."""
-
-    satisfaction_rating: bool = True
+    sentiment: ZendeskSentimentMap = Field(default_factory=ZendeskSentimentMap)
 
 
 def parse_time(value: Any) -> datetime:

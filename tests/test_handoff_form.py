@@ -246,6 +246,23 @@ def test_issue9_item9_the_note_fits_each_platforms_comment_limit(platform: str):
     assert small is not None and "cut to fit" not in small.text
 
 
+def test_issue9_item9_on_servicenow_long_note_lists_give_way_before_the_why_and_the_acceptance():
+    notes = tuple(NoteText(FRIDAY + n * M, f"step {n} " + "z" * 400) for n in range(1, 40))
+    files = tuple(
+        Attachment(f"f{n}.har", "https://acme.service-now.com/sys_attachment.do?sys_id=" + "a" * 32) for n in range(30)
+    )
+    t = ticket(note_texts=notes, internal_notes=tuple(note.at for note in notes), attachments=files)
+    comment = evaluate(t, POLICY, FRIDAY + 3 * H).comment
+    assert comment is not None and len(comment.text) <= COMMENT_LIMITS["servicenow"]
+    assert "cut to fit" not in comment.body
+    assert "Why:" in comment.body and "Acceptance (received by / when):" in comment.body
+    notes_shown = section(comment.body, "Troubleshooting steps taken (internal notes):")
+    assert notes_shown[0].startswith("- 34 earlier notes since the ticket entered L1")  # the latest 5 shown
+    assert notes_shown[-1].startswith("- 2026-11-27 09:39 UTC: step 39 ")
+    roomy = evaluate(replace(t, platform="zendesk"), POLICY, FRIDAY + 3 * H).comment
+    assert roomy is not None and "- 29 earlier notes" in roomy.body  # Zendesk holds the default 10
+
+
 def test_issue9_item9_new_placeholders_validate_and_a_misspelling_is_refused():
     raw = tomllib.loads((ROOT / "config.example.toml").read_text())["policy"]
     fields = "$path $notes $attachments $last_contact $customer_notified $sentiment $relationship"
