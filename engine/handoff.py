@@ -98,9 +98,7 @@ def _description(ticket: Ticket, lines: int) -> str:
 
 def _impact(ticket: Ticket) -> str:
     flags = ticket.flags
-    parts = []
-    if ticket.segment:
-        parts.append(f"{ticket.segment} customer" + (f" ({ticket.organization})" if ticket.organization else ""))
+    parts = []  # the customer's segment is under "Relationship" (see `_relationship`)
     if flags.affected_customers:
         parts.append(f"{flags.affected_customers} customers affected")
     if flags.linked_incidents:
