@@ -191,14 +191,28 @@ def _last_contact(ticket: Ticket, policy: Policy) -> str:
 
 
 def _customer_notified(context: HandoffContext) -> str:
-    """Always "not yet" when the note is written (the escalation is now and the note is internal), and how the
-    answer becomes known: the first public reply after the note, which the receiving tier's assessment clock (the
-    management customer-contact clock) measures when the platform's replies can be read."""
-    ticket = context.ticket
+    """ "Not yet" for this escalation when the note is written (it happens now, and the note is internal), and how
+    the answer becomes known: the first public reply after the note, measured by the receiving tier's assessment
+    clock or the management customer-contact clock where one is set and the platform's replies can be read. A
+    ticket already above L1 also says whether the customer heard from us since it entered its tier."""
+    ticket, policy = context.ticket, context.policy
     known = ticket.public_replies is not None or "public_replies" not in ticket.missing_facts
     text = "not yet (this note is internal; escalation-sync never writes to the customer)"
+    escalates = context.target.rank > context.current.rank
+    measured = (escalates and bool(policy.tiers[context.target].assessment)) or (
+        context.management and bool(policy.management.customer_contact)
+    )
     if known:
-        text += ": the first public reply after this note tells them, and its clock records when"
+        clock = ", and its clock records when" if measured else ""
+        text += f": the first public reply after this note tells them{clock}"
+    if ticket.public_replies is not None and context.current.rank > 1 and context.tier_start is not None:
+        since = [reply for reply in ticket.public_replies if reply > context.tier_start]
+        entered = _time(context.tier_start, policy)
+        text += (
+            f"; of the escalation to {context.current} ({entered}): yes, public reply at {_time(min(since), policy)}"
+            if since
+            else f"; of the escalation to {context.current} ({entered}): no public reply since"
+        )
     return text
 
 
@@ -268,10 +282,14 @@ def _acceptance(context: HandoffContext) -> str:
         due = policy.management.calendar.add_business_time(context.management_start, target) if target else None
         clock = "mgmt_acknowledgment"
     by = f", due by {_time(due, policy)}" if due is not None else ""
+    measured = (
+        f"escalation-sync records it as the {clock} clock (tagged if late)"
+        if due is not None
+        else "no deadline is set for it, so nothing measures it"
+    )
     return (
         f"- received by the first {side} agent action on the ticket after this note (a comment, status or assignee "
-        f"change){by}. This note is not edited: the ticket's history shows who and when, and escalation-sync "
-        f"records it as the {clock} clock (tagged if late)."
+        f"change){by}. This note is not edited: the ticket's history shows who and when; {measured}."
     )
 
 

@@ -159,6 +159,34 @@ def test_issue9_item9_customer_fields_the_platform_cannot_supply_are_left_out():
     assert "its clock records when" not in notified  # the replies cannot be read: no clock will tell
 
 
+def test_issue9_item9_customer_notified_of_the_earlier_escalation_and_no_clock_claimed_where_none_runs():
+    at_l2 = ticket(
+        tier=Tier.L2,
+        tier_entered_at=FRIDAY + H,
+        public_replies=(FRIDAY + H / 4, FRIDAY + 90 * M),
+        agent_actions=(FRIDAY + H / 4, FRIDAY + 70 * M, FRIDAY + 90 * M),
+        flags=Flags(engineering_required=True),
+    )
+    notified = next(line for line in body(at_l2, FRIDAY + 2 * H).splitlines() if line.startswith("Customer notified"))
+    assert notified.endswith(
+        "; of the escalation to L2 (2026-11-27 10:00 UTC): yes, public reply at 2026-11-27 10:30 UTC"
+    )
+    silent = replace(at_l2, public_replies=(FRIDAY + H / 4,))
+    notified = next(line for line in body(silent, FRIDAY + 2 * H).splitlines() if line.startswith("Customer notified"))
+    assert notified.endswith("; of the escalation to L2 (2026-11-27 10:00 UTC): no public reply since")
+    # L4 has no assessment target: no clock is claimed for the reply, and none for acceptance when ack is 0.
+    at_l3 = replace(at_l2, tier=Tier.L3, flags=Flags(vendor_dependency=True))
+    text = body(at_l3, FRIDAY + 2 * H)
+    notified = next(line for line in text.splitlines() if line.startswith("Customer notified"))
+    assert "clock" not in notified
+    data = tomllib.loads((ROOT / "config.example.toml").read_text())["policy"]
+    data["tiers"]["L4"]["acknowledgment_minutes"] = 0
+    no_ack = evaluate(at_l3, policy_from_dict(data), FRIDAY + 2 * H).comment
+    assert no_ack is not None
+    assert "no deadline is set for it, so nothing measures it" in no_ack.body
+    assert "due by" not in section(no_ack.body, "Acceptance (received by / when):")[0]
+
+
 def test_issue9_item9_acceptance_block_says_how_it_is_filled():
     text = body(ticket(), FRIDAY + 6 * H + H / 2)
     lines = section(text, "Acceptance (received by / when):")
@@ -167,7 +195,7 @@ def test_issue9_item9_acceptance_block_says_how_it_is_filled():
         "- received by the first Specialist (L2) agent action on the ticket after this note (a comment, status or"
         " assignee change), due by 2026-11-27 15:45 UTC."
     )
-    assert "not edited" in lines[0] and "acknowledgment clock" in lines[0]
+    assert "not edited" in lines[0] and "records it as the acknowledgment clock (tagged if late)" in lines[0]
 
 
 def test_issue9_item9_an_l1_to_l4_chain_names_its_path_and_the_rule_of_each_step():
