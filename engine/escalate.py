@@ -713,10 +713,12 @@ def evaluate(ticket: Ticket, policy: Policy, now: datetime, history: EscalationH
     # Follow chains (L1 overdue -> L2, and "engineering required at L2" -> L3) to the fixpoint now, as if the
     # ticket already sat at the new tier since `now`: one write and one handoff instead of one per cycle.
     level = current
+    path = [current]
     for _ in range(len(Tier)):
         if RANK[target] <= RANK[level]:
             break
         level = target
+        path.append(level)
         moved = replace(ticket, tier=level, tier_entered_at=now)
         moved_clocks = sla_clocks + tier_clocks(ticket, policy, now, level, now) + mgmt_clocks
         facts = compute_facts(moved, now, moved_clocks, 0.0, history, policy.fact_paths)
@@ -751,6 +753,9 @@ def evaluate(ticket: Ticket, policy: Policy, now: datetime, history: EscalationH
                 clocks=tuple(clocks),
                 fired=tuple(outcome for outcome in outcomes if outcome.fired),
                 key=f"{ticket.instance}:{ticket.id}:{key_suffix}",
+                tier_start=tier_start,
+                path=tuple(path),
+                customer_escalations_30d=history.customer_escalations_30d if history is not _NO_HISTORY else None,
             )
         )
     return Decision(

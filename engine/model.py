@@ -111,6 +111,24 @@ class PlatformSla:
 
 
 @dataclass(frozen=True)
+class NoteText:
+    """An internal note by a person, as the handoff's troubleshooting summary shows it: when, and its first words
+    (the mapping cuts the text short: the note is a summary of the steps taken, not a copy of the ticket)."""
+
+    at: datetime
+    text: str
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A file on the ticket the platform names with a link (the handoff lists them; nothing downloads them)."""
+
+    name: str
+    url: str
+    at: datetime | None = None
+
+
+@dataclass(frozen=True)
 class Ticket:
     platform: str
     instance: str
@@ -152,6 +170,12 @@ class Ticket:
     missing_facts: frozenset[str] = frozenset()
     """History facts (names from HISTORY_FACTS) whose source this instance cannot read: the clocks that need
     them are UNKNOWN instead of running on to a breach nobody could have avoided."""
+    note_texts: tuple[NoteText, ...] | None = None
+    """The internal notes of `internal_notes` with their text, oldest first (None: their text is not read here)."""
+    attachments: tuple[Attachment, ...] | None = None
+    """Files attached to the ticket or its comments, oldest first (None: this platform's mapping reads none)."""
+    sentiment: str | None = None
+    """The customer's sentiment as a field or tag the mapping names shows it (None: nothing carries it)."""
 
     @property
     def effective_tier(self) -> Tier:

@@ -204,16 +204,30 @@ DEFAULT_TEMPLATE = """\
 Escalation handoff: $ticket
 Priority: $priority
 Escalated from $from_tier to $to_tier at $time
+Path: $path
 Management escalation: $management
 SLA:
 $sla
 Customer's description:
 $description
 Impact: $impact
+Troubleshooting steps taken (internal notes):
+$notes
+Attachments: $attachments
+Last customer communication: $last_contact
+Customer notified of the escalation: $customer_notified
+Customer sentiment: $sentiment
+Relationship: $relationship
 Why:
 $rules
 Receiving tier must:
-$todo"""
+$todo
+Management must:
+$management_todo
+Deadlines already past:
+$past_deadlines
+Acceptance (received by / when):
+$acceptance"""
 
 
 HANDOFF_PLACEHOLDERS = frozenset(
@@ -229,6 +243,16 @@ HANDOFF_PLACEHOLDERS = frozenset(
         "impact",
         "rules",
         "todo",
+        "path",
+        "notes",
+        "attachments",
+        "last_contact",
+        "customer_notified",
+        "sentiment",
+        "relationship",
+        "management_todo",
+        "past_deadlines",
+        "acceptance",
     )
 )
 """The `$names` a handoff template may use (engine/handoff.py fills exactly these). Any other name would be

@@ -170,3 +170,27 @@ def truth(record_id: str, field: str, value: Any) -> bool:
         if math.isfinite(number):
             return number != 0
     raise NormalizeError(record_id, field, f"not a boolean (expected true/false, yes/no, 1/0): {_quoted(value)}")
+NOTE_TEXT_CHARS = 500
+"""An internal note's text is kept this long for the handoff's troubleshooting summary (which cuts it shorter):
+a summary needs the first words, and a ticket's whole notes would sit in memory for every ticket of a page."""
+
+
+def note_text(text: str) -> str:
+    """A note's text on one line, cut to NOTE_TEXT_CHARS."""
+    flat = " ".join(text.split())
+    return flat[:NOTE_TEXT_CHARS]
+
+
+class SentimentMap(Strict):
+    """Which tags (labels) carry the customer's sentiment, and what the handoff shows for each. Empty by default:
+    no platform has a standard sentiment tag, and a sentiment nobody set is never guessed."""
+
+    tags: dict[str, str] = {}
+
+
+def sentiment_from_tags(tags: frozenset[str], spec: SentimentMap) -> str | None:
+    """The first mapped tag the ticket carries (in the mapping's order), shown with the tag it came from."""
+    for tag, shown in spec.tags.items():
+        if tag in tags:
+            return f"{shown} (tag {tag})"
+    return None

@@ -32,7 +32,9 @@ from pydantic import AfterValidator, Field, field_validator, model_validator
 from connectors.base import HistorySource, RawRecord, ReadSpec
 from engine.model import (
     COMMENT_MARKER,
+    Attachment,
     Flags,
+    NoteText,
     PlatformSla,
     Priority,
     Status,
@@ -45,10 +47,13 @@ from engine.model import (
 from mappings import MappingError, NormalizeError
 from mappings.common import (
     FlagSources,
+    SentimentMap,
     Strict,
     TagNames,
     finite_number,
     load_spec,
+    note_text,
+    sentiment_from_tags,
     summary_times,
     tier_entry,
     truth,
@@ -203,6 +208,7 @@ class JsmMappingFile(Strict):
     flags: FlagsMap = FlagsMap()
     tags: TagNames = TagNames()
     history: HistoryMap = HistoryMap()
+    sentiment: SentimentMap = SentimentMap()
 
 
 # ---- value readers ---------------------------------------------------------------------------------------
@@ -334,6 +340,7 @@ class JsmMapping:
                 wanted.append(ref.field)
         if spec.history.comments:
             wanted.append("comment")
+        wanted.append("attachment")  # the handoff's attachments (see `_attachments`)
         for name in FlagsMap.model_fields:
             rule = getattr(spec.flags, name)
             if rule is not None and rule.field:
@@ -433,7 +440,27 @@ class JsmMapping:
             platform_slas=slas,
             revision=str(fields["updated"]) if isinstance(fields["updated"], str) else updated_at.isoformat(),
             **history,
+            **self._handoff_facts(record, fields, created_at, status, tier, frozenset(labels)),
         )
+
+    def _handoff_facts(
+        self,
+        record: RawRecord,
+        fields: Mapping[str, Any],
+        created: datetime,
+        status: Status,
+        tier: Tier | None,
+        labels: frozenset[str],
+    ) -> dict[str, Any]:
+        """The handoff form's facts: internal notes' texts, the `attachment` field, the sentiment label."""
+        notes = (
+            _note_texts(_History(self, record, fields, created, status, tier)) if self.spec.history.comments else None
+        )
+        return {
+            "note_texts": notes,
+            "attachments": _attachments(str(record.data.get("key") or record.id), fields.get("attachment")),
+            "sentiment": sentiment_from_tags(labels, self.spec.sentiment),
+        }
 
     @staticmethod
     def _required(rid: str, fields: Mapping[str, Any], name: str) -> Any:
@@ -744,6 +771,43 @@ class _History:
             found.append((at, comment.get("author"), public if isinstance(public, bool) else None, ours))
         found.sort(key=lambda comment: comment[0])
         return found
+
+
+def _note_texts(history: _History) -> tuple[NoteText, ...] | None:
+    """The internal notes `_History.facts` counts (agents' comments with `jsdPublic` false, ours left out) with
+    their text; None when the comments are cut off or do not say which are public."""
+    raw = history.fields.get("comment")
+    if history._comments() is None or not isinstance(raw, Mapping):
+        return None
+    notes = []
+    for comment in raw["comments"]:
+        public = comment.get("jsdPublic")
+        if not isinstance(public, bool):
+            return None
+        text = adf_to_text(comment.get("body"))
+        author = comment.get("author")
+        if public or OUR_MARKER in text or history._is_customer(author) or not history._is_agent(author):
+            continue
+        notes.append(NoteText(parse_jira_time(comment.get("created"), history.rid, "comment.created"), note_text(text)))
+    return tuple(sorted(notes, key=lambda note: note.at))
+
+
+def _attachments(rid: str, value: Any) -> tuple[Attachment, ...] | None:
+    """The issue's `attachment` field (`[{self, id, filename, author, created, size, mimeType, content}]`, "Get
+    issue", Jira Cloud REST API): `content` is the download link. None when the field was not returned, or is
+    malformed: the list is left out of the note rather than the ticket quarantined, which would stop its clocks."""
+    if not isinstance(value, list):
+        return None
+    files = []
+    for item in value:
+        if not isinstance(item, Mapping) or not isinstance(item.get("content"), str):
+            return None
+        try:
+            at = parse_jira_time(item["created"], rid, "attachment.created") if item.get("created") else None
+        except NormalizeError:
+            return None
+        files.append(Attachment(str(item.get("filename") or ""), item["content"], at))
+    return tuple(sorted(files, key=lambda item: item.at or datetime.min.replace(tzinfo=UTC)))
 
 
 def _number(rid: str, field: str, value: Any, kind: type) -> Any:

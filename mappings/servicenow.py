@@ -29,6 +29,7 @@ from connectors.base import HistorySource, RawRecord, ReadSpec
 from engine.model import (
     COMMENT_MARKER,
     Flags,
+    NoteText,
     PlatformSla,
     Priority,
     Status,
@@ -41,10 +42,13 @@ from engine.model import (
 from mappings import MappingError, NormalizeError
 from mappings.common import (
     FlagSources,
+    SentimentMap,
     Strict,
     TagNames,
     finite_number,
     load_spec,
+    note_text,
+    sentiment_from_tags,
     summary_times,
     tier_entry,
     truth,
@@ -227,6 +231,7 @@ class ServiceNowMappingFile(Strict):
     tags: TagsMap = Field(default_factory=TagsMap)
     platform_sla: PlatformSlaMap = Field(default_factory=PlatformSlaMap)
     history: HistoryMap = Field(default_factory=HistoryMap)
+    sentiment: SentimentMap = Field(default_factory=SentimentMap)
 
 
 def parse_datetime(value: str) -> datetime:
@@ -428,7 +433,8 @@ class _Normalizer:
         assert updated is not None
         created = self.date(fields.created_at, required=True) or updated
         tier = self.mapping._tier_by_value.get(tier_value)
-        history = _History(self, created, status, tier).facts()
+        reader = _History(self, created, status, tier)
+        history = reader.facts()
         times = summary_times(history)
         return Ticket(
             platform=PLATFORM,
@@ -457,6 +463,8 @@ class _Normalizer:
             platform_slas=self.platform_slas(),
             revision=make_revision(self.text(fields.updated_at), self.text(fields.mod_count)),
             **history,
+            note_texts=reader.note_texts(),
+            sentiment=sentiment_from_tags(tags, self.spec.sentiment),
         )
 
     def tags(self) -> frozenset[str]:
@@ -663,6 +671,20 @@ class _History:
         if missing:
             facts["missing_facts"] = frozenset(missing)
         return facts
+
+    def note_texts(self) -> tuple[NoteText, ...] | None:
+        """The work notes `facts` counts as internal notes, with their text (`value`) for the handoff; None where
+        the journal is not read. Attachments (sys_attachment) are not read: no request is added for them."""
+        history = self.spec.history
+        journal = self._rows("sys_journal_field", "sys_created_by") if history.journal else None
+        if journal is None:
+            return None
+        return tuple(
+            NoteText(at, note_text(text_value(row.get("value"))))
+            for at, row in journal
+            if text_value(row.get("element")) == history.internal_element
+            and OUR_MARKER not in text_value(row.get("value"))
+        )
 
     def _by_agent(self, row: dict[str, Any], author: str) -> bool:
         name = text_value(row.get(author))

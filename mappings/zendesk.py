@@ -52,14 +52,29 @@ from pydantic import Field, PositiveInt, field_validator
 
 from connectors.base import HistorySource, RawRecord, ReadSpec
 from engine.configfile import locate
-from engine.model import COMMENT_MARKER, Flags, Priority, Status, StatusChange, Ticket, Tier, TierChange, WriteBack
+from engine.model import (
+    COMMENT_MARKER,
+    Attachment,
+    Flags,
+    NoteText,
+    Priority,
+    Status,
+    StatusChange,
+    Ticket,
+    Tier,
+    TierChange,
+    WriteBack,
+)
 from mappings import MappingError, NormalizeError
 from mappings.common import (
     FlagSources,
+    SentimentMap,
     Strict,
     TagNames,
     finite_number,
     load_spec,
+    note_text,
+    sentiment_from_tags,
     summary_times,
     tier_entry,
     truth,
@@ -189,6 +204,13 @@ class HistoryMap(Strict):
     ticket_events: bool = True
 
 
+class ZendeskSentimentMap(SentimentMap):
+    """`satisfaction_rating`: the ticket's CSAT score ("good" / "bad"; "offered" and "unoffered" say nothing), a
+    real field of the ticket (https://developer.zendesk.com/api-reference/ticketing/tickets/tickets/), read first."""
+
+    satisfaction_rating: bool = True
+
+
 class ZendeskMappingFile(Strict):
     priority: PriorityMap
     tier: TierMap
@@ -196,6 +218,7 @@ class ZendeskMappingFile(Strict):
     flags: FlagsMap = FlagsMap()
     tags: TagNames = TagNames()
     history: HistoryMap = HistoryMap()
+    sentiment: ZendeskSentimentMap = Field(default_factory=ZendeskSentimentMap)
 
 
 def parse_time(value: Any) -> datetime:
@@ -333,7 +356,51 @@ class ZendeskMapping:
             flags=self._flags(rid, tags, fields, org_fields, reopens),
             revision=str(data["updated_at"]),
             **history,
+            **self._handoff_facts(data, record, created_at, updated_at, tags),
         )
+
+    def _handoff_facts(
+        self,
+        data: Mapping[str, Any],
+        record: RawRecord,
+        created_at: datetime,
+        updated_at: datetime,
+        tags: frozenset[str],
+    ) -> dict[str, Any]:
+        """The handoff form's facts: the notes' texts and the comments' attachments from the same complete event
+        history `_history` reads (left out without it), and the sentiment."""
+        facts: dict[str, Any] = {"sentiment": self._sentiment(data, tags)}
+        events = self._complete_events(record, created_at, updated_at) if self.config.history.ticket_events else None
+        if events is not None:
+            found = _comment_extras(events, data.get("requester_id"))
+            if found is not None:
+                facts["note_texts"], facts["attachments"] = found
+        return facts
+
+    def _complete_events(self, record: RawRecord, created_at: datetime, updated_at: datetime) -> list[Any] | None:
+        """The ticket's events when the connector saw all of them (the test `_history` applies), else None."""
+        audits = record.related.get("ticket_audits")
+        if isinstance(audits, list):
+            return _audits_as_events(audits)
+        window = record.related.get("ticket_events_window")
+        events = record.related.get("ticket_events")
+        if (
+            isinstance(window, list)
+            and len(window) == 2
+            and all(isinstance(edge, int) for edge in window)
+            and isinstance(events, list)
+            and window[0] <= created_at.timestamp()
+            and updated_at.timestamp() < window[1]
+        ):
+            return events
+        return None
+
+    def _sentiment(self, data: Mapping[str, Any], tags: frozenset[str]) -> str | None:
+        spec = self.config.sentiment
+        rating = data.get("satisfaction_rating")
+        if spec.satisfaction_rating and isinstance(rating, Mapping) and rating.get("score") in ("good", "bad"):
+            return f"satisfaction rating: {rating['score']}"
+        return sentiment_from_tags(tags, spec)
 
     def _history(
         self, rid: str, data: Mapping[str, Any], record: RawRecord, created_at: datetime, updated_at: datetime
@@ -643,6 +710,37 @@ class _EventHistory:
             "agent_actions": tuple(sorted(actions)),
             "last_customer_message_at": customer,
         }
+
+
+def _comment_extras(events: list[Any], requester: Any) -> tuple[tuple[NoteText, ...], tuple[Attachment, ...]] | None:
+    """Internal notes by people with their text (the comments `_EventHistory` counts as internal notes), and
+    every comment's attachments but our own notes' (`content_url`: the link an agent opens; deleted files are
+    left out); None when an event is malformed."""
+    notes: list[NoteText] = []
+    files: list[Attachment] = []
+    for event in events:
+        if not isinstance(event, Mapping) or not isinstance(event.get("child_events"), list):
+            return None
+        try:
+            at = parse_time(event.get("created_at"))
+        except ValueError:
+            return None
+        children = [child for child in event["child_events"] if isinstance(child, Mapping)]
+        creating = any(child.get("event_type") == "Create" for child in children)
+        for child in children:
+            if child.get("event_type") != "Comment":
+                continue
+            text = str(child.get("body") or child.get("plain_body") or "")
+            if OUR_MARKER in text:
+                continue
+            for item in child.get("attachments") or ():
+                if isinstance(item, Mapping) and not item.get("deleted") and item.get("content_url"):
+                    files.append(Attachment(str(item.get("file_name") or ""), str(item["content_url"]), at))
+            if not creating and child.get("author_id") != requester and child.get("public") is not True:
+                notes.append(NoteText(at, note_text(text)))
+    notes.sort(key=lambda note: note.at)
+    files.sort(key=lambda item: item.at or datetime.min.replace(tzinfo=UTC))
+    return tuple(notes), tuple(files)
 
 
 def _audits_as_events(audits: list[Any]) -> list[dict[str, Any]] | None:

@@ -86,11 +86,13 @@ def test_management_handoff_lists_management_deadlines():
     body = comment.body
     assert "Escalated from" not in body  # no tier change
     assert "Management escalation: yes, management track started" in body
-    assert "Impact: enterprise customer (Globex); churn threat" in body
-    assert "- management: acknowledge by 2026-11-27 10:30 UTC" in body
-    assert "- management: notify the executive sponsor by 2026-11-27 11:00 UTC" in body
-    assert "- management: contact the customer by 2026-11-27 12:00 UTC" in body
-    assert "- management: share a resolution plan by 2026-11-27 14:00 UTC" in body
+    assert "Impact: churn threat" in body
+    assert "Relationship: enterprise customer (Globex)" in body  # the segment moved there (issue 9 item 9)
+    # Under their own heading (issue 9 item 9), not "Receiving tier must".
+    assert "Management must:\n- acknowledge by 2026-11-27 10:30 UTC\n" in body
+    assert "- notify the executive sponsor by 2026-11-27 11:00 UTC" in body
+    assert "- contact the customer by 2026-11-27 12:00 UTC" in body
+    assert "- share a resolution plan by 2026-11-27 14:00 UTC" in body
     assert comment.idempotency_key == "acme-snow:abc123:MGMT"
 
 
