@@ -233,3 +233,221 @@ def test_issue9_item7e_l2_limit_is_strictly_more_than_eight_hours() -> None:
     at_limit = T0 + 24 * H
     assert evaluate(l2, POLICY, at_limit).target_tier is Tier.L2
     assert evaluate(l2, POLICY, at_limit + S).target_tier is Tier.L3
+
+
+# -- item 6: the management track's lifecycle ------------------------------------------------------------------
+
+
+class _Platform:
+    """A stand-in connector for the write path only: every write succeeds and is kept."""
+
+    def __init__(self) -> None:
+        self.applied: list = []
+
+    def apply(self, writeback) -> None:
+        self.applied.append(writeback)
+
+
+def _syncer(store, policy=POLICY):
+    from runtime.cycle import Syncer
+
+    return Syncer(
+        instance="acme",
+        platform="zendesk",
+        connector=_Platform(),  # type: ignore[arg-type]
+        mapping=load_mapping("zendesk"),
+        policy=policy,
+        store=store,
+        clock=lambda: T0,
+    )
+
+
+def _clocks(decision) -> dict:
+    return {clock.name: clock for clock in decision.clocks}
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    from state.sqlite import SqliteStore
+
+    opened = SqliteStore(tmp_path / "state.sqlite3")
+    yield opened
+    opened.close()
+
+
+def test_issue9_item6_a_management_tag_set_by_a_person_starts_clocks_that_run(store) -> None:
+    """The tag was there before any write of ours: the track starts when it is first seen, and its clocks run
+    on from that start in later cycles instead of staying at zero."""
+    syncer = _syncer(store)
+    tagged = ticket(tier=Tier.L3, tags=frozenset({"esc_management"}), last_agent_action_at=T0 + 10 * M)
+    first, _ = syncer._decide(tagged, T0 + H)
+    assert first.management
+    assert first.comment is None  # nothing of ours to announce: a person started the track
+    assert _clocks(first)["mgmt_customer_contact"].elapsed == timedelta(0)
+    later, writeback = syncer._decide(tagged, T0 + 4 * H)
+    contact = _clocks(later)["mgmt_customer_contact"]
+    assert contact.elapsed == 3 * H
+    assert contact.state is ClockState.BREACHED and contact.breached_at == T0 + 3 * H
+    assert "esc_breached_mgmt_customer_contact" in writeback.add_tags
+    assert later.comment is None
+
+
+def test_issue9_item6_executive_notification_and_resolution_plan_are_clocks() -> None:
+    started = EscalationHistory(management_started_at=T0, management_track=1)
+    enterprise = ticket(segment="enterprise", internal_notes=(T0 - H, T0 + 50 * M), agent_actions=(T0 + 5 * M,))
+    decision = evaluate(enterprise, POLICY, T0 + 5 * H, started)
+    clocks = _clocks(decision)
+    told = clocks["mgmt_executive_notification"]
+    assert told.state is ClockState.MET and told.elapsed == 50 * M  # the first note after the start, not before
+    plan = clocks["mgmt_resolution_plan"]
+    assert plan.state is ClockState.BREACHED and plan.breached_at == T0 + 4 * H
+    assert TagSignal("breached", "mgmt_resolution_plan") in decision.signals
+    at_risk = evaluate(enterprise, POLICY, T0 + 3 * H + 30 * M, started)
+    assert TagSignal("at_risk", "mgmt_resolution_plan") in at_risk.signals
+    # Late notes make the executive notification late; a ticket of a standard customer owes none.
+    late = evaluate(replace(enterprise, internal_notes=(T0 + 2 * H,)), POLICY, T0 + 3 * H, started)
+    assert TagSignal("breached", "mgmt_executive_notification") in late.signals
+    standard = evaluate(replace(enterprise, segment="standard"), POLICY, T0 + 3 * H, started)
+    assert "mgmt_executive_notification" not in _clocks(standard)
+    # Plan delivered (the tag first seen at +3h): met, and the review does not wait for it any more.
+    planned = replace(started, resolution_plan_at=T0 + 3 * H)
+    assert _clocks(evaluate(enterprise, POLICY, T0 + 5 * H, planned))["mgmt_resolution_plan"].state is ClockState.MET
+
+
+def test_issue9_item6_the_resolution_plan_tag_is_recorded_when_first_seen(store) -> None:
+    syncer = _syncer(store)
+    tagged = ticket(tier=Tier.L3, tags=frozenset({"esc_management"}))
+    syncer._decide(tagged, T0)
+    planned = replace(tagged, tags=tagged.tags | {"esc_resolution_plan"})
+    syncer._decide(planned, T0 + 2 * H)
+    decision, _ = syncer._decide(planned, T0 + 6 * H)
+    plan = _clocks(decision)["mgmt_resolution_plan"]
+    assert plan.state is ClockState.MET and plan.elapsed == 2 * H  # stopped where it was first seen, not now
+
+
+def _ending_policy(hours: float = 4):
+    data = policy_with()
+    data["management"] = {**data["management"], "end_after_quiet_hours": hours}
+    return policy_from_dict(data)
+
+
+def test_issue9_item6_the_policy_ends_the_track_once_the_plan_is_in_and_it_is_quiet() -> None:
+    policy = _ending_policy()
+    history = EscalationHistory(management_started_at=T0, resolution_plan_at=T0 + 2 * H, management_track=1)
+    quiet = ticket(tier=Tier.L3, tags=frozenset({"esc_management"}))
+    before = evaluate(quiet, policy, T0 + 6 * H - S, history)
+    assert before.management
+    assert before.review_at == T0 + 6 * H  # the end is due by time alone: the untouched ticket is looked at
+    after = evaluate(quiet, policy, T0 + 6 * H, history)
+    assert not after.management
+    assert TagSignal("management") not in after.signals
+    assert not any(clock.name.startswith("mgmt_") for clock in after.clocks)
+    assert after.comment is None
+    # A trigger still firing keeps the track; without a plan the track never ends; the default never ends it.
+    churn = replace(quiet, flags=Flags(churn_threat=True))
+    assert evaluate(churn, policy, T0 + 7 * H, history).management
+    no_plan = replace(history, resolution_plan_at=None)
+    assert evaluate(quiet, policy, T0 + 30 * H, no_plan).management
+    assert evaluate(quiet, POLICY, T0 + 30 * H, history).management
+
+
+def test_issue9_item6_an_ended_track_is_recorded_its_tag_removed_and_it_does_not_restart(store) -> None:
+    policy = _ending_policy()
+    syncer = _syncer(store, policy)
+    tagged = ticket(tier=Tier.L3, tags=frozenset({"esc_management", "esc_resolution_plan"}), updated_at=T0)
+    syncer._decide(tagged, T0)  # start and plan seen at T0
+    decision, writeback = syncer._decide(tagged, T0 + 4 * H)
+    assert not decision.management
+    assert "esc_management" in writeback.remove_tags
+    from runtime.cycle import CycleReport
+
+    report = CycleReport("acme", "zendesk", T0 + 4 * H)
+    syncer._send(writeback, decision, tagged, T0 + 4 * H, report, retry_conflict=False)
+    assert [label for label, _ in store.tier_entries("acme", "42")] == ["MGMT", "MGMT_PLAN", "MGMT_END"]
+    # The next cycle: the echo without the tag, and the book's copy from before the write, both stay ended.
+    echo = replace(tagged, tags=frozenset({"esc_resolution_plan"}), updated_at=T0 + 4 * H)
+    assert not syncer._decide(echo, T0 + 4 * H + M)[0].management
+    stale, stale_writeback = syncer._decide(tagged, T0 + 4 * H + 2 * M)
+    assert not stale.management and stale.comment is None
+    assert len(store.tier_entries("acme", "42")) == 3
+    # A trigger firing later starts the ticket's second track, with a note of its own.
+    churn = replace(echo, flags=Flags(churn_threat=True), updated_at=T0 + 9 * H)
+    again, again_writeback = syncer._decide(churn, T0 + 9 * H)
+    assert again.management and again.comment is not None
+    assert again.comment.idempotency_key == "acme:42:MGMT#2"
+    syncer._send(again_writeback, again, churn, T0 + 9 * H, report, retry_conflict=False)
+    assert ("MGMT#2", T0 + 9 * H) in store.tier_entries("acme", "42")
+    running, _ = syncer._decide(replace(churn, tags=churn.tags | {"esc_management"}), T0 + 10 * H)
+    assert running.management and running.comment is None
+    assert _clocks(running)["mgmt_acknowledgment"].elapsed == H  # the new track's clocks, from its own start
+
+
+# -- item 8: explain builds its inputs as a cycle does --------------------------------------------------------
+
+
+def _explain_config(tmp_path: Path) -> Path:
+    example = CONFIG.read_text(encoding="utf-8")
+    policy = example.split("# ---- escalation policy", 1)[1]
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[state]\nurl = "sqlite:///{tmp_path / "state.sqlite3"}"\n\n[[instances]]\nname = "acme"\n'
+        f'platform = "zendesk"\nbase_url = "https://acme.zendesk.com"\nmapping = "{ROOT / "mappings" / "zendesk.toml"}"\n\n'
+        '[instances.credentials]\nemail = "ZD_EMAIL"\napi_token = "ZD_TOKEN"\n'
+        "\n# ---- escalation policy" + policy,
+        encoding="utf-8",
+    )
+    return config
+
+
+def test_issue9_item8_explain_decides_as_the_cycle_does(tmp_path: Path, capsys) -> None:
+    """A P1 of a Premium (enterprise) organization that a person put on the management track: explain, before
+    and after a cycle, gives the cycle's decision: same segment, management clocks breached in both, and no
+    second management note proposed."""
+    import json
+
+    import sync
+    from connectors.base import RawRecord
+    from engine.plan import plan
+    from engine.report import explain_dict
+    from runtime.explain_input import records_in
+    from state.sqlite import SqliteStore
+
+    config = _explain_config(tmp_path)
+    record, related = _zendesk_raw({"segment": "Premium", "churn_risk": False}, [])
+    record = {**record, "priority": "urgent", "tags": ["esc_management"], "group_id": 360000000103}
+    record["created_at"] = record["updated_at"] = "2026-11-24T08:00:00Z"
+    page = {"tickets": [record], "organizations": [related["organization"]], "count": 1}
+    payload = tmp_path / "page.json"
+    payload.write_text(json.dumps(page), encoding="utf-8")
+    raw = next(item for item in records_in(page, "zendesk") if isinstance(item, RawRecord))
+
+    def explained(at: datetime) -> dict:
+        args = ["explain", "--config", str(config), "--instance", "acme", "--file", str(payload), "--json"]
+        assert sync.main([*args, "--at", at.isoformat()]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    def cycle(at: datetime) -> dict:
+        store = SqliteStore(tmp_path / "state.sqlite3")
+        try:
+            syncer = _syncer(store)
+            syncer.mapping = load_mapping("zendesk", ROOT / "mappings" / "zendesk.toml")
+            ticket = syncer.mapping.normalize(raw, "acme")
+            decision, writeback = syncer._decide(ticket, at)
+        finally:
+            store.close()
+        assert writeback == plan(decision, ticket, syncer.mapping.tags)
+        return json.loads(json.dumps(explain_dict(ticket, decision, writeback), default=str))
+
+    first_seen = T0 + H
+    before = explained(first_seen)  # no store yet: the cycle has not run
+    assert before == cycle(first_seen)
+    assert before["ticket"]["segment"] == "enterprise"
+    assert before["management"] and before["writeback"]["comment"] is None
+    later = T0 + 6 * H
+    from_cycle = cycle(later)
+    from_explain = explained(later)
+    assert from_explain == from_cycle
+    states = {clock["name"]: clock["state"] for clock in from_explain["clocks"]}
+    assert states["mgmt_resolution_plan"] == "breached"  # 4 h from the start at T0 + 1 h
+    assert "breached:mgmt_resolution_plan" in from_explain["signals"]
+    assert from_explain["writeback"]["comment"] is None
