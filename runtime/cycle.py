@@ -828,7 +828,11 @@ def seen_on_ticket(
         track = history.management_track + 1
         seen.append(management_label(MANAGEMENT_START, track))
         history = replace(
-            history, management_started_at=now, management_ended_at=None, resolution_plan_at=None, management_track=track
+            history,
+            management_started_at=now,
+            management_ended_at=None,
+            resolution_plan_at=None,
+            management_track=track,
         )
         running = True
     if running and history.resolution_plan_at is None and policy.management.resolution_plan_tag in ticket.tags:

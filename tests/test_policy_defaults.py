@@ -201,7 +201,7 @@ def test_issue9_item7c_a_deescalation_rule_needs_a_fixed_tier() -> None:
 
     data = policy_with()
     data["rules"].append({"name": "down", "when": "flags.customer_requested", "tier": "next", "deescalate": True})
-    with pytest.raises(ConfigFileError, match="deescalate"):
+    with pytest.raises(ConfigFileError, match="needs a fixed tier"):
         policy_from_dict(data)
 
 
@@ -343,12 +343,12 @@ def test_issue9_item6_the_policy_ends_the_track_once_the_plan_is_in_and_it_is_qu
     assert TagSignal("management") not in after.signals
     assert not any(clock.name.startswith("mgmt_") for clock in after.clocks)
     assert after.comment is None
-    # A trigger still firing keeps the track; without a plan the track never ends; the default never ends it.
+    # A trigger still firing keeps the track; without a plan the track never ends; with 0 hours it never ends.
     churn = replace(quiet, flags=Flags(churn_threat=True))
     assert evaluate(churn, policy, T0 + 7 * H, history).management
     no_plan = replace(history, resolution_plan_at=None)
     assert evaluate(quiet, policy, T0 + 30 * H, no_plan).management
-    assert evaluate(quiet, POLICY, T0 + 30 * H, history).management
+    assert evaluate(quiet, _ending_policy(0), T0 + 30 * H, history).management
 
 
 def test_issue9_item6_an_ended_track_is_recorded_its_tag_removed_and_it_does_not_restart(store) -> None:
@@ -367,7 +367,7 @@ def test_issue9_item6_an_ended_track_is_recorded_its_tag_removed_and_it_does_not
     # The next cycle: the echo without the tag, and the book's copy from before the write, both stay ended.
     echo = replace(tagged, tags=frozenset({"esc_resolution_plan"}), updated_at=T0 + 4 * H)
     assert not syncer._decide(echo, T0 + 4 * H + M)[0].management
-    stale, stale_writeback = syncer._decide(tagged, T0 + 4 * H + 2 * M)
+    stale, _ = syncer._decide(tagged, T0 + 4 * H + 2 * M)
     assert not stale.management and stale.comment is None
     assert len(store.tier_entries("acme", "42")) == 3
     # A trigger firing later starts the ticket's second track, with a note of its own.
