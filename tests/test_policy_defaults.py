@@ -451,3 +451,18 @@ def test_issue9_item8_explain_decides_as_the_cycle_does(tmp_path: Path, capsys) 
     assert states["mgmt_resolution_plan"] == "breached"  # 4 h from the start at T0 + 1 h
     assert "breached:mgmt_resolution_plan" in from_explain["signals"]
     assert from_explain["writeback"]["comment"] is None
+
+
+def test_issue9_item7d_explain_at_without_an_offset_is_refused(tmp_path: Path, capsys) -> None:
+    import json
+
+    import sync
+
+    payload = tmp_path / "t.json"
+    record, related = _zendesk_raw({}, [])
+    payload.write_text(json.dumps({"ticket": record, "organizations": [related["organization"]]}), encoding="utf-8")
+    args = ["explain", "--platform", "zendesk", "--file", str(payload), "--json", "--at"]
+    assert sync.main([*args, "2026-11-24T10:00:00"]) == 2
+    assert "no UTC offset" in capsys.readouterr().err
+    assert sync.main([*args, "2026-11-24T10:00:00Z"]) == 0
+    assert json.loads(capsys.readouterr().out)["evaluated_at"] == "2026-11-24T10:00:00+00:00"
