@@ -408,7 +408,9 @@ GETTERS: dict[str, Getter] = {
     "any_clock_at_risk": _any_clock((ClockState.AT_RISK,)),
     "history.customer_escalations_30d": lambda env: env.history.customer_escalations_30d,
     "history.tier_entries": lambda env: len(env.history.tier_entries),
-    "history.management_active": lambda env: env.history.management_started_at is not None,
+    "history.management_active": lambda env: (
+        env.history.management_started_at is not None and env.history.management_ended_at is None
+    ),
     "platform_slas.any_breached": lambda env: any(sla.breached for sla in env.ticket.platform_slas),
     "platform_slas.breached": lambda env: sorted(sla.name for sla in env.ticket.platform_slas if sla.breached),
 }

@@ -27,7 +27,7 @@ Fact vocabulary (what a rule condition can read; all facts always exist, so no `
       mgmt_update
   any_clock_breached, any_clock_at_risk  bool   (customer_update excluded: it signals update_due instead)
   history.customer_escalations_30d  int      history.tier_entries  int (escalations recorded for the ticket)
-  history.management_active  bool  the management track was started earlier
+  history.management_active  bool  a management track started earlier and has not ended
   platform_slas.any_breached bool  platform_slas.breached  list of names (JSM / ServiceNow own SLAs)
   thresholds.<name>      double  the numbers of [policy.thresholds], inlined into the condition at load
 
