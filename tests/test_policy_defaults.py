@@ -266,11 +266,20 @@ def _clocks(decision) -> dict:
     return {clock.name: clock for clock in decision.clocks}
 
 
-@pytest.fixture
-def store(tmp_path: Path):
-    from state.sqlite import SqliteStore
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def store(request: pytest.FixtureRequest, tmp_path: Path):
+    """The track's rows on both backends (no migration: they are rows of the escalations table)."""
+    from state import open_store
 
-    opened = SqliteStore(tmp_path / "state.sqlite3")
+    url = f"sqlite:///{tmp_path}/state.sqlite3"
+    if request.param == "postgres":
+        from tests.test_state import PG_URL, private_schema, with_search_path
+
+        schemas = private_schema()
+        _, schema = next(schemas)
+        request.addfinalizer(lambda: next(schemas, None))
+        url = with_search_path(PG_URL, schema)
+    opened = open_store(url)
     yield opened
     opened.close()
 
