@@ -536,7 +536,13 @@ def _intent_row(intent: Intent) -> dict[str, Any]:
 def cmd_explain(args: argparse.Namespace) -> int:
     """Every ticket in a saved payload (any envelope, page or recorded exchange), or one live ticket, explained
     with the inputs a cycle would use: its history comes from the state store when the config names one."""
-    now = datetime.fromisoformat(args.at).astimezone(UTC) if args.at else utcnow()
+    now = utcnow()
+    if args.at:
+        try:
+            now = _aware(args.at, "--at")
+        except ValueError as error:
+            print(f"explain: {error}", file=sys.stderr)
+            return 2
     config = _load(args) if args.instance or (args.config and not args.file) else None
     if args.file:
         section = _section_named(config, args) if config else None
@@ -593,7 +599,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
                 failed += 1
                 print(f"cannot normalize ticket {item.id or '?'}: {type(error).__name__}: {error}", file=sys.stderr)
                 continue
-            decision = evaluate(ticket, policy, now, history_for(store, instance_name, ticket, now))
+            decision = evaluate(ticket, policy, now, history_for(store, instance_name, ticket, now, policy, mapping))
             writeback = plan(decision, ticket, mapping.tags)
             if args.json:
                 explained.append(explain_dict(ticket, decision, writeback))
@@ -608,6 +614,18 @@ def cmd_explain(args: argparse.Namespace) -> int:
     if not shown and not failed:
         print(f"explain: no ticket found in {args.file}", file=sys.stderr)
     return 1 if failed or not shown else 0
+
+
+def _aware(text: str, option: str) -> datetime:
+    """An ISO time with its UTC offset, in UTC. A time without one is refused: read as the host's local time it
+    would mean another moment on every machine."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{option} {text!r} is not an ISO 8601 time (e.g. 2026-12-01T10:00:00Z)") from None
+    if moment.tzinfo is None:
+        raise ValueError(f"{option} {text!r} has no UTC offset: write {text}Z for UTC, or e.g. {text}+01:00")
+    return moment.astimezone(UTC)
 
 
 def _section_named(config: AppConfig, args: argparse.Namespace) -> InstanceSection | None:
@@ -766,7 +784,9 @@ def parser() -> argparse.ArgumentParser:
     explain_cmd.add_argument("--file", help="a saved raw payload (JSON) instead of a live ticket")
     explain_cmd.add_argument("--platform", choices=("zendesk", "jsm", "servicenow"), help="platform of --file")
     explain_cmd.add_argument("--mapping", help="mapping file for --file (default: mappings/<platform>.toml)")
-    explain_cmd.add_argument("--at", help="evaluate at this ISO time instead of now")
+    explain_cmd.add_argument(
+        "--at", help="evaluate at this ISO time with its offset (2026-12-01T10:00:00Z) instead of now"
+    )
     explain_cmd.add_argument("--json", action="store_true")
     explain_cmd.set_defaults(func=cmd_explain)
 

@@ -52,7 +52,12 @@ _MINUTE = 60.0
 
 
 def _utc(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is UTC else moment.astimezone(UTC)
+    """`moment` in UTC; a naive time is refused: astimezone() would read it as the host's local time."""
+    if moment.tzinfo is UTC:
+        return moment
+    if moment.tzinfo is None:
+        raise ValueError(f"naive datetime {moment.isoformat()}: the engine works with timezone-aware UTC times")
+    return moment.astimezone(UTC)
 
 
 def tier_started_at(ticket: Ticket, history: EscalationHistory) -> datetime:
@@ -234,11 +239,16 @@ def tier_clocks(ticket: Ticket, policy: Policy, now: datetime, tier: Tier, tier_
     return clocks
 
 
-def management_clocks(ticket: Ticket, policy: Policy, now: datetime, start: datetime) -> list[Clock]:
+def management_clocks(
+    ticket: Ticket, policy: Policy, now: datetime, start: datetime, plan_at: datetime | None = None
+) -> list[Clock]:
     """The management track's clocks, running from the track's start (never paused: internal deadlines).
 
     Acknowledgment and customer contact stop at the first agent action / public reply after the start; the
-    update cadence counts from the last public reply.
+    executive notification (enterprise customers and revenue impact only) at the first internal note by a
+    person after the start (the note records that the sponsor was told; unknown where notes cannot be read); the resolution plan when the plan tag
+    (`[policy.management] resolution_plan_tag`, set by a person) was first seen (`plan_at`, recorded by the
+    cycle); the update cadence counts from the last public reply.
     """
     mgmt = policy.management
     cal = mgmt.calendar
@@ -252,17 +262,53 @@ def management_clocks(ticket: Ticket, policy: Policy, now: datetime, start: date
             clocks.append(_clock(policy, now, closed, "mgmt_acknowledgment", start, acted, target, cal, ()))
         else:
             clocks.append(_unknown("mgmt_acknowledgment", mgmt.acknowledgment, cal))
+    # Seeds: executive notification is owed for enterprise customers or revenue impact (as the handoff lists it).
+    if mgmt.executive_notification and (ticket.segment == "enterprise" or ticket.flags.revenue_at_risk > 0):
+        target = mgmt.executive_notification
+        if ticket.internal_notes is not None:
+            told = _first_after(ticket.internal_notes, start)
+            clocks.append(_clock(policy, now, closed, "mgmt_executive_notification", start, told, target, cal, ()))
+        else:
+            clocks.append(_unknown("mgmt_executive_notification", target, cal))
     if mgmt.customer_contact:
         target = mgmt.customer_contact
         if contact_known:
             clocks.append(_clock(policy, now, closed, "mgmt_customer_contact", start, contacted, target, cal, ()))
         else:
             clocks.append(_unknown("mgmt_customer_contact", target, cal))
+    if mgmt.resolution_plan:
+        planned = max(plan_at, start) if plan_at is not None else None
+        target = mgmt.resolution_plan
+        clocks.append(_clock(policy, now, closed, "mgmt_resolution_plan", start, planned, target, cal, ()))
     if contacted is not None and closed is None and mgmt.update_interval:
         last, _ = _last_reply(ticket)
         since = max(last or contacted, contacted)
         clocks.append(_clock(policy, now, closed, "mgmt_update", since, None, mgmt.update_interval, cal, ()))
     return clocks
+
+
+def management_ends_at(policy: Policy, history: EscalationHistory) -> datetime | None:
+    """When a running track may end: `end_after_quiet_hours` after the resolution plan was delivered (None:
+    never, the policy keeps tracks until the ticket closes, or no plan yet). It ends then if no management
+    rule fires at that moment or any later one: the engine keeps no memory of when a trigger last fired, so
+    "quiet" is judged by the triggers firing now."""
+    quiet = policy.management.end_after_quiet_hours
+    plan = history.resolution_plan_at
+    start = history.management_started_at
+    if not quiet or plan is None or start is None or history.management_ended_at is not None:
+        return None
+    return max(plan, start) + quiet
+
+
+MANAGEMENT_START = "MGMT"
+MANAGEMENT_END = "MGMT_END"
+MANAGEMENT_PLAN = "MGMT_PLAN"
+"""How the store's history rows and the handoff key name a management track's events."""
+
+
+def management_label(event: str, track: int) -> str:
+    """`MGMT` for the ticket's first track (the key and row names of earlier releases), `MGMT#2` for the next."""
+    return event if track <= 1 else f"{event}#{track}"
 
 
 def signals_for(clocks: Sequence[Clock], management: bool) -> frozenset[TagSignal]:
@@ -362,7 +408,9 @@ GETTERS: dict[str, Getter] = {
     "any_clock_at_risk": _any_clock((ClockState.AT_RISK,)),
     "history.customer_escalations_30d": lambda env: env.history.customer_escalations_30d,
     "history.tier_entries": lambda env: len(env.history.tier_entries),
-    "history.management_active": lambda env: env.history.management_started_at is not None,
+    "history.management_active": lambda env: (
+        env.history.management_started_at is not None and env.history.management_ended_at is None
+    ),
     "platform_slas.any_breached": lambda env: any(sla.breached for sla in env.ticket.platform_slas),
     "platform_slas.breached": lambda env: sorted(sla.name for sla in env.ticket.platform_slas if sla.breached),
 }
@@ -648,11 +696,29 @@ def run_rules(policy: Policy, facts: dict[str, Any], current: Tier) -> tuple[Rul
     return tuple(outcomes)
 
 
-def _target_tier(outcomes: tuple[RuleOutcome, ...], current: Tier, deescalate: bool) -> Tier:
-    fired = [outcome.target_tier for outcome in outcomes if outcome.fired and outcome.target_tier]
-    if deescalate and fired:
-        return max(fired, key=RANK.__getitem__)
-    return max([current, *fired], key=RANK.__getitem__)
+def _target_tier(outcomes: tuple[RuleOutcome, ...], current: Tier, lowering: frozenset[str] = frozenset()) -> Tier:
+    """The highest tier any fired rule asks for, never below `current` unless a rule of `lowering` fired.
+
+    `lowering` names the rules marked `deescalate = true` when the policy allows de-escalation: only they lower
+    a tier. An escalation rule that fires at a higher tier, such as customer-requested -> L2 on an L3 ticket,
+    must not pull the ticket down, or L2 <-> L3 would alternate every cycle. A lowering stops at the highest
+    tier the fired escalation rules ask for, so the next evaluation at the lowered tier gives the same answer.
+    """
+    raising = [o.target_tier for o in outcomes if o.fired and o.target_tier and o.name not in lowering]
+    highest = max([current, *raising], key=RANK.__getitem__)
+    down = [o.target_tier for o in outcomes if o.fired and o.target_tier and o.name in lowering]
+    if highest != current or not down:
+        return highest
+    return min(max([*down, *raising], key=RANK.__getitem__), current, key=RANK.__getitem__)
+
+
+def _lowering(policy: Policy) -> frozenset[str]:
+    """The rules allowed to lower a tier (see `_target_tier`), kept in the policy's memo."""
+    names = policy.outcome_cache.get("lowering")
+    if names is None:
+        allowed = policy.allow_deescalation
+        names = policy.outcome_cache["lowering"] = frozenset(r.name for r in policy.rules if r.deescalate and allowed)
+    return names
 
 
 def _merge_chain(first: tuple[RuleOutcome, ...], then: tuple[RuleOutcome, ...], level: Tier) -> tuple[RuleOutcome, ...]:
@@ -675,11 +741,14 @@ def evaluate(ticket: Ticket, policy: Policy, now: datetime, history: EscalationH
     terminal = ticket.status.is_terminal
     pauses = pauses_of(ticket)
     tier_start = tier_started_at(ticket, history)
-    started = history.management_started_at
+    # The running track, if any: one that ended by policy is over (a trigger firing again starts the next).
+    ended = history.management_ended_at is not None
+    started = history.management_started_at if not ended else None
+    plan_at = history.resolution_plan_at
     # Before the first management evaluation we do not know the start yet: rules decide below, and a newly
     # started track runs from `now` (the store records it with the MGMT comment).
     sla_clocks = measure_clocks(ticket, policy, now, pauses)
-    mgmt_clocks = management_clocks(ticket, policy, now, started) if started is not None else []
+    mgmt_clocks = management_clocks(ticket, policy, now, started, plan_at) if started is not None else []
     clocks = sla_clocks + tier_clocks(ticket, policy, now, current, tier_start) + mgmt_clocks
 
     if terminal:
@@ -709,7 +778,7 @@ def evaluate(ticket: Ticket, policy: Policy, now: datetime, history: EscalationH
     facts = compute_facts(ticket, now, clocks, hours, history, policy.fact_paths)
     outcomes = run_rules(policy, facts, current)
 
-    target = _target_tier(outcomes, current, policy.allow_deescalation)
+    target = _target_tier(outcomes, current, _lowering(policy))
     # Follow chains (L1 overdue -> L2, and "engineering required at L2" -> L3) to the fixpoint now, as if the
     # ticket already sat at the new tier since `now`: one write and one handoff instead of one per cycle.
     level = current
@@ -723,8 +792,16 @@ def evaluate(ticket: Ticket, policy: Policy, now: datetime, history: EscalationH
         moved_clocks = sla_clocks + tier_clocks(ticket, policy, now, level, now) + mgmt_clocks
         facts = compute_facts(moved, now, moved_clocks, 0.0, history, policy.fact_paths)
         outcomes = _merge_chain(outcomes, run_rules(policy, facts, level), level)
-        target = _target_tier(outcomes, level, False)
-    management = started is not None or any(o.fired and o.management for o in outcomes)
+        target = _target_tier(outcomes, level)
+    triggered = any(o.fired and o.management for o in outcomes)
+    end_at = management_ends_at(policy, history)
+    if started is not None and end_at is not None and now >= end_at and not triggered:
+        # The plan was delivered and nothing calls for management any more: the track ends (tag removed, its
+        # clocks no longer shown; the cycle records the end so that it does not restart by itself).
+        started, end_at = None, None
+        clocks = [clock for clock in clocks if not clock.name.startswith("mgmt_")]
+        mgmt_clocks = []
+    management = started is not None or triggered
     management_new = management and started is None
     if target != current or management_new:
         # The decision is the desired state *after* its write: the new tier's clocks start now, so the old
@@ -738,9 +815,12 @@ def evaluate(ticket: Ticket, policy: Policy, now: datetime, history: EscalationH
     review_at, review_exact = next_review(
         ticket, policy, now, clocks, 0.0 if target != current else hours, is_paused_at(pauses, now)
     )
+    if end_at is not None and end_at > now and (review_at is None or end_at < review_at):
+        review_at = end_at  # the track's end is time passing too: the untouched ticket must drop it on time
     comment = None
     if RANK[target] > RANK[current] or management_new:
-        key_suffix = target.value if target != current else "MGMT"
+        track = history.management_track + 1 if management_new else history.management_track
+        key_suffix = target.value if target != current else management_label(MANAGEMENT_START, track)
         comment = render_handoff(
             HandoffContext(
                 ticket=ticket,

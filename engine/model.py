@@ -197,8 +197,14 @@ class EscalationHistory:
     customer_escalations_30d: int = 0
     tier_entries: tuple[tuple[Tier, datetime], ...] = ()
     management_started_at: datetime | None = None
-    """When the management track started for this ticket (the store records it when the MGMT comment is
-    written); the management clocks run from here. None: not started yet, or not remembered."""
+    """When the ticket's latest management track started (the store records it when our write adds the tag,
+    or when the tag is first seen); the management clocks run from here. None: never started, or forgotten."""
+    management_ended_at: datetime | None = None
+    """When that track ended by policy (`end_after_quiet_hours`); None while it runs."""
+    resolution_plan_at: datetime | None = None
+    """When the resolution plan tag was first seen during that track: stops its resolution plan clock."""
+    management_track: int = 0
+    """Which track of the ticket that is (1 for the first; a trigger after an ended track starts the next)."""
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,11 @@ Fact vocabulary (what a rule condition can read; all facts always exist, so no `
   clocks.<clock>.elapsed_minutes / .remaining_minutes / .target_minutes  double (remaining < 0: overdue)
   clocks.<clock>.active  bool    the ticket has this clock
       <clock> is one of: first_response, resolution, customer_update, acknowledgment, assessment,
-      mgmt_acknowledgment, mgmt_customer_contact, mgmt_update
+      mgmt_acknowledgment, mgmt_executive_notification, mgmt_customer_contact, mgmt_resolution_plan,
+      mgmt_update
   any_clock_breached, any_clock_at_risk  bool   (customer_update excluded: it signals update_due instead)
   history.customer_escalations_30d  int      history.tier_entries  int (escalations recorded for the ticket)
-  history.management_active  bool  the management track was started earlier
+  history.management_active  bool  a management track started earlier and has not ended
   platform_slas.any_breached bool  platform_slas.breached  list of names (JSM / ServiceNow own SLAs)
   thresholds.<name>      double  the numbers of [policy.thresholds], inlined into the condition at load
 
@@ -59,7 +60,9 @@ CLOCK_NAMES = (
     "acknowledgment",
     "assessment",
     "mgmt_acknowledgment",
+    "mgmt_executive_notification",
     "mgmt_customer_contact",
+    "mgmt_resolution_plan",
     "mgmt_update",
 )
 CLOCK_FIELDS: dict[str, Any] = {
@@ -183,6 +186,8 @@ class ManagementModel(_Strict):
     customer_contact_minutes: float = Field(default=120, ge=0)
     resolution_plan_minutes: float = Field(default=240, ge=0)
     update_interval_hours: float = Field(default=24, ge=0)
+    resolution_plan_tag: str = Field(default="esc_resolution_plan", min_length=1)
+    end_after_quiet_hours: float = Field(default=0, ge=0)
 
 
 class RuleModel(_Strict):
@@ -191,12 +196,15 @@ class RuleModel(_Strict):
     when: str = Field(min_length=1)
     tier: Literal["L1", "L2", "L3", "L4", "next"] | None = None
     management: bool = False
+    deescalate: bool = False
     reason: str | None = None
 
     @model_validator(mode="after")
     def _target(self) -> RuleModel:
         if self.tier is None and not self.management:
             raise ValueError('a rule needs a target: tier = "L2" (or "next") and/or management = true')
+        if self.deescalate and self.tier in (None, "next"):
+            raise ValueError('a de-escalation rule (deescalate = true) needs a fixed tier to lower to, such as "L1"')
         return self
 
 
@@ -326,6 +334,10 @@ class ManagementPolicy:
     customer_contact: timedelta
     resolution_plan: timedelta
     update_interval: timedelta
+    resolution_plan_tag: str = "esc_resolution_plan"
+    """The tag a person sets once the resolution plan is delivered: stops the resolution plan clock."""
+    end_after_quiet_hours: timedelta = timedelta(0)
+    """The track ends this long after the resolution plan, once no management rule fires (zero: never)."""
 
 
 @dataclass(frozen=True)
@@ -340,6 +352,8 @@ class Rule:
     tier: Tier | Literal["next"] | None
     management: bool
     reason: str | None
+    deescalate: bool = False
+    """Meant to lower the tier: only such rules may, and only when the policy allows de-escalation."""
     reason_facts: tuple[str, ...] = ()
     """Facts the reason template shows besides those of the condition."""
     direct: str | None = None
@@ -453,6 +467,8 @@ def _build(data: dict[str, Any], path: str, text: str) -> Policy:
         customer_contact=timedelta(minutes=mgmt.customer_contact_minutes),
         resolution_plan=timedelta(minutes=mgmt.resolution_plan_minutes),
         update_interval=timedelta(hours=mgmt.update_interval_hours),
+        resolution_plan_tag=mgmt.resolution_plan_tag,
+        end_after_quiet_hours=timedelta(hours=mgmt.end_after_quiet_hours),
     )
     rules = _rules(model, path, text)
     cel_paths: list[str] = []
@@ -697,6 +713,7 @@ def _compile_rule(
         tier=tier,
         management=spec.management,
         reason=spec.reason,
+        deescalate=spec.deescalate,
         reason_facts=tuple(reason_facts),
         shown=_picker((*rewritten.facts, *reason_facts)),
         direct=_direct_fact(rewritten),

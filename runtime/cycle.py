@@ -52,7 +52,7 @@ from connectors.base import (
     WaitInterruptedError,
     apply_many,
 )
-from engine.escalate import evaluate
+from engine.escalate import MANAGEMENT_END, MANAGEMENT_PLAN, MANAGEMENT_START, evaluate, management_label
 from engine.model import ClockState, Comment, Decision, EscalationHistory, Status, Ticket, Tier, WriteBack
 from engine.plan import plan
 from engine.policy import Policy
@@ -66,10 +66,10 @@ log = logging.getLogger("escalation_sync.cycle")
 
 REPEAT_WINDOW = timedelta(days=30)
 TIER_NAMES = frozenset(tier.value for tier in Tier)
-MANAGEMENT = "MGMT"
+MANAGEMENT = MANAGEMENT_START
+"""Recorded beside the tier entries when the management track starts: its clocks run from then on."""
 RESOLVED = "RESOLVED"
 """Recorded beside the tier entries when an escalated ticket is solved or closed (for `sync.py report`)."""
-"""Recorded beside the tier entries when the management track starts: its clocks run from then on."""
 SCAN_DONE = "done"
 """The open-ticket scan's progress once it has completed (`sync.py backfill` clears it to scan again)."""
 REVIEW_CHUNK = 500
@@ -567,15 +567,24 @@ class Syncer:
     def _decide(
         self, ticket: Ticket, now: datetime, history: EscalationHistory | None = None
     ) -> tuple[Decision, WriteBack]:
-        history = history or self._history(ticket, now)
-        untracked = history.management_started_at is None and not ticket.status.is_terminal
-        if untracked and self.mapping.tags.management in ticket.tags:
-            # The management tag is there but no start was recorded (a person set it, another tool, a store
-            # reset): the track started at the latest when we first see it, and its clocks run from then.
-            self.state.record_escalation(self.instance, _customer(ticket), ticket.id, MANAGEMENT, now)
-            history = replace(history, management_started_at=now)
+        history, seen = seen_on_ticket(history or self._history(ticket, now), ticket, self.policy, self.mapping, now)
+        for label in seen:
+            self.state.record_escalation(self.instance, _customer(ticket), ticket.id, label, now)
         decision = evaluate(ticket, self.policy, now, history)
-        return decision, plan(decision, ticket, self.mapping.tags)
+        writeback = plan(decision, ticket, self.mapping.tags)
+        running = history.management_started_at is not None and history.management_ended_at is None
+        if running and not decision.management and self.mapping.tags.management not in ticket.tags:
+            # The policy ended the track and no tag is left to remove: the end is recorded now. (With the tag
+            # there, it is recorded once the write removing it is done; see `_count_write`.)
+            self._end_management(_customer(ticket), ticket.id, history, now)
+        return decision, writeback
+
+    def _end_management(self, customer: str, ticket_id: str, history: EscalationHistory, now: datetime) -> None:
+        label = management_label(MANAGEMENT_END, history.management_track)
+        self.state.record_escalation(self.instance, customer, ticket_id, label, now)
+
+    def _management_history(self, ticket_id: str) -> EscalationHistory:
+        return history_from_rows(self.state.tier_entries(self.instance, ticket_id), 0)
 
     def _page_history(self, ticket: Ticket, now: datetime) -> EscalationHistory:
         """The history of a ticket on the page being booked, from one query for the page's tier entries and
@@ -841,7 +850,14 @@ class Syncer:
         if writeback.tier is not None:
             self._escalated(customer, writeback.ticket_id, writeback.tier.value, now)
         if self.mapping.tags.management in writeback.add_tags:
-            self._escalated(customer, writeback.ticket_id, MANAGEMENT, now)
+            self._escalated(customer, writeback.ticket_id, self._next_track(writeback.ticket_id), now)
+
+    def _next_track(self, ticket_id: str) -> str:
+        """The row that records a track starting now: `MGMT`, or `MGMT#n` after n - 1 ended tracks."""
+        history = self._management_history(ticket_id)
+        if history.management_started_at is not None and history.management_ended_at is None:
+            return management_label(MANAGEMENT_START, history.management_track)  # already recorded: a no-op
+        return management_label(MANAGEMENT_START, history.management_track + 1)
 
     def _escalated(self, customer: str, ticket_id: str, tier: str, now: datetime) -> None:
         if customer and CUSTOMER_COUNT in self.policy.fact_paths and customer not in self._counts_before:
@@ -887,7 +903,11 @@ class Syncer:
             self._escalated(customer, ticket.id, writeback.tier.value, now)
         if decision is not None and decision.management and self.mapping.tags.management in writeback.add_tags:
             report.management += 1
-            self._escalated(customer, ticket.id, MANAGEMENT, now)
+            self._escalated(customer, ticket.id, self._next_track(ticket.id), now)
+        if decision is not None and not decision.management and self.mapping.tags.management in writeback.remove_tags:
+            history = self._management_history(ticket.id)
+            if history.management_started_at is not None and history.management_ended_at is None:
+                self._end_management(customer, ticket.id, history, now)
         self.on_event(Event("written", self.instance, ticket.id, now, _describe(writeback, decision, ticket)))
 
 
@@ -896,14 +916,65 @@ def _customer(ticket: Ticket) -> str:
 
 
 def history_from_rows(recorded: list[tuple[str, datetime]], repeats: int) -> EscalationHistory:
-    """The engine's EscalationHistory from the store's rows of one ticket and its customer's 30-day count."""
+    """The engine's EscalationHistory from the store's rows of one ticket and its customer's 30-day count.
+
+    Management rows: `MGMT` / `MGMT_PLAN` / `MGMT_END` for the first track, with `#n` for the n-th (a trigger
+    firing after the policy ended a track starts the next); the history describes the latest track.
+    """
     entries = tuple((Tier(tier), at) for tier, at in recorded if tier in TIER_NAMES)
-    management = [at for tier, at in recorded if tier == MANAGEMENT]
+    events: dict[tuple[str, int], datetime] = {}
+    for label, at in recorded:
+        event, _, number = label.partition("#")
+        if event in _TRACK_EVENTS and (not number or number.isdigit()):
+            key = (event, int(number) if number else 1)
+            events[key] = min(at, events.get(key, at))
+    track = max((number for event, number in events if event == MANAGEMENT_START), default=0)
     return EscalationHistory(
         customer_escalations_30d=repeats,
         tier_entries=entries,
-        management_started_at=min(management) if management else None,
+        management_started_at=events.get((MANAGEMENT_START, track)),
+        management_ended_at=events.get((MANAGEMENT_END, track)),
+        resolution_plan_at=events.get((MANAGEMENT_PLAN, track)),
+        management_track=track,
     )
+
+
+_TRACK_EVENTS = frozenset({MANAGEMENT_START, MANAGEMENT_END, MANAGEMENT_PLAN})
+
+
+def seen_on_ticket(
+    history: EscalationHistory, ticket: Ticket, policy: Policy, mapping: PlatformMapping, now: datetime
+) -> tuple[EscalationHistory, list[str]]:
+    """The history completed with what the ticket shows and no write of ours recorded, and the rows that
+    record it (the cycle writes them; `explain` only uses the history).
+
+    - The management tag with no running track (a person set it, another tool, a store reset): the track
+      started at the latest when we first see it, and its clocks run from then. After a track the policy
+      ended, only a ticket changed since the end counts (a person set the tag again): the book's copy of the
+      ticket from before our removal still shows it.
+    - The resolution plan tag (`[policy.management] resolution_plan_tag`) during a running track: the plan
+      was delivered at the latest when we first see it.
+    """
+    if ticket.status.is_terminal:
+        return history, []
+    seen: list[str] = []
+    started, ended = history.management_started_at, history.management_ended_at
+    running = started is not None and ended is None
+    if not running and mapping.tags.management in ticket.tags and (ended is None or ticket.updated_at > ended):
+        track = history.management_track + 1
+        seen.append(management_label(MANAGEMENT_START, track))
+        history = replace(
+            history,
+            management_started_at=now,
+            management_ended_at=None,
+            resolution_plan_at=None,
+            management_track=track,
+        )
+        running = True
+    if running and history.resolution_plan_at is None and policy.management.resolution_plan_tag in ticket.tags:
+        seen.append(management_label(MANAGEMENT_PLAN, history.management_track))
+        history = replace(history, resolution_plan_at=now)
+    return history, seen
 
 
 def _urgency(decision: Decision, ticket: Ticket) -> int:

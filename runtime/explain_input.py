@@ -20,7 +20,9 @@ from typing import Any
 
 from connectors.base import RawRecord
 from engine.model import EscalationHistory, Ticket
-from runtime.cycle import REPEAT_WINDOW, _customer, history_from_rows
+from engine.policy import Policy
+from mappings import PlatformMapping
+from runtime.cycle import REPEAT_WINDOW, _customer, history_from_rows, seen_on_ticket
 from state.base import Store
 
 ENVELOPES = ("result", "tickets", "ticket", "issues", "results", "records")
@@ -105,14 +107,18 @@ def records_in(data: Any, platform: str, where: str = "file") -> Iterator[RawRec
     yield RawRecord(_record_id(data), dict(data))
 
 
-def history_for(store: Store | None, instance: str, ticket: Ticket, now: datetime) -> EscalationHistory:
-    """The history a cycle would give the engine for this ticket (runtime.cycle.Syncer._history); none
-    without a store."""
-    if store is None:
-        return EscalationHistory()
-    customer = _customer(ticket)
-    repeats = store.escalations_since(customer, now - REPEAT_WINDOW) if customer else 0
-    return history_from_rows(store.tier_entries(instance, ticket.id), repeats)
+def history_for(
+    store: Store | None, instance: str, ticket: Ticket, now: datetime, policy: Policy, mapping: PlatformMapping
+) -> EscalationHistory:
+    """The history a cycle would give the engine for this ticket (runtime.cycle.Syncer._decide): the store's
+    rows (empty without a store), completed with what the ticket shows that the cycle would record on first
+    sight (a management tag, the resolution plan tag; `runtime.cycle.seen_on_ticket`). Nothing is written."""
+    history = EscalationHistory()
+    if store is not None:
+        customer = _customer(ticket)
+        repeats = store.escalations_since(customer, now - REPEAT_WINDOW) if customer else 0
+        history = history_from_rows(store.tier_entries(instance, ticket.id), repeats)
+    return seen_on_ticket(history, ticket, policy, mapping, now)[0]
 
 
 def open_history_store(url: str) -> Store | None:

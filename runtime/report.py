@@ -45,6 +45,8 @@ from state.sqlite import path_from_url
 TIERS = ("L1", "L2", "L3", "L4")
 MANAGEMENT = "MGMT"
 RESOLVED = "RESOLVED"
+_TRACK_MILESTONES = frozenset({"MGMT_END", "MGMT_PLAN"})
+"""Rows of a management track's end and resolution plan (runtime/cycle.py): no escalation of their own."""
 """An ``escalations`` row with this tier records when the ticket was resolved. The daemon does not write it yet:
 until it does, resolution time and success rate show as not recorded."""
 CHART_JS = ("chart.umd.min.js", "4.6.1", "87364cc2b2a76a6684929e7d6b80b18a897794db38400caff1fcf1791c6925d2")
@@ -254,15 +256,16 @@ def build_report(
     span = max(moments, default=until) - (since or min(moments, default=until))
     hourly = span < timedelta(days=3)
     for entry in in_window:
-        if entry.tier == RESOLVED:
+        event = entry.tier.partition("#")[0]  # MGMT#2: a later management track of the ticket
+        if entry.tier == RESOLVED or event in _TRACK_MILESTONES:
             continue
         ticket = (entry.instance, entry.ticket_id)
         escalated.add(ticket)
-        label = "management" if entry.tier == MANAGEMENT else entry.tier
+        label = "management" if event == MANAGEMENT else entry.tier
         tiers[label] += 1
         bucket = entry.at.strftime("%Y-%m-%d %H:00" if hourly else "%Y-%m-%d")
         buckets[bucket][label] += 1
-        if entry.tier == MANAGEMENT:
+        if event == MANAGEMENT:
             paths["management"] += 1
             continue
         earlier = [e.tier for e in by_ticket[ticket] if e.at < entry.at and e.tier in TIERS]

@@ -151,12 +151,12 @@ TRIGGERS = [
     ),
     ("reopened twice -> L2", {"flags": flags(reopen_count=2)}, T0 + H, None, Tier.L2, {"repeated-failure"}, False),
     (
-        "customer escalated 3 times in 30 days",
+        "customer escalated 3 times in 30 days: a new ticket of theirs is not a repeated failure",
         {},
         T0 + H,
         EscalationHistory(customer_escalations_30d=3),
-        Tier.L2,
-        {"repeated-failure"},
+        Tier.L1,
+        set(),
         False,
     ),
     (
@@ -165,7 +165,7 @@ TRIGGERS = [
         T0 + H,
         EscalationHistory(customer_escalations_30d=3),
         Tier.L2,
-        {"repeated-failure", "customer-requested", "mgmt-repeat-customer"},
+        {"customer-requested", "mgmt-repeat-customer"},
         True,
     ),
     (
@@ -453,7 +453,9 @@ def test_management_track_is_sticky_and_runs_its_clocks_from_the_recorded_start(
 
 def test_deescalation_only_when_allowed():
     data = copy.deepcopy(tomllib.loads(CONFIG.read_text())["policy"])
-    data["rules"].append({"name": "back-to-front-line", "when": "ticket.tags.exists(t, t == 'back')", "tier": "L1"})
+    data["rules"].append(
+        {"name": "back-to-front-line", "when": "ticket.tags.exists(t, t == 'back')", "tier": "L1", "deescalate": True}
+    )
     strict = policy_from_dict(data)
     data["allow_deescalation"] = True
     lenient = policy_from_dict(data)

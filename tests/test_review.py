@@ -114,12 +114,12 @@ def test_a_weekend_and_a_holiday_are_skipped() -> None:
     moments = walk(subject, POLICY, friday_4pm, friday_4pm + timedelta(days=4))
     # 1 h on Friday, then Monday 21st 09:00-10:00 Berlin completes the 2 h at L1.
     tier_moves = [m for m in moments if evaluate(subject, POLICY, m).target_tier is Tier.L2]
-    assert tier_moves[0] == datetime(2026, 12, 21, 9, 0, tzinfo=UTC)
+    assert tier_moves[0] == datetime(2026, 12, 21, 9, 0, 1, tzinfo=UTC)  # "> 2 hours": one second past
     christmas = datetime(2026, 12, 23, 15, 0, tzinfo=UTC)  # Wed 16:00 Berlin: 1 h, then the 24th (custom), 25th, 26th
     subject = ticket(christmas)
     moments = walk(subject, POLICY, christmas, christmas + timedelta(days=7))
     tier_moves = [m for m in moments if evaluate(subject, POLICY, m).target_tier is Tier.L2]
-    assert tier_moves[0] == datetime(2026, 12, 28, 9, 0, tzinfo=UTC)  # 09:00-10:00 Berlin on Monday 28th
+    assert tier_moves[0] == datetime(2026, 12, 28, 9, 0, 1, tzinfo=UTC)  # 09:00-10:00 Berlin on Monday 28th, then 1 s
 
 
 def test_a_paused_ticket_has_few_review_moments() -> None:

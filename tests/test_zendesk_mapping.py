@@ -73,7 +73,7 @@ def test_urgent_ticket_with_org_and_metrics(mapping: ZendeskMapping, records: di
     assert ticket.flags.churn_threat is True  # tag churn_risk
     assert ticket.flags.engineering_required is True  # checkbox field 360000000201
     assert ticket.flags.affected_customers == 240
-    assert ticket.flags.revenue_at_risk == 1250000.0
+    assert ticket.flags.revenue_at_risk == 0.0  # the organization's annual_revenue is not revenue at risk
     assert ticket.flags.reopen_count == 1
     assert ticket.flags.public_complaint is False
     assert ticket.revision == "2026-11-21T16:40:11Z"
