@@ -244,8 +244,11 @@ class _Platform:
     def __init__(self) -> None:
         self.applied: list = []
 
-    def apply(self, writeback) -> None:
+    def apply(self, writeback):
+        from connectors.base import ApplyResult
+
         self.applied.append(writeback)
+        return ApplyResult(writeback.ticket_id, "r1")
 
 
 def _syncer(store, policy=POLICY):
