@@ -17,7 +17,8 @@ The peer runs first, so it reads the account exactly as seeded (it writes nothin
 Both processes get the sandbox's simulated clock frozen at the seeding moment: ours through `sync.utcnow` (as
 bench/soak.py does), the peer needs none (it reads from its start_date to the export's end). Figures per side:
 wall and CPU time (user+system of the process, from wait4), API calls (requests the sandbox served), tickets
-read, peak RSS; then the ratios. One figure a line: `name value unit`.
+read, peak RSS; then the ratios. One figure a line: `name value unit`. `<side>_bench_process_cpu` is this
+process's CPU meanwhile: mostly the sandbox serving that side (for the peer, also counting its records).
 
 One shim, in front of the sandbox and for both sides: tap-zendesk sends the export's `start_time` as a float
 ("1700000000.0", `datetime.timestamp()`), which the sandbox refuses (it parses an integer); it is truncated to
@@ -214,7 +215,7 @@ def run_peer(python: Path, base_url: str, sandbox: ZendeskSandbox, timeout: floa
         message = json.loads(line)
         seen.add(str(message["record"].get("id")))
 
-    before = len(sandbox.requests)
+    before, server_before = len(sandbox.requests), time.process_time()
     wall, cpu, rss, capped, errors = measure(
         [str(python), str(RUNNER), base_url, SUBDOMAIN, start_date, PEER_TOKEN, str(workdir)],
         {"PATH": os.environ.get("PATH", ""), "HOME": str(workdir)},
@@ -226,6 +227,7 @@ def run_peer(python: Path, base_url: str, sandbox: ZendeskSandbox, timeout: floa
         raise RuntimeError(f"tap-zendesk read no ticket; its last log lines:\n{tail}")
     side = Side("peer", wall, cpu, len(sandbox.requests) - before, len(seen), rss, capped)
     side.extra["records_emitted"] = (records, "records")
+    side.extra["bench_process_cpu"] = (time.process_time() - server_before, "s")
     side.extra["capped"] = (int(capped), "bool")
     return side
 
@@ -259,7 +261,7 @@ def run_ours(base_url: str, sandbox: ZendeskSandbox, max_writes: int, workdir: P
         "PEER_NOW": sandbox.clock.now().isoformat(),
         "ESCALATION_SYNC_LOG_LEVEL": "INFO",
     }
-    before = len(sandbox.requests)
+    before, server_before = len(sandbox.requests), time.process_time()
     puts_before = sandbox.calls("PUT")
     wall, cpu, rss, _capped, errors = measure(
         [sys.executable, "-c", WRAPPER, "once", "--config", str(config)], env, None, None
@@ -277,6 +279,7 @@ def run_ours(base_url: str, sandbox: ZendeskSandbox, max_writes: int, workdir: P
     side.extra["records_polled"] = (cycle["tickets_seen"], "records")
     side.extra["records_scanned"] = (cycle["scanned"], "records")
     side.extra["writes"] = (cycle["writes"], "tickets")
+    side.extra["bench_process_cpu"] = (time.process_time() - server_before, "s")
     side.extra["put_calls"] = (sandbox.calls("PUT") - puts_before, "calls")
     side.extra["deferred"] = (cycle["deferred"], "tickets")
     side.extra["quarantined"] = (cycle["quarantined"], "records")
