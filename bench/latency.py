@@ -327,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tickets", type=int, default=30, help="tickets seeded per sandbox (default 30)")
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # the daemon is stopped too
     figures = run(args.interval, args.samples, args.tickets, args.seed, sys.stdout)
     missed = [p for p in PLATFORMS if figures.get(f"latency_{p}_met", 0) != 1]
     return 1 if missed else 0

@@ -155,16 +155,21 @@ def measure(
             reader = threading.Thread(target=read, daemon=True)
             reader.start()
         capped = False
-        while True:
-            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-            if pid:
-                break
-            if timeout is not None and time.monotonic() - started > timeout:
-                capped = True
-                process.send_signal(signal.SIGTERM)
-                pid, status, usage = os.wait4(process.pid, 0)
-                break
-            time.sleep(0.1)
+        try:
+            while True:
+                pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+                if pid:
+                    break
+                if timeout is not None and time.monotonic() - started > timeout:
+                    capped = True
+                    process.send_signal(signal.SIGTERM)
+                    pid, status, usage = os.wait4(process.pid, 0)
+                    break
+                time.sleep(0.1)
+        except BaseException:  # the bench itself stopped (Ctrl-C, SIGTERM): never leave the child running
+            process.kill()
+            process.wait()
+            raise
         wall = time.monotonic() - started
         process.returncode = os.waitstatus_to_exitcode(status)
         if reader is not None:
@@ -307,6 +312,13 @@ def ratios(ours: Side, peer: Side) -> list[tuple[str, float, str]]:
     return rows
 
 
+def show(rows: list[tuple[str, float, str]], out: Any) -> None:
+    """Printed as soon as measured: a long run stopped half-way still leaves the figures it has."""
+    for name, value, unit in rows:
+        text = f"{value:d}" if isinstance(value, int) else f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
+        print(f"{name} {text} {unit}", file=out, flush=True)
+
+
 def run(
     tickets: int, seed: int, peer_timeout: float, max_writes: int, with_peer: bool, venv: Path, out: Any
 ) -> dict[str, float]:
@@ -318,6 +330,7 @@ def run(
         ("seed_tickets", tickets, "tickets"),
         ("seed_cpu", time.process_time() - began, "s"),
     ]
+    show(rows, out)
     base_url, stop = serve(sandbox)
     try:
         with tempfile.TemporaryDirectory(prefix="peer-bench-") as scratch:
@@ -327,17 +340,17 @@ def run(
                 peer_dir.mkdir()
                 peer = run_peer(python, base_url, sandbox, peer_timeout, peer_dir)
                 rows += peer.figures()
+                show(peer.figures(), out)
             ours_dir = Path(scratch) / "ours"
             ours_dir.mkdir()
             ours = run_ours(base_url, sandbox, max_writes, ours_dir)
             rows += ours.figures()
+            show(ours.figures(), out)
             if peer is not None:
                 rows += ratios(ours, peer)
+                show(ratios(ours, peer), out)
     finally:
         stop()
-    for name, value, unit in rows:
-        text = f"{value:d}" if isinstance(value, int) else f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
-        print(f"{name} {text} {unit}", file=out, flush=True)
     return {name: value for name, value, _unit in rows}
 
 
@@ -357,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-peer", action="store_true", help="measure our side only")
     parser.add_argument("--peer-venv", type=Path, default=PEER_VENV, help=f"the peer's venv (default {PEER_VENV})")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # so the finally blocks run
     run(args.tickets, args.seed, args.peer_timeout, args.max_writes, not args.no_peer, args.peer_venv, sys.stdout)
     return 0
 
