@@ -16,7 +16,7 @@ The peer runs first, so it reads the account exactly as seeded (it writes nothin
 
 Both processes get the sandbox's simulated clock frozen at the seeding moment: ours through `sync.utcnow` (as
 bench/soak.py does), the peer needs none (it reads from its start_date to the export's end). Figures per side:
-wall and CPU time (user+system of the process, from wait4), API calls (requests the sandbox served), tickets
+wall and CPU time (user+system of the process, its own rusage), API calls (requests the sandbox served), tickets
 read, peak RSS; then the ratios. One figure a line: `name value unit`. `<side>_bench_process_cpu` is this
 process's CPU meanwhile: mostly the sandbox serving that side (for the peer, also counting its records).
 
@@ -130,15 +130,32 @@ def serve(sandbox: ZendeskSandbox) -> tuple[str, Callable[[], None]]:
 # ---- measuring a child process ---------------------------------------------------------------------------
 
 
+LAUNCHER = r"""
+import json, os, signal, subprocess, sys
+child = subprocess.Popen(sys.argv[2:])
+signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signal.SIGTERM))
+_, status, usage = os.wait4(child.pid, 0)
+with open(sys.argv[1], "w") as out:
+    json.dump({"status": status, "cpu": usage.ru_utime + usage.ru_stime, "maxrss_kib": usage.ru_maxrss}, out)
+"""
+"""Starts the measured command from a small process and reports its rusage. Why: a child forked from this
+process (hundreds of MB once the sandbox is seeded) keeps that size as its peak RSS across exec (Linux records
+the old address space's high-water mark at exec), so wait4 on a direct child would report our size, not its."""
+
+
 def measure(
     command: list[str], env: dict[str, str], timeout: float | None, stdout_line: Callable[[str], None] | None
 ) -> tuple[float, float, float, bool, str]:
-    """Run a child to its end (or SIGTERM it at `timeout`); its own wall, user+system CPU and peak RSS (wait4,
-    not RUSAGE_CHILDREN, so the two sides never add up), whether it was capped, and its stderr."""
-    with tempfile.TemporaryFile(mode="w+", encoding="utf-8") as errors:
+    """Run a command to its end (or SIGTERM it at `timeout`): its wall, user+system CPU and peak RSS (its own
+    rusage through LAUNCHER, so the two sides never add up), whether it was capped, and its stderr."""
+    with (
+        tempfile.TemporaryFile(mode="w+", encoding="utf-8") as errors,
+        tempfile.TemporaryDirectory(prefix="peer-usage-") as scratch,
+    ):
+        usage_file = Path(scratch) / "usage.json"
         started = time.monotonic()
         process = subprocess.Popen(
-            command,
+            [sys.executable, "-c", LAUNCHER, str(usage_file), *command],
             env=env,
             stdout=subprocess.PIPE if stdout_line else subprocess.DEVNULL,
             stderr=errors,
@@ -156,26 +173,29 @@ def measure(
             reader.start()
         capped = False
         try:
-            while True:
-                pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-                if pid:
-                    break
+            while process.poll() is None:
                 if timeout is not None and time.monotonic() - started > timeout:
                     capped = True
-                    process.send_signal(signal.SIGTERM)
-                    pid, status, usage = os.wait4(process.pid, 0)
+                    process.send_signal(signal.SIGTERM)  # the launcher passes it on and waits for the end
+                    process.wait()
                     break
                 time.sleep(0.1)
-        except BaseException:  # the bench itself stopped (Ctrl-C, SIGTERM): never leave the child running
-            process.kill()
-            process.wait()
+        except BaseException:  # the bench itself stopped (Ctrl-C, SIGTERM): never leave the command running
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
             raise
         wall = time.monotonic() - started
-        process.returncode = os.waitstatus_to_exitcode(status)
         if reader is not None:
             reader.join(timeout=30)
         errors.seek(0)
-        return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, capped, errors.read()
+        log = errors.read()
+        if not usage_file.exists():
+            raise RuntimeError(f"the launcher reported no usage (exit {process.returncode}): {log[-500:]}")
+        usage = json.loads(usage_file.read_text(encoding="utf-8"))
+        return wall, usage["cpu"], usage["maxrss_kib"] / 1024, capped, log
 
 
 # ---- the peer --------------------------------------------------------------------------------------------
