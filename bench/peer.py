@@ -8,7 +8,8 @@ seeded with `--tickets` tickets and served on a loopback port; then
    run by bench/peer/run_tap.py, which only re-bases the tap's `https://{subdomain}.zendesk.com` URLs onto the
    loopback URL; the tickets stream selected, as a user extracting tickets would. It paces itself (about 460
    tickets a minute: a sleep to the next minute after every 460), so `--peer-timeout` caps it and the rate it
-   reached is printed with the tickets it read;
+   reached is printed with the tickets it read (a cap of several minutes: it reads in bursts, so a cap of less
+   than a few of them over- or under-states the rate by up to a burst);
 2. ours: `sync.py once` as a subprocess (the production entry point, durable SQLite store) with the default
    mapping and policy of config.example.toml: poll, the first start's scan of every open ticket, evaluate, and
    write back every due ticket (`--max-writes`, default no cap, so the whole backlog is written in this run).
@@ -16,9 +17,11 @@ The peer runs first, so it reads the account exactly as seeded (it writes nothin
 
 Both processes get the sandbox's simulated clock frozen at the seeding moment: ours through `sync.utcnow` (as
 bench/soak.py does), the peer needs none (it reads from its start_date to the export's end). Figures per side:
-wall and CPU time (user+system of the process, its own rusage), API calls (requests the sandbox served), tickets
-read, peak RSS; then the ratios. One figure a line: `name value unit`. `<side>_bench_process_cpu` is this
-process's CPU meanwhile: mostly the sandbox serving that side (for the peer, also counting its records).
+wall and CPU time (user+system of the process, its own rusage), API calls (requests the sandbox served),
+tickets read (ours: records polled plus records the open-ticket scan read), peak RSS; then the ratios. One
+figure a line: `name value unit`. `<side>_bench_process_cpu` is this process's CPU meanwhile: mostly the
+sandbox serving that side (for the peer, also counting its records). Wall times include waiting for a core:
+on a loaded machine read the CPU figures.
 
 One shim, in front of the sandbox and for both sides: tap-zendesk sends the export's `start_time` as a float
 ("1700000000.0", `datetime.timestamp()`), which the sandbox refuses (it parses an integer); it is truncated to
