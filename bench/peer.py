@@ -72,6 +72,13 @@ sys.exit(sync.main(sys.argv[1:]))
 """
 ENVIRON = {"PEER_ZD_EMAIL": "bench@example.com", "PEER_ZD_TOKEN": "bench-zendesk-token"}
 PEER_TOKEN = "bench-oauth-token"
+CALL_KINDS = {
+    "put": ("PUT", r"^/api/v2/tickets/\d+"),
+    "get_ticket": ("GET", r"^/api/v2/tickets/\d+(\.json)?$"),
+    "ticket_export": ("GET", r"^/api/v2/incremental/tickets/"),
+    "event_export": ("GET", r"^/api/v2/incremental/ticket_events"),
+}
+"""Our calls by kind, to see where the calls beyond one per written ticket go."""
 _FLOAT_START = re.compile(r"(^|&)start_time=(\d+)\.\d+(?=&|$)")
 
 
@@ -290,7 +297,7 @@ def run_ours(base_url: str, sandbox: ZendeskSandbox, max_writes: int, workdir: P
         "ESCALATION_SYNC_LOG_LEVEL": "INFO",
     }
     before, server_before = len(sandbox.requests), time.process_time()
-    puts_before = sandbox.calls("PUT")
+    kinds_before = {kind: sandbox.calls(method, path) for kind, (method, path) in CALL_KINDS.items()}
     wall, cpu, rss, _capped, errors = measure(
         [sys.executable, "-c", WRAPPER, "once", "--config", str(config)], env, None, None
     )
@@ -308,7 +315,8 @@ def run_ours(base_url: str, sandbox: ZendeskSandbox, max_writes: int, workdir: P
     side.extra["records_scanned"] = (cycle["scanned"], "records")
     side.extra["writes"] = (cycle["writes"], "tickets")
     side.extra["bench_process_cpu"] = (time.process_time() - server_before, "s")
-    side.extra["put_calls"] = (sandbox.calls("PUT") - puts_before, "calls")
+    for kind, (method, path) in CALL_KINDS.items():
+        side.extra[f"{kind}_calls"] = (sandbox.calls(method, path) - kinds_before[kind], "calls")
     side.extra["deferred"] = (cycle["deferred"], "tickets")
     side.extra["quarantined"] = (cycle["quarantined"], "records")
     if cycle.get("error"):
