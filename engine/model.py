@@ -94,7 +94,22 @@ class TierChange:
     tier: Tier | None
 
 
-HISTORY_FACTS = ("status_history", "public_replies", "agent_actions", "tier_changes", "internal_notes")
+@dataclass(frozen=True)
+class PriorityChange:
+    """The ticket's priority became `priority` at `at` (the first entry: its priority at creation, where known)."""
+
+    at: datetime
+    priority: Priority
+
+
+HISTORY_FACTS = (
+    "status_history",
+    "public_replies",
+    "agent_actions",
+    "tier_changes",
+    "internal_notes",
+    "priority_changes",
+)
 """Fact names a mapping may list in `Ticket.missing_facts` when their source cannot be read."""
 
 
@@ -136,6 +151,9 @@ class Ticket:
     tier_entered_at: datetime | None = None
     flags: Flags = field(default_factory=Flags)
     status_history: tuple[StatusChange, ...] = ()
+    priority_changes: tuple[PriorityChange, ...] | None = None
+    """Every change of priority, oldest first (None: the mapping reads no priority history; then the current
+    priority is taken to have applied since creation)."""
     platform_slas: tuple[PlatformSla, ...] = ()
     revision: str = ""
     """Opaque concurrency token the connector sends back on write (Zendesk `updated_stamp`, Jira/SNOW updated)."""
@@ -187,6 +205,8 @@ class Clock:
     state: ClockState
     calendar: str
     breached_at: datetime | None = None
+    tier: Tier | None = None
+    """The tier whose clock this is (acknowledgment, assessment); None for SLA and management clocks."""
 
 
 @dataclass(frozen=True)
@@ -224,6 +244,8 @@ class TagSignal:
 
     kind: str  # "breached" | "at_risk" | "management" | "update_due"
     clock: str = ""
+    tier: str = ""
+    """The tier of a tier clock (acknowledgment, assessment): its tags name the tier (`TagScheme.tier_breached`)."""
 
 
 @dataclass(frozen=True)
