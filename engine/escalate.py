@@ -23,6 +23,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from typing import Any
 
 import cel
@@ -34,6 +35,7 @@ from engine.model import (
     ClockState,
     Decision,
     EscalationHistory,
+    Priority,
     RuleOutcome,
     TagSignal,
     Ticket,
@@ -41,7 +43,16 @@ from engine.model import (
 )
 from engine.policy import CLOCK_FIELDS, CLOCK_NAMES, FACTS, Policy, Rule, flat_name
 from engine.review import next_review
-from engine.sla import Pause, active_business_time, compute_clock, is_paused_at, pauses_of
+from engine.sla import (
+    Pause,
+    Period,
+    active_business_time,
+    compute_clock,
+    compute_clock_periods,
+    is_paused_at,
+    pauses_of,
+    solved_spans,
+)
 
 _NO_HISTORY = EscalationHistory()
 _CADENCE_CLOCKS = frozenset({"customer_update", "mgmt_update"})
@@ -90,6 +101,42 @@ def _platform_tier_entry(ticket: Ticket, tier: Tier) -> datetime | None:
     if previous is not None and previous != tier:
         return ticket.tier_entered_at
     return entered
+
+
+HUMAN_MOVE_SLACK = timedelta(minutes=15)
+"""How far apart our recorded write and the platform's record of the same tier change may be (our time is the
+cycle's, taken before the write; the platform stamps the change when the write arrives)."""
+
+
+def _tier_entries(ticket: Ticket) -> list[tuple[Tier, datetime]]:
+    """The platform's tier history as entries (tier, when entered), oldest first; repeats collapsed."""
+    entries: list[tuple[Tier, datetime]] = []
+    for change in sorted(ticket.tier_changes or (), key=lambda change: change.at):
+        level = change.tier or Tier.L1
+        if not entries or entries[-1][0] != level:
+            entries.append((level, change.at))
+    return entries
+
+
+def human_move_at(ticket: Ticket, history: EscalationHistory) -> datetime | None:
+    """When a person moved the ticket down into its current tier, else None.
+
+    A move down is a person's when the platform's history shows the ticket entering its current tier from a
+    higher one and none of our recorded tier entries (the store's, one per write) matches it within
+    HUMAN_MOVE_SLACK. Without a tier history nothing can be told apart: None.
+    """
+    if ticket.tier_changes is None or len(ticket.tier_changes) < 2:
+        return None
+    entries = _tier_entries(ticket)
+    if len(entries) < 2:
+        return None
+    (tier, at), (before, _) = entries[-1], entries[-2]
+    if tier != ticket.effective_tier or RANK[before] < RANK[tier]:
+        return None
+    for ours, recorded in history.tier_entries:
+        if ours == tier and abs(at - recorded) <= HUMAN_MOVE_SLACK:
+            return None
+    return at
 
 
 def _closed_at(ticket: Ticket) -> datetime | None:
@@ -175,17 +222,72 @@ def _clock(
     )
 
 
+def priority_periods(ticket: Ticket, policy: Policy, target: str) -> list[Period] | None:
+    """The `target` ("first_response", "resolution", "customer_update") in force over the ticket's life, from
+    its priority history; None when the priority never changed (or no history is read): one target applies.
+
+    Before the first recorded change the first recorded priority applies; a history that does not end in the
+    current priority lags behind the ticket: the current one applies from the ticket's last update.
+    """
+    changes = ticket.priority_changes
+    if not changes:
+        return None
+    ordered = sorted(changes, key=lambda change: change.at)
+    points: list[tuple[datetime | None, Priority]] = []
+    for change in ordered:
+        if not points or points[-1][1] != change.priority:
+            points.append((change.at if points else None, change.priority))
+    if points[-1][1] != ticket.priority:
+        points.append((max(ticket.updated_at, ordered[-1].at), ticket.priority))
+    if len(points) == 1:
+        return None
+    periods: list[Period] = []
+    for since, priority in points:
+        sla = policy.sla[priority]
+        periods.append((since, getattr(sla, target) or None, sla.calendar))
+    return periods
+
+
+def _sla_clock(
+    policy: Policy,
+    now: datetime,
+    closed: datetime | None,
+    name: str,
+    start: datetime,
+    stop: datetime | None,
+    target: timedelta,
+    calendar: BusinessCalendar,
+    pauses: tuple[Pause, ...],
+    periods: list[Period] | None,
+) -> Clock:
+    if periods is None:
+        return _clock(policy, now, closed, name, start, stop, target, calendar, pauses)
+    return compute_clock_periods(
+        name,
+        start=start,
+        stop=stop if stop is not None else closed,
+        periods=periods,
+        pauses=pauses,
+        now=now,
+        at_risk_fraction=policy.at_risk_fraction,
+    )
+
+
 def measure_clocks(
     ticket: Ticket,
     policy: Policy,
     now: datetime,
     pauses: tuple[Pause, ...],
 ) -> list[Clock]:
-    """The SLA clocks the ticket has as of `now` (see the module docstring); zero targets are skipped."""
+    """The SLA clocks the ticket has as of `now` (see the module docstring); zero targets are skipped.
+
+    Targets follow the priority history: each applies from the moment the ticket got that priority on.
+    """
     sla = policy.sla[ticket.priority]
     closed = _closed_at(ticket)
     cal = sla.calendar
     clocks: list[Clock] = []
+    changed = bool(ticket.priority_changes) and len(ticket.priority_changes or ()) > 1
     if sla.first_response:
         if ticket.public_replies is not None:
             reply: datetime | None = min(ticket.public_replies) if ticket.public_replies else None
@@ -193,16 +295,22 @@ def measure_clocks(
             reply = ticket.first_public_reply_at
         if reply is not None or ticket.public_replies is not None or "public_replies" not in ticket.missing_facts:
             start = ticket.created_at
-            clocks.append(_clock(policy, now, closed, "first_response", start, reply, sla.first_response, cal, pauses))
+            periods = priority_periods(ticket, policy, "first_response") if changed else None
+            target = sla.first_response
+            clocks.append(_sla_clock(policy, now, closed, "first_response", start, reply, target, cal, pauses, periods))
         else:
             clocks.append(_unknown("first_response", sla.first_response, cal))
     if sla.resolution:
-        clocks.append(_clock(policy, now, closed, "resolution", ticket.created_at, closed, sla.resolution, cal, pauses))
+        periods = priority_periods(ticket, policy, "resolution") if changed else None
+        start, target = ticket.created_at, sla.resolution
+        clocks.append(_sla_clock(policy, now, closed, "resolution", start, closed, target, cal, pauses, periods))
     if closed is None and sla.customer_update:
         last, known = _last_reply(ticket)
         if known:
             since = last or ticket.created_at
-            clocks.append(_clock(policy, now, closed, "customer_update", since, None, sla.customer_update, cal, pauses))
+            periods = priority_periods(ticket, policy, "customer_update") if changed else None
+            target = sla.customer_update
+            clocks.append(_sla_clock(policy, now, closed, "customer_update", since, None, target, cal, pauses, periods))
         else:
             clocks.append(_unknown("customer_update", sla.customer_update, cal))
     return clocks
@@ -212,26 +320,55 @@ def tier_clocks(ticket: Ticket, policy: Policy, now: datetime, tier: Tier, tier_
     """Acknowledgment and initial assessment by `tier`, entered at `tier_start` (not paused: internal).
 
     Each stops at the FIRST qualifying event after the entry: acting or replying again later cannot make an
-    acknowledgment that was on time a late one.
+    acknowledgment that was on time a late one. They do not run while the ticket sat solved (a reopened ticket
+    owes nothing for those days). Each clock names its tier, so its tags can (`TagScheme.tier_breached`).
     """
     targets = policy.tiers[tier]
+    if not targets.acknowledgment and not targets.assessment:
+        return []
     cal = policy.sla[ticket.priority].calendar
     closed = _closed_at(ticket)
+    solved = solved_spans(ticket) if ticket.status_history else ()
     clocks: list[Clock] = []
     if targets.acknowledgment:
         acted, known = _first_action_after(ticket, tier_start)
         if known:
             target = targets.acknowledgment
-            clocks.append(_clock(policy, now, closed, "acknowledgment", tier_start, acted, target, cal, ()))
+            clocks.append(_clock(policy, now, closed, "acknowledgment", tier_start, acted, target, cal, solved))
         else:
             clocks.append(_unknown("acknowledgment", targets.acknowledgment, cal))
     if targets.assessment:
         replied, known = _first_reply_after(ticket, tier_start)
         if known:
-            clocks.append(_clock(policy, now, closed, "assessment", tier_start, replied, targets.assessment, cal, ()))
+            target = targets.assessment
+            clocks.append(_clock(policy, now, closed, "assessment", tier_start, replied, target, cal, solved))
         else:
             clocks.append(_unknown("assessment", targets.assessment, cal))
-    return clocks
+    return [replace(clock, tier=tier) for clock in clocks]
+
+
+def past_tier_breaches(
+    ticket: Ticket, policy: Policy, history: EscalationHistory, current_start: datetime
+) -> frozenset[tuple[str, str]]:
+    """(tier, clock) of every tier clock that breached during an earlier stay at a tier, which ended before the
+    current stay began: their tags stay on the ticket as history (as a met-late SLA clock's do).
+
+    Stays come from the platform's tier history, else from our own recorded entries.
+    """
+    if ticket.tier_changes is not None:
+        entries = _tier_entries(ticket)
+    else:
+        entries = sorted(history.tier_entries, key=lambda entry: entry[1])
+    if len(entries) < 2:
+        return frozenset()
+    found: set[tuple[str, str]] = set()
+    for (tier, entered), (_, left) in pairwise(entries):
+        if left > current_start or entered >= left:
+            continue
+        for clock in tier_clocks(ticket, policy, left, tier, entered):
+            if clock.breached_at is not None:
+                found.add((tier.value, clock.name))
+    return frozenset(found)
 
 
 def management_clocks(ticket: Ticket, policy: Policy, now: datetime, start: datetime) -> list[Clock]:
@@ -265,27 +402,35 @@ def management_clocks(ticket: Ticket, policy: Policy, now: datetime, start: date
     return clocks
 
 
-def signals_for(clocks: Sequence[Clock], management: bool) -> frozenset[TagSignal]:
-    """Tags the ticket should carry: breached (also met-late, as history), at risk, update due, management.
+def signals_for(
+    clocks: Sequence[Clock], management: bool, kept: frozenset[tuple[str, str]] = frozenset()
+) -> frozenset[TagSignal]:
+    """Tags the ticket should carry: breached (also met-late, as history), at risk, update due, management,
+    and the breaches `kept` from earlier stays at other tiers ((tier, clock) pairs).
 
-    The few distinct answers are shared: keyed by the (kind, clock) names they hold, a flat tuple of strings.
+    The few distinct answers are shared: keyed by the (kind, clock, tier) names they hold, a flat tuple.
     """
     parts: list[str] = []
     for clock in clocks:
         if clock.name in _CADENCE_CLOCKS:
             if clock.state in (ClockState.AT_RISK, ClockState.BREACHED):
-                parts += ("update_due", "")
+                parts += ("update_due", "", "")
             continue
+        tier = clock.tier.value if clock.tier is not None else ""
         if clock.breached_at is not None:
-            parts += ("breached", clock.name)
+            parts += ("breached", clock.name, tier)
         elif clock.state is ClockState.AT_RISK:
-            parts += ("at_risk", clock.name)
+            parts += ("at_risk", clock.name, tier)
+    for tier, name in sorted(kept):
+        parts += ("breached", name, tier)
     if management:
-        parts += ("management", "")
+        parts += ("management", "", "")
     key = tuple(parts)
     signals = _SIGNAL_SETS.get(key)
     if signals is None:
-        signals = frozenset(TagSignal(kind, clock) for kind, clock in zip(parts[::2], parts[1::2], strict=True))
+        signals = frozenset(
+            TagSignal(kind, clock, tier) for kind, clock, tier in zip(parts[::3], parts[1::3], parts[2::3], strict=True)
+        )
         if len(_SIGNAL_SETS) >= 4096:
             _SIGNAL_SETS.clear()
         _SIGNAL_SETS[key] = signals
@@ -668,6 +813,59 @@ def _merge_chain(first: tuple[RuleOutcome, ...], then: tuple[RuleOutcome, ...], 
 # -- the engine -------------------------------------------------------------------------------------------------
 
 
+def _escalation_key(target: Tier, history: EscalationHistory) -> str:
+    """The handoff's key suffix: the tier for its first entry (as before), the tier and the entry's number for
+    a later one (`L2:2` after a person moved the ticket down and it escalated again). The number comes from the
+    store's entries, recorded once the write is done, so a replay of the same escalation has the same key."""
+    entries = sum(1 for tier, _ in history.tier_entries if tier == target)
+    return target.value if entries == 0 else f"{target.value}:{entries + 1}"
+
+
+def _hold_off(
+    ticket: Ticket,
+    policy: Policy,
+    history: EscalationHistory,
+    outcomes: tuple[RuleOutcome, ...],
+    current: Tier,
+    moved_at: datetime,
+    pauses: tuple[Pause, ...],
+) -> tuple[RuleOutcome, ...]:
+    """A person moved the ticket down at `moved_at`: the escalation rules that already fired then are held off.
+
+    The person saw what those rules see and decided; moving the ticket straight back would fight them. Such a
+    rule raises the tier again only through a *new* trigger (a rule that did not fire at the move: a clock
+    breaching later, a flag raised later that another rule reads) or the tier's own time limit, whose hours
+    count from the move (`tier_started_at`). Flags are only known as they are now: a flag set now is taken as
+    known at the move. A held rule that also starts the management track still does that.
+    """
+    started = history.management_started_at
+    then = measure_clocks(ticket, policy, moved_at, pauses) + tier_clocks(ticket, policy, moved_at, current, moved_at)
+    if started is not None and started <= moved_at:
+        then += management_clocks(ticket, policy, moved_at, started)
+    facts = compute_facts(ticket, moved_at, then, 0.0, history, policy.fact_paths)
+    firing = {
+        outcome.name
+        for outcome in run_rules(policy, facts, current)
+        if outcome.fired and outcome.target_tier is not None and RANK[outcome.target_tier] > RANK[current]
+    }
+    if not firing:
+        return outcomes
+    held: list[RuleOutcome] = []
+    for outcome in outcomes:
+        target = outcome.target_tier
+        if outcome.fired and outcome.name in firing and target is not None and RANK[target] > RANK[current]:
+            reason = (
+                f"held off: already firing when a person moved the ticket to {current} at "
+                f"{moved_at:%Y-%m-%d %H:%M} UTC; waits for a new trigger or {current}'s own time limit "
+                f"({outcome.reason})"
+            )
+            outcome = replace(
+                outcome, fired=outcome.management, reason=reason, target_tier=None if outcome.management else target
+            )
+        held.append(outcome)
+    return tuple(held)
+
+
 def evaluate(ticket: Ticket, policy: Policy, now: datetime, history: EscalationHistory = _NO_HISTORY) -> Decision:
     """The desired escalation state of `ticket` as of `now`. Pure and deterministic."""
     now = _utc(now)
@@ -680,7 +878,9 @@ def evaluate(ticket: Ticket, policy: Policy, now: datetime, history: EscalationH
     # started track runs from `now` (the store records it with the MGMT comment).
     sla_clocks = measure_clocks(ticket, policy, now, pauses)
     mgmt_clocks = management_clocks(ticket, policy, now, started) if started is not None else []
-    clocks = sla_clocks + tier_clocks(ticket, policy, now, current, tier_start) + mgmt_clocks
+    current_tier_clocks = tier_clocks(ticket, policy, now, current, tier_start)
+    clocks = sla_clocks + current_tier_clocks + mgmt_clocks
+    kept = past_tier_breaches(ticket, policy, history, tier_start)
 
     if terminal:
         key = ("finished", ticket.status, current)
@@ -701,13 +901,16 @@ def evaluate(ticket: Ticket, policy: Policy, now: datetime, history: EscalationH
             management=started is not None,
             clocks=tuple(clocks),
             rules=outcomes,
-            signals=signals_for(clocks, started is not None),
+            signals=signals_for(clocks, started is not None, kept),
         )
 
     calendar = policy.sla[ticket.priority].calendar
     hours = active_business_time(tier_start, now, pauses, calendar).total_seconds() / 3600.0
     facts = compute_facts(ticket, now, clocks, hours, history, policy.fact_paths)
     outcomes = run_rules(policy, facts, current)
+    moved_at = human_move_at(ticket, history)
+    if moved_at is not None and moved_at <= now:
+        outcomes = _hold_off(ticket, policy, history, outcomes, current, moved_at, pauses)
 
     target = _target_tier(outcomes, current, policy.allow_deescalation)
     # Follow chains (L1 overdue -> L2, and "engineering required at L2" -> L3) to the fixpoint now, as if the
@@ -729,6 +932,9 @@ def evaluate(ticket: Ticket, policy: Policy, now: datetime, history: EscalationH
         # tier's acknowledgment does not tag the ticket only to be untagged by the next poll (the echo).
         if target != current:
             clocks = sla_clocks + tier_clocks(ticket, policy, now, target, now) + mgmt_clocks
+            # The stay at the current tier ends now: its breaches stay on record under its own tier's name.
+            left = {(current.value, clock.name) for clock in current_tier_clocks if clock.breached_at is not None}
+            kept = kept | left
         if management_new:
             clocks += management_clocks(ticket, policy, now, now)
 
@@ -738,7 +944,7 @@ def evaluate(ticket: Ticket, policy: Policy, now: datetime, history: EscalationH
     )
     comment = None
     if RANK[target] > RANK[current] or management_new:
-        key_suffix = target.value if target != current else "MGMT"
+        key_suffix = _escalation_key(target, history) if target != current else "MGMT"
         comment = render_handoff(
             HandoffContext(
                 ticket=ticket,
@@ -763,7 +969,7 @@ def evaluate(ticket: Ticket, policy: Policy, now: datetime, history: EscalationH
         management=management,
         clocks=tuple(clocks),
         rules=outcomes,
-        signals=signals_for(clocks, management),
+        signals=signals_for(clocks, management, kept),
         comment=comment,
         review_at=review_at,
         review_exact=review_exact,

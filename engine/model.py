@@ -7,9 +7,12 @@ they carry no behaviour beyond small derived properties. Times are timezone-awar
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
+from functools import lru_cache
 
 
 class Status(StrEnum):
@@ -250,26 +253,50 @@ class TagSignal:
 
 @dataclass(frozen=True)
 class TagScheme:
-    """How signals become tags. Names come from the mapping; every tag matching a pattern is ours to manage."""
+    """How signals become tags. Names come from the mapping; every tag matching a pattern is ours to manage.
+
+    Tier clocks (acknowledgment, assessment) use the `tier_*` patterns, whose `{tier}` is the tier in lower
+    case (`esc_l2_breached_acknowledgment`): an operator tells L2's late acknowledgment from L3's, and a move to
+    L3 keeps L2's breach on record. Tags of the older one-name-for-every-tier form (`esc_breached_acknowledgment`)
+    still match `breached`, so they are recognised as ours and removed on upgrade.
+    """
 
     breached: str = "esc_breached_{clock}"
     at_risk: str = "esc_at_risk_{clock}"
     management: str = "esc_management"
     update_due: str = "esc_customer_update_due"
+    tier_breached: str = "esc_{tier}_breached_{clock}"
+    tier_at_risk: str = "esc_{tier}_at_risk_{clock}"
 
     def render(self, signal: TagSignal) -> str:
+        if signal.tier and signal.kind in ("breached", "at_risk"):
+            pattern = self.tier_breached if signal.kind == "breached" else self.tier_at_risk
+            return pattern.format(clock=signal.clock, tier=signal.tier.lower())
         pattern = getattr(self, signal.kind)
         return pattern.format(clock=signal.clock)
 
+    @property
+    def patterns(self) -> tuple[str, ...]:
+        return (self.breached, self.at_risk, self.management, self.update_due, self.tier_breached, self.tier_at_risk)
+
+    def matcher(self) -> Callable[[str], bool]:
+        """A test for "this tag is ours" (compiled once per set of patterns)."""
+        return _matcher(self.patterns)
+
     def is_managed(self, tag: str) -> bool:
-        for pattern in (self.breached, self.at_risk, self.management, self.update_due):
-            prefix, _, suffix = pattern.partition("{clock}")
-            if "{clock}" in pattern:
-                if tag.startswith(prefix) and tag.endswith(suffix) and len(tag) > len(prefix) + len(suffix):
-                    return True
-            elif tag == pattern:
-                return True
-        return False
+        return self.matcher()(tag)
+
+
+@lru_cache(maxsize=64)
+def _matcher(patterns: tuple[str, ...]) -> Callable[[str], bool]:
+    """Each pattern as a regular expression, `{clock}` and `{tier}` standing for one or more characters (a
+    tier: letters and digits)."""
+    parts = []
+    for pattern in patterns:
+        text = re.escape(pattern).replace(r"\{clock\}", ".+").replace(r"\{tier\}", "[A-Za-z0-9]+")
+        parts.append(f"(?:{text})")
+    compiled = re.compile("|".join(parts))
+    return lambda tag: compiled.fullmatch(tag) is not None
 
 
 @dataclass(frozen=True)
