@@ -51,18 +51,23 @@ class FlagSources(Strict, Generic[BoolRule, NumberRule]):
 
 
 class TagNames(Strict):
-    """Tag names the engine's signals become (see engine.model.TagScheme); `{clock}` names the SLA clock."""
+    """Tag names the engine's signals become (see engine.model.TagScheme); `{clock}` names the clock, `{tier}`
+    the tier of a tier clock (acknowledgment, assessment)."""
 
     breached: str = TagScheme.breached
     at_risk: str = TagScheme.at_risk
     management: str = TagScheme.management
     update_due: str = TagScheme.update_due
+    tier_breached: str = TagScheme.tier_breached
+    tier_at_risk: str = TagScheme.tier_at_risk
 
-    @field_validator("breached", "at_risk", "management", "update_due")
+    @field_validator("breached", "at_risk", "management", "update_due", "tier_breached", "tier_at_risk")
     @classmethod
     def _well_formed(cls, value: str, info: ValidationInfo) -> str:
-        if info.field_name in ("breached", "at_risk") and "{clock}" not in value:
+        if info.field_name in ("breached", "at_risk", "tier_breached", "tier_at_risk") and "{clock}" not in value:
             raise ValueError("must contain {clock}, one tag per SLA clock")
+        if info.field_name in ("tier_breached", "tier_at_risk") and "{tier}" not in value:
+            raise ValueError("must contain {tier}, so that L2's breach can be told from L3's")
         if any(character.isspace() for character in value):
             # Zendesk tags, Jira labels and most list fields split on whitespace: a tag with a space would
             # come back as two, and we would never recognise our own tag again.
@@ -71,7 +76,12 @@ class TagNames(Strict):
 
     def scheme(self) -> TagScheme:
         return TagScheme(
-            breached=self.breached, at_risk=self.at_risk, management=self.management, update_due=self.update_due
+            breached=self.breached,
+            at_risk=self.at_risk,
+            management=self.management,
+            update_due=self.update_due,
+            tier_breached=self.tier_breached,
+            tier_at_risk=self.tier_at_risk,
         )
 
 
