@@ -111,10 +111,10 @@ def test_an_untouched_ticket_escalates_and_is_tagged_on_time(empty_world: World)
         "L3": l3,
         "esc_at_risk_first_response": add(start, sla.first_response * fraction),
         "esc_breached_first_response": breach(start, sla.first_response),
-        "esc_at_risk_acknowledgment": add(l2, ack * fraction),
-        "esc_breached_acknowledgment": breach(l2, ack),
-        "esc_at_risk_assessment": add(l2, assessment * fraction),
-        "esc_breached_assessment": breach(l2, assessment),
+        "esc_l2_at_risk_acknowledgment": add(l2, ack * fraction),
+        "esc_l2_breached_acknowledgment": breach(l2, ack),
+        "esc_l2_at_risk_assessment": add(l2, assessment * fraction),
+        "esc_l2_breached_assessment": breach(l2, assessment),
     }
     first_seen, idle_calls = run_until(world, syncer, l3 + timedelta(minutes=30), ticket)
     for name, moment in expected.items():
