@@ -79,6 +79,9 @@ def tier_started_at(ticket: Ticket, history: EscalationHistory) -> datetime:
     platform = _platform_tier_entry(ticket, tier)
     if platform is not None:
         known.append(platform)
+    moved = human_move_at(ticket, history)
+    if moved is not None:
+        known.append(moved)
     return max(known) if known else ticket.created_at
 
 
@@ -123,15 +126,25 @@ def human_move_at(ticket: Ticket, history: EscalationHistory) -> datetime | None
 
     A move down is a person's when the platform's history shows the ticket entering its current tier from a
     higher one and none of our recorded tier entries (the store's, one per write) matches it within
-    HUMAN_MOVE_SLACK. Without a tier history nothing can be told apart: None.
+    HUMAN_MOVE_SLACK. When the platform's history is not read, or lags behind the ticket (it does not show the
+    current tier yet), a ticket now below the tier we last moved it to was moved down by a person at a moment
+    we cannot see: its last update stands in (the move at the latest, so the hold-off errs on the person's
+    side). A record not updated since our last write is older than that write, not a person's move.
     """
-    if ticket.tier_changes is None or len(ticket.tier_changes) < 2:
-        return None
-    entries = _tier_entries(ticket)
+    current = ticket.effective_tier
+    entries = _tier_entries(ticket) if ticket.tier_changes is not None else []
+    if not entries or entries[-1][0] != current:
+        if not history.tier_entries:
+            return None
+        ours, recorded = max(history.tier_entries, key=lambda entry: entry[1])
+        if RANK[ours] <= RANK[current] or ticket.updated_at <= recorded:
+            # Not below our last move, or a record older than our write (the book's copy before its echo).
+            return None
+        return ticket.updated_at
     if len(entries) < 2:
         return None
     (tier, at), (before, _) = entries[-1], entries[-2]
-    if tier != ticket.effective_tier or RANK[before] < RANK[tier]:
+    if RANK[before] < RANK[tier]:
         return None
     for ours, recorded in history.tier_entries:
         if ours == tier and abs(at - recorded) <= HUMAN_MOVE_SLACK:
@@ -813,11 +826,17 @@ def _merge_chain(first: tuple[RuleOutcome, ...], then: tuple[RuleOutcome, ...], 
 # -- the engine -------------------------------------------------------------------------------------------------
 
 
-def _escalation_key(target: Tier, history: EscalationHistory) -> str:
-    """The handoff's key suffix: the tier for its first entry (as before), the tier and the entry's number for
-    a later one (`L2:2` after a person moved the ticket down and it escalated again). The number comes from the
-    store's entries, recorded once the write is done, so a replay of the same escalation has the same key."""
-    entries = sum(1 for tier, _ in history.tier_entries if tier == target)
+def _escalation_key(target: Tier, history: EscalationHistory, moved_at: datetime | None) -> str:
+    """The handoff's key suffix: the tier (as before) unless a person moved the ticket down; then the tier and
+    the number of this entry (`L2:2`): 1 + our entries into the tier recorded before the person's move.
+
+    Why counted before the move: the key must come out the same for every read of the same situation (a
+    replay, the book's copy before our write's echo, a history that caught up), and those reads all see the
+    same move, while our entries after it are the re-escalation itself. Its ledger intent is then found done.
+    """
+    if moved_at is None:
+        return target.value
+    entries = sum(1 for tier, at in history.tier_entries if tier == target and at < moved_at)
     return target.value if entries == 0 else f"{target.value}:{entries + 1}"
 
 
@@ -944,7 +963,7 @@ def evaluate(ticket: Ticket, policy: Policy, now: datetime, history: EscalationH
     )
     comment = None
     if RANK[target] > RANK[current] or management_new:
-        key_suffix = _escalation_key(target, history) if target != current else "MGMT"
+        key_suffix = _escalation_key(target, history, moved_at) if target != current else "MGMT"
         comment = render_handoff(
             HandoffContext(
                 ticket=ticket,

@@ -6,10 +6,11 @@ UTC in winter). P1 runs on the 24x7 calendar. Policy: config.example.toml.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -403,3 +404,94 @@ def test_issue9_item4_servicenow_reads_priority_changes_from_sys_audit() -> None
     assert ticket.priority_changes is not None
     assert ticket.priority_changes[-1] == PriorityChange(changed, Priority.P1)
     assert ticket.priority_changes[-2].priority is Priority.P2
+
+
+def test_issue9_item2_a_lagging_tier_history_still_shows_the_human_move() -> None:
+    # The platform's history does not show the move back yet (an export that lags): the ticket is at L1 below
+    # our L2 entry, so a person moved it, at the latest at its last update.
+    lagging = moved_back(
+        tier_changes=(TierChange(T0, Tier.L1), TierChange(ESCALATED, Tier.L2)),
+        tier_entered_at=T0,
+        flags=Flags(customer_requested=True),
+    )
+    decision = evaluate(lagging, POLICY, MOVED_BACK + 1 * M, OURS)
+    assert decision.target_tier is Tier.L1
+    held = next(rule for rule in decision.rules if rule.name == "customer-requested")
+    assert "held off" in held.reason
+    assert "at L1 for" not in " ".join(rule.reason for rule in decision.fired)
+    unread = replace(lagging, tier_changes=None)
+    assert evaluate(unread, POLICY, MOVED_BACK + 1 * M, OURS).target_tier is Tier.L1
+
+
+# Item 2 through real cycles: Syncer, connector, mapping, engine and store against each platform's sandbox.
+
+
+def _move_down(platform: str) -> Callable[[Any, Any], Any]:
+    from sandbox.servicenow import TIER_GROUPS
+    from sandbox.zendesk import GROUP_L1
+
+    return {
+        "zendesk": lambda sandbox, ticket: sandbox.update(ticket, group_id=GROUP_L1),
+        "jsm": lambda sandbox, ticket: sandbox.update(ticket, tier="L1 - Service Desk"),
+        "servicenow": lambda sandbox, ticket: sandbox.update(ticket, assignment_group=TIER_GROUPS[0]),
+    }[platform]
+
+
+@pytest.mark.parametrize("platform", ["jsm", "servicenow", "zendesk"])
+def test_issue9_item2_cycle_a_person_moving_the_ticket_down_is_respected(platform: str, tmp_path: Path) -> None:
+    from tests.test_cycle import PLATFORMS, World
+    from tests.test_reviews import IDLE
+
+    world = World(tmp_path, PLATFORMS[platform], tickets=0)
+    try:
+        calendar = world.config.policy.sla[Priority.P3].calendar
+        ticket = IDLE[platform].create(world.sandbox, world.clock.now())
+        syncer = world.syncer()
+        step = 5 * M
+
+        def cycle() -> str | None:
+            report = syncer.run_cycle()
+            assert report.error == ""
+            world.clock.advance(step)
+            return world.sandbox.escalation_view(ticket)[0]
+
+        deadline = calendar.add_business_time(world.clock.now(), 3 * H)
+        tier = cycle()
+        while tier != "L2" and world.clock.now() < deadline:
+            tier = cycle()
+        assert tier == "L2"
+        world.clock.advance(10 * M)
+        _move_down(platform)(world.sandbox, ticket)  # an agent sends it back to the front line
+        moved = world.clock.now()
+        limit = calendar.add_business_time(moved, 2 * H)
+        while world.clock.now() < limit - 10 * M:
+            assert cycle() == "L1", f"fought the person at {world.clock.now()}"
+        while tier := cycle():
+            if tier == "L2" or world.clock.now() > limit + 30 * M:
+                break
+        assert tier == "L2" and world.clock.now() >= limit
+        notes = world.marker_counts()
+        assert sorted(key.rsplit(":", 2)[-2:] != ["L2", "2"] for key in notes) == [False, True], notes
+        assert set(notes.values()) == {1}, "one note per escalation"
+        first = next(key for key in notes if key.endswith(":L2"))
+        ticket_id = first.split(":")[-2]
+        entries = [tier for tier, _ in world.store.tier_entries(world.name, ticket_id)]
+        assert entries.count("L2") == 2
+        for _ in range(2):  # ten minutes later: L2's clocks run from the new entry, nothing breached
+            cycle()
+        assert not {tag for tag in world.sandbox.escalation_view(ticket)[1] if "breached" in tag}
+    finally:
+        world.close()
+
+
+def test_issue9_item2_stale_copies_plan_the_same_key_never_a_second_note() -> None:
+    # The book's copy from before our first write (its echo not polled yet): no person moved anything.
+    before_write = ticket(updated_at=T0)
+    decision = evaluate(before_write, POLICY, ESCALATED + 5 * M, OURS)
+    assert decision.comment is not None and decision.comment.idempotency_key == "acme:42:L2"
+    # The copy from after the person's move, reviewed once the re-escalation was written and recorded: the
+    # same move, the same key (its ledger intent is done, so the note is not posted again).
+    at = MOVED_BACK + 2 * H + 1 * M
+    again = EscalationHistory(tier_entries=((Tier.L2, ESCALATED), (Tier.L2, at)))
+    stale = evaluate(moved_back(), POLICY, at + 5 * M, again)
+    assert stale.comment is not None and stale.comment.idempotency_key == "acme:42:L2:2"

@@ -40,8 +40,7 @@ from state import (
 from state.base import BookEntry
 from state.postgres import PostgresStore
 from state.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
-from state.sqlite import SCHEMA_VERSION
-from state.sqlite import SqliteStore
+from state.sqlite import SCHEMA_VERSION, SqliteStore
 
 PG_URL = os.environ.get("ESCALATION_SYNC_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REPO = Path(__file__).resolve().parent.parent
