@@ -366,12 +366,17 @@ def past_tier_breaches(
     """(tier, clock) of every tier clock that breached during an earlier stay at a tier, which ended before the
     current stay began: their tags stay on the ticket as history (as a met-late SLA clock's do).
 
-    Stays come from the platform's tier history, else from our own recorded entries.
+    Stays come from the platform's tier history merged with our own recorded entries (a history that lags
+    behind our last write still ends the stay our write ended). Without a platform history no earlier stay can
+    be dated on every read alike, so nothing is kept (the tags of a tier left behind go, as before).
     """
-    if ticket.tier_changes is not None:
-        entries = _tier_entries(ticket)
-    else:
-        entries = sorted(history.tier_entries, key=lambda entry: entry[1])
+    if ticket.tier_changes is None:
+        return frozenset()
+    merged = sorted([*_tier_entries(ticket), *history.tier_entries], key=lambda entry: entry[1])
+    entries: list[tuple[Tier, datetime]] = []
+    for tier, at in merged:
+        if not entries or entries[-1][0] != tier:
+            entries.append((tier, at))
     if len(entries) < 2:
         return frozenset()
     found: set[tuple[str, str]] = set()
@@ -951,9 +956,11 @@ def evaluate(ticket: Ticket, policy: Policy, now: datetime, history: EscalationH
         # tier's acknowledgment does not tag the ticket only to be untagged by the next poll (the echo).
         if target != current:
             clocks = sla_clocks + tier_clocks(ticket, policy, now, target, now) + mgmt_clocks
-            # The stay at the current tier ends now: its breaches stay on record under its own tier's name.
-            left = {(current.value, clock.name) for clock in current_tier_clocks if clock.breached_at is not None}
-            kept = kept | left
+            # The stay at the current tier ends now: its breaches stay on record under its own tier's name
+            # (where the platform's history will show that stay to every later read: see past_tier_breaches).
+            if ticket.tier_changes is not None:
+                left = {(current.value, c.name) for c in current_tier_clocks if c.breached_at is not None}
+                kept = kept | left
         if management_new:
             clocks += management_clocks(ticket, policy, now, now)
 

@@ -495,3 +495,17 @@ def test_issue9_item2_stale_copies_plan_the_same_key_never_a_second_note() -> No
     again = EscalationHistory(tier_entries=((Tier.L2, ESCALATED), (Tier.L2, at)))
     stale = evaluate(moved_back(), POLICY, at + 5 * M, again)
     assert stale.comment is not None and stale.comment.idempotency_key == "acme:42:L2:2"
+
+
+def test_issue9_item5_a_lagging_echo_keeps_the_previous_tiers_breach() -> None:
+    entered, now = T0 + 1 * H, T0 + 1 * H + 20 * M
+    at_l3 = ticket(
+        tier=Tier.L3,
+        tier_entered_at=now,
+        tier_changes=(TierChange(T0, Tier.L1), TierChange(entered, Tier.L2)),  # L3 not in the history yet
+        tags=frozenset({"esc_l2_breached_acknowledgment"}),
+        updated_at=now,
+    )
+    history = EscalationHistory(tier_entries=((Tier.L2, entered), (Tier.L3, now)))
+    writeback = plan(evaluate(at_l3, POLICY, now + 5 * M, history), at_l3, TAGS)
+    assert "esc_l2_breached_acknowledgment" not in writeback.remove_tags
