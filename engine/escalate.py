@@ -66,21 +66,23 @@ def _utc(moment: datetime) -> datetime:
     return moment if moment.tzinfo is UTC else moment.astimezone(UTC)
 
 
-def tier_started_at(ticket: Ticket, history: EscalationHistory) -> datetime:
+def tier_started_at(ticket: Ticket, history: EscalationHistory, moved: datetime | None | bool = True) -> datetime:
     """When the ticket entered its current tier: the later of the platform's record and ours, else creation.
 
     The platform's tier change history (`Ticket.tier_changes`) is exact and holds entries only, so a
     reassignment inside the tier keeps the entry time; without it the mapping's estimate (`tier_entered_at`)
     stands in. Our own record (the state store's tier entries) is exact for the moves we made; the later of the
-    two also follows a person who moved the ticket again after us.
+    two also follows a person who moved the ticket again after us. `moved`: the person's move
+    (`human_move_at`) when the caller has it already (True: find it here).
     """
     tier = ticket.effective_tier
     known = [at for entered, at in history.tier_entries if entered == tier]
     platform = _platform_tier_entry(ticket, tier)
     if platform is not None:
         known.append(platform)
-    moved = human_move_at(ticket, history)
-    if moved is not None:
+    if moved is True:
+        moved = human_move_at(ticket, history)
+    if isinstance(moved, datetime):
         known.append(moved)
     return max(known) if known else ticket.created_at
 
@@ -131,8 +133,11 @@ def human_move_at(ticket: Ticket, history: EscalationHistory) -> datetime | None
     we cannot see: its last update stands in (the move at the latest, so the hold-off errs on the person's
     side). A record not updated since our last write is older than that write, not a person's move.
     """
+    changes = ticket.tier_changes
+    if not history.tier_entries and (changes is None or len(changes) < 2):
+        return None  # nothing of ours to be below, and no move in the platform's history: the common case
     current = ticket.effective_tier
-    entries = _tier_entries(ticket) if ticket.tier_changes is not None else []
+    entries = _tier_entries(ticket) if changes is not None else []
     if not entries or entries[-1][0] != current:
         if not history.tier_entries:
             return None
@@ -370,7 +375,8 @@ def past_tier_breaches(
     behind our last write still ends the stay our write ended). Without a platform history no earlier stay can
     be dated on every read alike, so nothing is kept (the tags of a tier left behind go, as before).
     """
-    if ticket.tier_changes is None:
+    changes = ticket.tier_changes
+    if changes is None or len(changes) + len(history.tier_entries) < 2:
         return frozenset()
     merged = sorted([*_tier_entries(ticket), *history.tier_entries], key=lambda entry: entry[1])
     entries: list[tuple[Tier, datetime]] = []
@@ -896,7 +902,8 @@ def evaluate(ticket: Ticket, policy: Policy, now: datetime, history: EscalationH
     current = ticket.effective_tier
     terminal = ticket.status.is_terminal
     pauses = pauses_of(ticket)
-    tier_start = tier_started_at(ticket, history)
+    moved_at = human_move_at(ticket, history)
+    tier_start = tier_started_at(ticket, history, moved_at)
     started = history.management_started_at
     # Before the first management evaluation we do not know the start yet: rules decide below, and a newly
     # started track runs from `now` (the store records it with the MGMT comment).
@@ -932,7 +939,6 @@ def evaluate(ticket: Ticket, policy: Policy, now: datetime, history: EscalationH
     hours = active_business_time(tier_start, now, pauses, calendar).total_seconds() / 3600.0
     facts = compute_facts(ticket, now, clocks, hours, history, policy.fact_paths)
     outcomes = run_rules(policy, facts, current)
-    moved_at = human_move_at(ticket, history)
     if moved_at is not None and moved_at <= now:
         outcomes = _hold_off(ticket, policy, history, outcomes, current, moved_at, pauses)
 
