@@ -66,7 +66,7 @@ def _utc(moment: datetime) -> datetime:
     return moment if moment.tzinfo is UTC else moment.astimezone(UTC)
 
 
-def tier_started_at(ticket: Ticket, history: EscalationHistory, moved: datetime | None | bool = True) -> datetime:
+def tier_started_at(ticket: Ticket, history: EscalationHistory, moved: datetime | bool | None = True) -> datetime:
     """When the ticket entered its current tier: the later of the platform's record and ours, else creation.
 
     The platform's tier change history (`Ticket.tier_changes`) is exact and holds entries only, so a
