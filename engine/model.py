@@ -286,6 +286,17 @@ class TagScheme:
     def is_managed(self, tag: str) -> bool:
         return self.matcher()(tag)
 
+    def clock_of(self, tag: str, kind: str) -> str | None:
+        """The clock a `kind` ("breached" / "at_risk") tag names, SLA or tier clock (any tier); None: another tag.
+
+        Notifications and the report read breaches from the tags: a tier clock's tag is one of them too."""
+        patterns = (self.breached, self.tier_breached) if kind == "breached" else (self.at_risk, self.tier_at_risk)
+        for pattern in patterns:
+            found = _clock_matcher(pattern)(tag)
+            if found is not None:
+                return found
+        return None
+
 
 @lru_cache(maxsize=64)
 def _matcher(patterns: tuple[str, ...]) -> Callable[[str], bool]:
@@ -297,6 +308,18 @@ def _matcher(patterns: tuple[str, ...]) -> Callable[[str], bool]:
         parts.append(f"(?:{text})")
     compiled = re.compile("|".join(parts))
     return lambda tag: compiled.fullmatch(tag) is not None
+
+
+@lru_cache(maxsize=64)
+def _clock_matcher(pattern: str) -> Callable[[str], str | None]:
+    text = re.escape(pattern).replace(r"\{clock\}", "(?P<clock>.+)").replace(r"\{tier\}", "[A-Za-z0-9]+")
+    compiled = re.compile(text)
+
+    def clock(tag: str) -> str | None:
+        found = compiled.fullmatch(tag)
+        return found.group("clock") if found is not None and "{clock}" in pattern else None
+
+    return clock
 
 
 @dataclass(frozen=True)

@@ -509,3 +509,16 @@ def test_issue9_item5_a_lagging_echo_keeps_the_previous_tiers_breach() -> None:
     history = EscalationHistory(tier_entries=((Tier.L2, entered), (Tier.L3, now)))
     writeback = plan(evaluate(at_l3, POLICY, now + 5 * M, history), at_l3, TAGS)
     assert "esc_l2_breached_acknowledgment" not in writeback.remove_tags
+
+
+def test_issue9_item5_notifications_and_the_report_read_tier_tags_as_breaches() -> None:
+    from runtime.notify import Event, Route, notices_for
+
+    assert TAGS.clock_of("esc_l3_breached_acknowledgment", "breached") == "acknowledgment"
+    assert TAGS.clock_of("esc_breached_resolution", "breached") == "resolution"
+    assert TAGS.clock_of("esc_l2_at_risk_assessment", "at_risk") == "assessment"
+    assert TAGS.clock_of("esc_management", "breached") is None
+    route = Route(name="pager", kind="pagerduty", routing_key_env="PD_KEY")
+    event = Event("written", "acme", "42", T0, {"add_tags": ["esc_l3_breached_acknowledgment"]})
+    notices = notices_for(event, [route], TAGS)
+    assert [notice.topic for notice in notices] == ["breach:acknowledgment"]
