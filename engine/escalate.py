@@ -14,7 +14,12 @@ Clocks a ticket has (targets from the policy; zero targets are not tracked):
   after its own write, so the echo of that write plans nothing);
 - mgmt_acknowledgment, mgmt_customer_contact, mgmt_update: from the management track's start.
 SLA clocks (the first three) pause while the ticket is pending or on hold; the internal ones do not, because
-a handoff between our own teams does not wait on the customer.
+a handoff between our own teams does not wait on the customer. No clock counts the time a ticket sat solved
+(a reopened ticket resumes where it stood), and SLA targets follow the priority history (`priority_periods`).
+
+People come first (issue 9): a move down by a person (`human_move_at`) holds off the escalation rules that were
+already firing at the move (`_hold_off`) until a new trigger fires or the tier's own time limit, counted from
+the move, passes; the re-escalation is a new one (its own handoff key, `_escalation_key`).
 """
 
 from __future__ import annotations
