@@ -42,6 +42,7 @@ from engine.model import (
     EscalationHistory,
     Priority,
     RuleOutcome,
+    Status,
     TagSignal,
     Ticket,
     Tier,
@@ -61,6 +62,7 @@ from engine.sla import (
 
 _NO_HISTORY = EscalationHistory()
 _CADENCE_CLOCKS = frozenset({"customer_update", "mgmt_update"})
+_SOLVED = frozenset({Status.SOLVED, Status.CLOSED, Status.DELETED})
 _TIERS_BY_RANK = {tier.rank: tier for tier in Tier}
 RANK = {tier: tier.rank for tier in Tier}
 """Tier.rank as a dict: the property parses the enum value on every call, too slow for the hot path."""
@@ -209,7 +211,7 @@ def _last_reply(ticket: Ticket) -> _Stop:
     return ticket.last_public_reply_at or ticket.first_public_reply_at, True
 
 
-def _unknown(name: str, target: timedelta, calendar: BusinessCalendar) -> Clock:
+def _unknown(name: str, target: timedelta, calendar: BusinessCalendar, tier: Tier | None = None) -> Clock:
     """A clock whose stopping fact cannot be read here: shown in explain, never tagged, never breached."""
     return Clock(
         name=name,
@@ -219,6 +221,7 @@ def _unknown(name: str, target: timedelta, calendar: BusinessCalendar) -> Clock:
         due_at=None,
         state=ClockState.UNKNOWN,
         calendar=calendar.name,
+        tier=tier,
     )
 
 
@@ -232,6 +235,7 @@ def _clock(
     target: timedelta,
     calendar: BusinessCalendar,
     pauses: tuple[Pause, ...],
+    tier: Tier | None = None,
 ) -> Clock:
     return compute_clock(
         name,
@@ -242,6 +246,7 @@ def _clock(
         pauses=pauses,
         now=now,
         at_risk_fraction=policy.at_risk_fraction,
+        tier=tier,
     )
 
 
@@ -351,23 +356,23 @@ def tier_clocks(ticket: Ticket, policy: Policy, now: datetime, tier: Tier, tier_
         return []
     cal = policy.sla[ticket.priority].calendar
     closed = _closed_at(ticket)
-    solved = solved_spans(ticket) if ticket.status_history else ()
+    solved = solved_spans(ticket) if any(change.status in _SOLVED for change in ticket.status_history) else ()
     clocks: list[Clock] = []
     if targets.acknowledgment:
         acted, known = _first_action_after(ticket, tier_start)
         if known:
             target = targets.acknowledgment
-            clocks.append(_clock(policy, now, closed, "acknowledgment", tier_start, acted, target, cal, solved))
+            clocks.append(_clock(policy, now, closed, "acknowledgment", tier_start, acted, target, cal, solved, tier))
         else:
-            clocks.append(_unknown("acknowledgment", targets.acknowledgment, cal))
+            clocks.append(_unknown("acknowledgment", targets.acknowledgment, cal, tier))
     if targets.assessment:
         replied, known = _first_reply_after(ticket, tier_start)
         if known:
             target = targets.assessment
-            clocks.append(_clock(policy, now, closed, "assessment", tier_start, replied, target, cal, solved))
+            clocks.append(_clock(policy, now, closed, "assessment", tier_start, replied, target, cal, solved, tier))
         else:
-            clocks.append(_unknown("assessment", targets.assessment, cal))
-    return [replace(clock, tier=tier) for clock in clocks]
+            clocks.append(_unknown("assessment", targets.assessment, cal, tier))
+    return clocks
 
 
 def past_tier_breaches(

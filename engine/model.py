@@ -26,11 +26,15 @@ class Status(StrEnum):
 
     @property
     def is_terminal(self) -> bool:
-        return self in (Status.SOLVED, Status.CLOSED, Status.DELETED)
+        return self in _TERMINAL
 
     @property
     def pauses_sla(self) -> bool:
-        return self in (Status.PENDING, Status.ON_HOLD)
+        return self in _PAUSING
+
+
+_TERMINAL = frozenset({Status.SOLVED, Status.CLOSED, Status.DELETED})
+_PAUSING = frozenset({Status.PENDING, Status.ON_HOLD})
 
 
 class Priority(StrEnum):

@@ -21,15 +21,18 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from engine.calendar import ZERO, BusinessCalendar
-from engine.model import Clock, ClockState, Status, Ticket
+from engine.model import Clock, ClockState, Status, Ticket, Tier
 
 Pause = tuple[datetime, datetime | None]
 """A pause: from, until (None: still paused)."""
 
 
+_STOPS = frozenset(status for status in Status if status.pauses_sla or status.is_terminal)
+"""Statuses no clock counts: waiting on the customer (pending, on hold) or solved (nobody waits at all)."""
+
+
 def _stops(status: Status) -> bool:
-    """Statuses no clock counts: waiting on the customer (pending, on hold) or solved (nobody waits at all)."""
-    return status.pauses_sla or status.is_terminal
+    return status in _STOPS
 
 
 def pauses_of(ticket: Ticket) -> tuple[Pause, ...]:
@@ -133,8 +136,10 @@ def compute_clock(
     pauses: Sequence[Pause],
     now: datetime,
     at_risk_fraction: float,
+    tier: Tier | None = None,
 ) -> Clock:
-    """Measure one clock as of `now`. A stop later than `now` has not happened yet and is ignored."""
+    """Measure one clock as of `now` (`tier`: whose tier clock it is). A stop later than `now` has not happened
+    yet and is ignored."""
     stopped = stop is not None and stop <= now
     end = stop if stopped and stop is not None else now
     breached_at: datetime | None = None
@@ -175,6 +180,7 @@ def compute_clock(
         state=state,
         calendar=calendar.name,
         breached_at=breached_at,
+        tier=tier,
     )
 
 
