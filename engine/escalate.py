@@ -14,7 +14,12 @@ Clocks a ticket has (targets from the policy; zero targets are not tracked):
   after its own write, so the echo of that write plans nothing);
 - mgmt_acknowledgment, mgmt_customer_contact, mgmt_update: from the management track's start.
 SLA clocks (the first three) pause while the ticket is pending or on hold; the internal ones do not, because
-a handoff between our own teams does not wait on the customer.
+a handoff between our own teams does not wait on the customer. No clock counts the time a ticket sat solved
+(a reopened ticket resumes where it stood), and SLA targets follow the priority history (`priority_periods`).
+
+People come first (issue 9): a move down by a person (`human_move_at`) holds off the escalation rules that were
+already firing at the move (`_hold_off`) until a new trigger fires or the tier's own time limit, counted from
+the move, passes; the re-escalation is a new one (its own handoff key, `_escalation_key`).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from typing import Any
 
 import cel
@@ -34,17 +40,29 @@ from engine.model import (
     ClockState,
     Decision,
     EscalationHistory,
+    Priority,
     RuleOutcome,
+    Status,
     TagSignal,
     Ticket,
     Tier,
 )
 from engine.policy import CLOCK_FIELDS, CLOCK_NAMES, FACTS, Policy, Rule, flat_name
 from engine.review import next_review
-from engine.sla import Pause, active_business_time, compute_clock, is_paused_at, pauses_of
+from engine.sla import (
+    Pause,
+    Period,
+    active_business_time,
+    compute_clock,
+    compute_clock_periods,
+    is_paused_at,
+    pauses_of,
+    solved_spans,
+)
 
 _NO_HISTORY = EscalationHistory()
 _CADENCE_CLOCKS = frozenset({"customer_update", "mgmt_update"})
+_SOLVED = frozenset({Status.SOLVED, Status.CLOSED, Status.DELETED})
 _TIERS_BY_RANK = {tier.rank: tier for tier in Tier}
 RANK = {tier: tier.rank for tier in Tier}
 """Tier.rank as a dict: the property parses the enum value on every call, too slow for the hot path."""
@@ -60,19 +78,24 @@ def _utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC)
 
 
-def tier_started_at(ticket: Ticket, history: EscalationHistory) -> datetime:
+def tier_started_at(ticket: Ticket, history: EscalationHistory, moved: datetime | bool | None = True) -> datetime:
     """When the ticket entered its current tier: the later of the platform's record and ours, else creation.
 
     The platform's tier change history (`Ticket.tier_changes`) is exact and holds entries only, so a
     reassignment inside the tier keeps the entry time; without it the mapping's estimate (`tier_entered_at`)
     stands in. Our own record (the state store's tier entries) is exact for the moves we made; the later of the
-    two also follows a person who moved the ticket again after us.
+    two also follows a person who moved the ticket again after us. `moved`: the person's move
+    (`human_move_at`) when the caller has it already (True: find it here).
     """
     tier = ticket.effective_tier
     known = [at for entered, at in history.tier_entries if entered == tier]
     platform = _platform_tier_entry(ticket, tier)
     if platform is not None:
         known.append(platform)
+    if moved is True:
+        moved = human_move_at(ticket, history)
+    if isinstance(moved, datetime):
+        known.append(moved)
     return max(known) if known else ticket.created_at
 
 
@@ -95,6 +118,55 @@ def _platform_tier_entry(ticket: Ticket, tier: Tier) -> datetime | None:
     if previous is not None and previous != tier:
         return ticket.tier_entered_at
     return entered
+
+
+HUMAN_MOVE_SLACK = timedelta(minutes=15)
+"""How far apart our recorded write and the platform's record of the same tier change may be (our time is the
+cycle's, taken before the write; the platform stamps the change when the write arrives)."""
+
+
+def _tier_entries(ticket: Ticket) -> list[tuple[Tier, datetime]]:
+    """The platform's tier history as entries (tier, when entered), oldest first; repeats collapsed."""
+    entries: list[tuple[Tier, datetime]] = []
+    for change in sorted(ticket.tier_changes or (), key=lambda change: change.at):
+        level = change.tier or Tier.L1
+        if not entries or entries[-1][0] != level:
+            entries.append((level, change.at))
+    return entries
+
+
+def human_move_at(ticket: Ticket, history: EscalationHistory) -> datetime | None:
+    """When a person moved the ticket down into its current tier, else None.
+
+    A move down is a person's when the platform's history shows the ticket entering its current tier from a
+    higher one and none of our recorded tier entries (the store's, one per write) matches it within
+    HUMAN_MOVE_SLACK. When the platform's history is not read, or lags behind the ticket (it does not show the
+    current tier yet), a ticket now below the tier we last moved it to was moved down by a person at a moment
+    we cannot see: its last update stands in (the move at the latest, so the hold-off errs on the person's
+    side). A record not updated since our last write is older than that write, not a person's move.
+    """
+    changes = ticket.tier_changes
+    if not history.tier_entries and (changes is None or len(changes) < 2):
+        return None  # nothing of ours to be below, and no move in the platform's history: the common case
+    current = ticket.effective_tier
+    entries = _tier_entries(ticket) if changes is not None else []
+    if not entries or entries[-1][0] != current:
+        if not history.tier_entries:
+            return None
+        ours, recorded = max(history.tier_entries, key=lambda entry: entry[1])
+        if RANK[ours] <= RANK[current] or ticket.updated_at <= recorded:
+            # Not below our last move, or a record older than our write (the book's copy before its echo).
+            return None
+        return ticket.updated_at
+    if len(entries) < 2:
+        return None
+    (tier, at), (before, _) = entries[-1], entries[-2]
+    if RANK[before] < RANK[tier]:
+        return None
+    for ours, recorded in history.tier_entries:
+        if ours == tier and abs(at - recorded) <= HUMAN_MOVE_SLACK:
+            return None
+    return at
 
 
 def _closed_at(ticket: Ticket) -> datetime | None:
@@ -144,7 +216,7 @@ def _last_reply(ticket: Ticket) -> _Stop:
     return ticket.last_public_reply_at or ticket.first_public_reply_at, True
 
 
-def _unknown(name: str, target: timedelta, calendar: BusinessCalendar) -> Clock:
+def _unknown(name: str, target: timedelta, calendar: BusinessCalendar, tier: Tier | None = None) -> Clock:
     """A clock whose stopping fact cannot be read here: shown in explain, never tagged, never breached."""
     return Clock(
         name=name,
@@ -154,6 +226,7 @@ def _unknown(name: str, target: timedelta, calendar: BusinessCalendar) -> Clock:
         due_at=None,
         state=ClockState.UNKNOWN,
         calendar=calendar.name,
+        tier=tier,
     )
 
 
@@ -167,6 +240,7 @@ def _clock(
     target: timedelta,
     calendar: BusinessCalendar,
     pauses: tuple[Pause, ...],
+    tier: Tier | None = None,
 ) -> Clock:
     return compute_clock(
         name,
@@ -174,6 +248,58 @@ def _clock(
         stop=stop if stop is not None else closed,
         target=target,
         calendar=calendar,
+        pauses=pauses,
+        now=now,
+        at_risk_fraction=policy.at_risk_fraction,
+        tier=tier,
+    )
+
+
+def priority_periods(ticket: Ticket, policy: Policy, target: str) -> list[Period] | None:
+    """The `target` ("first_response", "resolution", "customer_update") in force over the ticket's life, from
+    its priority history; None when the priority never changed (or no history is read): one target applies.
+
+    Before the first recorded change the first recorded priority applies; a history that does not end in the
+    current priority lags behind the ticket: the current one applies from the ticket's last update.
+    """
+    changes = ticket.priority_changes
+    if not changes:
+        return None
+    ordered = sorted(changes, key=lambda change: change.at)
+    points: list[tuple[datetime | None, Priority]] = []
+    for change in ordered:
+        if not points or points[-1][1] != change.priority:
+            points.append((change.at if points else None, change.priority))
+    if points[-1][1] != ticket.priority:
+        points.append((max(ticket.updated_at, ordered[-1].at), ticket.priority))
+    if len(points) == 1:
+        return None
+    periods: list[Period] = []
+    for since, priority in points:
+        sla = policy.sla[priority]
+        periods.append((since, getattr(sla, target) or None, sla.calendar))
+    return periods
+
+
+def _sla_clock(
+    policy: Policy,
+    now: datetime,
+    closed: datetime | None,
+    name: str,
+    start: datetime,
+    stop: datetime | None,
+    target: timedelta,
+    calendar: BusinessCalendar,
+    pauses: tuple[Pause, ...],
+    periods: list[Period] | None,
+) -> Clock:
+    if periods is None:
+        return _clock(policy, now, closed, name, start, stop, target, calendar, pauses)
+    return compute_clock_periods(
+        name,
+        start=start,
+        stop=stop if stop is not None else closed,
+        periods=periods,
         pauses=pauses,
         now=now,
         at_risk_fraction=policy.at_risk_fraction,
@@ -186,11 +312,15 @@ def measure_clocks(
     now: datetime,
     pauses: tuple[Pause, ...],
 ) -> list[Clock]:
-    """The SLA clocks the ticket has as of `now` (see the module docstring); zero targets are skipped."""
+    """The SLA clocks the ticket has as of `now` (see the module docstring); zero targets are skipped.
+
+    Targets follow the priority history: each applies from the moment the ticket got that priority on.
+    """
     sla = policy.sla[ticket.priority]
     closed = _closed_at(ticket)
     cal = sla.calendar
     clocks: list[Clock] = []
+    changed = bool(ticket.priority_changes) and len(ticket.priority_changes or ()) > 1
     if sla.first_response:
         if ticket.public_replies is not None:
             reply: datetime | None = min(ticket.public_replies) if ticket.public_replies else None
@@ -198,16 +328,22 @@ def measure_clocks(
             reply = ticket.first_public_reply_at
         if reply is not None or ticket.public_replies is not None or "public_replies" not in ticket.missing_facts:
             start = ticket.created_at
-            clocks.append(_clock(policy, now, closed, "first_response", start, reply, sla.first_response, cal, pauses))
+            periods = priority_periods(ticket, policy, "first_response") if changed else None
+            target = sla.first_response
+            clocks.append(_sla_clock(policy, now, closed, "first_response", start, reply, target, cal, pauses, periods))
         else:
             clocks.append(_unknown("first_response", sla.first_response, cal))
     if sla.resolution:
-        clocks.append(_clock(policy, now, closed, "resolution", ticket.created_at, closed, sla.resolution, cal, pauses))
+        periods = priority_periods(ticket, policy, "resolution") if changed else None
+        start, target = ticket.created_at, sla.resolution
+        clocks.append(_sla_clock(policy, now, closed, "resolution", start, closed, target, cal, pauses, periods))
     if closed is None and sla.customer_update:
         last, known = _last_reply(ticket)
         if known:
             since = last or ticket.created_at
-            clocks.append(_clock(policy, now, closed, "customer_update", since, None, sla.customer_update, cal, pauses))
+            periods = priority_periods(ticket, policy, "customer_update") if changed else None
+            target = sla.customer_update
+            clocks.append(_sla_clock(policy, now, closed, "customer_update", since, None, target, cal, pauses, periods))
         else:
             clocks.append(_unknown("customer_update", sla.customer_update, cal))
     return clocks
@@ -217,26 +353,61 @@ def tier_clocks(ticket: Ticket, policy: Policy, now: datetime, tier: Tier, tier_
     """Acknowledgment and initial assessment by `tier`, entered at `tier_start` (not paused: internal).
 
     Each stops at the FIRST qualifying event after the entry: acting or replying again later cannot make an
-    acknowledgment that was on time a late one.
+    acknowledgment that was on time a late one. They do not run while the ticket sat solved (a reopened ticket
+    owes nothing for those days). Each clock names its tier, so its tags can (`TagScheme.tier_breached`).
     """
     targets = policy.tiers[tier]
+    if not targets.acknowledgment and not targets.assessment:
+        return []
     cal = policy.sla[ticket.priority].calendar
     closed = _closed_at(ticket)
+    solved = solved_spans(ticket) if any(change.status in _SOLVED for change in ticket.status_history) else ()
     clocks: list[Clock] = []
     if targets.acknowledgment:
         acted, known = _first_action_after(ticket, tier_start)
         if known:
             target = targets.acknowledgment
-            clocks.append(_clock(policy, now, closed, "acknowledgment", tier_start, acted, target, cal, ()))
+            clocks.append(_clock(policy, now, closed, "acknowledgment", tier_start, acted, target, cal, solved, tier))
         else:
-            clocks.append(_unknown("acknowledgment", targets.acknowledgment, cal))
+            clocks.append(_unknown("acknowledgment", targets.acknowledgment, cal, tier))
     if targets.assessment:
         replied, known = _first_reply_after(ticket, tier_start)
         if known:
-            clocks.append(_clock(policy, now, closed, "assessment", tier_start, replied, targets.assessment, cal, ()))
+            target = targets.assessment
+            clocks.append(_clock(policy, now, closed, "assessment", tier_start, replied, target, cal, solved, tier))
         else:
-            clocks.append(_unknown("assessment", targets.assessment, cal))
+            clocks.append(_unknown("assessment", targets.assessment, cal, tier))
     return clocks
+
+
+def past_tier_breaches(
+    ticket: Ticket, policy: Policy, history: EscalationHistory, current_start: datetime
+) -> frozenset[tuple[str, str]]:
+    """(tier, clock) of every tier clock that breached during an earlier stay at a tier, which ended before the
+    current stay began: their tags stay on the ticket as history (as a met-late SLA clock's do).
+
+    Stays come from the platform's tier history merged with our own recorded entries (a history that lags
+    behind our last write still ends the stay our write ended). Without a platform history no earlier stay can
+    be dated on every read alike, so nothing is kept (the tags of a tier left behind go, as before).
+    """
+    changes = ticket.tier_changes
+    if changes is None or len(changes) + len(history.tier_entries) < 2:
+        return frozenset()
+    merged = sorted([*_tier_entries(ticket), *history.tier_entries], key=lambda entry: entry[1])
+    entries: list[tuple[Tier, datetime]] = []
+    for tier, at in merged:
+        if not entries or entries[-1][0] != tier:
+            entries.append((tier, at))
+    if len(entries) < 2:
+        return frozenset()
+    found: set[tuple[str, str]] = set()
+    for (tier, entered), (_, left) in pairwise(entries):
+        if left > current_start or entered >= left:
+            continue
+        for clock in tier_clocks(ticket, policy, left, tier, entered):
+            if clock.breached_at is not None:
+                found.add((tier.value, clock.name))
+    return frozenset(found)
 
 
 def management_clocks(
@@ -311,27 +482,35 @@ def management_label(event: str, track: int) -> str:
     return event if track <= 1 else f"{event}#{track}"
 
 
-def signals_for(clocks: Sequence[Clock], management: bool) -> frozenset[TagSignal]:
-    """Tags the ticket should carry: breached (also met-late, as history), at risk, update due, management.
+def signals_for(
+    clocks: Sequence[Clock], management: bool, kept: frozenset[tuple[str, str]] = frozenset()
+) -> frozenset[TagSignal]:
+    """Tags the ticket should carry: breached (also met-late, as history), at risk, update due, management,
+    and the breaches `kept` from earlier stays at other tiers ((tier, clock) pairs).
 
-    The few distinct answers are shared: keyed by the (kind, clock) names they hold, a flat tuple of strings.
+    The few distinct answers are shared: keyed by the (kind, clock, tier) names they hold, a flat tuple.
     """
     parts: list[str] = []
     for clock in clocks:
         if clock.name in _CADENCE_CLOCKS:
             if clock.state in (ClockState.AT_RISK, ClockState.BREACHED):
-                parts += ("update_due", "")
+                parts += ("update_due", "", "")
             continue
+        tier = clock.tier.value if clock.tier is not None else ""
         if clock.breached_at is not None:
-            parts += ("breached", clock.name)
+            parts += ("breached", clock.name, tier)
         elif clock.state is ClockState.AT_RISK:
-            parts += ("at_risk", clock.name)
+            parts += ("at_risk", clock.name, tier)
+    for tier, name in sorted(kept):
+        parts += ("breached", name, tier)
     if management:
-        parts += ("management", "")
+        parts += ("management", "", "")
     key = tuple(parts)
     signals = _SIGNAL_SETS.get(key)
     if signals is None:
-        signals = frozenset(TagSignal(kind, clock) for kind, clock in zip(parts[::2], parts[1::2], strict=True))
+        signals = frozenset(
+            TagSignal(kind, clock, tier) for kind, clock, tier in zip(parts[::3], parts[1::3], parts[2::3], strict=True)
+        )
         if len(_SIGNAL_SETS) >= 4096:
             _SIGNAL_SETS.clear()
         _SIGNAL_SETS[key] = signals
@@ -734,13 +913,73 @@ def _merge_chain(first: tuple[RuleOutcome, ...], then: tuple[RuleOutcome, ...], 
 # -- the engine -------------------------------------------------------------------------------------------------
 
 
+def _escalation_key(target: Tier, history: EscalationHistory, moved_at: datetime | None) -> str:
+    """The handoff's key suffix: the tier (as before) unless a person moved the ticket down; then the tier and
+    the number of this entry (`L2:2`): 1 + our entries into the tier recorded before the person's move.
+
+    Why counted before the move: the key must come out the same for every read of the same situation (a
+    replay, the book's copy before our write's echo, a history that caught up), and those reads all see the
+    same move, while our entries after it are the re-escalation itself. Its ledger intent is then found done.
+    """
+    if moved_at is None:
+        return target.value
+    entries = sum(1 for tier, at in history.tier_entries if tier == target and at < moved_at)
+    return target.value if entries == 0 else f"{target.value}:{entries + 1}"
+
+
+def _hold_off(
+    ticket: Ticket,
+    policy: Policy,
+    history: EscalationHistory,
+    outcomes: tuple[RuleOutcome, ...],
+    current: Tier,
+    moved_at: datetime,
+    pauses: tuple[Pause, ...],
+) -> tuple[RuleOutcome, ...]:
+    """A person moved the ticket down at `moved_at`: the escalation rules that already fired then are held off.
+
+    The person saw what those rules see and decided; moving the ticket straight back would fight them. Such a
+    rule raises the tier again only through a *new* trigger (a rule that did not fire at the move: a clock
+    breaching later, a flag raised later that another rule reads) or the tier's own time limit, whose hours
+    count from the move (`tier_started_at`). Flags are only known as they are now: a flag set now is taken as
+    known at the move. A held rule that also starts the management track still does that.
+    """
+    started = history.management_started_at
+    then = measure_clocks(ticket, policy, moved_at, pauses) + tier_clocks(ticket, policy, moved_at, current, moved_at)
+    if started is not None and started <= moved_at:
+        then += management_clocks(ticket, policy, moved_at, started)
+    facts = compute_facts(ticket, moved_at, then, 0.0, history, policy.fact_paths)
+    firing = {
+        outcome.name
+        for outcome in run_rules(policy, facts, current)
+        if outcome.fired and outcome.target_tier is not None and RANK[outcome.target_tier] > RANK[current]
+    }
+    if not firing:
+        return outcomes
+    held: list[RuleOutcome] = []
+    for outcome in outcomes:
+        target = outcome.target_tier
+        if outcome.fired and outcome.name in firing and target is not None and RANK[target] > RANK[current]:
+            reason = (
+                f"held off: already firing when a person moved the ticket to {current} at "
+                f"{moved_at:%Y-%m-%d %H:%M} UTC; waits for a new trigger or {current}'s own time limit "
+                f"({outcome.reason})"
+            )
+            outcome = replace(
+                outcome, fired=outcome.management, reason=reason, target_tier=None if outcome.management else target
+            )
+        held.append(outcome)
+    return tuple(held)
+
+
 def evaluate(ticket: Ticket, policy: Policy, now: datetime, history: EscalationHistory = _NO_HISTORY) -> Decision:
     """The desired escalation state of `ticket` as of `now`. Pure and deterministic."""
     now = _utc(now)
     current = ticket.effective_tier
     terminal = ticket.status.is_terminal
     pauses = pauses_of(ticket)
-    tier_start = tier_started_at(ticket, history)
+    moved_at = human_move_at(ticket, history)
+    tier_start = tier_started_at(ticket, history, moved_at)
     # The running track, if any: one that ended by policy is over (a trigger firing again starts the next).
     ended = history.management_ended_at is not None
     started = history.management_started_at if not ended else None
@@ -749,7 +988,9 @@ def evaluate(ticket: Ticket, policy: Policy, now: datetime, history: EscalationH
     # started track runs from `now` (the store records it with the MGMT comment).
     sla_clocks = measure_clocks(ticket, policy, now, pauses)
     mgmt_clocks = management_clocks(ticket, policy, now, started, plan_at) if started is not None else []
-    clocks = sla_clocks + tier_clocks(ticket, policy, now, current, tier_start) + mgmt_clocks
+    current_tier_clocks = tier_clocks(ticket, policy, now, current, tier_start)
+    clocks = sla_clocks + current_tier_clocks + mgmt_clocks
+    kept = past_tier_breaches(ticket, policy, history, tier_start)
 
     if terminal:
         key = ("finished", ticket.status, current)
@@ -770,13 +1011,15 @@ def evaluate(ticket: Ticket, policy: Policy, now: datetime, history: EscalationH
             management=started is not None,
             clocks=tuple(clocks),
             rules=outcomes,
-            signals=signals_for(clocks, started is not None),
+            signals=signals_for(clocks, started is not None, kept),
         )
 
     calendar = policy.sla[ticket.priority].calendar
     hours = active_business_time(tier_start, now, pauses, calendar).total_seconds() / 3600.0
     facts = compute_facts(ticket, now, clocks, hours, history, policy.fact_paths)
     outcomes = run_rules(policy, facts, current)
+    if moved_at is not None and moved_at <= now:
+        outcomes = _hold_off(ticket, policy, history, outcomes, current, moved_at, pauses)
 
     target = _target_tier(outcomes, current, _lowering(policy))
     # Follow chains (L1 overdue -> L2, and "engineering required at L2" -> L3) to the fixpoint now, as if the
@@ -808,6 +1051,11 @@ def evaluate(ticket: Ticket, policy: Policy, now: datetime, history: EscalationH
         # tier's acknowledgment does not tag the ticket only to be untagged by the next poll (the echo).
         if target != current:
             clocks = sla_clocks + tier_clocks(ticket, policy, now, target, now) + mgmt_clocks
+            # The stay at the current tier ends now: its breaches stay on record under its own tier's name
+            # (where the platform's history will show that stay to every later read: see past_tier_breaches).
+            if ticket.tier_changes is not None:
+                left = {(current.value, c.name) for c in current_tier_clocks if c.breached_at is not None}
+                kept = kept | left
         if management_new:
             clocks += management_clocks(ticket, policy, now, now)
 
@@ -820,7 +1068,10 @@ def evaluate(ticket: Ticket, policy: Policy, now: datetime, history: EscalationH
     comment = None
     if RANK[target] > RANK[current] or management_new:
         track = history.management_track + 1 if management_new else history.management_track
-        key_suffix = target.value if target != current else management_label(MANAGEMENT_START, track)
+        if target != current:
+            key_suffix = _escalation_key(target, history, moved_at)
+        else:
+            key_suffix = management_label(MANAGEMENT_START, track)
         comment = render_handoff(
             HandoffContext(
                 ticket=ticket,
@@ -848,7 +1099,7 @@ def evaluate(ticket: Ticket, policy: Policy, now: datetime, history: EscalationH
         management=management,
         clocks=tuple(clocks),
         rules=outcomes,
-        signals=signals_for(clocks, management),
+        signals=signals_for(clocks, management, kept),
         comment=comment,
         review_at=review_at,
         review_exact=review_exact,

@@ -7,9 +7,12 @@ they carry no behaviour beyond small derived properties. Times are timezone-awar
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
+from functools import lru_cache
 
 
 class Status(StrEnum):
@@ -23,11 +26,15 @@ class Status(StrEnum):
 
     @property
     def is_terminal(self) -> bool:
-        return self in (Status.SOLVED, Status.CLOSED, Status.DELETED)
+        return self in _TERMINAL
 
     @property
     def pauses_sla(self) -> bool:
-        return self in (Status.PENDING, Status.ON_HOLD)
+        return self in _PAUSING
+
+
+_TERMINAL = frozenset({Status.SOLVED, Status.CLOSED, Status.DELETED})
+_PAUSING = frozenset({Status.PENDING, Status.ON_HOLD})
 
 
 class Priority(StrEnum):
@@ -94,7 +101,22 @@ class TierChange:
     tier: Tier | None
 
 
-HISTORY_FACTS = ("status_history", "public_replies", "agent_actions", "tier_changes", "internal_notes")
+@dataclass(frozen=True)
+class PriorityChange:
+    """The ticket's priority became `priority` at `at` (the first entry: its priority at creation, where known)."""
+
+    at: datetime
+    priority: Priority
+
+
+HISTORY_FACTS = (
+    "status_history",
+    "public_replies",
+    "agent_actions",
+    "tier_changes",
+    "internal_notes",
+    "priority_changes",
+)
 """Fact names a mapping may list in `Ticket.missing_facts` when their source cannot be read."""
 
 
@@ -154,6 +176,9 @@ class Ticket:
     tier_entered_at: datetime | None = None
     flags: Flags = field(default_factory=Flags)
     status_history: tuple[StatusChange, ...] = ()
+    priority_changes: tuple[PriorityChange, ...] | None = None
+    """Every change of priority, oldest first (None: the mapping reads no priority history; then the current
+    priority is taken to have applied since creation)."""
     platform_slas: tuple[PlatformSla, ...] = ()
     revision: str = ""
     """Opaque concurrency token the connector sends back on write (Zendesk `updated_stamp`, Jira/SNOW updated)."""
@@ -217,6 +242,8 @@ class Clock:
     state: ClockState
     calendar: str
     breached_at: datetime | None = None
+    tier: Tier | None = None
+    """The tier whose clock this is (acknowledgment, assessment); None for SLA and management clocks."""
 
 
 @dataclass(frozen=True)
@@ -254,30 +281,79 @@ class TagSignal:
 
     kind: str  # "breached" | "at_risk" | "management" | "update_due"
     clock: str = ""
+    tier: str = ""
+    """The tier of a tier clock (acknowledgment, assessment): its tags name the tier (`TagScheme.tier_breached`)."""
 
 
 @dataclass(frozen=True)
 class TagScheme:
-    """How signals become tags. Names come from the mapping; every tag matching a pattern is ours to manage."""
+    """How signals become tags. Names come from the mapping; every tag matching a pattern is ours to manage.
+
+    Tier clocks (acknowledgment, assessment) use the `tier_*` patterns, whose `{tier}` is the tier in lower
+    case (`esc_l2_breached_acknowledgment`): an operator tells L2's late acknowledgment from L3's, and a move to
+    L3 keeps L2's breach on record. Tags of the older one-name-for-every-tier form (`esc_breached_acknowledgment`)
+    still match `breached`, so they are recognised as ours and removed on upgrade.
+    """
 
     breached: str = "esc_breached_{clock}"
     at_risk: str = "esc_at_risk_{clock}"
     management: str = "esc_management"
     update_due: str = "esc_customer_update_due"
+    tier_breached: str = "esc_{tier}_breached_{clock}"
+    tier_at_risk: str = "esc_{tier}_at_risk_{clock}"
 
     def render(self, signal: TagSignal) -> str:
+        if signal.tier and signal.kind in ("breached", "at_risk"):
+            pattern = self.tier_breached if signal.kind == "breached" else self.tier_at_risk
+            return pattern.format(clock=signal.clock, tier=signal.tier.lower())
         pattern = getattr(self, signal.kind)
         return pattern.format(clock=signal.clock)
 
+    @property
+    def patterns(self) -> tuple[str, ...]:
+        return (self.breached, self.at_risk, self.management, self.update_due, self.tier_breached, self.tier_at_risk)
+
+    def matcher(self) -> Callable[[str], bool]:
+        """A test for "this tag is ours" (compiled once per set of patterns)."""
+        return _matcher(self.patterns)
+
     def is_managed(self, tag: str) -> bool:
-        for pattern in (self.breached, self.at_risk, self.management, self.update_due):
-            prefix, _, suffix = pattern.partition("{clock}")
-            if "{clock}" in pattern:
-                if tag.startswith(prefix) and tag.endswith(suffix) and len(tag) > len(prefix) + len(suffix):
-                    return True
-            elif tag == pattern:
-                return True
-        return False
+        return self.matcher()(tag)
+
+    def clock_of(self, tag: str, kind: str) -> str | None:
+        """The clock a `kind` ("breached" / "at_risk") tag names, SLA or tier clock (any tier); None: another tag.
+
+        Notifications and the report read breaches from the tags: a tier clock's tag is one of them too."""
+        patterns = (self.breached, self.tier_breached) if kind == "breached" else (self.at_risk, self.tier_at_risk)
+        for pattern in patterns:
+            found = _clock_matcher(pattern)(tag)
+            if found is not None:
+                return found
+        return None
+
+
+@lru_cache(maxsize=64)
+def _matcher(patterns: tuple[str, ...]) -> Callable[[str], bool]:
+    """Each pattern as a regular expression, `{clock}` and `{tier}` standing for one or more characters (a
+    tier: letters and digits)."""
+    parts = []
+    for pattern in patterns:
+        text = re.escape(pattern).replace(r"\{clock\}", ".+").replace(r"\{tier\}", "[A-Za-z0-9]+")
+        parts.append(f"(?:{text})")
+    compiled = re.compile("|".join(parts))
+    return lambda tag: compiled.fullmatch(tag) is not None
+
+
+@lru_cache(maxsize=64)
+def _clock_matcher(pattern: str) -> Callable[[str], str | None]:
+    text = re.escape(pattern).replace(r"\{clock\}", "(?P<clock>.+)").replace(r"\{tier\}", "[A-Za-z0-9]+")
+    compiled = re.compile(text)
+
+    def clock(tag: str) -> str | None:
+        found = compiled.fullmatch(tag)
+        return found.group("clock") if found is not None and "{clock}" in pattern else None
+
+    return clock
 
 
 @dataclass(frozen=True)

@@ -28,26 +28,9 @@ def _manages(tags: TagScheme) -> Callable[[str], bool]:
     """`tags.is_managed` as a test compiled once per scheme (same patterns, same answers).
 
     Why not memoize by tag: tickets carry every tag people invent, so such a memo fills up with entries the
-    garbage collector has to walk, while this test costs a few string comparisons.
+    garbage collector has to walk, while this test is one regular-expression match.
     """
-    exact: set[str] = set()
-    shaped: list[tuple[str, str, int]] = []
-    for pattern in (tags.breached, tags.at_risk, tags.management, tags.update_due):
-        if "{clock}" in pattern:
-            prefix, _, suffix = pattern.partition("{clock}")
-            shaped.append((prefix, suffix, len(prefix) + len(suffix)))
-        else:
-            exact.add(pattern)
-
-    def managed(tag: str) -> bool:
-        if tag in exact:
-            return True
-        for prefix, suffix, size in shaped:
-            if tag.startswith(prefix) and tag.endswith(suffix) and len(tag) > size:
-                return True
-        return False
-
-    return managed
+    return tags.matcher()
 
 
 def plan(decision: Decision, observed: Ticket, tags: TagScheme) -> WriteBack:

@@ -21,14 +21,26 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from engine.calendar import ZERO, BusinessCalendar
-from engine.model import Clock, ClockState, Status, Ticket
+from engine.model import Clock, ClockState, Status, Ticket, Tier
 
 Pause = tuple[datetime, datetime | None]
 """A pause: from, until (None: still paused)."""
 
 
+_STOPS = frozenset(status for status in Status if status.pauses_sla or status.is_terminal)
+"""Statuses no clock counts: waiting on the customer (pending, on hold) or solved (nobody waits at all)."""
+
+
+def _stops(status: Status) -> bool:
+    return status in _STOPS
+
+
 def pauses_of(ticket: Ticket) -> tuple[Pause, ...]:
     """The intervals in which the ticket's status paused SLA clocks, oldest first.
+
+    Solved (and closed) spans count as pauses too: a ticket reopened days after it was solved resumes its
+    resolution clock and its time at tier where they stood at the solve (the customer waited for nothing in
+    between). A ticket that is solved now is stopped anyway (its clocks stop at the solve).
 
     Without status history we only know the current status: a ticket that is pending or on hold now is taken
     to have been paused since its last update (the best evidence we have of when it got there).
@@ -38,7 +50,7 @@ def pauses_of(ticket: Ticket) -> tuple[Pause, ...]:
     paused_since: datetime | None = None
     last_status: Status | None = None
     for change in history:
-        if change.status.pauses_sla:
+        if _stops(change.status):
             if paused_since is None:
                 paused_since = change.at
         elif paused_since is not None:
@@ -47,9 +59,9 @@ def pauses_of(ticket: Ticket) -> tuple[Pause, ...]:
         last_status = change.status
     if last_status is not None and last_status != ticket.status:
         # History does not end in the current status (the platform trimmed it): trust the current status.
-        if ticket.status.pauses_sla and paused_since is None:
+        if _stops(ticket.status) and paused_since is None:
             paused_since = max(ticket.updated_at, history[-1].at)
-        elif not ticket.status.pauses_sla and paused_since is not None:
+        elif not _stops(ticket.status) and paused_since is not None:
             pauses.append((paused_since, max(ticket.updated_at, paused_since)))
             paused_since = None
     if not history and ticket.status.pauses_sla:
@@ -57,6 +69,23 @@ def pauses_of(ticket: Ticket) -> tuple[Pause, ...]:
     if paused_since is not None:
         pauses.append((paused_since, None))
     return tuple(pauses)
+
+
+def solved_spans(ticket: Ticket) -> tuple[Pause, ...]:
+    """The intervals in which the ticket sat solved or closed (status history), oldest first: internal clocks
+    (a tier's acknowledgment) do not pause for the customer, but nobody owes a solved ticket anything."""
+    spans: list[Pause] = []
+    since: datetime | None = None
+    for change in sorted(ticket.status_history, key=lambda change: change.at):
+        if change.status.is_terminal:
+            if since is None:
+                since = change.at
+        elif since is not None:
+            spans.append((since, change.at))
+            since = None
+    if since is not None:
+        spans.append((since, None))
+    return tuple(spans)
 
 
 def active_segments(start: datetime, end: datetime, pauses: Sequence[Pause]) -> list[tuple[datetime, datetime]]:
@@ -107,8 +136,10 @@ def compute_clock(
     pauses: Sequence[Pause],
     now: datetime,
     at_risk_fraction: float,
+    tier: Tier | None = None,
 ) -> Clock:
-    """Measure one clock as of `now`. A stop later than `now` has not happened yet and is ignored."""
+    """Measure one clock as of `now` (`tier`: whose tier clock it is). A stop later than `now` has not happened
+    yet and is ignored."""
     stopped = stop is not None and stop <= now
     end = stop if stopped and stop is not None else now
     breached_at: datetime | None = None
@@ -148,5 +179,79 @@ def compute_clock(
         due_at=due_at,
         state=state,
         calendar=calendar.name,
+        breached_at=breached_at,
+        tier=tier,
+    )
+
+
+Period = tuple[datetime | None, timedelta | None, BusinessCalendar]
+"""From when (None: from the start) a target applies, the target (None: not tracked at that priority), and the
+calendar its time is counted on: the priority's SLA while the ticket had that priority."""
+
+
+def compute_clock_periods(
+    name: str,
+    *,
+    start: datetime,
+    stop: datetime | None,
+    periods: Sequence[Period],
+    pauses: Sequence[Pause],
+    now: datetime,
+    at_risk_fraction: float,
+) -> Clock:
+    """Measure one clock whose target changed over time (the ticket's priority changed), as of `now`.
+
+    Time is counted on the calendar of the priority the ticket had at each moment; the target that applies is
+    the one in force at that moment. So a breach happens at the first moment the time elapsed exceeds the
+    target then in force: raising P3 to P1 breaches at the change at the earliest (never before it: the
+    stricter target did not apply yet), and lowering P2 to P4 keeps a breach that happened under P2 (it stays
+    in the record, like a clock met late). `periods` are oldest first; the last one is the current priority's.
+    """
+    stopped = stop is not None and stop <= now
+    end = stop if stopped and stop is not None else now
+    elapsed = ZERO
+    breached_at: datetime | None = None
+    segments = active_segments(start, end, pauses)
+    for index, (since, target, calendar) in enumerate(periods):
+        begin = start if since is None or since < start else since
+        until = periods[index + 1][0] if index + 1 < len(periods) else None
+        finish = end if until is None or until > end else until
+        if begin >= end and index > 0:
+            break
+        if breached_at is None and target is not None and elapsed > target and begin < end:
+            breached_at = begin  # the stricter target applies from this moment on, already exceeded
+        for seg_start, seg_end in segments:
+            lo, hi = max(seg_start, begin), min(seg_end, finish)
+            if lo >= hi:
+                continue
+            part = calendar.business_time_between(lo, hi)
+            if breached_at is None and target is not None and elapsed + part > target:
+                breached_at = calendar.add_business_time(lo, target - elapsed)
+            elapsed += part
+    _, current_target, current_calendar = periods[-1]
+    target = current_target if current_target is not None else ZERO
+    remaining = target - elapsed
+    paused = not stopped and is_paused_at(pauses, now)
+    due_at: datetime | None
+    if stopped:
+        state = ClockState.MET
+        due_at = breached_at
+    elif breached_at is not None:
+        state = ClockState.BREACHED
+        due_at = breached_at
+    elif paused:
+        state = ClockState.PAUSED
+        due_at = None
+    else:
+        state = ClockState.AT_RISK if elapsed >= target * at_risk_fraction else ClockState.OK
+        due_at = current_calendar.add_business_time(now, remaining)
+    return Clock(
+        name=name,
+        target=target,
+        elapsed=elapsed,
+        remaining=remaining,
+        due_at=due_at,
+        state=state,
+        calendar=current_calendar.name,
         breached_at=breached_at,
     )

@@ -52,18 +52,23 @@ class FlagSources(Strict, Generic[BoolRule, NumberRule]):
 
 
 class TagNames(Strict):
-    """Tag names the engine's signals become (see engine.model.TagScheme); `{clock}` names the SLA clock."""
+    """Tag names the engine's signals become (see engine.model.TagScheme); `{clock}` names the clock, `{tier}`
+    the tier of a tier clock (acknowledgment, assessment)."""
 
     breached: str = TagScheme.breached
     at_risk: str = TagScheme.at_risk
     management: str = TagScheme.management
     update_due: str = TagScheme.update_due
+    tier_breached: str = TagScheme.tier_breached
+    tier_at_risk: str = TagScheme.tier_at_risk
 
-    @field_validator("breached", "at_risk", "management", "update_due")
+    @field_validator("breached", "at_risk", "management", "update_due", "tier_breached", "tier_at_risk")
     @classmethod
     def _well_formed(cls, value: str, info: ValidationInfo) -> str:
-        if info.field_name in ("breached", "at_risk") and "{clock}" not in value:
+        if info.field_name in ("breached", "at_risk", "tier_breached", "tier_at_risk") and "{clock}" not in value:
             raise ValueError("must contain {clock}, one tag per SLA clock")
+        if info.field_name in ("tier_breached", "tier_at_risk") and "{tier}" not in value:
+            raise ValueError("must contain {tier}, so that L2's breach can be told from L3's")
         if any(character.isspace() for character in value):
             # Zendesk tags, Jira labels and most list fields split on whitespace: a tag with a space would
             # come back as two, and we would never recognise our own tag again.
@@ -72,7 +77,12 @@ class TagNames(Strict):
 
     def scheme(self) -> TagScheme:
         return TagScheme(
-            breached=self.breached, at_risk=self.at_risk, management=self.management, update_due=self.update_due
+            breached=self.breached,
+            at_risk=self.at_risk,
+            management=self.management,
+            update_due=self.update_due,
+            tier_breached=self.tier_breached,
+            tier_at_risk=self.tier_at_risk,
         )
 
 
@@ -170,6 +180,8 @@ def truth(record_id: str, field: str, value: Any) -> bool:
         if math.isfinite(number):
             return number != 0
     raise NormalizeError(record_id, field, f"not a boolean (expected true/false, yes/no, 1/0): {_quoted(value)}")
+
+
 NOTE_TEXT_CHARS = 500
 """An internal note's text is kept this long for the handoff's troubleshooting summary (which cuts it shorter):
 a summary needs the first words, and a ticket's whole notes would sit in memory for every ticket of a page."""

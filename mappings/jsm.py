@@ -37,6 +37,7 @@ from engine.model import (
     NoteText,
     PlatformSla,
     Priority,
+    PriorityChange,
     Status,
     StatusChange,
     Ticket,
@@ -652,6 +653,9 @@ class _History:
             else:
                 facts["status_history"] = self._statuses(changes)
                 facts["tier_changes"] = self._tiers(changes)
+                priorities = self._priority_changes(changes)
+                if priorities is not None:
+                    facts["priority_changes"] = priorities
                 for at, author, item in changes:
                     if item.get("fieldId") in ("status", history.assignee_field) and self._is_agent(author):
                         actions.append(at)
@@ -731,6 +735,35 @@ class _History:
             return (StatusChange(self.created, self.status),)
         result = [StatusChange(self.created, self._status_of(moves[0][1].get("fromString")))]
         result += [StatusChange(at, self._status_of(item.get("toString"))) for at, item in moves]
+        return tuple(result)
+
+    def _priority_changes(
+        self, changes: list[tuple[datetime, Any, Mapping[str, Any]]]
+    ) -> tuple[PriorityChange, ...] | None:
+        """Priority over time from the changelog's `priority` items (`fromString` / `toString` are the names,
+        as in the issue's `priority.name`); None when a name is not in priority.values (nothing to go on).
+        https://developer.atlassian.com/cloud/jira/platform/rest/v3/api-group-issues/#api-rest-api-3-issue-issueidorkey-changelog-get
+        """
+        moves = [(at, item) for at, _, item in changes if item.get("fieldId", item.get("field")) == "priority"]
+        if not moves:
+            return ()
+        default = self.mapping.spec.priority.default
+
+        def level(name: Any) -> Priority | None:
+            if name in (None, ""):
+                return default
+            return self.mapping._priorities.get(str(name).casefold())
+
+        first = level(moves[0][1].get("fromString"))
+        if first is None:
+            return None
+        result = [PriorityChange(self.created, first)]
+        for at, item in moves:
+            priority = level(item.get("toString"))
+            if priority is None:
+                return None
+            if priority != result[-1].priority:
+                result.append(PriorityChange(at, priority))
         return tuple(result)
 
     def _tier_of(self, item: Mapping[str, Any], side: str) -> Tier | None:

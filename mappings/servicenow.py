@@ -32,6 +32,7 @@ from engine.model import (
     NoteText,
     PlatformSla,
     Priority,
+    PriorityChange,
     Status,
     StatusChange,
     Ticket,
@@ -322,7 +323,7 @@ class ServiceNowMapping:
         spec = self.spec
         sources = []
         if spec.history.audit:
-            audited = (spec.fields.status, spec.tier.field, spec.history.assignee)
+            audited = (spec.fields.status, spec.tier.field, spec.history.assignee, spec.fields.priority)
             sources.append(HistorySource("sys_audit", tuple(dict.fromkeys(name for name in audited if name))))
         if spec.history.journal:
             elements = (spec.history.public_element, spec.history.internal_element)
@@ -640,6 +641,9 @@ class _History:
                 else:
                     facts["status_history"] = statuses
                 facts["tier_changes"] = self._tier_changes(audit)
+                priorities = self._priority_changes(audit)
+                if priorities is not None:
+                    facts["priority_changes"] = priorities
                 for at, row in audit:
                     field = text_value(row.get("fieldname"))
                     if field in (self.spec.fields.status, history.assignee) and self._by_agent(row, "user"):
@@ -705,6 +709,33 @@ class _History:
             if status is None:
                 return None  # a state code the mapping does not know: the history is not usable
             changes.append(StatusChange(at, status))
+        return tuple(changes)
+
+    def _priority_changes(self, audit: list[tuple[datetime, dict[str, Any]]]) -> tuple[PriorityChange, ...] | None:
+        """Priority over time from sys_audit rows of the priority field (`oldvalue` / `newvalue` are the choice
+        codes, "1".."5"); None when a code is not in [priority.values] (nothing to go on). ServiceNow derives
+        priority from impact and urgency, and audits the derived field like any other.
+        https://docs.servicenow.com/bundle/utah-platform-administration/page/administer/security/concept/c_UnderstandingTheSysAuditTable.html
+        """
+        field = self.spec.fields.priority
+        rows = [(at, row) for at, row in audit if text_value(row.get("fieldname")) == field]
+        if not rows:
+            return ()
+        codes, empty = self.spec.priority.values, self.spec.priority.empty
+
+        def level(code: str) -> Priority | None:
+            return empty if not code else codes.get(code)
+
+        first = level(text_value(rows[0][1].get("oldvalue")))
+        if first is None:
+            return None
+        changes = [PriorityChange(self.created, first)]
+        for at, row in rows:
+            priority = level(text_value(row.get("newvalue")))
+            if priority is None:
+                return None
+            if priority != changes[-1].priority:
+                changes.append(PriorityChange(at, priority))
         return tuple(changes)
 
     def _tier_changes(self, audit: list[tuple[datetime, dict[str, Any]]]) -> tuple[TierChange, ...]:

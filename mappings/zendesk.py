@@ -58,6 +58,7 @@ from engine.model import (
     Flags,
     NoteText,
     Priority,
+    PriorityChange,
     Status,
     StatusChange,
     Ticket,
@@ -436,6 +437,16 @@ class ZendeskMapping:
         except KeyError:
             raise NormalizeError(rid, "status", f"unknown status {value!r}") from None
 
+    def _priority_known(self, native: Any, severity: Any) -> Priority | None:
+        """`_priority` for a history entry: the severity option when set, else the native priority, else the
+        default; None for a value the mapping does not know (the history is then not read)."""
+        config = self.config.priority
+        if config.field_id is not None and severity not in (None, ""):
+            return config.field_values.get(str(severity))
+        if native in (None, ""):
+            return config.default
+        return config.values.get(str(native))
+
     def _priority(self, rid: str, value: Any, fields: Mapping[int, Any]) -> Priority:
         config = self.config.priority
         if config.field_id is not None and fields.get(config.field_id) not in (None, ""):
@@ -667,6 +678,10 @@ class _EventHistory:
         notes: list[datetime] = []
         actions: list[datetime] = []
         customer: datetime | None = None
+        priorities: list[PriorityChange] = []
+        native: Any = None
+        severity: Any = None
+        severity_key = str(self.mapping.config.priority.field_id or "")
         for at, event in timed:
             updater = event.get("updater_id")
             by_agent = updater not in (self.requester, SYSTEM_USER_ID, None)
@@ -700,6 +715,18 @@ class _EventHistory:
                             tiers.append(TierChange(at, tier))
                     if "assignee_id" in child and by_agent and kind == "Change":
                         actions.append(at)
+                    if "priority" in child:
+                        native = child["priority"]
+                    if severity_key and severity_key in child:
+                        severity = child[severity_key]
+            if creating or any(
+                isinstance(child, Mapping) and _changes_priority(child, severity_key) for child in children
+            ):
+                priority = self.mapping._priority_known(native, severity)
+                if priority is None:
+                    return None
+                if not priorities or priorities[-1].priority != priority:
+                    priorities.append(PriorityChange(at, priority))
         if not statuses:
             return None  # no creation event: not the whole history after all
         return {
@@ -709,6 +736,7 @@ class _EventHistory:
             "internal_notes": tuple(notes),
             "agent_actions": tuple(sorted(actions)),
             "last_customer_message_at": customer,
+            "priority_changes": tuple(priorities),
         }
 
 
@@ -741,6 +769,13 @@ def _comment_extras(events: list[Any], requester: Any) -> tuple[tuple[NoteText, 
     notes.sort(key=lambda note: note.at)
     files.sort(key=lambda item: item.at or datetime.min.replace(tzinfo=UTC))
     return tuple(notes), tuple(files)
+
+
+def _changes_priority(child: Mapping[str, Any], severity_key: str) -> bool:
+    """A Create/Change child event that sets the priority (`priority`) or the severity field (its id)."""
+    if child.get("event_type") not in ("Create", "Change"):
+        return False
+    return "priority" in child or bool(severity_key and severity_key in child)
 
 
 def _audits_as_events(audits: list[Any]) -> list[dict[str, Any]] | None:

@@ -161,13 +161,6 @@ class Notice:
         return cls(**data)
 
 
-def _clock(tag: str, pattern: str) -> str | None:
-    prefix, marker, suffix = pattern.partition("{clock}")
-    if marker and tag.startswith(prefix) and tag.endswith(suffix) and len(tag) > len(prefix) + len(suffix):
-        return tag[len(prefix) : len(tag) - len(suffix)]
-    return None
-
-
 def notices_for(event: Event, routes: Sequence[Route], tags: TagScheme) -> list[Notice]:
     """The notices a written event calls for: management start / end, breach start / end, per listening route."""
     if event.kind != "written":
@@ -180,10 +173,10 @@ def notices_for(event: Event, routes: Sequence[Route], tags: TagScheme) -> list[
     if tags.management in removed:
         changes.append(("management", None, "resolve"))
     for tag in sorted(added):
-        if (clock := _clock(tag, tags.breached)) is not None:
+        if (clock := tags.clock_of(tag, "breached")) is not None:
             changes.append(("breach", clock, "trigger"))
     for tag in sorted(removed):
-        if (clock := _clock(tag, tags.breached)) is not None:
+        if (clock := tags.clock_of(tag, "breached")) is not None:
             changes.append(("breach", clock, "resolve"))
     key = str(detail.get("key") or event.ticket_id)
     facts = {"Instance": event.instance, "Ticket": key}

@@ -219,13 +219,6 @@ def _tier_rank(tier: str) -> int:
     return TIERS.index(tier) if tier in TIERS else -1
 
 
-def _clock_of(tag: str, pattern: str) -> str | None:
-    prefix, marker, suffix = pattern.partition("{clock}")
-    if marker and tag.startswith(prefix) and tag.endswith(suffix) and len(tag) > len(prefix) + len(suffix):
-        return tag[len(prefix) : len(tag) - len(suffix)]
-    return None
-
-
 def build_report(
     history: History,
     *,
@@ -297,9 +290,9 @@ def build_report(
         written.add(ticket)
         for tag in write.add_tags:
             for scheme in [schemes[write.instance]] if write.instance in schemes else fallback:
-                if (clock := _clock_of(tag, scheme.breached)) is not None:
+                if (clock := scheme.clock_of(tag, "breached")) is not None:
                     breached[clock].add(ticket)
-                elif (clock := _clock_of(tag, scheme.at_risk)) is not None:
+                elif (clock := scheme.clock_of(tag, "at_risk")) is not None:
                     at_risk[clock].add(ticket)
         if not write.note:
             continue

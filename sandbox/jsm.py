@@ -492,7 +492,7 @@ class JsmSandbox(SandboxApp):
                 self._edit_operations(issue, name, operations, errors, changes)
             if errors:
                 return jira_error(400, [], errors)
-            before = (issue.tier, list(issue.labels))
+            before = (issue.tier, list(issue.labels), issue.priority)
             for change in changes:
                 change(issue)
             if changes:
@@ -500,10 +500,25 @@ class JsmSandbox(SandboxApp):
                 self._log_edit(issue, AGENTS[0], before)
             return Response(204, None)
 
-    def _log_edit(self, issue: _Issue, author: tuple[str, str, str], before: tuple[str | None, list[str]]) -> None:
-        """The changelog entry of an edit: the tier option and the labels, as Jira records them."""
-        tier, labels = before
+    def _log_edit(
+        self, issue: _Issue, author: tuple[str, str, str], before: tuple[str | None, list[str], str | None]
+    ) -> None:
+        """The changelog entry of an edit: the tier option, the labels and the priority, as Jira records them
+        (a system field's item: `fieldId` "priority", `from`/`to` the priority ids, the strings their names)."""
+        tier, labels, priority = before
         items = []
+        if priority != issue.priority:
+            items.append(
+                {
+                    "field": "priority",
+                    "fieldtype": "jira",
+                    "fieldId": "priority",
+                    "from": PRIORITIES[priority][0] if priority else None,
+                    "fromString": priority,
+                    "to": PRIORITIES[issue.priority][0] if issue.priority else None,
+                    "toString": issue.priority,
+                }
+            )
         if tier != issue.tier:
             items.append(
                 {
@@ -1114,7 +1129,7 @@ class JsmSandbox(SandboxApp):
             if issue is None:
                 raise KeyError(ref)
             now = self.clock.now()
-            before = (issue.tier, list(issue.labels))
+            before = (issue.tier, list(issue.labels), issue.priority)
             for name, value in changes.items():
                 if name == "status":
                     if value not in STATUSES:

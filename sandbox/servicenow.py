@@ -542,6 +542,13 @@ class ServiceNowSandbox(SandboxApp):
                     self._audit(table, row, name, row[name], value, user)
                 row[name] = value
                 changed = True
+        if table == "incident" and "priority" not in values and ("impact" in values or "urgency" in values):
+            # The priority lookup rule derives priority from impact x urgency; the derived change is audited.
+            derived = PRIORITY_MATRIX.get((row.get("impact", ""), row.get("urgency", "")))
+            if derived is not None and row.get("priority") != derived:
+                self._audit(table, row, "priority", row.get("priority", ""), derived, user)
+                row["priority"] = derived
+                changed = True
         if changed:
             if table == "incident":
                 row["incident_state"] = row.get("state", "")

@@ -135,7 +135,7 @@ class Store(Protocol):
     def quarantined(self, instance: str) -> list[QuarantinedRecord]: ...
 
     def record_escalation(self, instance: str, customer: str, ticket_id: str, tier: str, at: datetime) -> None:
-        """Remember an escalation (idempotent per instance, ticket and tier)."""
+        """Remember an entry into a tier (idempotent per instance, ticket, tier and time; MGMT and RESOLVED once)."""
         ...
 
     def tier_entries(self, instance: str, ticket_id: str) -> list[tuple[str, datetime]]:

@@ -113,6 +113,14 @@ MIGRATIONS: list[list[str]] = [
             expires_at TIMESTAMPTZ NOT NULL
         )""",
     ],
+    # 4 (issue 9): a ticket may enter a tier several times (a person moved it down, we escalated it again):
+    # one row per entry, keyed by its time. The management start and the resolution stay one row each.
+    [
+        "ALTER TABLE escalations DROP CONSTRAINT escalations_pkey",
+        "ALTER TABLE escalations ADD PRIMARY KEY (instance, ticket_id, tier, at)",
+        "CREATE UNIQUE INDEX escalations_once ON escalations (instance, ticket_id, tier) "
+        "WHERE tier IN ('MGMT', 'RESOLVED')",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -280,10 +280,12 @@ class SqlStore:
     # Escalation history
 
     def record_escalation(self, instance: str, customer: str, ticket_id: str, tier: str, at: datetime) -> None:
+        """One row per entry into a tier (a re-escalation after a person moved the ticket down is a new entry);
+        replaying the same entry, a second management start or a second resolution adds nothing."""
         self._exec(
             "recording an escalation",
             "INSERT INTO escalations (instance, ticket_id, tier, customer, at) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT (instance, ticket_id, tier) DO NOTHING",
+            "ON CONFLICT DO NOTHING",
             (instance, ticket_id, tier, customer, self._encode_time(at, "at")),
         )
 

@@ -115,6 +115,24 @@ MIGRATIONS: list[list[str]] = [
             expires_at TEXT NOT NULL
         )""",
     ],
+    # 4 (issue 9): a ticket may enter a tier several times (a person moved it down, we escalated it again):
+    # one row per entry, keyed by its time. The management start and the resolution stay one row each.
+    [
+        """CREATE TABLE escalations_by_entry (
+            instance TEXT NOT NULL,
+            ticket_id TEXT NOT NULL,
+            tier TEXT NOT NULL,
+            customer TEXT NOT NULL,
+            at TEXT NOT NULL,
+            PRIMARY KEY (instance, ticket_id, tier, at)
+        )""",
+        "INSERT INTO escalations_by_entry SELECT instance, ticket_id, tier, customer, at FROM escalations",
+        "DROP TABLE escalations",
+        "ALTER TABLE escalations_by_entry RENAME TO escalations",
+        "CREATE INDEX escalations_by_customer ON escalations (customer, at)",
+        "CREATE UNIQUE INDEX escalations_once ON escalations (instance, ticket_id, tier) "
+        "WHERE tier IN ('MGMT', 'RESOLVED')",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

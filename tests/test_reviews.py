@@ -115,10 +115,10 @@ def test_an_untouched_ticket_escalates_and_is_tagged_on_time(empty_world: World)
         "L3": add(entered, timedelta(hours=policy.thresholds["l2_max_hours"])),
         "esc_at_risk_first_response": add(start, sla.first_response * fraction),
         "esc_breached_first_response": breach(start, sla.first_response),
-        "esc_at_risk_acknowledgment": add(entered, ack * fraction),
-        "esc_breached_acknowledgment": breach(entered, ack),
-        "esc_at_risk_assessment": add(entered, assessment * fraction),
-        "esc_breached_assessment": breach(entered, assessment),
+        "esc_l2_at_risk_acknowledgment": add(entered, ack * fraction),
+        "esc_l2_breached_acknowledgment": breach(entered, ack),
+        "esc_l2_at_risk_assessment": add(entered, assessment * fraction),
+        "esc_l2_breached_assessment": breach(entered, assessment),
     }
     for name, moment in expected.items():
         assert name in first_seen, f"{name} never appeared"

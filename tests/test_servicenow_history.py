@@ -86,7 +86,7 @@ def test_one_audit_and_one_journal_query_per_page(mapping: ServiceNowMapping) ->
     ids = ",".join(record.id for record in page.records)
     assert audits.call_count == 1 and journals.call_count == 1
     assert query_of(audits.calls.last.request) == (
-        f"documentkeyIN{ids}^tablename=incident^fieldnameINstate,assignment_group,assigned_to^ORDERBYsys_id"
+        f"documentkeyIN{ids}^tablename=incident^fieldnameINstate,assignment_group,assigned_to,priority^ORDERBYsys_id"
     )
     assert query_of(journals.calls.last.request) == (
         f"element_idIN{ids}^name=incident^elementINcomments,work_notes^ORDERBYsys_id"

@@ -40,7 +40,7 @@ from state import (
 from state.base import BookEntry
 from state.postgres import PostgresStore
 from state.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
-from state.sqlite import SqliteStore
+from state.sqlite import SCHEMA_VERSION, SqliteStore
 
 PG_URL = os.environ.get("ESCALATION_SYNC_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REPO = Path(__file__).resolve().parent.parent
@@ -224,9 +224,11 @@ def test_escalations_count_distinct_tickets_across_instances(store: Store) -> No
 def test_tier_entries_are_per_ticket_oldest_first(store: Store) -> None:
     store.record_escalation("zd", "acme", "100", "L3", T0 + timedelta(hours=2))
     store.record_escalation("zd", "acme", "100", "L2", T0)
-    store.record_escalation("zd", "acme", "100", "L2", T0 + timedelta(hours=5))  # repeat keeps the first entry
+    store.record_escalation("zd", "acme", "100", "L2", T0)  # a replay of the same entry adds nothing
+    store.record_escalation("zd", "acme", "100", "L2", T0 + timedelta(hours=5))  # entered again (issue 9): kept
     store.record_escalation("jsm", "acme", "100", "L4", T0)  # same id on another instance
-    assert store.tier_entries("zd", "100") == [("L2", T0), ("L3", T0 + timedelta(hours=2))]
+    later = ("L2", T0 + timedelta(hours=5))
+    assert store.tier_entries("zd", "100") == [("L2", T0), ("L3", T0 + timedelta(hours=2)), later]
     assert store.tier_entries("zd", "999") == []
 
 
@@ -265,7 +267,7 @@ def test_state_survives_reopening(store: Store, reopen: Callable[[], Store]) -> 
     store.close()
 
     again = reopen()
-    assert again.schema_version() == 3  # type: ignore[attr-defined]
+    assert again.schema_version() == SCHEMA_VERSION  # type: ignore[attr-defined]
     [intent] = again.pending("zd")
     assert (intent.key, intent.attempts, intent.last_error, intent.created_at) == ("k", 1, "HTTP 500", T0)
     assert [r.record_id for r in again.quarantined("zd")] == ["r"]
@@ -512,7 +514,7 @@ def test_postgres_stores_share_state_safely(pg_schema: tuple[psycopg.Connection,
         assert sorted(news) == [False] * (workers - 1) + [True]
         assert store.quarantined("zd")[0].count == workers
         assert store.escalations_since("acme", T0) == 1
-        assert store.schema_version() == 3  # type: ignore[attr-defined]
+        assert store.schema_version() == SCHEMA_VERSION  # type: ignore[attr-defined]
 
 
 @pytest.mark.postgres
@@ -560,7 +562,7 @@ def test_store_matches_a_model_of_the_contract(store: Store, operations: list[tu
     p = secrets.token_hex(4) + ":"
     intents: dict[str, dict] = {}  # key -> state, attempts, created_at, order of recording
     quarantine: dict[str, tuple[str, int]] = {}  # record -> error, count
-    escalations: dict[tuple[str, str, str], tuple[str, datetime]] = {}  # (instance, ticket, tier) -> customer, at
+    escalations: dict[tuple[str, str, str, datetime], str] = {}  # (instance, ticket, tier, at) -> customer
     for op in operations:
         kind = op[0]
         if kind == "intent":
@@ -595,7 +597,7 @@ def test_store_matches_a_model_of_the_contract(store: Store, operations: list[tu
         else:
             _, instance, (customer, ticket), tier, at = op
             store.record_escalation(p + instance, p + customer, ticket, tier, at)
-            escalations.setdefault((instance, ticket, tier), (customer, at))
+            escalations.setdefault((instance, ticket, tier, at), customer)
 
     def expected(state: IntentState) -> list[str]:
         keys = [k for k, v in intents.items() if v["state"] is state]
@@ -607,7 +609,7 @@ def test_store_matches_a_model_of_the_contract(store: Store, operations: list[tu
     for customer in ("acme", "globex"):
         for hours in range(7):
             since = T0 + timedelta(hours=hours)
-            tickets = {(i, t) for (i, t, _), (c, at) in escalations.items() if c == customer and at >= since}
+            tickets = {(i, t) for (i, t, _, at), c in escalations.items() if c == customer and at >= since}
             assert store.escalations_since(p + customer, since) == len(tickets)
 
 
@@ -707,7 +709,7 @@ def test_a_version_1_sqlite_file_is_migrated_to_the_book(tmp_path: Path) -> None
         db.execute("INSERT INTO schema_version VALUES (1, '2026-01-01T00:00:00.000000+00:00')")
         db.execute("INSERT INTO cursors VALUES ('zd', 'kept')")
     with open_store(f"sqlite:///{path}") as migrated:
-        assert migrated.schema_version() == 3  # type: ignore[attr-defined]
+        assert migrated.schema_version() == SCHEMA_VERSION  # type: ignore[attr-defined]
         assert migrated.get_cursor("zd") == "kept"
         migrated.book_put("zd", [entry("1", T0)])
         assert migrated.book_stats("zd", T0) == (1, 0)
