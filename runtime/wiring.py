@@ -125,6 +125,7 @@ def wire(
         max_write_attempts=config.daemon.max_write_attempts,
         max_writes_per_cycle=config.daemon.max_writes_per_cycle,
         review_interval=timedelta(seconds=config.daemon.review_interval_seconds),
+        ledger_retention=timedelta(days=config.state.ledger_retention_days),
         adopt=section.adopt,
         fingerprint=fingerprint(config, mapping),
         dry_run=dry_run,

@@ -113,6 +113,34 @@ MIGRATIONS: list[list[str]] = [
             expires_at TIMESTAMPTZ NOT NULL
         )""",
     ],
+    # 4 (issue 14): customers' escalation counts kept, not recounted from the history on every ticket
+    # (state/sql.py `_count_escalation`), filled from the history already there; and an index
+    # for pruning old done ledger entries (`prune_ledger`).
+    [
+        """CREATE TABLE escalated_tickets (
+            customer TEXT NOT NULL,
+            instance TEXT NOT NULL,
+            ticket_id TEXT NOT NULL,
+            last_at TIMESTAMPTZ NOT NULL,
+            PRIMARY KEY (customer, instance, ticket_id)
+        )""",
+        "CREATE INDEX escalated_tickets_by_customer ON escalated_tickets (customer, last_at)",
+        "CREATE INDEX escalated_tickets_by_time ON escalated_tickets (last_at, customer)",
+        """CREATE TABLE escalation_days (
+            customer TEXT NOT NULL,
+            day TIMESTAMPTZ NOT NULL,
+            tickets INTEGER NOT NULL,
+            PRIMARY KEY (customer, day)
+        )""",
+        "CREATE INDEX escalation_days_by_day ON escalation_days (day, customer)",
+        "INSERT INTO escalated_tickets (customer, instance, ticket_id, last_at) "
+        "SELECT customer, instance, ticket_id, MAX(at) FROM escalations WHERE tier <> 'RESOLVED' "
+        "GROUP BY customer, instance, ticket_id",
+        "INSERT INTO escalation_days (customer, day, tickets) "
+        "SELECT customer, date_trunc('day', last_at, 'UTC'), COUNT(*) FROM escalated_tickets "
+        "GROUP BY customer, date_trunc('day', last_at, 'UTC')",
+        "CREATE INDEX intents_done ON intents (updated_at) WHERE state = 'done'",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

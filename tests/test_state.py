@@ -38,6 +38,7 @@ from state import (
     scrub,
 )
 from state.base import BookEntry
+from state.postgres import MIGRATIONS as POSTGRES_MIGRATIONS
 from state.postgres import PostgresStore
 from state.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
 from state.sqlite import SqliteStore
@@ -265,7 +266,7 @@ def test_state_survives_reopening(store: Store, reopen: Callable[[], Store]) -> 
     store.close()
 
     again = reopen()
-    assert again.schema_version() == 3  # type: ignore[attr-defined]
+    assert again.schema_version() == len(SQLITE_MIGRATIONS)  # type: ignore[attr-defined]
     [intent] = again.pending("zd")
     assert (intent.key, intent.attempts, intent.last_error, intent.created_at) == ("k", 1, "HTTP 500", T0)
     assert [r.record_id for r in again.quarantined("zd")] == ["r"]
@@ -441,6 +442,8 @@ def test_postgres_tables_live_in_the_search_path_schema(pg_schema: tuple[psycopg
         "settings",
         "leases",
         "daemons",
+        "escalated_tickets",
+        "escalation_days",
     }
     types = dict(
         admin.execute(
@@ -512,7 +515,7 @@ def test_postgres_stores_share_state_safely(pg_schema: tuple[psycopg.Connection,
         assert sorted(news) == [False] * (workers - 1) + [True]
         assert store.quarantined("zd")[0].count == workers
         assert store.escalations_since("acme", T0) == 1
-        assert store.schema_version() == 3  # type: ignore[attr-defined]
+        assert store.schema_version() == len(POSTGRES_MIGRATIONS)  # type: ignore[attr-defined]
 
 
 @pytest.mark.postgres
@@ -707,7 +710,7 @@ def test_a_version_1_sqlite_file_is_migrated_to_the_book(tmp_path: Path) -> None
         db.execute("INSERT INTO schema_version VALUES (1, '2026-01-01T00:00:00.000000+00:00')")
         db.execute("INSERT INTO cursors VALUES ('zd', 'kept')")
     with open_store(f"sqlite:///{path}") as migrated:
-        assert migrated.schema_version() == 3  # type: ignore[attr-defined]
+        assert migrated.schema_version() == len(SQLITE_MIGRATIONS)  # type: ignore[attr-defined]
         assert migrated.get_cursor("zd") == "kept"
         migrated.book_put("zd", [entry("1", T0)])
         assert migrated.book_stats("zd", T0) == (1, 0)
