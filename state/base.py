@@ -14,7 +14,6 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Protocol
 
-
 LEDGER_RETENTION = timedelta(days=30)
 """How long a done ledger entry is kept by default (`[state] ledger_retention_days`): long past any retry."""
 
