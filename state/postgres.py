@@ -132,7 +132,7 @@ MIGRATIONS: list[list[str]] = [
             tickets INTEGER NOT NULL,
             PRIMARY KEY (customer, day)
         )""",
-        "CREATE INDEX escalation_days_by_day ON escalation_days (day, customer)",
+        "CREATE INDEX escalation_days_by_day ON escalation_days (day, customer, tickets)",
         "INSERT INTO escalated_tickets (customer, instance, ticket_id, last_at) "
         "SELECT customer, instance, ticket_id, MAX(at) FROM escalations WHERE tier <> 'RESOLVED' "
         "GROUP BY customer, instance, ticket_id",

@@ -121,13 +121,13 @@ def _steps(store: SqliteStore, call: Callable[[], Any]) -> int:
 
 def _fill(store: SqliteStore, tickets: int) -> None:
     """`tickets` tickets of one customer escalated across the 30 days (never on the day the window starts in),
-    each twice, and as many again escalated before the window: history the count must not walk."""
+    each twice, and as many again of many customers escalated before the window: history no count may walk."""
     with store.transaction():
         for n in range(tickets):
             at = T0 - timedelta(days=1 + n % 28, minutes=n % 600)
             store.record_escalation("zd", "acme", str(n), "L2", at)
             store.record_escalation("zd", "acme", str(n), "L3", at + timedelta(minutes=5))
-            store.record_escalation("zd", "acme", f"old-{n}", "L2", T0 - timedelta(days=40 + n % 100))
+            store.record_escalation("zd", f"org-{n % 500}", f"old-{n}", "L2", T0 - timedelta(days=40 + n % 100))
 
 
 def test_issue14_a_customer_count_reads_the_same_rows_at_1k_and_20k_tickets(tmp_path: Path) -> None:
