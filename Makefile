@@ -26,3 +26,5 @@ lint: install
 bench: install
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/review.py
+	$(BIN)/python bench/store.py
+	$(BIN)/python bench/memory.py
