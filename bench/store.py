@@ -86,17 +86,23 @@ def counts(rows: int, directory: Path) -> None:
 
 
 class Commits:
-    """Commits seen through the connection's trace callback: each COMMIT, and each write statement outside
-    an explicit transaction (autocommit: a commit of its own)."""
+    """Commits on a SQLite connection, seen through its trace callback: each COMMIT, and each write statement
+    run outside an explicit transaction (autocommit: a commit of its own); `synced` the ones made while the
+    connection waits for the disk (``synchronous=FULL``)."""
 
     def __init__(self, store: SqliteStore) -> None:
-        self.db, self.count = store._db(), 0
+        self.db, self.count, self.synced = store._db(), 0, 0
+        self.full = store.durable
         self.db.set_trace_callback(self._seen)
 
     def _seen(self, statement: str) -> None:
-        verb = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else ""
+        words = statement.split()
+        verb = words[0].upper() if words else ""
+        if verb == "PRAGMA" and words[1].lower().startswith("synchronous="):
+            self.full = words[1].split("=", 1)[1].upper() == "FULL"
         if verb == "COMMIT" or (verb in {"INSERT", "UPDATE", "DELETE"} and not self.db.in_transaction):
             self.count += 1
+            self.synced += self.full
 
 
 def cycle(directory: Path) -> list[str]:
@@ -132,13 +138,16 @@ def cycle(directory: Path) -> list[str]:
     syncer = wired.syncer
     commits = Commits(store)
     per_write: list[int] = []
+    synced: list[int] = []
     send = syncer._send
 
     def counted(writeback: Any, *args: Any, **kwargs: Any) -> None:
-        before, writes = commits.count, sandbox.calls("PUT", r"^/api/v2/tickets/\d+\.json$")
+        before, synced_before = commits.count, commits.synced
+        writes = sandbox.calls("PUT", r"^/api/v2/tickets/\d+\.json$")
         send(writeback, *args, **kwargs)
         if sandbox.calls("PUT", r"^/api/v2/tickets/\d+\.json$") != writes:
             per_write.append(commits.count - before)
+            synced.append(commits.synced - synced_before)
 
     syncer._send = counted  # type: ignore[method-assign]
     total_before = commits.count
@@ -147,6 +156,7 @@ def cycle(directory: Path) -> list[str]:
     print(f"store.cycle.writes {report.writes} tickets")
     print(f"store.cycle.commits_per_write {sum(per_write) / max(len(per_write), 1):.2f} commits")
     print(f"store.cycle.commits_per_write_max {max(per_write, default=0)} commits")
+    print(f"store.cycle.synced_commits_per_write {sum(synced) / max(len(synced), 1):.2f} commits")
     print(f"store.cycle.commits_total {commits.count - total_before} commits")
     payloads = [row[0] for row in store._db().execute("SELECT payload FROM intents").fetchall()]
     wired.close()
@@ -158,7 +168,7 @@ def write(store: SqliteStore, n: int, payload: str, at: datetime) -> None:
     """One written ticket's store calls as runtime/cycle.py `_send` makes them."""
     key = f"zd:{n}:L2"
     store.record_intent("zd", str(n), key, payload, at)
-    with store.transaction():
+    with store.transaction(sync=False):
         store.mark_done(key, at)
         store.record_escalation("zd", f"org-{n % 500}", str(n), "L2", at)
 
@@ -181,6 +191,7 @@ def durable_writes(directory: Path, payload: str, writes: int = 300) -> None:
         spent = time.perf_counter() - started
         print(f"store.write{name}.milliseconds_per_write {spent / writes * 1e3:.3f} ms")
         print(f"store.write{name}.commits_per_write {commits.count / writes:.2f} commits")
+        print(f"store.write{name}.synced_commits_per_write {commits.synced / writes:.2f} commits")
         store.close()
 
 

@@ -606,7 +606,10 @@ class Syncer:
         except TransientError as error:
             self._failed(key, str(error), now, report, ticket.id)
             return
-        with self.state.transaction():  # the done mark and its history rows: one commit, all or none
+        # The done mark and its history rows: one commit, all or none, not waiting for the disk. Lost in a power
+        # cut, the intent is pending again and recovery settles it as after any crash before this point (the
+        # comment check, then the history as of the intent).
+        with self.state.transaction(sync=False):
             self.state.mark_done(key, now)
             self._count_write(writeback, decision, ticket, now, report)
 
@@ -699,7 +702,7 @@ class Syncer:
             comment = writeback.comment
             try:
                 if comment and self.connector.has_comment(writeback.ticket_id, comment.idempotency_key):
-                    with self.state.transaction():
+                    with self.state.transaction(sync=False):
                         self.state.mark_done(intent.key, now)
                         self._record_history(writeback, intent.created_at)
                     report.recovered += 1

@@ -129,8 +129,12 @@ class Store(Protocol):
         platform instead (runtime/cycle.py `_posted_before`)."""
         ...
 
-    def transaction(self) -> AbstractContextManager[None]:
-        """One commit for every write made inside (joined, not nested, inside another): all or none."""
+    def transaction(self, *, sync: bool = True) -> AbstractContextManager[None]:
+        """One commit for every write made inside (joined, not nested, inside another): all or none.
+
+        `sync=False` lets the store commit without waiting for the disk where losing that commit in a power cut
+        is harmless (SQLite only): it can then be lost only with every later unsynced commit, never before an
+        earlier one."""
         ...
 
     def pending(self, instance: str) -> list[Intent]:

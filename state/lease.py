@@ -98,7 +98,7 @@ class FencedStore:
         with self._guard():
             return self.inner.prune_ledger(before)
 
-    def transaction(self) -> contextlib.AbstractContextManager[None]:
+    def transaction(self, *, sync: bool = True) -> contextlib.AbstractContextManager[None]:
         return self._guard()  # one transaction, its lease checked once at the start and locked to the commit
 
     def quarantine(self, instance: str, record_id: str, raw: str, error: str, now: datetime) -> bool:

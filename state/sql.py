@@ -248,8 +248,8 @@ class SqlStore:
         )
         return len(rows)
 
-    def transaction(self) -> AbstractContextManager[None]:
-        return self._transaction("writing")
+    def transaction(self, *, sync: bool = True) -> AbstractContextManager[None]:
+        return self._transaction("writing")  # PostgreSQL: every commit is synced (see SqliteStore.transaction)
 
     def _intents(self, instance: str, state: IntentState) -> list[Intent]:
         rows = self._all(

@@ -171,6 +171,7 @@ class SqliteStore(SqlStore):
         """`durable=False` skips the per-commit disk sync: for scratch stores (the demo) only."""
         self.path = str(path)
         self.url = url or f"sqlite:///{self.path}"
+        self.durable = durable
         self._in_transaction = False
         try:
             fresh = self.path != MEMORY and not Path(self.path).exists()
@@ -259,6 +260,23 @@ class SqliteStore(SqlStore):
         self._in_transaction = False
         with self._errors(action):
             db.execute("COMMIT")
+
+    @contextmanager
+    def transaction(self, *, sync: bool = True) -> Iterator[None]:
+        # sync=False commits without waiting for the disk (synchronous=NORMAL, WAL): the commit survives the
+        # process being killed, and a power cut can lose it only together with everything committed after it
+        # and before the next synced commit (the WAL is one sequential file), never out of order.
+        relax = not sync and self.durable and not self._in_transaction
+        if relax:
+            with self._errors("writing"):
+                self._db().execute("PRAGMA synchronous=NORMAL")
+        try:
+            with self._transaction("writing"):
+                yield
+        finally:
+            if relax and self._conn is not None:
+                with self._errors("writing"):
+                    self._conn.execute("PRAGMA synchronous=FULL")
 
     def close(self) -> None:
         if self._conn is not None:

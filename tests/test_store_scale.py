@@ -225,17 +225,22 @@ def test_issue14_a_done_mark_and_its_history_commit_together_or_not_at_all(store
 
 class Commits:
     """Commits on a SQLite connection, seen through its trace callback: each COMMIT, and each write statement
-    run outside an explicit transaction (autocommit: its own commit and disk sync)."""
+    run outside an explicit transaction (autocommit: a commit of its own); `synced` the ones made while the
+    connection waits for the disk (``synchronous=FULL``)."""
 
     def __init__(self, store: SqliteStore) -> None:
-        self.db = store._db()
-        self.count = 0
+        self.db, self.count, self.synced = store._db(), 0, 0
+        self.full = store.durable
         self.db.set_trace_callback(self._seen)
 
     def _seen(self, statement: str) -> None:
-        verb = statement.lstrip().split(None, 1)[0].upper() if statement.strip() else ""
+        words = statement.split()
+        verb = words[0].upper() if words else ""
+        if verb == "PRAGMA" and words[1].lower().startswith("synchronous="):
+            self.full = words[1].split("=", 1)[1].upper() == "FULL"
         if verb == "COMMIT" or (verb in {"INSERT", "UPDATE", "DELETE"} and not self.db.in_transaction):
             self.count += 1
+            self.synced += self.full
 
 
 def test_issue14_a_written_ticket_costs_two_commits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -243,21 +248,22 @@ def test_issue14_a_written_ticket_costs_two_commits(tmp_path: Path, monkeypatch:
     try:
         assert isinstance(world.store, SqliteStore)
         commits = Commits(world.store)
-        per_write: list[int] = []
+        per_write: list[tuple[int, int]] = []
         send = Syncer._send
 
         def counted(syncer: Syncer, writeback: Any, *args: Any, **kwargs: Any) -> None:
-            before, writes = commits.count, syncer.state is world.store and world.writes()
+            before, synced, writes = commits.count, commits.synced, world.writes()
             send(syncer, writeback, *args, **kwargs)
             if world.writes() != writes:
-                per_write.append(commits.count - before)
+                per_write.append((commits.count - before, commits.synced - synced))
 
         monkeypatch.setattr(Syncer, "_send", counted)
         report = world.syncer().run_cycle()
         assert report.error == "" and report.writes > 5 and report.comments > 0
         assert len(per_write) == report.writes
-        # The intent (durable before the call), then the done mark with every history row of the write.
-        assert set(per_write) == {2}, per_write
+        # The intent (synced before the call), then the done mark with every history row of the write, which
+        # need not wait for the disk: lost in a power cut, the intent is pending and recovery settles it.
+        assert set(per_write) == {(2, 1)}, per_write
     finally:
         world.close()
 
@@ -333,3 +339,21 @@ def test_issue14_a_note_whose_done_entry_was_pruned_is_not_posted_again(tmp_path
         assert max(world.marker_counts().values()) == 1, "a handoff note posted twice"
     finally:
         world.close()
+
+
+def test_issue14_an_unsynced_transaction_leaves_the_connection_synced_after_it(tmp_path: Path) -> None:
+    durable, scratch = SqliteStore(tmp_path / "durable.sqlite3"), SqliteStore(tmp_path / "x.sqlite3", durable=False)
+    try:
+        for store, expected in ((durable, 2), (scratch, 0)):  # 2: FULL, 0: OFF
+            store.record_intent("zd", "1", "k", "{}", T0)
+            with pytest.raises(RuntimeError), store.transaction(sync=False):
+                store.mark_done("k", T0)
+                raise RuntimeError("refused")
+            assert store._db().execute("PRAGMA synchronous").fetchone() == (expected,)
+            with store.transaction(sync=False):
+                store.mark_done("k", T0)
+            assert store._db().execute("PRAGMA synchronous").fetchone() == (expected,)
+            assert store.pending("zd") == []
+    finally:
+        durable.close()
+        scratch.close()
