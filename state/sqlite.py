@@ -3,7 +3,9 @@
 Durability is the point of the ledger: an intent recorded before an API call must survive the process being
 killed right after. So the connection runs in autocommit mode (every call is committed before it returns),
 the journal is WAL (readers such as a status command never block the daemon) and ``synchronous=FULL`` makes
-each commit survive a power cut too, not only a process crash. Every write is a single statement (upserts with
+each commit survive a power cut too, not only a process crash. The one exception is a `transaction(sync=False)`
+(a write's done mark and history, whose loss recovery settles): it survives a crash, and a power cut loses it
+only with what followed it before the next synced commit. Every write is a single statement (upserts with
 RETURNING), so there is no multi-statement transaction to leave half done; migrations (so two processes
 opening a fresh file cannot both create the schema), batches and fenced writes use an explicit
 ``BEGIN IMMEDIATE`` (`_transaction`). `sync.py run` and `once` hold the file's lock (state/lease.py): one daemon
