@@ -27,3 +27,5 @@ bench: install
 	$(BIN)/python bench/engine.py
 	$(BIN)/python bench/review.py
 	$(BIN)/python bench/calls.py
+	$(BIN)/python bench/store.py
+	$(BIN)/python bench/memory.py

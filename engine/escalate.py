@@ -714,7 +714,10 @@ def _rule_target(rule: Rule, current: Tier) -> Tier | None:
     return rule.tier
 
 
-_CACHE_LIMIT = 200_000
+_CACHE_LIMIT = 20_000
+"""Outcomes kept before the memo starts again: about 370 bytes an entry (key, outcome, reason text), so 7 MB at
+most. At 200,000 it grew to some 75 MB on a large backlog (issue 14, bench/memory.py) without a measurable gain:
+a 30,000-ticket backlog has about 12,500 distinct outcomes, and the common ones come back at once."""
 _VOLATILE_LIMIT = 4096
 _MISSING = object()
 _local = threading.local()

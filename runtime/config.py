@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from difflib import get_close_matches
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from connectors.http import InsecureUrlError, check_base_url
 from engine.configfile import ConfigFileError, load_toml, locate, validate
 from engine.policy import Policy, policy_from_dict
+from state.base import LEDGER_RETENTION
 
 Platform = Literal["zendesk", "jsm", "servicenow"]
 
@@ -77,6 +78,8 @@ class StateSection(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: str = "sqlite:///var/escalation-sync.sqlite3"
+    ledger_retention_days: float = Field(LEDGER_RETENTION.days, gt=0)
+    """Done write-ledger entries older than this are pruned (pending and dead ones never are)."""
 
 
 class InstanceSection(BaseModel):
@@ -147,6 +150,7 @@ class AppConfig:
     state_url: str
     instances: tuple[InstanceSection, ...]
     policy: Policy
+    state: StateSection = field(default_factory=StateSection)
 
     def mapping_path(self, instance: InstanceSection) -> Path | None:
         if instance.mapping is None:
@@ -189,6 +193,7 @@ def load_config(path: Path, settings: Settings | None = None) -> AppConfig:
         state_url=resolve_state_url(state_url, path.parent),
         instances=tuple(section.instances),
         policy=policy,
+        state=section.state,
     )
 
 

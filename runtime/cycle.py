@@ -59,7 +59,7 @@ from engine.policy import Policy
 from engine.review import time_watch
 from mappings import NormalizeError, PlatformMapping
 from runtime.codec import decode, decode_record, encode, encode_record
-from state.base import BookEntry, IntentState, Store
+from state.base import LEDGER_RETENTION, BookEntry, Intent, IntentState, Store
 from state.sql import SCAN_SUFFIX
 
 log = logging.getLogger("escalation_sync.cycle")
@@ -168,6 +168,7 @@ class Syncer:
         max_writes_per_cycle: int = 100,
         batch_writes_from: int = 3,
         review_interval: timedelta = timedelta(hours=1),
+        ledger_retention: timedelta = LEDGER_RETENTION,
         adopt: str = "notes",
         fingerprint: str = "",
         dry_run: bool = False,
@@ -194,6 +195,7 @@ class Syncer:
         self._batch: list[tuple[WriteBack, Decision | None, Ticket]] = []
         """Due writes of the review step waiting to go out together (their intents are recorded when they go)."""
         self.review_interval = review_interval
+        self.ledger_retention = ledger_retention
         self.adopt_tag_only = adopt == "tag_only"
         self.fingerprint = fingerprint
         self.dry_run = dry_run
@@ -241,6 +243,7 @@ class Syncer:
             report.book_open, report.book_due = self.state.book_stats(self.instance, now)
             if not self.dry_run and (self._purged_at is None or now - self._purged_at >= PURGE_EVERY):
                 self.state.book_purge(self.instance, now - timedelta(days=TOMBSTONE_DAYS))
+                self.state.prune_ledger(now - self.ledger_retention)
                 self._purged_at = now
         except (AuthError, TransientError) as error:
             report.error = f"{type(error).__name__}: {error}"
@@ -671,7 +674,8 @@ class Syncer:
             return None
         intent = self.state.record_intent(self.instance, ticket.id, writeback.key, encode(writeback), now)
         unverified = intent.state is IntentState.DEAD and intent.last_error.startswith(UNVERIFIED)
-        if writeback.comment is not None and (intent.state is IntentState.DONE or unverified):
+        posted = intent.state is IntentState.DONE or unverified or self._posted_before(writeback, intent, now)
+        if writeback.comment is not None and posted:
             # This handoff was posted in an earlier life of the ticket (or may have been, and we could not look):
             # never post it twice.
             writeback = replace(writeback, comment=None)
@@ -733,8 +737,32 @@ class Syncer:
         except ConnectorError as error:  # a batch's refusal of another kind, for this ticket only
             self._dead(key, str(error), now, report, ticket.id)
             return
-        self.state.mark_done(key, now)
-        self._count_write(writeback, decision, ticket, now, report)
+        # The done mark and its history rows: one commit, all or none, not waiting for the disk. Lost in a power
+        # cut, the intent is pending again and recovery settles it as after any crash before this point (the
+        # comment check, then the history as of the intent).
+        with self.state.transaction(sync=False):
+            self.state.mark_done(key, now)
+            self._count_write(writeback, decision, ticket, now, report)
+
+    def _posted_before(self, writeback: WriteBack, intent: Intent, now: datetime) -> bool:
+        """Whether a note recorded as a new intent just now was posted already, its done entry since pruned from
+        the ledger (`[state] ledger_retention_days`): only then (the history shows this ticket entered the
+        note's tier before) is the platform asked, and the key embedded in the comment answers."""
+        comment = writeback.comment
+        if comment is None or intent.state is not IntentState.PENDING or intent.attempts or intent.created_at != now:
+            return False
+        tier = writeback.tier.value if writeback.tier is not None else MANAGEMENT
+        if all(entered != tier for entered, _ in self.state.tier_entries(self.instance, writeback.ticket_id)):
+            return False
+        try:
+            posted = self.connector.has_comment(writeback.ticket_id, comment.idempotency_key)
+        except (RateLimitedError, WaitInterruptedError):
+            raise  # nothing was sent: the intent stays pending and the cycle stops here
+        except ConnectorError:
+            return True  # unknown: not posted now; the intent stays pending and recovery asks again
+        if posted:
+            self.state.mark_done(intent.key, now)
+        return posted
 
     def _forget_if_gone(self, ticket: Ticket, now: datetime) -> None:
         """A refused write may mean the ticket was deleted where no poll can tell (ServiceNow and Jira drop
@@ -818,8 +846,9 @@ class Syncer:
             comment = writeback.comment
             try:
                 if comment and self.connector.has_comment(writeback.ticket_id, comment.idempotency_key):
-                    self.state.mark_done(intent.key, now)
-                    self._record_history(writeback, intent.created_at)
+                    with self.state.transaction(sync=False):
+                        self.state.mark_done(intent.key, now)
+                        self._record_history(writeback, intent.created_at)
                     report.recovered += 1
                     self.on_event(Event("recovered", self.instance, writeback.ticket_id, now, {"key": intent.key}))
                     continue

@@ -126,6 +126,7 @@ def wire(
         max_writes_per_cycle=config.daemon.max_writes_per_cycle,
         batch_writes_from=config.daemon.batch_writes_from,
         review_interval=timedelta(seconds=config.daemon.review_interval_seconds),
+        ledger_retention=timedelta(days=config.state.ledger_retention_days),
         adopt=section.adopt,
         fingerprint=fingerprint(config, mapping),
         dry_run=dry_run,

@@ -10,9 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Protocol
+
+LEDGER_RETENTION = timedelta(days=30)
+"""How long a done ledger entry is kept by default (`[state] ledger_retention_days`): long past any retry."""
 
 
 class IntentState(StrEnum):
@@ -117,6 +120,22 @@ class Store(Protocol):
         ...
 
     def mark_dead(self, key: str, error: str, now: datetime) -> None: ...
+
+    def prune_ledger(self, before: datetime) -> int:
+        """Forget done intents last updated before `before` (every instance's); returns how many.
+
+        Pending and dead intents are never pruned. A done entry is what stops a handoff note being posted
+        twice; once it is pruned, the note's key embedded in the posted comment is what a writer checks on the
+        platform instead (runtime/cycle.py `_posted_before`)."""
+        ...
+
+    def transaction(self, *, sync: bool = True) -> AbstractContextManager[None]:
+        """One commit for every write made inside (joined, not nested, inside another): all or none.
+
+        `sync=False` lets the store commit without waiting for the disk where losing that commit in a power cut
+        is harmless (SQLite only): it can then be lost only with every later unsynced commit, never before an
+        earlier one."""
+        ...
 
     def pending(self, instance: str) -> list[Intent]:
         """Pending intents, oldest first."""

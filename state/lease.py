@@ -94,6 +94,13 @@ class FencedStore:
         with self._guard():
             self.inner.mark_dead(key, error, now)
 
+    def prune_ledger(self, before: datetime) -> int:
+        with self._guard():
+            return self.inner.prune_ledger(before)
+
+    def transaction(self, *, sync: bool = True) -> contextlib.AbstractContextManager[None]:
+        return self._guard()  # one transaction, its lease checked once at the start and locked to the commit
+
     def quarantine(self, instance: str, record_id: str, raw: str, error: str, now: datetime) -> bool:
         with self._guard():
             return self.inner.quarantine(instance, record_id, raw, error, now)

@@ -114,12 +114,42 @@ MIGRATIONS: list[list[str]] = [
         )""",
     ],
     # 4 (issue 9): a ticket may enter a tier several times (a person moved it down, we escalated it again):
-    # one row per entry, keyed by its time. The management start and the resolution stay one row each.
+    # one row per entry, keyed by its time. A management track's start, plan and end (`MGMT`, `MGMT_PLAN`,
+    # `MGMT_END`, `#n` for the n-th track) and the resolution stay one row each.
     [
         "ALTER TABLE escalations DROP CONSTRAINT escalations_pkey",
         "ALTER TABLE escalations ADD PRIMARY KEY (instance, ticket_id, tier, at)",
         "CREATE UNIQUE INDEX escalations_once ON escalations (instance, ticket_id, tier) "
-        "WHERE tier IN ('MGMT', 'RESOLVED')",
+        "WHERE tier = 'RESOLVED' OR tier LIKE 'MGMT%'",
+    ],
+    # 5 (issue 14): customers' escalation counts kept, not recounted from the history on every ticket
+    # (state/sql.py `_count_escalation`), filled from the history already there; and an index
+    # for pruning old done ledger entries (`prune_ledger`).
+    [
+        """CREATE TABLE escalated_tickets (
+            customer TEXT NOT NULL,
+            instance TEXT NOT NULL,
+            ticket_id TEXT NOT NULL,
+            last_at TIMESTAMPTZ NOT NULL,
+            PRIMARY KEY (customer, instance, ticket_id)
+        )""",
+        "CREATE INDEX escalated_tickets_by_customer ON escalated_tickets (customer, last_at)",
+        "CREATE INDEX escalated_tickets_by_time ON escalated_tickets (last_at, customer)",
+        """CREATE TABLE escalation_days (
+            customer TEXT NOT NULL,
+            day TIMESTAMPTZ NOT NULL,
+            tickets INTEGER NOT NULL,
+            PRIMARY KEY (customer, day)
+        )""",
+        "CREATE INDEX escalation_days_by_day ON escalation_days (day, customer, tickets)",
+        "INSERT INTO escalated_tickets (customer, instance, ticket_id, last_at) "
+        "SELECT customer, instance, ticket_id, MAX(at) FROM escalations WHERE tier <> 'RESOLVED' "
+        "AND tier NOT LIKE 'MGMT_END%' AND tier NOT LIKE 'MGMT_PLAN%' "
+        "GROUP BY customer, instance, ticket_id",
+        "INSERT INTO escalation_days (customer, day, tickets) "
+        "SELECT customer, date_trunc('day', last_at, 'UTC'), COUNT(*) FROM escalated_tickets "
+        "GROUP BY customer, date_trunc('day', last_at, 'UTC')",
+        "CREATE INDEX intents_done ON intents (updated_at) WHERE state = 'done'",
     ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -6,20 +6,22 @@ the connection (`_db`, which also decides what "closed" and "reconnect" mean), t
 ``%s`` drivers), how a time is stored (`_encode_time`: ISO text for SQLite, ``timestamptz`` for PostgreSQL)
 and read back (`_decode_time`), and the migrations that create the tables.
 
-Every write is one statement (an upsert with ``ON CONFLICT``, or an ``UPDATE ... RETURNING``) on an
-autocommit connection, so each call is its own transaction on both databases: nothing is left half done,
-and concurrent writers cannot interleave inside a read-modify-write. The exception is `fenced`: a write made
-for an instance under its lease (state/lease.py) runs in one transaction with the lease check.
+Every write is one transaction on an autocommit connection: mostly one statement (an upsert with
+``ON CONFLICT``, or an ``UPDATE ... RETURNING``), so nothing is left half done and concurrent writers cannot
+interleave inside a read-modify-write; `record_escalation` is the history row and the customer counts it moves
+(`_count_escalation`), in one transaction. `transaction()` joins several calls into one commit (the cycle
+commits a write's done mark and its history together), and `fenced` runs a write made for an instance under
+its lease (state/lease.py) in one transaction with the lease check.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, ClassVar, Protocol, Self
 
-from state import LeaseLostError, StoreError, UnknownIntentError, redact_url, scrub
+from state import LeaseLostError, StoreError, UnknownIntentError, as_utc, redact_url, scrub
 from state.base import BookEntry, Fence, Intent, IntentState, Lease, QuarantinedRecord
 
 BOOK_COLUMNS = "ticket_id, is_open, updated_at, revision, raw, customer, review_at, urgency, adopt, seen_at"
@@ -28,6 +30,24 @@ _IN_CHUNK = 500
 INTENT_COLUMNS = "key, instance, ticket_id, payload, state, attempts, last_error, created_at, updated_at"
 QUARANTINE_COLUMNS = "instance, record_id, raw, error, first_seen, last_seen, seen_count"
 LEASE_COLUMNS = "instance, holder, epoch, acquired_at, expires_at"
+RESOLVED_TIER = "RESOLVED"
+"""The history row of a ticket's resolution (runtime/cycle.py): no count of escalations includes it."""
+_NOT_ESCALATIONS = ("MGMT_END", "MGMT_PLAN")
+"""History rows of a management track's plan and end (`#n` for a later track): events, not escalations."""
+
+
+def counts_as_escalation(tier: str) -> bool:
+    """Whether a history row is an escalation the customer counts include (a tier entry or a track's start)."""
+    return tier != RESOLVED_TIER and not tier.startswith(_NOT_ESCALATIONS)
+
+
+_COUNT_RACES = 5
+_DAY = timedelta(days=1)
+
+
+def _day(at: datetime) -> datetime:
+    """The start of `at`'s UTC day (`at` is aware UTC): the key of the day counts."""
+    return at.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
 class _Cursor(Protocol):
@@ -228,6 +248,18 @@ class SqlStore:
             (error, self._encode_time(now, "now")),
         )
 
+    def prune_ledger(self, before: datetime) -> int:
+        # Done entries only: a pending one is a write whose outcome is unknown and a dead one waits for a person.
+        rows = self._all(
+            "pruning the ledger",
+            "DELETE FROM intents WHERE state = 'done' AND updated_at < ? RETURNING 1",
+            (self._encode_time(before, "before"),),
+        )
+        return len(rows)
+
+    def transaction(self, *, sync: bool = True) -> AbstractContextManager[None]:
+        return self._transaction("writing")  # PostgreSQL: every commit is synced (see SqliteStore.transaction)
+
     def _intents(self, instance: str, state: IntentState) -> list[Intent]:
         rows = self._all(
             "listing intents",
@@ -282,11 +314,70 @@ class SqlStore:
     def record_escalation(self, instance: str, customer: str, ticket_id: str, tier: str, at: datetime) -> None:
         """One row per entry into a tier (a re-escalation after a person moved the ticket down is a new entry);
         replaying the same entry, a second management start or a second resolution adds nothing."""
+        with self._transaction("recording an escalation"):
+            inserted = self._one(
+                "recording an escalation",
+                "INSERT INTO escalations (instance, ticket_id, tier, customer, at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING RETURNING 1",
+                (instance, ticket_id, tier, customer, self._encode_time(at, "at")),
+            )
+            # The counts follow the history rows: an escalation the history ignores (a repeat) moves no count.
+            if inserted is not None and counts_as_escalation(tier):
+                self._count_escalation(customer, instance, ticket_id, as_utc(at, "at"))
+
+    def _count_escalation(self, customer: str, instance: str, ticket_id: str, at: datetime) -> None:
+        """Keep the customer counts (`escalated_tickets`, `escalation_days`) true after an escalation at `at`.
+
+        A ticket counts for a customer from its latest escalation: `escalated_tickets` keeps that time, one row
+        per (customer, instance, ticket) however often the ticket escalates, and `escalation_days` how many of
+        a customer's tickets have their latest escalation on each UTC day. A count over 30 days then reads at
+        most 31 day rows and the tickets of one boundary day, whatever the history's size. The old time is read,
+        then replaced only if it is still the one read: a concurrent writer (another daemon during a lease
+        takeover) makes the loop read again instead of counting a ticket twice.
+        """
+        key = (customer, instance, ticket_id)
+        for _ in range(_COUNT_RACES):
+            row = self._one(
+                "counting an escalation",
+                "SELECT last_at FROM escalated_tickets WHERE customer = ? AND instance = ? AND ticket_id = ?",
+                key,
+            )
+            if row is None:
+                inserted = self._one(
+                    "counting an escalation",
+                    "INSERT INTO escalated_tickets (customer, instance, ticket_id, last_at) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (customer, instance, ticket_id) DO NOTHING RETURNING 1",
+                    (*key, self._encode_time(at, "at")),
+                )
+                if inserted is not None:
+                    self._count_day(customer, _day(at), 1)
+                    return
+                continue
+            before = self._decode_time(row[0])
+            if before >= at:
+                return  # an older (or the same) escalation: the ticket's latest is unchanged
+            moved = self._one(
+                "counting an escalation",
+                "UPDATE escalated_tickets SET last_at = ? "
+                "WHERE customer = ? AND instance = ? AND ticket_id = ? AND last_at = ? RETURNING 1",
+                (self._encode_time(at, "at"), *key, row[0]),
+            )
+            if moved is not None:
+                if _day(before) != _day(at):
+                    self._count_day(customer, _day(before), -1)
+                    self._count_day(customer, _day(at), 1)
+                return
+        raise StoreError(
+            f"state store {redact_url(self.url)}: the escalation count of ticket {ticket_id!r} kept changing "
+            f"under concurrent writers ({_COUNT_RACES} tries)"
+        )
+
+    def _count_day(self, customer: str, day: datetime, change: int) -> None:
         self._exec(
-            "recording an escalation",
-            "INSERT INTO escalations (instance, ticket_id, tier, customer, at) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT DO NOTHING",
-            (instance, ticket_id, tier, customer, self._encode_time(at, "at")),
+            "counting an escalation",
+            "INSERT INTO escalation_days (customer, day, tickets) VALUES (?, ?, ?) "
+            "ON CONFLICT (customer, day) DO UPDATE SET tickets = escalation_days.tickets + EXCLUDED.tickets",
+            (customer, self._encode_time(day, "day"), change),
         )
 
     def tier_entries(self, instance: str, ticket_id: str) -> list[tuple[str, datetime]]:
@@ -298,13 +389,19 @@ class SqlStore:
         return [(tier, self._decode_time(at)) for tier, at in rows]
 
     def escalations_since(self, customer: str, since: datetime) -> int:
+        # Whole days after the one `since` falls in from the day counts, that day's tickets one by one.
+        first, boundary = self._window(since)
         row = self._one(
             "counting escalations",
-            "SELECT COUNT(*) FROM (SELECT DISTINCT instance, ticket_id FROM escalations "
-            "WHERE customer = ? AND at >= ? AND tier <> 'RESOLVED') AS tickets",
-            (customer, self._encode_time(since, "since")),
+            "SELECT (SELECT COALESCE(SUM(tickets), 0) FROM escalation_days WHERE customer = ? AND day >= ?) + "
+            "(SELECT COUNT(*) FROM escalated_tickets WHERE customer = ? AND last_at >= ? AND last_at < ?)",
+            (customer, boundary, customer, first, boundary),
         )
         return int(row[0]) if row else 0
+
+    def _window(self, since: datetime) -> tuple[Any, Any]:
+        """`since` and the start of the next UTC day, encoded: the two bounds of a count's boundary day."""
+        return self._encode_time(since, "since"), self._encode_time(_day(as_utc(since, "since")) + _DAY, "since")
 
     # The open-ticket book
 
@@ -464,13 +561,18 @@ class SqlStore:
         return found
 
     def escalation_counts(self, since: datetime) -> dict[str, int]:
+        first, boundary = self._window(since)
         rows = self._all(
             "counting escalations",
-            "SELECT customer, COUNT(*) FROM (SELECT DISTINCT customer, instance, ticket_id FROM escalations "
-            "WHERE at >= ? AND tier <> 'RESOLVED') AS tickets GROUP BY customer",
-            (self._encode_time(since, "since"),),
+            # Grouped once, outside: grouping inside would make SQLite walk every day of every customer in
+            # customer order instead of the window's days by the day index.
+            "SELECT customer, SUM(tickets) FROM ("
+            "SELECT customer, tickets FROM escalation_days WHERE day >= ? "
+            "UNION ALL SELECT customer, 1 AS tickets FROM escalated_tickets "
+            "WHERE last_at >= ? AND last_at < ?) AS counts GROUP BY customer",
+            (boundary, first, boundary),
         )
-        return {customer: int(count) for customer, count in rows}
+        return {customer: int(count) for customer, count in rows if count}
 
     # Leases (state/lease.py)
 
@@ -599,8 +701,9 @@ class SqlStore:
         history = self._all(
             "copying escalations", "SELECT instance, ticket_id, tier, customer, at FROM escalations", ()
         )
-        for other, ticket_id, tier, customer, at in history:
-            copy.record_escalation(other, customer, ticket_id, tier, self._decode_time(at))
+        with copy.transaction():
+            for other, ticket_id, tier, customer, at in history:
+                copy.record_escalation(other, customer, ticket_id, tier, self._decode_time(at))
         return copy
 
 

@@ -3,7 +3,9 @@
 Durability is the point of the ledger: an intent recorded before an API call must survive the process being
 killed right after. So the connection runs in autocommit mode (every call is committed before it returns),
 the journal is WAL (readers such as a status command never block the daemon) and ``synchronous=FULL`` makes
-each commit survive a power cut too, not only a process crash. Every write is a single statement (upserts with
+each commit survive a power cut too, not only a process crash. The one exception is a `transaction(sync=False)`
+(a write's done mark and history, whose loss recovery settles): it survives a crash, and a power cut loses it
+only with what followed it before the next synced commit. Every write is a single statement (upserts with
 RETURNING), so there is no multi-statement transaction to leave half done; migrations (so two processes
 opening a fresh file cannot both create the schema), batches and fenced writes use an explicit
 ``BEGIN IMMEDIATE`` (`_transaction`). `sync.py run` and `once` hold the file's lock (state/lease.py): one daemon
@@ -116,7 +118,8 @@ MIGRATIONS: list[list[str]] = [
         )""",
     ],
     # 4 (issue 9): a ticket may enter a tier several times (a person moved it down, we escalated it again):
-    # one row per entry, keyed by its time. The management start and the resolution stay one row each.
+    # one row per entry, keyed by its time. A management track's start, plan and end (`MGMT`, `MGMT_PLAN`,
+    # `MGMT_END`, `#n` for the n-th track) and the resolution stay one row each.
     [
         """CREATE TABLE escalations_by_entry (
             instance TEXT NOT NULL,
@@ -131,7 +134,36 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE escalations_by_entry RENAME TO escalations",
         "CREATE INDEX escalations_by_customer ON escalations (customer, at)",
         "CREATE UNIQUE INDEX escalations_once ON escalations (instance, ticket_id, tier) "
-        "WHERE tier IN ('MGMT', 'RESOLVED')",
+        "WHERE tier = 'RESOLVED' OR tier LIKE 'MGMT%'",
+    ],
+    # 5 (issue 14): customers' escalation counts kept, not recounted from the history on every ticket
+    # (state/sql.py `_count_escalation`), filled from the history already there; and an index
+    # for pruning old done ledger entries (`prune_ledger`).
+    [
+        """CREATE TABLE escalated_tickets (
+            customer TEXT NOT NULL,
+            instance TEXT NOT NULL,
+            ticket_id TEXT NOT NULL,
+            last_at TEXT NOT NULL,
+            PRIMARY KEY (customer, instance, ticket_id)
+        )""",
+        "CREATE INDEX escalated_tickets_by_customer ON escalated_tickets (customer, last_at)",
+        "CREATE INDEX escalated_tickets_by_time ON escalated_tickets (last_at, customer)",
+        """CREATE TABLE escalation_days (
+            customer TEXT NOT NULL,
+            day TEXT NOT NULL,
+            tickets INTEGER NOT NULL,
+            PRIMARY KEY (customer, day)
+        )""",
+        "CREATE INDEX escalation_days_by_day ON escalation_days (day, customer, tickets)",
+        "INSERT INTO escalated_tickets (customer, instance, ticket_id, last_at) "
+        "SELECT customer, instance, ticket_id, MAX(at) FROM escalations WHERE tier <> 'RESOLVED' "
+        "AND tier NOT LIKE 'MGMT_END%' AND tier NOT LIKE 'MGMT_PLAN%' "
+        "GROUP BY customer, instance, ticket_id",
+        "INSERT INTO escalation_days (customer, day, tickets) "
+        "SELECT customer, substr(last_at, 1, 10) || 'T00:00:00.000000+00:00', COUNT(*) FROM escalated_tickets "
+        "GROUP BY customer, substr(last_at, 1, 10) || 'T00:00:00.000000+00:00'",
+        "CREATE INDEX intents_done ON intents (updated_at) WHERE state = 'done'",
     ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -161,6 +193,7 @@ class SqliteStore(SqlStore):
         """`durable=False` skips the per-commit disk sync: for scratch stores (the demo) only."""
         self.path = str(path)
         self.url = url or f"sqlite:///{self.path}"
+        self.durable = durable
         self._in_transaction = False
         try:
             fresh = self.path != MEMORY and not Path(self.path).exists()
@@ -249,6 +282,23 @@ class SqliteStore(SqlStore):
         self._in_transaction = False
         with self._errors(action):
             db.execute("COMMIT")
+
+    @contextmanager
+    def transaction(self, *, sync: bool = True) -> Iterator[None]:
+        # sync=False commits without waiting for the disk (synchronous=NORMAL, WAL): the commit survives the
+        # process being killed, and a power cut can lose it only together with everything committed after it
+        # and before the next synced commit (the WAL is one sequential file), never out of order.
+        relax = not sync and self.durable and not self._in_transaction
+        if relax:
+            with self._errors("writing"):
+                self._db().execute("PRAGMA synchronous=NORMAL")
+        try:
+            with self._transaction("writing"):
+                yield
+        finally:
+            if relax and self._conn is not None:
+                with self._errors("writing"):
+                    self._conn.execute("PRAGMA synchronous=FULL")
 
     def close(self) -> None:
         if self._conn is not None:

@@ -250,6 +250,9 @@ class _Platform:
         self.applied.append(writeback)
         return ApplyResult(writeback.ticket_id, "r1")
 
+    def has_comment(self, ticket_id: str, key: str) -> bool:
+        return any(w.ticket_id == ticket_id and w.comment and w.comment.idempotency_key == key for w in self.applied)
+
 
 def _syncer(store, policy=POLICY):
     from runtime.cycle import Syncer

@@ -443,6 +443,8 @@ def test_postgres_tables_live_in_the_search_path_schema(pg_schema: tuple[psycopg
         "settings",
         "leases",
         "daemons",
+        "escalated_tickets",
+        "escalation_days",
     }
     types = dict(
         admin.execute(

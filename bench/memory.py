@@ -1,0 +1,190 @@
+"""Peak RSS through a Zendesk backlog of growing size (issue 14: flat, at most 150 MB through 1,000,000 tickets).
+
+Prints one figure a line (`name value unit`). Each run is a fresh process (its peak RSS is its own) doing what
+`sync.py once` does for one instance: the real Syncer, Zendesk connector, HTTP layer, mapping, engine and a
+SQLite state file, over synthetic export pages served by an in-process httpx transport (no sandbox: a sandbox
+holding a million tickets would weigh more than the daemon). Pages are generated on demand, 1,000 tickets each,
+from bench/engine.py's Zendesk generator (incremental-export ticket objects with `metric_sets` and
+`organizations` sideloads), serialized to JSON and parsed by the connector as on the wire.
+
+- ``memory.read.<n>``: a backlog of n tickets polled, evaluated and put in the book, writes capped at one
+  (`max_writes_per_cycle`): the read path.
+- ``memory.write.<n>``: the same backlog with every write the engine asks for sent (a PUT answered with the
+  ticket as written, through the ledger): the write path.
+
+The state file skips the disk sync (``durable=False``): RSS does not depend on it, the run time would.
+The open-ticket scan is marked done beforehand, so the backlog is read once (by the poll).
+
+Usage: python bench/memory.py [--sizes 10000,100000] [--modes read,write]   (1M: --sizes 10000,100000,1000000)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import random
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+
+from engine.policy import load_policy  # noqa: E402
+from runtime.config import AppConfig, DaemonSection, InstanceSection  # noqa: E402
+from runtime.cycle import SCAN_DONE  # noqa: E402
+from runtime.wiring import wire  # noqa: E402
+from state.sql import SCAN_SUFFIX  # noqa: E402
+from state.sqlite import SqliteStore  # noqa: E402
+
+PAGE = 1000
+TICKET_PATH = re.compile(r"^/api/v2/tickets/(\d+)\.json$")
+COMMENTS_PATH = re.compile(r"^/api/v2/tickets/(\d+)/comments\.json$")
+
+
+def _generator() -> Any:
+    """bench/engine.py as a module of its own name (its file name would shadow the `engine` package)."""
+    spec = importlib.util.spec_from_file_location("bench_engine", Path(__file__).with_name("engine.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_engine"] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+class Backlog:
+    """A Zendesk account of `size` tickets, generated page by page when asked for (nothing kept)."""
+
+    def __init__(self, size: int) -> None:
+        self.gen = _generator()
+        self.size = size
+        self.orgs = self.gen._organizations(random.Random(7))
+        self.puts = 0
+
+    def ticket(self, number: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        record = self.gen.zendesk_record(number, random.Random(number), self.gen.NOW, self.orgs)
+        return record.data, record.related
+
+    def page(self, start: int) -> dict[str, Any]:
+        end = min(start + PAGE, self.size)
+        tickets, metric_sets, orgs = [], [], {}
+        for number in range(start, end):
+            data, related = self.ticket(number)
+            tickets.append(data)
+            metric_sets.append(related["metric_set"])
+            if "organization" in related:
+                orgs[related["organization"]["id"]] = related["organization"]
+        # https://developer.zendesk.com/api-reference/ticketing/ticket-management/incremental_exports/
+        # (cursor-based export: after_cursor, after_url, end_of_stream; sideloads as top-level lists)
+        return {
+            "tickets": tickets,
+            "metric_sets": metric_sets,
+            "organizations": list(orgs.values()),
+            "after_cursor": str(end),
+            "before_cursor": str(start),
+            "after_url": f"https://acme.zendesk.com/api/v2/incremental/tickets/cursor.json?cursor={end}",
+            "before_url": None,
+            "end_of_stream": end >= self.size,
+        }
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path == "/api/v2/incremental/tickets/cursor.json":
+            cursor = request.url.params.get("cursor")
+            return httpx.Response(200, json=self.page(int(cursor) if cursor else 0))
+        if path == "/api/v2/incremental/ticket_events.json":
+            start = int(request.url.params.get("start_time", "0"))
+            body = {"ticket_events": [], "next_page": None, "count": 0, "end_of_stream": True, "end_time": start}
+            return httpx.Response(200, json=body)
+        if match := COMMENTS_PATH.match(path):
+            return httpx.Response(200, json={"comments": [], "next_page": None, "previous_page": None, "count": 0})
+        if match := TICKET_PATH.match(path):
+            number = int(match.group(1)) - 100000
+            if not 0 <= number < self.size:
+                return httpx.Response(404, json={"error": "RecordNotFound", "description": "Not found"})
+            data, related = self.ticket(number)
+            if request.method == "PUT":
+                self.puts += 1
+                update = json.loads(request.content)["ticket"]
+                data.update({k: v for k, v in update.items() if k in ("tags", "group_id", "custom_fields")})
+                data["updated_at"] = (self.gen.NOW + timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+                return httpx.Response(200, json={"ticket": data, "audit": {"ticket_id": data["id"], "events": []}})
+            return httpx.Response(200, json={"ticket": data, "metric_set": related["metric_set"]})
+        return httpx.Response(404, json={"error": "InvalidEndpoint", "description": "Not found"})
+
+
+def child(mode: str, size: int) -> None:
+    logging.disable(logging.WARNING)
+    backlog = Backlog(size)
+    section = InstanceSection(
+        name="zd",
+        platform="zendesk",
+        base_url="https://acme.zendesk.com",
+        credentials={"email": "ZD_EMAIL", "api_token": "ZD_TOKEN"},
+        options={"page_size": PAGE},
+        initial_lookback_hours=24 * 365,
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
+        path = Path(tmp) / "state.sqlite3"
+        store = SqliteStore(path, durable=False)
+        store.set_cursor("zd" + SCAN_SUFFIX, SCAN_DONE)
+        writes = 10**9 if mode == "write" else 1
+        config = AppConfig(
+            path=ROOT / "config.example.toml",
+            daemon=DaemonSection(max_writes_per_cycle=writes),
+            state_url=f"sqlite:///{path}",
+            instances=(section,),
+            policy=load_policy(ROOT / "config.example.toml"),
+        )
+        wired = wire(
+            config,
+            section,
+            store,
+            environ={"ZD_EMAIL": "bench@example.com", "ZD_TOKEN": "bench-token"},
+            clock=lambda: backlog.gen.NOW,
+            transport=httpx.MockTransport(backlog.handle),
+            sleep=lambda seconds: None,
+        )
+        started = time.process_time()
+        report = wired.syncer.run_cycle()
+        cpu = time.process_time() - started
+        wired.close()
+        store.close()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    assert report.error == "", report.error
+    assert report.tickets_seen == size, (report.tickets_seen, size)
+    print(json.dumps({"peak": peak, "cpu": cpu, "writes": report.writes, "seen": report.tickets_seen}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10000,100000", help="backlog sizes, comma-separated")
+    parser.add_argument("--modes", default="read,write")
+    parser.add_argument("--child", nargs=2, metavar=("MODE", "SIZE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child[0], int(args.child[1]))
+        return
+    for mode in args.modes.split(","):
+        for size in (int(size) for size in args.sizes.split(",")):
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", mode, str(size)], check=True, capture_output=True, text=True
+            ).stdout
+            result = json.loads(out.strip().splitlines()[-1])
+            print(f"memory.{mode}.{size}.peak_rss {result['peak']:.0f} MB")
+            print(f"memory.{mode}.{size}.cpu_seconds {result['cpu']:.1f} s")
+            print(f"memory.{mode}.{size}.writes {result['writes']} tickets")
+
+
+if __name__ == "__main__":
+    main()
