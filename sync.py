@@ -662,7 +662,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from runtime.replay import ReplayError, differences, replay
 
     config = _load(args)
-    now = datetime.fromisoformat(args.now).astimezone(UTC) if args.now else None
+    try:
+        now = _aware(args.now, "--now") if args.now else None
+    except ValueError as error:
+        print(f"replay: {error}", file=sys.stderr)
+        return 2
     try:
         expected = json.loads(Path(args.expect).read_text(encoding="utf-8")) if args.expect else None
         report, plan, missed = replay(config, Path(args.directory), now=now, on_event=print_plan)

@@ -194,3 +194,11 @@ def test_a_servicenow_oauth_instance_records_and_replays_without_its_grant(tmp_p
     assert "sn-client-4714" not in recorded and "/oauth_token.do" not in recorded
     monkeypatch.delenv("SN_CLIENT_SECRET")
     assert sync.main(["replay", "--config", str(config), str(out)]) == 0, capsys.readouterr().err
+
+
+def test_replay_refuses_a_now_without_a_utc_offset(recorded, tmp_path: Path, capsys) -> None:
+    """A time without an offset would be read as the host's local time: another moment on every CI runner."""
+    _platform, config, out, _printed = recorded
+    naive = datetime.fromisoformat(json.loads((out / "manifest.json").read_text())["recorded_at"]).replace(tzinfo=None)
+    assert sync.main(["replay", "--config", str(config), str(out), "--now", naive.isoformat()]) == 2
+    assert "no UTC offset" in capsys.readouterr().err
