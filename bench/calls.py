@@ -5,7 +5,8 @@ policy escalates them; the real daemon wiring (`runtime.wiring.wire`, as `sync.p
 its first cycle with no write cap, and the sandbox's request log is counted. Write-side calls are every
 request of the write step: the writes themselves, Zendesk's job status polls, and any read a connector makes
 just before a write. The theoretical minimum: Zendesk ceil(N/100) update_many jobs plus one status poll each
-(the least a job can be followed with); JSM and ServiceNow one call per written ticket. A second cycle two
+(the least a job can be followed with); JSM one edit per written ticket plus one call per handoff note (its
+edit endpoint documents no internal comment); ServiceNow one call per written ticket. A second cycle two
 minutes later (past Zendesk's one-minute export hold-back) prints the records it read: the echoes of the
 first cycle's writes.
 
@@ -42,6 +43,7 @@ WRITE_SIDE = {
     ),
     "jsm": (
         ("PUT", r"^/rest/api/3/issue/[^/]+$"),
+        ("POST", r"^/rest/servicedeskapi/request/[^/]+/comment$"),
         ("POST", r"^/rest/api/3/issue/[^/]+/comment$"),
         ("GET", r"^/rest/api/3/issue/[^/]+$"),
     ),
@@ -80,7 +82,12 @@ def measure(platform: str, tickets: int, workdir: Path) -> dict[str, float]:
         writes = first.writes
         write_calls = sum(sandbox.calls(method, pattern) for method, pattern in WRITE_SIDE[platform])
         polls = sandbox.calls("GET", r"^/api/v2/job_statuses/") if platform == "zendesk" else 0
-        minimum = 2 * math.ceil(writes / 100) if platform == "zendesk" else writes
+        minimum = {
+            "zendesk": 2 * math.ceil(writes / 100),
+            # The edit cannot carry an internal note (connectors/jsm.py): a note is a call of its own.
+            "jsm": writes + first.comments,
+            "servicenow": writes,
+        }[platform]
         clock.advance(timedelta(minutes=2))
         second = wired.syncer.run_cycle()
     finally:
@@ -88,6 +95,7 @@ def measure(platform: str, tickets: int, workdir: Path) -> dict[str, float]:
         store.close()
     return {
         "written": writes,
+        "notes": first.comments,
         "write_calls": write_calls,
         "job_polls": polls,
         "minimum_calls": minimum,
@@ -112,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             figures = measure(platform, args.tickets, Path(directory))
             for name, value in figures.items():
                 unit = UNITS.get(name, "calls" if "calls" in name or "polls" in name else "records")
-                if name in ("written", "second_cycle_writes"):
+                if name in ("written", "notes", "second_cycle_writes"):
                     unit = "tickets"
                 shown = f"{value:.3f}" if isinstance(value, float) else str(value)
                 print(f"{platform}_{name} {shown} {unit}")
