@@ -188,6 +188,7 @@ class Syncer:
         self.max_write_attempts = max_write_attempts
         self.retry_backoff = retry_backoff
         self._maybe_applied: set[str] = set()
+        self._maybe_queued: set[str] = set()
         """Ledger keys of writes that may have landed (a 5xx, timeout or dropped connection after sending) in
         this cycle: verified and sent again once, after `retry_backoff`, before the cycle ends."""
         self.max_writes_per_cycle = max_writes_per_cycle
@@ -230,7 +231,7 @@ class Syncer:
         self.state = self.store.snapshot(self.instance) if self.dry_run else self.store
         self._polled, self._rebooked, self._attempts = set(), set(), 0
         self._counts_before, self._cycle_counts = {}, None
-        self._maybe_applied = set()
+        self._maybe_applied, self._maybe_queued = set(), set()
         try:
             if not self.dry_run:
                 self._recover_pending(now, report)
@@ -636,10 +637,13 @@ class Syncer:
         except (RateLimitedError, WaitInterruptedError):
             raise  # nothing is known to have been applied: the intents stay pending for recovery
         except TransientError as error:
-            # The job was (or may have been) queued but its end was not seen: one attempt each, and recovery
-            # checks the comment key before anything is sent again.
+            # The job was (or may have been) queued but its end was not seen: one attempt each. This cycle's
+            # retry pass settles those a finished job applied (their note is found) and re-sends those with no
+            # note (tier and tags are idempotent); a note not found yet waits for the next cycle, because a job
+            # still queued would post it a second time after a re-send.
             for writeback, _, ticket in batch:
                 self._failed(writeback.key, str(error), now, report, ticket.id)
+                self._maybe_queued.add(writeback.key)
             return
         for (writeback, decision, ticket), outcome in zip(batch, outcomes, strict=True):
             with self._review_counts(ticket, report):
@@ -831,12 +835,17 @@ class Syncer:
         passing 5xx does not delay an escalation or shift its clocks by a cycle. Bounded: one pass a cycle (what
         fails again waits for the next cycle's recovery, counted against max_write_attempts)."""
         keys, self._maybe_applied = self._maybe_applied, set()
-        if not keys or self.stop.wait(self.retry_backoff.total_seconds()):
+        queued, self._maybe_queued = self._maybe_queued, set()
+        if not (keys or queued) or self.stop.wait(self.retry_backoff.total_seconds()):
             return
-        self._recover_pending(now, report, only=keys)
+        self._recover_pending(now, report, only=keys | queued, verify_only=queued)
         self._maybe_applied = set()
 
-    def _recover_pending(self, now: datetime, report: CycleReport, only: set[str] | None = None) -> None:
+    def _recover_pending(
+        self, now: datetime, report: CycleReport, only: set[str] | None = None, verify_only: set[str] = frozenset()
+    ) -> None:
+        """Settle pending intents: done when the note's key is on the ticket, else re-read, re-planned and sent.
+        Keys in `verify_only` (a batch job whose end was not seen) are only settled when their note is found."""
         for intent in self.state.pending(self.instance):
             if self.stop.is_set():
                 return
@@ -852,6 +861,8 @@ class Syncer:
                     report.recovered += 1
                     self.on_event(Event("recovered", self.instance, writeback.ticket_id, now, {"key": intent.key}))
                     continue
+                if comment and intent.key in verify_only:
+                    continue  # the job may still be queued: the next cycle's recovery looks again
                 self._replan(writeback.ticket_id, intent.key, comment, now, report, writeback, intent.created_at)
                 report.recovered += 1
             except (PermanentWriteError, ConflictError) as error:

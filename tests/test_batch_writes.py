@@ -341,10 +341,26 @@ def test_issue14_a_job_queued_but_unanswered_posts_every_note_once(zd: World, an
     assert faulty.hit == 1 and first.failed >= 3 and first.writes == 0
     zd.clock.advance(timedelta(seconds=61))
     second = syncer.run_cycle()
-    assert second.error == "" and second.recovered >= first.failed
+    assert second.error == "" and first.recovered + second.recovered >= first.failed
     assert zd.store.pending(zd.name) == []
     counts = zd.marker_counts()
     assert counts and all(count == 1 for count in counts.values())
+
+
+def test_a_job_applied_but_unanswered_is_settled_in_the_same_cycle(zd: World) -> None:
+    """The retry pass finds the notes the job posted: done and recorded now, not one poll interval later, and
+    nothing is sent twice."""
+    faulty = JobAppliedThenLost(zd.sandbox, "503")
+    zd.sandbox.transport = lambda: httpx.WSGITransport(app=faulty)  # type: ignore[method-assign]
+    first = zd.syncer().run_cycle()
+    assert faulty.hit == 1 and first.failed >= 3
+    assert first.recovered >= first.failed
+    assert zd.store.pending(zd.name) == []
+    counts = zd.marker_counts()
+    assert counts and all(count == 1 for count in counts.values())
+    escalated = [key.split(":")[2] for key in counts if not key.endswith("MGMT")]
+    missing = [ticket for ticket in escalated if not zd.store.tier_entries(zd.name, ticket)]
+    assert not missing, (missing, sorted(counts))
 
 
 def test_issue14_a_stop_before_the_job_leaves_the_queued_writes_due(zd: World) -> None:
