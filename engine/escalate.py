@@ -28,6 +28,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from itertools import pairwise
 from typing import Any
 
@@ -218,16 +219,15 @@ def _last_reply(ticket: Ticket) -> _Stop:
 
 def _unknown(name: str, target: timedelta, calendar: BusinessCalendar, tier: Tier | None = None) -> Clock:
     """A clock whose stopping fact cannot be read here: shown in explain, never tagged, never breached."""
-    return Clock(
-        name=name,
-        target=target,
-        elapsed=timedelta(0),
-        remaining=target,
-        due_at=None,
-        state=ClockState.UNKNOWN,
-        calendar=calendar.name,
-        tier=tier,
-    )
+    return _unknown_clock(name, target, calendar.name, tier)
+
+
+@lru_cache(maxsize=1024)
+def _unknown_clock(name: str, target: timedelta, calendar: str, tier: Tier | None) -> Clock:
+    """One frozen Clock per distinct unknown clock: it depends on nothing of the ticket or the time, and a
+    platform without the history builds several per ticket (42k for 10k tickets, issue 14's profile)."""
+    zero = timedelta(0)
+    return Clock(name, target, zero, target, None, ClockState.UNKNOWN, calendar, tier=tier)
 
 
 def _clock(
@@ -526,12 +526,19 @@ _SIGNAL_SETS: dict[tuple[str, ...], frozenset[TagSignal]] = {}
 class _Env:
     """Everything a fact getter may need, computed once per evaluation."""
 
-    __slots__ = ("clocks", "history", "hours_at_tier", "now", "ticket")
+    __slots__ = ("clocks", "history", "hours_at_tier", "now", "ticket", "tier")
 
     def __init__(
-        self, ticket: Ticket, now: datetime, clocks: dict[str, Clock], hours: float, history: EscalationHistory
+        self,
+        ticket: Ticket,
+        now: datetime,
+        clocks: dict[str, Clock],
+        hours: float,
+        history: EscalationHistory,
+        tier: Tier,
     ) -> None:
         self.ticket = ticket
+        self.tier = tier
         self.now = now
         self.clocks = clocks
         self.hours_at_tier = hours
@@ -572,8 +579,8 @@ GETTERS: dict[str, Getter] = {
     "ticket.priority": lambda env: env.ticket.priority.value,
     "ticket.priority_rank": lambda env: int(env.ticket.priority.value[1]),
     "ticket.status": lambda env: env.ticket.status.value,
-    "ticket.tier": lambda env: env.ticket.effective_tier.value,
-    "ticket.tier_rank": lambda env: RANK[env.ticket.effective_tier],
+    "ticket.tier": lambda env: env.tier.value,
+    "ticket.tier_rank": lambda env: RANK[env.tier],
     "ticket.is_open": lambda env: not env.ticket.status.is_terminal,
     "ticket.segment": lambda env: env.ticket.segment or "",
     "ticket.organization": lambda env: env.ticket.organization or "",
@@ -618,9 +625,15 @@ def compute_facts(
     hours_at_tier: float,
     history: EscalationHistory,
     paths: tuple[str, ...],
+    tier: Tier | None = None,
 ) -> dict[str, Any]:
-    """The values of the named fact paths (dotted names as rules write them)."""
-    env = _Env(ticket, now, {clock.name: clock for clock in clocks}, hours_at_tier, history)
+    """The values of the named fact paths (dotted names as rules write them).
+
+    `tier`: the tier the ticket is taken to sit at (default its own): a chained pass asks what the rules say at
+    the next tier without copying the whole ticket (`dataclasses.replace` of a Ticket costs more than the facts).
+    """
+    clock_map = {clock.name: clock for clock in clocks}
+    env = _Env(ticket, now, clock_map, hours_at_tier, history, tier or ticket.effective_tier)
     return {path: GETTERS[path](env) for path in paths}
 
 
@@ -1034,9 +1047,8 @@ def evaluate(ticket: Ticket, policy: Policy, now: datetime, history: EscalationH
             break
         level = target
         path.append(level)
-        moved = replace(ticket, tier=level, tier_entered_at=now)
         moved_clocks = sla_clocks + tier_clocks(ticket, policy, now, level, now) + mgmt_clocks
-        facts = compute_facts(moved, now, moved_clocks, 0.0, history, policy.fact_paths)
+        facts = compute_facts(ticket, now, moved_clocks, 0.0, history, policy.fact_paths, level)
         outcomes = _merge_chain(outcomes, run_rules(policy, facts, level), level)
         target = _target_tier(outcomes, level)
     triggered = any(o.fired and o.management for o in outcomes)
