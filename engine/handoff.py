@@ -344,7 +344,7 @@ def render_template(template: str, values: dict[str, str]) -> str:
     kept: list[str] = []
     labels: list[bool] = []
     for line in _compile(template):
-        if line.names and not all(values.get(name) for name in line.names):
+        if line.names and not all(map(values.get, line.names)):  # map: no generator frame per line
             if labels and labels[-1]:
                 kept.pop()
                 labels.pop()
