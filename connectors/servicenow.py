@@ -85,6 +85,8 @@ def _parse_date(value: str) -> datetime:
         except ValueError:
             pass  # out of range: strptime refuses it below with its own message
     return datetime.strptime(value, DATE_FORMAT)
+
+
 MAX_PAGE_SIZE = 10000
 # Related rows (task_sla, sys_audit, sys_journal_field) per request: a page of 200 records has a few hundred
 # SLAs and a few thousand history rows; more are keyset-read on sys_id.
