@@ -39,6 +39,7 @@ from engine.handoff import HandoffContext, render_handoff
 from engine.model import (
     Clock,
     ClockState,
+    Comment,
     Decision,
     EscalationHistory,
     Priority,
@@ -1087,23 +1088,22 @@ def evaluate(ticket: Ticket, policy: Policy, now: datetime, history: EscalationH
             key_suffix = _escalation_key(target, history, moved_at)
         else:
             key_suffix = management_label(MANAGEMENT_START, track)
-        comment = render_handoff(
-            HandoffContext(
-                ticket=ticket,
-                policy=policy,
-                now=now,
-                current=current,
-                target=target,
-                management=management,
-                management_start=started or now,
-                clocks=tuple(clocks),
-                fired=tuple(outcome for outcome in outcomes if outcome.fired),
-                key=f"{ticket.instance}:{ticket.id}:{key_suffix}",
-                tier_start=tier_start,
-                path=tuple(path),
-                customer_escalations_30d=history.customer_escalations_30d if history is not _NO_HISTORY else None,
-            )
+        context = HandoffContext(
+            ticket=ticket,
+            policy=policy,
+            now=now,
+            current=current,
+            target=target,
+            management=management,
+            management_start=started or now,
+            clocks=tuple(clocks),
+            fired=tuple(outcome for outcome in outcomes if outcome.fired),
+            key=f"{ticket.instance}:{ticket.id}:{key_suffix}",
+            tier_start=tier_start,
+            path=tuple(path),
+            customer_escalations_30d=history.customer_escalations_30d if history is not _NO_HISTORY else None,
         )
+        comment = Comment.deferred(context.key, lambda: render_handoff(context).body)
     return Decision(
         platform=ticket.platform,
         instance=ticket.instance,
