@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from itertools import pairwise
@@ -49,7 +49,7 @@ from engine.model import (
     Ticket,
     Tier,
 )
-from engine.policy import CLOCK_FIELDS, CLOCK_NAMES, FACTS, Policy, Rule, flat_name
+from engine.policy import CLOCK_FIELDS, CLOCK_NAMES, FACTS, Policy, Rule, flat_name, rewrite
 from engine.review import next_review
 from engine.sla import (
     Pause,
@@ -774,6 +774,13 @@ class _Prepared:
     """Facts whose shown value differs from the raw one (hours to minutes, lists to tuples)."""
     exact_facts: tuple[str, ...]
     """Every fact the exact rules show: the key of their outcomes as a group."""
+    batch: Any = None
+    """One CEL program giving the list of the conditions that run on every ticket (the rules neither exact nor
+    direct), None when fewer than two: one execute and one activation per ticket instead of one per rule."""
+    batch_names: _Names = ()
+    """The variables the batch reads."""
+    batch_slots: dict[int, int] = field(default_factory=dict)
+    """Rule index -> its condition's position in the batch's result."""
 
 
 def _prepare(policy: Policy) -> _Prepared:
@@ -803,23 +810,56 @@ def _prepare(policy: Policy) -> _Prepared:
             if exact:
                 exact_facts.extend(path for path in (*rule.facts, *rule.reason_facts) if path not in exact_facts)
         quantized = tuple(path for path in policy.fact_paths if path in _QUANTIZED)
-        prepared = policy.outcome_cache["prepared"] = _Prepared(steps, quantized, tuple(exact_facts))
+        batch, names, slots = _batch(policy, [step for step in steps if not step[3] and not step[1].direct])
+        prepared = _Prepared(steps, quantized, tuple(exact_facts), batch, names, slots)
+        policy.outcome_cache["prepared"] = prepared
     return prepared
+
+
+def _batch(policy: Policy, steps: list[_Step]) -> tuple[Any, _Names, dict[int, int]]:
+    """The conditions of `steps` compiled as one CEL list (see `_Prepared.batch`); (None, (), {}) if not worth it.
+
+    Each condition keeps its own semantics inside the list (CEL evaluates every element on its own); if any
+    element fails at run time the whole list fails, and the rules then run one by one so that only the failing
+    rule reports its error. Conditions go in on lines of their own: a `//` comment ends at the line's end.
+    """
+    if len(steps) < 2:
+        return None, (), {}
+    sources = [rewrite(rule.when, policy.thresholds).source for _, rule, _, _, _ in steps]
+    try:
+        program = cel.compile("[" + ", ".join(f"(\n{source}\n)" for source in sources) + "]")
+    except Exception:  # not expected (each compiled alone); the rules then simply run one by one
+        return None, (), {}
+    names = dict.fromkeys(name for _, _, _, _, step_names in steps for name in step_names)
+    return program, tuple(names), {step[0]: slot for slot, step in enumerate(steps)}
 
 
 class _Activation:
     """This ticket's CEL activation, fetched and brought up to date only when a condition has to run."""
 
-    __slots__ = ("context", "facts", "values")
+    __slots__ = ("batched", "context", "facts", "prepared", "values")
 
-    def __init__(self, facts: dict[str, Any]) -> None:
+    def __init__(self, facts: dict[str, Any], prepared: _Prepared) -> None:
         self.facts = facts
+        self.prepared = prepared
         self.context: cel.Context | None = None
         self.values: dict[str, Any] = {}
+        self.batched: list[Any] | None = None
+        """The batch's results for this ticket; [] once it failed (the rules then run one by one)."""
 
-    def run(self, rule: Rule, names: _Names) -> bool:
+    def run(self, index: int, rule: Rule, names: _Names) -> bool:
         if self.context is None:
             self.context, self.values = _context()
+        slot = self.prepared.batch_slots.get(index)
+        if slot is not None:
+            if self.batched is None:
+                try:
+                    _activate(self.context, self.values, self.prepared.batch_names, self.facts)
+                    self.batched = list(self.prepared.batch.execute(self.context))
+                except Exception:  # some condition fails here: each runs alone, the failing one reports
+                    self.batched = []
+            if self.batched:
+                return self.batched[slot] is True
         _activate(self.context, self.values, names, self.facts)
         return rule.program.execute(self.context) is True
 
@@ -837,7 +877,7 @@ def _outcome(
         if outcome is not None:
             return outcome, True
     try:
-        fired = facts[rule.direct] is True if rule.direct else cel_run.run(rule, names)
+        fired = facts[rule.direct] is True if rule.direct else cel_run.run(index, rule, names)
     except Exception as error:  # a type clash at run time must not stop the cycle: report it instead
         return RuleOutcome(rule.name, rule.description, False, f"error: {error}", target, rule.management), False
     if exact:
@@ -874,7 +914,7 @@ def run_rules(policy: Policy, facts: dict[str, Any], current: Tier) -> tuple[Rul
         shown = dict(facts)
         for path in prepared.quantized:
             shown[path] = shown_value(path, shown[path])
-    cel_run = _Activation(facts)
+    cel_run = _Activation(facts, prepared)
     # The tier's text, not the enum member: a key of plain values is left alone by the garbage collector.
     group_key = ("exact", current.value, tuple([facts[path] for path in prepared.exact_facts]))
     group = cache.get(group_key)
