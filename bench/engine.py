@@ -17,6 +17,9 @@ running daemon sees. Two passes:
 - backlog: the first sweep over tickets nobody has evaluated (many escalate, many handoff comments rendered);
 - steady: the next cycle a minute later over the echo of those writes (tier moved, tags written, revision
   bumped), the daemon's normal case: most plans are empty.
+The handoff note of a write-back that posts one is rendered when the write reads it (`Comment.deferred`): its
+CPU is timed apart and printed per comment (`handoff_render`) and added in `with_handoff_render`, because it is
+write-path cost (issue 14's write budget), not per polled ticket.
 A warm-up pass runs first (calendar day tables, holiday years, CEL programs: what a running daemon has), and
 every pass is the best of `--repeat` runs (other processes only ever make a run slower).
 
