@@ -17,6 +17,9 @@ running daemon sees. Two passes:
 - backlog: the first sweep over tickets nobody has evaluated (many escalate, many handoff comments rendered);
 - steady: the next cycle a minute later over the echo of those writes (tier moved, tags written, revision
   bumped), the daemon's normal case: most plans are empty.
+The handoff note of a write-back that posts one is rendered when the write reads it (`Comment.deferred`): its
+CPU is timed apart and printed per comment (`handoff_render`) and added in `with_handoff_render`, because it is
+write-path cost (issue 14's write budget), not per polled ticket.
 A warm-up pass runs first (calendar day tables, holiday years, CEL programs: what a running daemon has), and
 every pass is the best of `--repeat` runs (other processes only ever make a run slower).
 
@@ -498,6 +501,9 @@ class Result:
     writebacks: int = 0
     comments: int = 0
     escalations: int = 0
+    render: float = 0.0
+    """CPU seconds spent rendering the handoff notes the write-backs post: the engine defers the text to its
+    first read (`Comment.deferred`), which is the write, so it counts on the write path, printed apart."""
 
     def seconds(self, platform: str | None = None) -> float:
         stages = (self.normalize, self.evaluate, self.plan)
@@ -539,6 +545,10 @@ def run(
         evaluated = clock()
         writebacks = [plan(decision, ticket, scheme) for decision, ticket in zip(decisions, tickets, strict=True)]
         planned = clock()
+        for writeback in writebacks:
+            if writeback.comment is not None:
+                writeback.comment.body  # noqa: B018 - the write reads it: render it here, timed apart
+        result.render += clock() - planned
         result.normalize[platform] = result.normalize.get(platform, 0.0) + normalized - started
         result.evaluate[platform] = result.evaluate.get(platform, 0.0) + evaluated - normalized
         result.plan[platform] = result.plan.get(platform, 0.0) + planned - evaluated
@@ -573,6 +583,10 @@ def report(name: str, result: Result) -> None:
             per = value / result.tickets[platform] * 1e6
             print(f"pipeline.{name}.{stage}.{platform}.microseconds_per_ticket {per:.1f} us")
     print(f"pipeline.{name}.microseconds_per_ticket {seconds / total * 1e6:.1f} us")
+    if result.comments:
+        print(f"pipeline.{name}.handoff_render.microseconds_per_comment {result.render / result.comments * 1e6:.1f} us")
+    with_render = (seconds + result.render) / total * 1e6
+    print(f"pipeline.{name}.with_handoff_render.microseconds_per_ticket {with_render:.1f} us")
     print(f"pipeline.{name}.quarantined {result.quarantined} tickets")
     print(f"pipeline.{name}.writebacks_non_empty {result.writebacks} tickets")
     print(f"pipeline.{name}.comments {result.comments} tickets")

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import email.utils
 import json
+import re
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -69,6 +70,23 @@ from connectors.paging import Keyset
 from engine.model import COMMENT_MARKER, WriteBack
 
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+_DATE_SHAPE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}")
+
+
+def _parse_date(value: str) -> datetime:
+    """A raw-mode date (DATE_FORMAT) as a naive datetime; ValueError if it is none.
+
+    Checked on every row: `strptime` looks up the locale on each call, so the fixed shape goes through
+    `fromisoformat` and only anything else (refused or not, as before) through `strptime`.
+    """
+    if _DATE_SHAPE.fullmatch(value):
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            pass  # out of range: strptime refuses it below with its own message
+    return datetime.strptime(value, DATE_FORMAT)
+
+
 MAX_PAGE_SIZE = 10000
 # Related rows (task_sla, sys_audit, sys_journal_field) per request: a page of 200 records has a few hundred
 # SLAs and a few thousand history rows; more are keyset-read on sys_id.
@@ -148,7 +166,7 @@ def decode_cursor(cursor: str) -> tuple[str, str]:
     version, _, rest = cursor.partition("|")
     updated_on, _, sys_id = rest.partition("|")
     try:
-        datetime.strptime(updated_on, DATE_FORMAT)
+        _parse_date(updated_on)
     except ValueError:
         raise ValueError(f"not a ServiceNow cursor: {cursor!r}") from None
     if version != CURSOR_VERSION or not (sys_id == "" or sys_id.replace("_", "").isalnum()):
@@ -340,7 +358,7 @@ class ServiceNowConnector:
             return True
         try:
             server_now = email.utils.parsedate_to_datetime(response.headers.get("date", ""))
-            last = datetime.strptime(updated_on, DATE_FORMAT).replace(tzinfo=UTC)
+            last = _parse_date(updated_on).replace(tzinfo=UTC)
         except (TypeError, ValueError):
             return False
         if server_now.tzinfo is None:
@@ -519,7 +537,7 @@ def _is_sys_id(value: str) -> bool:
 def _cursor_key(row: dict[str, Any]) -> tuple[str, str] | None:
     updated_on, sys_id = _str(row.get("sys_updated_on")), _str(row.get("sys_id"))
     try:
-        datetime.strptime(updated_on, DATE_FORMAT)
+        _parse_date(updated_on)
     except ValueError:
         return None
     return (updated_on, sys_id) if _is_sys_id(sys_id) else None

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from itertools import pairwise
 from typing import Any
 
@@ -38,6 +39,7 @@ from engine.handoff import HandoffContext, render_handoff
 from engine.model import (
     Clock,
     ClockState,
+    Comment,
     Decision,
     EscalationHistory,
     Priority,
@@ -47,7 +49,7 @@ from engine.model import (
     Ticket,
     Tier,
 )
-from engine.policy import CLOCK_FIELDS, CLOCK_NAMES, FACTS, Policy, Rule, flat_name
+from engine.policy import CLOCK_FIELDS, CLOCK_NAMES, FACTS, Policy, Rule, flat_name, rewrite
 from engine.review import next_review
 from engine.sla import (
     Pause,
@@ -218,16 +220,15 @@ def _last_reply(ticket: Ticket) -> _Stop:
 
 def _unknown(name: str, target: timedelta, calendar: BusinessCalendar, tier: Tier | None = None) -> Clock:
     """A clock whose stopping fact cannot be read here: shown in explain, never tagged, never breached."""
-    return Clock(
-        name=name,
-        target=target,
-        elapsed=timedelta(0),
-        remaining=target,
-        due_at=None,
-        state=ClockState.UNKNOWN,
-        calendar=calendar.name,
-        tier=tier,
-    )
+    return _unknown_clock(name, target, calendar.name, tier)
+
+
+@lru_cache(maxsize=1024)
+def _unknown_clock(name: str, target: timedelta, calendar: str, tier: Tier | None) -> Clock:
+    """One frozen Clock per distinct unknown clock: it depends on nothing of the ticket or the time, and a
+    platform without the history builds several per ticket (42k for 10k tickets, issue 14's profile)."""
+    zero = timedelta(0)
+    return Clock(name, target, zero, target, None, ClockState.UNKNOWN, calendar, tier=tier)
 
 
 def _clock(
@@ -526,12 +527,19 @@ _SIGNAL_SETS: dict[tuple[str, ...], frozenset[TagSignal]] = {}
 class _Env:
     """Everything a fact getter may need, computed once per evaluation."""
 
-    __slots__ = ("clocks", "history", "hours_at_tier", "now", "ticket")
+    __slots__ = ("clocks", "history", "hours_at_tier", "now", "ticket", "tier")
 
     def __init__(
-        self, ticket: Ticket, now: datetime, clocks: dict[str, Clock], hours: float, history: EscalationHistory
+        self,
+        ticket: Ticket,
+        now: datetime,
+        clocks: dict[str, Clock],
+        hours: float,
+        history: EscalationHistory,
+        tier: Tier,
     ) -> None:
         self.ticket = ticket
+        self.tier = tier
         self.now = now
         self.clocks = clocks
         self.hours_at_tier = hours
@@ -572,8 +580,8 @@ GETTERS: dict[str, Getter] = {
     "ticket.priority": lambda env: env.ticket.priority.value,
     "ticket.priority_rank": lambda env: int(env.ticket.priority.value[1]),
     "ticket.status": lambda env: env.ticket.status.value,
-    "ticket.tier": lambda env: env.ticket.effective_tier.value,
-    "ticket.tier_rank": lambda env: RANK[env.ticket.effective_tier],
+    "ticket.tier": lambda env: env.tier.value,
+    "ticket.tier_rank": lambda env: RANK[env.tier],
     "ticket.is_open": lambda env: not env.ticket.status.is_terminal,
     "ticket.segment": lambda env: env.ticket.segment or "",
     "ticket.organization": lambda env: env.ticket.organization or "",
@@ -618,9 +626,15 @@ def compute_facts(
     hours_at_tier: float,
     history: EscalationHistory,
     paths: tuple[str, ...],
+    tier: Tier | None = None,
 ) -> dict[str, Any]:
-    """The values of the named fact paths (dotted names as rules write them)."""
-    env = _Env(ticket, now, {clock.name: clock for clock in clocks}, hours_at_tier, history)
+    """The values of the named fact paths (dotted names as rules write them).
+
+    `tier`: the tier the ticket is taken to sit at (default its own): a chained pass asks what the rules say at
+    the next tier without copying the whole ticket (`dataclasses.replace` of a Ticket costs more than the facts).
+    """
+    clock_map = {clock.name: clock for clock in clocks}
+    env = _Env(ticket, now, clock_map, hours_at_tier, history, tier or ticket.effective_tier)
     return {path: GETTERS[path](env) for path in paths}
 
 
@@ -760,6 +774,13 @@ class _Prepared:
     """Facts whose shown value differs from the raw one (hours to minutes, lists to tuples)."""
     exact_facts: tuple[str, ...]
     """Every fact the exact rules show: the key of their outcomes as a group."""
+    batch: Any = None
+    """One CEL program giving the list of the conditions that run on every ticket (the rules neither exact nor
+    direct), None when fewer than two: one execute and one activation per ticket instead of one per rule."""
+    batch_names: _Names = ()
+    """The variables the batch reads."""
+    batch_slots: dict[int, int] = field(default_factory=dict)
+    """Rule index -> its condition's position in the batch's result."""
 
 
 def _prepare(policy: Policy) -> _Prepared:
@@ -789,23 +810,56 @@ def _prepare(policy: Policy) -> _Prepared:
             if exact:
                 exact_facts.extend(path for path in (*rule.facts, *rule.reason_facts) if path not in exact_facts)
         quantized = tuple(path for path in policy.fact_paths if path in _QUANTIZED)
-        prepared = policy.outcome_cache["prepared"] = _Prepared(steps, quantized, tuple(exact_facts))
+        batch, names, slots = _batch(policy, [step for step in steps if not step[3] and not step[1].direct])
+        prepared = _Prepared(steps, quantized, tuple(exact_facts), batch, names, slots)
+        policy.outcome_cache["prepared"] = prepared
     return prepared
+
+
+def _batch(policy: Policy, steps: list[_Step]) -> tuple[Any, _Names, dict[int, int]]:
+    """The conditions of `steps` compiled as one CEL list (see `_Prepared.batch`); (None, (), {}) if not worth it.
+
+    Each condition keeps its own semantics inside the list (CEL evaluates every element on its own); if any
+    element fails at run time the whole list fails, and the rules then run one by one so that only the failing
+    rule reports its error. Conditions go in on lines of their own: a `//` comment ends at the line's end.
+    """
+    if len(steps) < 2:
+        return None, (), {}
+    sources = [rewrite(rule.when, policy.thresholds).source for _, rule, _, _, _ in steps]
+    try:
+        program = cel.compile("[" + ", ".join(f"(\n{source}\n)" for source in sources) + "]")
+    except Exception:  # not expected (each compiled alone); the rules then simply run one by one
+        return None, (), {}
+    names = dict.fromkeys(name for _, _, _, _, step_names in steps for name in step_names)
+    return program, tuple(names), {step[0]: slot for slot, step in enumerate(steps)}
 
 
 class _Activation:
     """This ticket's CEL activation, fetched and brought up to date only when a condition has to run."""
 
-    __slots__ = ("context", "facts", "values")
+    __slots__ = ("batched", "context", "facts", "prepared", "values")
 
-    def __init__(self, facts: dict[str, Any]) -> None:
+    def __init__(self, facts: dict[str, Any], prepared: _Prepared) -> None:
         self.facts = facts
+        self.prepared = prepared
         self.context: cel.Context | None = None
         self.values: dict[str, Any] = {}
+        self.batched: list[Any] | None = None
+        """The batch's results for this ticket; [] once it failed (the rules then run one by one)."""
 
-    def run(self, rule: Rule, names: _Names) -> bool:
+    def run(self, index: int, rule: Rule, names: _Names) -> bool:
         if self.context is None:
             self.context, self.values = _context()
+        slot = self.prepared.batch_slots.get(index)
+        if slot is not None:
+            if self.batched is None:
+                try:
+                    _activate(self.context, self.values, self.prepared.batch_names, self.facts)
+                    self.batched = list(self.prepared.batch.execute(self.context))
+                except Exception:  # some condition fails here: each runs alone, the failing one reports
+                    self.batched = []
+            if self.batched:
+                return self.batched[slot] is True
         _activate(self.context, self.values, names, self.facts)
         return rule.program.execute(self.context) is True
 
@@ -823,7 +877,7 @@ def _outcome(
         if outcome is not None:
             return outcome, True
     try:
-        fired = facts[rule.direct] is True if rule.direct else cel_run.run(rule, names)
+        fired = facts[rule.direct] is True if rule.direct else cel_run.run(index, rule, names)
     except Exception as error:  # a type clash at run time must not stop the cycle: report it instead
         return RuleOutcome(rule.name, rule.description, False, f"error: {error}", target, rule.management), False
     if exact:
@@ -860,7 +914,7 @@ def run_rules(policy: Policy, facts: dict[str, Any], current: Tier) -> tuple[Rul
         shown = dict(facts)
         for path in prepared.quantized:
             shown[path] = shown_value(path, shown[path])
-    cel_run = _Activation(facts)
+    cel_run = _Activation(facts, prepared)
     # The tier's text, not the enum member: a key of plain values is left alone by the garbage collector.
     group_key = ("exact", current.value, tuple([facts[path] for path in prepared.exact_facts]))
     group = cache.get(group_key)
@@ -1034,9 +1088,8 @@ def evaluate(ticket: Ticket, policy: Policy, now: datetime, history: EscalationH
             break
         level = target
         path.append(level)
-        moved = replace(ticket, tier=level, tier_entered_at=now)
         moved_clocks = sla_clocks + tier_clocks(ticket, policy, now, level, now) + mgmt_clocks
-        facts = compute_facts(moved, now, moved_clocks, 0.0, history, policy.fact_paths)
+        facts = compute_facts(ticket, now, moved_clocks, 0.0, history, policy.fact_paths, level)
         outcomes = _merge_chain(outcomes, run_rules(policy, facts, level), level)
         target = _target_tier(outcomes, level)
     triggered = any(o.fired and o.management for o in outcomes)
@@ -1075,23 +1128,22 @@ def evaluate(ticket: Ticket, policy: Policy, now: datetime, history: EscalationH
             key_suffix = _escalation_key(target, history, moved_at)
         else:
             key_suffix = management_label(MANAGEMENT_START, track)
-        comment = render_handoff(
-            HandoffContext(
-                ticket=ticket,
-                policy=policy,
-                now=now,
-                current=current,
-                target=target,
-                management=management,
-                management_start=started or now,
-                clocks=tuple(clocks),
-                fired=tuple(outcome for outcome in outcomes if outcome.fired),
-                key=f"{ticket.instance}:{ticket.id}:{key_suffix}",
-                tier_start=tier_start,
-                path=tuple(path),
-                customer_escalations_30d=history.customer_escalations_30d if history is not _NO_HISTORY else None,
-            )
+        context = HandoffContext(
+            ticket=ticket,
+            policy=policy,
+            now=now,
+            current=current,
+            target=target,
+            management=management,
+            management_start=started or now,
+            clocks=tuple(clocks),
+            fired=tuple(outcome for outcome in outcomes if outcome.fired),
+            key=f"{ticket.instance}:{ticket.id}:{key_suffix}",
+            tier_start=tier_start,
+            path=tuple(path),
+            customer_escalations_30d=history.customer_escalations_30d if history is not _NO_HISTORY else None,
         )
+        comment = Comment.deferred(context.key, lambda: render_handoff(context).body)
     return Decision(
         platform=ticket.platform,
         instance=ticket.instance,

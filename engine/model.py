@@ -264,6 +264,29 @@ class Comment:
     body: str
     idempotency_key: str
 
+    @classmethod
+    def deferred(cls, idempotency_key: str, render: Callable[[], str]) -> Comment:
+        """A comment whose body is rendered on its first read (then kept), equal to `Comment(render(), key)`.
+
+        Why: the engine decides a handoff for every escalating ticket, but the note's text is only needed when
+        it is really posted (or shown); rendering it was a quarter of a backlog sweep's evaluation (issue 14).
+        The key is known at once: the ledger and the plan need only it.
+        """
+        comment = object.__new__(cls)
+        object.__setattr__(comment, "idempotency_key", idempotency_key)
+        object.__setattr__(comment, "_render", render)
+        return comment
+
+    def __getattr__(self, name: str) -> str:
+        # Reached only for an attribute the instance lacks: the body of a deferred comment, on its first read.
+        render = self.__dict__.get("_render")
+        if name != "body" or render is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        body: str = render()
+        object.__setattr__(self, "body", body)
+        object.__delattr__(self, "_render")  # the context it rendered from is no longer held
+        return body
+
     @property
     def marker(self) -> str:
         return COMMENT_MARKER.format(key=self.idempotency_key)

@@ -576,6 +576,8 @@ class Syncer:
             self.state.record_escalation(self.instance, _customer(ticket), ticket.id, label, now)
         decision = evaluate(ticket, self.policy, now, history)
         writeback = plan(decision, ticket, self.mapping.tags)
+        if writeback.comment is not None:
+            writeback.comment.body  # noqa: B018 - the engine defers the note's text: render it inside the guard
         running = history.management_started_at is not None and history.management_ended_at is None
         if running and not decision.management and self.mapping.tags.management not in ticket.tags:
             # The policy ended the track and no tag is left to remove: the end is recorded now. (With the tag

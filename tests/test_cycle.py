@@ -584,3 +584,22 @@ def test_a_management_tag_set_by_a_person_starts_the_track_and_its_clocks(tmp_pa
         assert world.marker_counts() == {}, "no management note for a track a person started"
     finally:
         world.close()
+
+
+def test_a_handoff_note_that_cannot_be_rendered_quarantines_its_ticket(
+    zendesk_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The engine defers the note's text to its first read (Comment.deferred): a fault rendering it must still
+    # be that ticket's evaluation fault (quarantined), not escape into the write path or stop the cycle.
+    import engine.escalate
+
+    def broken(context: Any) -> Any:
+        raise RuntimeError("template broke")
+
+    monkeypatch.setattr(engine.escalate, "render_handoff", broken)
+    world = zendesk_world
+    report = world.syncer().run_cycle()
+    assert report.error == "" and report.cursor_committed
+    assert report.comments == 0 and not world.marker_counts()
+    failed = [record for record in world.store.quarantined(world.name) if "template broke" in record.error]
+    assert failed and all(record.error.startswith("evaluation failed: RuntimeError") for record in failed)

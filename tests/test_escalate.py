@@ -479,6 +479,32 @@ def test_next_tier_target_and_runtime_errors_do_not_crash():
     assert bad.reason.startswith("error:")
 
 
+def test_conditions_run_together_keep_their_own_results_and_errors():
+    # The rules that run on every ticket (hours, ages) are evaluated as one CEL list; one failing element must
+    # not take the others down, and must report its own error as when each rule ran alone.
+    from engine.escalate import _prepare
+
+    data = copy.deepcopy(tomllib.loads(CONFIG.read_text())["policy"])
+    data["rules"] = [
+        {"name": "old", "when": "ticket.age_hours > 1.0 // a comment ends at the line's end", "tier": "L2"},
+        {"name": "bad-old", "when": "ticket.age_hours > 1.0 && flags.reopen_count + 1.0 > 2.0", "tier": "L4"},
+        {"name": "young", "when": "ticket.age_hours < 1.0", "tier": "L3"},
+    ]
+    policy = policy_from_dict(data)
+    assert _prepare(policy).batch is not None
+    item = ticket(flags=flags(reopen_count=1))
+    late = evaluate(item, policy, T0 + 3 * H)
+    old, bad, young = late.rules
+    assert old.fired and old.target_tier is Tier.L2
+    assert not bad.fired and bad.reason.startswith("error:")
+    assert not young.fired and young.reason.startswith("not met: ticket.age_hours = 3.00h")
+    assert late.target_tier is Tier.L2
+    early = evaluate(item, policy, T0 + 30 * M)  # the failing condition is false before it reaches the error
+    assert [rule.fired for rule in early.rules] == [False, False, True]
+    assert early.rules[1].reason.startswith("not met: ")
+    assert early.target_tier is Tier.L3
+
+
 def test_now_in_another_zone_is_normalized():
     from zoneinfo import ZoneInfo
 

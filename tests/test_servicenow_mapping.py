@@ -279,3 +279,34 @@ def test_a_reference_holding_garbage_is_no_requester(mapping: ServiceNowMapping)
     ticket = mapping.normalize(record(data), "acme")
     assert ticket.requester is None and ticket.organization is None
     assert mapping.normalize(record(page_row(0)), "acme").requester == page_row(0)["caller_id"]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2026-11-24 15:00:01",
+        "2024-02-29 00:00:00",
+        "2026-1-5 1:2:3",
+        "2026-02-30 10:00:00",
+        "2026-13-01 00:00:00",
+        "2026-11-24 25:00:00",
+        "2026-11-24T15:00:00",
+        "2026-11-24 15:00:00+01:00",
+        "2026-11-24 15:00:00.5",
+        "",
+        "x",
+    ],
+)
+def test_fast_date_parse_accepts_and_refuses_exactly_what_strptime_does(value: str) -> None:
+    # parse_datetime takes the fixed shape through fromisoformat (issue 14): nothing else may change.
+    from mappings.servicenow import DATE_FORMAT, parse_datetime
+
+    try:
+        expected: object = datetime.strptime(value, DATE_FORMAT).replace(tzinfo=UTC)
+    except ValueError as error:
+        expected = str(error)
+    try:
+        got: object = parse_datetime(value)
+    except ValueError as error:
+        got = str(error)
+    assert got == expected and (not isinstance(got, datetime) or got.tzinfo is UTC)
