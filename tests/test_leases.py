@@ -502,7 +502,9 @@ def test_a_daemon_killed_mid_write_is_taken_over_and_its_write_recovered(fleet: 
         fleet.start("d2")
         moved = wait_for("the takeover", lambda: taken_over(fleet.recorder, {instance}, {"d2"}, moment), 3 * TTL)
         print(f"kill -9 mid-write: {instance} taken over after {moved[instance]:.2f} s (TTL {TTL} s)")
-        assert moved[instance] <= TTL + 0.5
+        # Counted from the kill: the lease runs out within TTL; d2, started only after the kill, needs its own
+        # start-up (imports, config, first lease round) on top, which a loaded CI machine stretches past 0.5 s.
+        assert moved[instance] <= TTL + 2.0
         wait_for("every write settled", lambda: all(not store.pending(i) for i in INSTANCES), timeout=15)
         intent = store.get_intent(pending.key)
         assert intent is not None and intent.state is IntentState.DONE, "recovered, not lost"
