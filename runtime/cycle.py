@@ -194,6 +194,9 @@ class Syncer:
         self.batch_writes_from = batch_writes_from
         self._batch: list[tuple[WriteBack, Decision | None, Ticket]] = []
         """Due writes of the review step waiting to go out together (their intents are recorded when they go)."""
+        self._planned_from: dict[str, RawRecord] = {}
+        """The book's record each queued review write was planned from, until it is settled: a write's answer
+        that carries the ticket as written is booked with the sideloads of this record."""
         self.review_interval = review_interval
         self.ledger_retention = ledger_retention
         self.adopt_tag_only = adopt == "tag_only"
@@ -205,8 +208,12 @@ class Syncer:
         self.rescan = False
         """Scan every open ticket again in the next cycle, even if a scan has completed (`sync.py backfill`)."""
         self._generation_checked = False
-        self._polled: set[str] = set()
+        self._unpolled: set[str] = set()
+        """Tickets with a write queued by the review step that this cycle did not poll (cleared as each settles):
+        the cycle keeps no set of every id it polled, so its memory stays flat in the backlog's size."""
         self._rebooked: set[str] = set()
+        self._quarantined_now: set[str] = set()
+        """Records quarantined this cycle (the book does not mark them seen): a scan does not read them twice."""
         self._page_oldest: datetime | None = None
         self._page_newest: datetime | None = None
         """The last booked page's range of update times (the scan's progress)."""
@@ -228,9 +235,9 @@ class Syncer:
             report.error = f"RateLimitedError: the platform asked us to wait until {held.isoformat()}"
             return report
         self.state = self.store.snapshot(self.instance) if self.dry_run else self.store
-        self._polled, self._rebooked, self._attempts = set(), set(), 0
+        self._unpolled, self._rebooked, self._quarantined_now, self._attempts = set(), set(), set(), 0
         self._counts_before, self._cycle_counts = {}, None
-        self._maybe_applied = set()
+        self._maybe_applied, self._planned_from = set(), {}
         try:
             if not self.dry_run:
                 self._recover_pending(now, report)
@@ -367,6 +374,8 @@ class Syncer:
         """Put a page's records in the book; False if a stop request cut the page short (cursor stays)."""
         self._page_ids = {record.id for record in records}
         self._page_rows = self.state.tier_entries_many(self.instance, list(self._page_ids))
+        # A scan reading what this cycle has booked already (its poll, or an earlier page): the book says so.
+        booked = self.state.book_seen_since(self.instance, list(self._page_ids), now) if scan else set()
         entries: list[BookEntry] = []
         complete = True
         for record in records:
@@ -374,8 +383,8 @@ class Syncer:
                 report.stopped_early = True
                 complete = False
                 break
-            if scan and record.id in self._polled:
-                continue  # a scan reading what this cycle's poll has just booked
+            if record.id in booked or (scan and record.id in self._quarantined_now):
+                continue
             entry = self._book_entry(record, now, report, quarantined, adopting, scan)
             if entry is not None:
                 entries.append(entry)
@@ -395,7 +404,6 @@ class Syncer:
         scan: bool = False,
     ) -> BookEntry | None:
         report.tickets_seen += 1
-        self._polled.add(record.id)
         ticket = self._normalize(record, now, report)
         if ticket is None:
             # Its last good version may be in the book: no review may act on it while the platform's own
@@ -459,6 +467,7 @@ class Syncer:
 
     def _quarantine(self, record: RawRecord, error: str, now: datetime, report: CycleReport) -> None:
         report.quarantined += 1
+        self._quarantined_now.add(record.id)
         raw = json.dumps(record.data, default=str, sort_keys=True)
         first = self.dry_run or self.state.quarantine(self.instance, record.id, raw, error, now)
         if first:
@@ -500,12 +509,15 @@ class Syncer:
                 if self.stop.is_set():
                     report.stopped_early = True
                     break
-                processed.add(entry.ticket_id)
                 history = history_from_rows(entries.get(entry.ticket_id, []), (counts or {}).get(entry.customer, 0))
                 if not self._review_one(entry, history, now, report, updates):
                     self._schedule(updates, now, report)
                     return
             self._schedule(updates, now, report)
+            # Each reviewed entry is rescheduled past `now` as a rule; what is still due (or was re-read and
+            # booked afresh) is not reviewed twice in one cycle. Only those ids are held: flat in the book's size.
+            processed.update(ticket_id for ticket_id, at, _, _ in updates if at is not None and at <= now)
+            processed.update(self._rebooked)
 
     def _schedule(
         self, updates: list[tuple[str, datetime | None, int, bool]], now: datetime, report: CycleReport
@@ -550,6 +562,9 @@ class Syncer:
                 updates.append((entry.ticket_id, now, _urgency(decision, ticket), entry.adopt))
                 return False
             self._attempts += 1
+            self._observe(record)
+            if entry.seen_at is None or entry.seen_at < now:
+                self._unpolled.add(entry.ticket_id)
             if getattr(self.connector, "apply_many", None) is not None and not self.dry_run:
                 self._batch.append((writeback, decision, ticket))
                 if len(self._batch) >= BATCH_SIZE:
@@ -564,6 +579,32 @@ class Syncer:
             return True
         updates.append((entry.ticket_id, self._review_time(decision, now), _urgency(decision, ticket), False))
         return True
+
+    def _observe(self, record: RawRecord) -> None:
+        """Hand the connector the record a write is planned from (the book's copy), so a connector that needs
+        the ticket's current values to write (Zendesk's safe PUT replaces the tag list) reads none first."""
+        if self.dry_run:
+            return
+        self._planned_from[record.id] = record
+        observe = getattr(self.connector, "observe", None)
+        if observe is not None:
+            observe(record)
+
+    def _book_written(self, written: RawRecord, ticket: Ticket, decision: Decision | None, now: datetime) -> None:
+        """Book the ticket as our write left it (the answer's record, with the sideloads it was planned with),
+        next reviewed when the decision said: a review before the echo is polled then plans from what the
+        platform shows now, and sends nothing again. The echo itself is still evaluated when it is polled."""
+        before = self._planned_from.pop(ticket.id, None)
+        if decision is None or ticket.status.is_terminal:
+            return
+        record = RawRecord(written.id, written.data, {**(before.related if before else {}), **written.related})
+        try:
+            after = self.mapping.normalize(record, self.instance)
+        except Exception:  # the answer is not a record we can read: the echo's poll books the ticket instead
+            return
+        if after.status.is_terminal:
+            return
+        self.state.book_put(self.instance, [_open_entry(record, after, decision, self._review_time(decision, now), now)])
 
     # -- deciding and writing --------------------------------------------------------------------------------
 
@@ -610,7 +651,8 @@ class Syncer:
         """Writes and escalations of a ticket this cycle did not poll: time passing alone made them necessary."""
         written, escalated = report.writes, sum(report.escalations.values())
         yield
-        if ticket.id not in self._polled:
+        if ticket.id in self._unpolled:
+            self._unpolled.discard(ticket.id)
             report.review_writes += report.writes - written
             report.review_escalations += sum(report.escalations.values()) - escalated
 
@@ -625,10 +667,13 @@ class Syncer:
                     self._send(writeback, decision, ticket, now, report, retry_conflict=True)
             return
         batch = []
-        for writeback, decision, ticket in queued:
-            prepared = self._prepare(writeback, decision, ticket, now, report)
-            if prepared is not None:
-                batch.append((prepared, decision, ticket))
+        # Every intent of the job in one synced commit before the job is sent (not one disk sync each: the
+        # measured cost of a batched write was mostly these syncs); a crash before it commits sends nothing.
+        with self.state.transaction():
+            for writeback, decision, ticket in queued:
+                prepared = self._prepare(writeback, decision, ticket, now, report)
+                if prepared is not None:
+                    batch.append((prepared, decision, ticket))
         if not batch:
             return
         try:
@@ -641,7 +686,16 @@ class Syncer:
             for writeback, _, ticket in batch:
                 self._failed(writeback.key, str(error), now, report, ticket.id)
             return
-        for (writeback, decision, ticket), outcome in zip(batch, outcomes, strict=True):
+        settled = list(zip(batch, outcomes, strict=True))
+        # What the job applied is marked done in one commit; the rest (each may call the platform) one by one.
+        with self.state.transaction(sync=False):
+            for (writeback, decision, ticket), outcome in settled:
+                if isinstance(outcome, ApplyResult):
+                    with self._review_counts(ticket, report):
+                        self._settle(writeback, decision, ticket, now, report, outcome, retry_conflict=True)
+        for (writeback, decision, ticket), outcome in settled:
+            if isinstance(outcome, ApplyResult):
+                continue
             with self._review_counts(ticket, report):
                 if isinstance(outcome, NotBatchedError):
                     self._deliver(writeback, decision, ticket, now, report, retry_conflict=True)
@@ -743,6 +797,8 @@ class Syncer:
         with self.state.transaction(sync=False):
             self.state.mark_done(key, now)
             self._count_write(writeback, decision, ticket, now, report)
+            if outcome.record is not None:
+                self._book_written(outcome.record, ticket, decision, now)
 
     def _posted_before(self, writeback: WriteBack, intent: Intent, now: datetime) -> bool:
         """Whether a note recorded as a new intent just now was posted already, its done entry since pruned from
