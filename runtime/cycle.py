@@ -570,6 +570,7 @@ class Syncer:
                 if len(self._batch) >= BATCH_SIZE:
                     self._flush(now, report)
             else:
+                self._hand_over(ticket.id)
                 with self._review_counts(ticket, report):
                     self._send(writeback, decision, ticket, now, report, retry_conflict=True)
         if ticket.id in self._rebooked:
@@ -581,20 +582,24 @@ class Syncer:
         return True
 
     def _observe(self, record: RawRecord) -> None:
-        """Hand the connector the record a write is planned from (the book's copy), so a connector that needs
-        the ticket's current values to write (Zendesk's safe PUT replaces the tag list) reads none first."""
-        if self.dry_run:
-            return
-        self._planned_from[record.id] = record
+        """Keep the record a queued write is planned from (the book's copy) until the write is sent."""
+        if not self.dry_run:
+            self._planned_from[record.id] = record
+
+    def _hand_over(self, ticket_id: str) -> None:
+        """Just before a write is sent, give the connector the record it was planned from, so a connector that
+        needs the ticket's current values to write (Zendesk's safe PUT replaces the tag list) reads none."""
+        record = self._planned_from.get(ticket_id)
         observe = getattr(self.connector, "observe", None)
-        if observe is not None:
+        if record is not None and observe is not None:
             observe(record)
 
-    def _book_written(self, written: RawRecord, ticket: Ticket, decision: Decision | None, now: datetime) -> None:
+    def _book_written(
+        self, written: RawRecord, before: RawRecord | None, ticket: Ticket, decision: Decision | None, now: datetime
+    ) -> None:
         """Book the ticket as our write left it (the answer's record, with the sideloads it was planned with),
         next reviewed when the decision said: a review before the echo is polled then plans from what the
         platform shows now, and sends nothing again. The echo itself is still evaluated when it is polled."""
-        before = self._planned_from.pop(ticket.id, None)
         if decision is None or ticket.status.is_terminal:
             return
         record = RawRecord(written.id, written.data, {**(before.related if before else {}), **written.related})
@@ -604,7 +609,9 @@ class Syncer:
             return
         if after.status.is_terminal:
             return
-        self.state.book_put(self.instance, [_open_entry(record, after, decision, self._review_time(decision, now), now)])
+        self.state.book_put(
+            self.instance, [_open_entry(record, after, decision, self._review_time(decision, now), now)]
+        )
 
     # -- deciding and writing --------------------------------------------------------------------------------
 
@@ -663,6 +670,7 @@ class Syncer:
         queued, self._batch = self._batch, []
         if len(queued) < self.batch_writes_from:
             for writeback, decision, ticket in queued:
+                self._hand_over(ticket.id)
                 with self._review_counts(ticket, report):
                     self._send(writeback, decision, ticket, now, report, retry_conflict=True)
             return
@@ -672,8 +680,11 @@ class Syncer:
         with self.state.transaction():
             for writeback, decision, ticket in queued:
                 prepared = self._prepare(writeback, decision, ticket, now, report)
-                if prepared is not None:
-                    batch.append((prepared, decision, ticket))
+                if prepared is None:
+                    self._planned_from.pop(ticket.id, None)
+                    continue
+                self._hand_over(ticket.id)
+                batch.append((prepared, decision, ticket))
         if not batch:
             return
         try:
@@ -684,6 +695,8 @@ class Syncer:
             # The job was (or may have been) queued but its end was not seen: one attempt each, and recovery
             # checks the comment key before anything is sent again.
             for writeback, _, ticket in batch:
+                self._planned_from.pop(ticket.id, None)
+                self._unpolled.discard(ticket.id)
                 self._failed(writeback.key, str(error), now, report, ticket.id)
             return
         settled = list(zip(batch, outcomes, strict=True))
@@ -696,6 +709,7 @@ class Syncer:
         for (writeback, decision, ticket), outcome in settled:
             if isinstance(outcome, ApplyResult):
                 continue
+            self._hand_over(ticket.id)
             with self._review_counts(ticket, report):
                 if isinstance(outcome, NotBatchedError):
                     self._deliver(writeback, decision, ticket, now, report, retry_conflict=True)
@@ -713,8 +727,10 @@ class Syncer:
         retry_conflict: bool,
     ) -> None:
         prepared = self._prepare(writeback, decision, ticket, now, report)
-        if prepared is not None:
-            self._deliver(prepared, decision, ticket, now, report, retry_conflict=retry_conflict)
+        if prepared is None:
+            self._planned_from.pop(ticket.id, None)
+            return
+        self._deliver(prepared, decision, ticket, now, report, retry_conflict=retry_conflict)
 
     def _prepare(
         self, writeback: WriteBack, decision: Decision | None, ticket: Ticket, now: datetime, report: CycleReport
@@ -769,6 +785,7 @@ class Syncer:
         retry_conflict: bool,
     ) -> None:
         key = writeback.key
+        planned = self._planned_from.pop(ticket.id, None)
         try:
             if not isinstance(outcome, ApplyResult):
                 raise outcome
@@ -798,7 +815,7 @@ class Syncer:
             self.state.mark_done(key, now)
             self._count_write(writeback, decision, ticket, now, report)
             if outcome.record is not None:
-                self._book_written(outcome.record, ticket, decision, now)
+                self._book_written(outcome.record, planned, ticket, decision, now)
 
     def _posted_before(self, writeback: WriteBack, intent: Intent, now: datetime) -> bool:
         """Whether a note recorded as a new intent just now was posted already, its done entry since pruned from
