@@ -30,7 +30,7 @@ import json
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
@@ -75,6 +75,9 @@ SCAN_DONE = "done"
 REVIEW_CHUNK = 500
 """Due entries read from the book at a time."""
 BATCH_SIZE = 100
+DECIDED_SIZE = 1000
+"""Due tickets of this cycle's poll whose evaluation the review may reuse (most recent kept): bounded, so the
+cycle's memory stays flat in the backlog's size."""
 """Due writes handed to a connector's `apply_many` at once (one Zendesk update_many job)."""
 MAX_PAGES = 100_000
 """A poll that pages this often in one cycle is looping, whatever its cursors say."""
@@ -195,6 +198,13 @@ class Syncer:
         self._batch: list[tuple[WriteBack, Decision | None, Ticket]] = []
         """Due writes of the review step waiting to go out together (their intents are recorded when they go)."""
         self._planned_from: dict[str, RawRecord] = {}
+        self._decided: OrderedDict[str, tuple[RawRecord, Ticket, EscalationHistory, Decision, WriteBack]] = (
+            OrderedDict()
+        )
+        """What the poll decided for a ticket it found due, and from which history: the review of the same
+        ticket at the same `now` from the same history is the same pure evaluation (a written ticket used to
+        be decoded, normalized and evaluated twice in one cycle), so it is reused while the history matches."""
+        self._decided_history: EscalationHistory | None = None
         """The book's record each queued review write was planned from, until it is settled: a write's answer
         that carries the ticket as written is booked with the sideloads of this record."""
         self.review_interval = review_interval
@@ -238,6 +248,7 @@ class Syncer:
         self._unpolled, self._rebooked, self._quarantined_now, self._attempts = set(), set(), set(), 0
         self._counts_before, self._cycle_counts = {}, None
         self._maybe_applied, self._planned_from = set(), {}
+        self._decided.clear()
         try:
             if not self.dry_run:
                 self._recover_pending(now, report)
@@ -429,6 +440,11 @@ class Syncer:
             self._resolved(ticket, now)
         if ticket.status.is_terminal and not due:
             return _tombstone(ticket, now)
+        if due and self._decided_history is not None:
+            self._decided[ticket.id] = (record, ticket, self._decided_history, decision, writeback)
+            self._decided.move_to_end(ticket.id)
+            while len(self._decided) > DECIDED_SIZE:
+                self._decided.popitem(last=False)
         review_at = now if due else self._review_time(decision, now)
         return _open_entry(record, ticket, decision, review_at, now, adopt=adopting and due and self.adopt_tag_only)
 
@@ -543,16 +559,26 @@ class Syncer:
     ) -> bool:
         """Evaluate one due entry and write what differs; False once the write cap is reached."""
         report.reviewed += 1
-        record = decode_record(entry.raw or "{}")
-        ticket = self._normalize(record, now, report)
-        if ticket is None:  # the mapping changed under it: quarantined until it normalizes again
-            updates.append((entry.ticket_id, None, entry.urgency, False))
-            return True
-        decided = self._decide_safely(record, ticket, now, report, history)
-        if decided is None:
-            updates.append((entry.ticket_id, None, entry.urgency, False))
-            return True
-        decision, writeback = decided
+        cached = self._decided.pop(entry.ticket_id, None)
+        if (
+            cached is not None
+            and cached[2] == history
+            and cached[1].revision == entry.revision
+            and cached[1].updated_at == entry.updated_at
+        ):
+            record, ticket, _, decision, writeback = cached
+        else:
+            record = decode_record(entry.raw or "{}")
+            normalized = self._normalize(record, now, report)
+            if normalized is None:  # the mapping changed under it: quarantined until it normalizes again
+                updates.append((entry.ticket_id, None, entry.urgency, False))
+                return True
+            ticket = normalized
+            decided = self._decide_safely(record, ticket, now, report, history)
+            if decided is None:
+                updates.append((entry.ticket_id, None, entry.urgency, False))
+                return True
+            decision, writeback = decided
         if entry.adopt and writeback.comment is not None:
             # Adopting an instance: this escalation was due before the daemon first saw the ticket.
             writeback = replace(writeback, comment=None)
@@ -619,6 +645,7 @@ class Syncer:
         self, ticket: Ticket, now: datetime, history: EscalationHistory | None = None
     ) -> tuple[Decision, WriteBack]:
         history, seen = seen_on_ticket(history or self._history(ticket, now), ticket, self.policy, self.mapping, now)
+        self._decided_history = history if not seen else None  # rows recorded now: the review's history differs
         for label in seen:
             self.state.record_escalation(self.instance, _customer(ticket), ticket.id, label, now)
         decision = evaluate(ticket, self.policy, now, history)

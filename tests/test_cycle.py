@@ -263,6 +263,27 @@ def test_a_backlog_larger_than_the_connectors_memo_is_written_with_no_read(
     assert world.writes() == report.writes
 
 
+def test_a_ticket_polled_due_is_evaluated_once_in_the_cycle(
+    zendesk_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The review of a ticket the same cycle's poll found due, at the same moment and from the same history, is
+    the same pure evaluation: the poll's decision is reused (it was decoded, normalized and evaluated again)."""
+    import runtime.cycle
+
+    calls: list[str] = []
+    real = runtime.cycle.evaluate
+
+    def counting(ticket: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(ticket.id)
+        return real(ticket, *args, **kwargs)
+
+    monkeypatch.setattr(runtime.cycle, "evaluate", counting)
+    world = zendesk_world
+    report = world.syncer().run_cycle()
+    assert report.error == "" and report.writes > 0 and report.reviewed >= report.writes
+    assert len(calls) == len(set(calls)) <= report.tickets_seen
+
+
 def test_the_echo_of_our_own_write_costs_no_write(world: World) -> None:
     freeze_customer_history(world)
     syncer = world.syncer()
