@@ -483,6 +483,7 @@ class ZendeskConnector:
 
     def _batch_update(self, writeback: WriteBack, where: str) -> dict[str, Any]:
         """One ticket of a batch update: the mapping's tier fields, tags as a difference, the note."""
+        self._planned.pop(str(writeback.ticket_id), None)  # a job's answer carries no ticket to book
         memo = self._memo.get(str(writeback.ticket_id))
         if memo is not None and memo[0] == writeback.revision and memo[2] == "closed":
             raise PermanentWriteError(f"{where}: closed tickets cannot be updated")

@@ -75,7 +75,7 @@ SCAN_DONE = "done"
 REVIEW_CHUNK = 500
 """Due entries read from the book at a time."""
 BATCH_SIZE = 100
-DECIDED_SIZE = 1000
+DECIDED_SIZE = REVIEW_CHUNK
 """Due tickets of this cycle's poll whose evaluation the review may reuse (most recent kept): bounded, so the
 cycle's memory stays flat in the backlog's size."""
 """Due writes handed to a connector's `apply_many` at once (one Zendesk update_many job)."""
