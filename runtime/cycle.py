@@ -75,10 +75,10 @@ SCAN_DONE = "done"
 REVIEW_CHUNK = 500
 """Due entries read from the book at a time."""
 BATCH_SIZE = 100
+"""Due writes handed to a connector's `apply_many` at once (one Zendesk update_many job)."""
 DECIDED_SIZE = REVIEW_CHUNK
 """Due tickets of this cycle's poll whose evaluation the review may reuse (most recent kept): bounded, so the
 cycle's memory stays flat in the backlog's size."""
-"""Due writes handed to a connector's `apply_many` at once (one Zendesk update_many job)."""
 MAX_PAGES = 100_000
 """A poll that pages this often in one cycle is looping, whatever its cursors say."""
 PURGE_EVERY = timedelta(hours=1)
@@ -198,6 +198,8 @@ class Syncer:
         self._batch: list[tuple[WriteBack, Decision | None, Ticket]] = []
         """Due writes of the review step waiting to go out together (their intents are recorded when they go)."""
         self._planned_from: dict[str, RawRecord] = {}
+        """The book's record each queued review write was planned from, until it is settled: a write's answer
+        that carries the ticket as written is booked with the sideloads of this record."""
         self._decided: OrderedDict[str, tuple[RawRecord, Ticket, EscalationHistory, Decision, WriteBack]] = (
             OrderedDict()
         )
@@ -205,8 +207,7 @@ class Syncer:
         ticket at the same `now` from the same history is the same pure evaluation (a written ticket used to
         be decoded, normalized and evaluated twice in one cycle), so it is reused while the history matches."""
         self._decided_history: EscalationHistory | None = None
-        """The book's record each queued review write was planned from, until it is settled: a write's answer
-        that carries the ticket as written is booked with the sideloads of this record."""
+        """The history the last `_decide` evaluated with (None when it recorded rows of what it saw)."""
         self.review_interval = review_interval
         self.ledger_retention = ledger_retention
         self.adopt_tag_only = adopt == "tag_only"
