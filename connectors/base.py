@@ -89,6 +89,10 @@ class ApplyResult:
     ticket_id: str
     revision: str
     """The ticket's revision after the write, so the echo on the next poll is recognised as ours."""
+    record: RawRecord | None = None
+    """The ticket as the write left it, when the platform's answer carries it (Zendesk's Update Ticket does):
+    the cycle books it, so a review before the echo arrives sees our write, not the record from before it
+    (which would plan the same write again and meet a 409)."""
 
 
 class ConnectorError(Exception):

@@ -23,8 +23,10 @@ where its model fits, over `http.session()`; raw requests through `http.request`
   the bulk `update_many` form ("Updating tag lists"), and says a `tags` array on Update Ticket *replaces*
   the list. Because the PUT is a safe update, replacing is exact: we send `tags` = the tags we read at
   `revision`, minus `remove_tags`, plus `add_tags`; if anyone changed the ticket since, Zendesk refuses with
-  409 and the cycle re-reads and re-plans. The tags at `revision` come from the last poll/fetch of the ticket
-  (kept in a small memo); when the memo does not hold that revision we GET the ticket first.
+  409 and the cycle re-reads and re-plans. The tags at `revision` come from the record the write was planned
+  from: the cycle hands it over (`observe`) from its book before the write, and a fetch or a write's answer
+  leaves it too (a small memo); only when the memo does not hold that revision do we GET the ticket first.
+  The answer's ticket comes back in the ApplyResult, so the cycle books the ticket as written.
   Docs: https://developer.zendesk.com/api-reference/ticketing/tickets/tickets/#update-ticket
   https://developer.zendesk.com/documentation/ticketing/managing-tickets/creating-and-updating-tickets/
   (Protecting against ticket update collisions; the 409 body is `{"error": "UpdateConflict", ...}`)
@@ -157,6 +159,9 @@ class ZendeskConnector:
         self.page_size = max(1, min(int(self.options.get("page_size", DEFAULT_PAGE_SIZE)), MAX_PAGE_SIZE))
         self.lookback = timedelta(hours=float(self.options.get("initial_lookback_hours", DEFAULT_LOOKBACK_HOURS)))
         self._memo: OrderedDict[str, tuple[str, frozenset[str], str]] = OrderedDict()
+        self._planned: OrderedDict[str, tuple[str, Mapping[str, Any]]] = OrderedDict()
+        """The sideloads of each observed record, by ticket (its revision beside them): a write's answer is
+        handed back as the ticket as written, with these sideloads (`_written`)."""
         sources = {source.name: source for source in self.spec.history}
         unknown = set(sources) - {"ticket_events"}
         if unknown:
@@ -220,7 +225,7 @@ class ZendeskConnector:
         if tickets or not self._book.caught_up:
             # An idle cycle stays one call: with no ticket changed and the book caught up, no fact can be missing.
             self._follow_events(now)
-        records = self._records(tickets, body)
+        records = self._records(tickets, body, remember=False)
         return Page(records=records, cursor=str(next_cursor), has_more=not end_of_stream)
 
     def _follow_events(self, now: datetime) -> None:
@@ -263,7 +268,7 @@ class ZendeskConnector:
                 return
             book.until = max(book.until or 0, book.position)
 
-    def _records(self, tickets: Iterable[Any], body: Mapping[str, Any]) -> list[RawRecord]:
+    def _records(self, tickets: Iterable[Any], body: Mapping[str, Any], remember: bool = True) -> list[RawRecord]:
         organizations = {org.get("id"): org for org in _objects(body.get("organizations"))}
         metric_sets = {metric.get("ticket_id"): metric for metric in _objects(body.get("metric_sets"))}
         if isinstance(body.get("metric_set"), Mapping):
@@ -281,9 +286,52 @@ class ZendeskConnector:
                 related["metric_set"] = metric_set
             if self.events is not None:
                 related.update(self._book.related(ticket.get("id")))
-            self._remember(ticket)
+            if remember:
+                self._remember(ticket)
             records.append(RawRecord(id=str(ticket.get("id")), data=ticket, related=related))
         return records
+
+    def observe(self, record: RawRecord) -> None:
+        """The record a write about to be sent was planned from (the cycle's book): its tags at its revision
+        are what a safe PUT's `tags` list starts from, so the write needs no read first. Polled pages are not
+        memoised: a backlog larger than the memo would push out the tickets whose writes come after it."""
+        self._remember(record.data)
+        revision = record.data.get("updated_at")
+        if isinstance(revision, str):
+            self._planned[record.id] = (revision, record.related)
+            self._planned.move_to_end(record.id)
+            while len(self._planned) > _MEMO_SIZE:
+                self._planned.popitem(last=False)
+
+    def _written(self, writeback: WriteBack, ticket: dict[str, Any], audit: Any) -> RawRecord:
+        """The ticket as our safe PUT left it, with the sideloads of the record the write was planned from.
+
+        The PUT was a safe update at `writeback.revision`: nobody changed the ticket between that revision and
+        our write, so the planned record's history plus this write's own audit is its whole history up to now.
+        The event window is moved past the written revision accordingly (when it covered the planned revision):
+        none of our write's events counts as a reply, an agent action or a person's note, and a tier change
+        of ours shows as the history lagging behind the ticket, which the engine dates from its own record.
+        """
+        ticket_id = str(writeback.ticket_id)
+        planned = self._planned.pop(ticket_id, None)
+        if planned is None or planned[0] != writeback.revision:
+            return RawRecord(id=ticket_id, data=ticket)
+        related = dict(planned[1])
+        audits = related.get("ticket_audits")
+        if isinstance(audits, list) and isinstance(audit, Mapping):
+            related["ticket_audits"] = [*audits, audit]
+        window, written_at = related.get("ticket_events_window"), _epoch(ticket.get("updated_at"))
+        before_at = _epoch(writeback.revision)
+        if (
+            isinstance(window, list)
+            and len(window) == 2
+            and all(isinstance(edge, int) for edge in window)
+            and written_at is not None
+            and before_at is not None
+            and before_at < window[1]
+        ):
+            related["ticket_events_window"] = [window[0], max(window[1], int(written_at) + 1)]
+        return RawRecord(id=ticket_id, data=ticket, related=related)
 
     def _remember(self, ticket: Mapping[str, Any]) -> None:
         updated_at, tags = ticket.get("updated_at"), ticket.get("tags")
@@ -370,10 +418,13 @@ class ZendeskConnector:
                 f"{where}: changed since revision {writeback.revision}: {_error_text(self._body(response))}"
             )
         if status in (200, 201):
-            ticket = self._json(response, where).get("ticket") or {}
-            if isinstance(ticket, dict):
-                self._remember(ticket)
-            return ApplyResult(ticket_id=str(ticket_id), revision=str(ticket.get("updated_at") or ""))
+            body = self._json(response, where)
+            ticket = body.get("ticket")
+            if not isinstance(ticket, dict) or not ticket:
+                return ApplyResult(ticket_id=str(ticket_id), revision="")
+            self._remember(ticket)
+            written = self._written(writeback, ticket, body.get("audit"))
+            return ApplyResult(ticket_id=str(ticket_id), revision=str(ticket.get("updated_at") or ""), record=written)
         text = _error_text(self._body(response))
         if 400 <= status < 500:
             if status == 404:
@@ -432,6 +483,7 @@ class ZendeskConnector:
 
     def _batch_update(self, writeback: WriteBack, where: str) -> dict[str, Any]:
         """One ticket of a batch update: the mapping's tier fields, tags as a difference, the note."""
+        self._planned.pop(str(writeback.ticket_id), None)  # a job's answer carries no ticket to book
         memo = self._memo.get(str(writeback.ticket_id))
         if memo is not None and memo[0] == writeback.revision and memo[2] == "closed":
             raise PermanentWriteError(f"{where}: closed tickets cannot be updated")
@@ -581,6 +633,17 @@ class _EventBook:
         since = max(self.since, self._dropped_until or self.since)
         events = sorted(self._events.get(ticket_id, {}).values(), key=lambda event: str(event.get("timestamp")))
         return {"ticket_events": events, "ticket_events_window": [since, self.until]}
+
+
+def _epoch(value: Any) -> float | None:
+    """Zendesk's `updated_at` (`2026-11-16T10:23:37Z`) as epoch seconds; None when it is not such a time."""
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment.timestamp() if moment.tzinfo is not None else None
 
 
 def _objects(value: Any) -> list[Mapping[str, Any]]:

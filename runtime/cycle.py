@@ -30,7 +30,7 @@ import json
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
@@ -76,6 +76,9 @@ REVIEW_CHUNK = 500
 """Due entries read from the book at a time."""
 BATCH_SIZE = 100
 """Due writes handed to a connector's `apply_many` at once (one Zendesk update_many job)."""
+DECIDED_SIZE = REVIEW_CHUNK
+"""Due tickets of this cycle's poll whose evaluation the review may reuse (most recent kept): bounded, so the
+cycle's memory stays flat in the backlog's size."""
 MAX_PAGES = 100_000
 """A poll that pages this often in one cycle is looping, whatever its cursors say."""
 PURGE_EVERY = timedelta(hours=1)
@@ -195,6 +198,17 @@ class Syncer:
         self.batch_writes_from = batch_writes_from
         self._batch: list[tuple[WriteBack, Decision | None, Ticket]] = []
         """Due writes of the review step waiting to go out together (their intents are recorded when they go)."""
+        self._planned_from: dict[str, RawRecord] = {}
+        """The book's record each queued review write was planned from, until it is settled: a write's answer
+        that carries the ticket as written is booked with the sideloads of this record."""
+        self._decided: OrderedDict[str, tuple[RawRecord, Ticket, EscalationHistory, Decision, WriteBack]] = (
+            OrderedDict()
+        )
+        """What the poll decided for a ticket it found due, and from which history: the review of the same
+        ticket at the same `now` from the same history is the same pure evaluation (a written ticket used to
+        be decoded, normalized and evaluated twice in one cycle), so it is reused while the history matches."""
+        self._decided_history: EscalationHistory | None = None
+        """The history the last `_decide` evaluated with (None when it recorded rows of what it saw)."""
         self.review_interval = review_interval
         self.ledger_retention = ledger_retention
         self.adopt_tag_only = adopt == "tag_only"
@@ -206,8 +220,12 @@ class Syncer:
         self.rescan = False
         """Scan every open ticket again in the next cycle, even if a scan has completed (`sync.py backfill`)."""
         self._generation_checked = False
-        self._polled: set[str] = set()
+        self._unpolled: set[str] = set()
+        """Tickets with a write queued by the review step that this cycle did not poll (cleared as each settles):
+        the cycle keeps no set of every id it polled, so its memory stays flat in the backlog's size."""
         self._rebooked: set[str] = set()
+        self._quarantined_now: set[str] = set()
+        """Records quarantined this cycle (the book does not mark them seen): a scan does not read them twice."""
         self._page_oldest: datetime | None = None
         self._page_newest: datetime | None = None
         """The last booked page's range of update times (the scan's progress)."""
@@ -229,9 +247,10 @@ class Syncer:
             report.error = f"RateLimitedError: the platform asked us to wait until {held.isoformat()}"
             return report
         self.state = self.store.snapshot(self.instance) if self.dry_run else self.store
-        self._polled, self._rebooked, self._attempts = set(), set(), 0
+        self._unpolled, self._rebooked, self._quarantined_now, self._attempts = set(), set(), set(), 0
         self._counts_before, self._cycle_counts = {}, None
-        self._maybe_applied, self._maybe_queued = set(), set()
+        self._maybe_applied, self._maybe_queued, self._planned_from = set(), set(), {}
+        self._decided.clear()
         try:
             if not self.dry_run:
                 self._recover_pending(now, report)
@@ -368,6 +387,8 @@ class Syncer:
         """Put a page's records in the book; False if a stop request cut the page short (cursor stays)."""
         self._page_ids = {record.id for record in records}
         self._page_rows = self.state.tier_entries_many(self.instance, list(self._page_ids))
+        # A scan reading what this cycle has booked already (its poll, or an earlier page): the book says so.
+        booked = self.state.book_seen_since(self.instance, list(self._page_ids), now) if scan else set()
         entries: list[BookEntry] = []
         complete = True
         for record in records:
@@ -375,8 +396,8 @@ class Syncer:
                 report.stopped_early = True
                 complete = False
                 break
-            if scan and record.id in self._polled:
-                continue  # a scan reading what this cycle's poll has just booked
+            if record.id in booked or (scan and record.id in self._quarantined_now):
+                continue
             entry = self._book_entry(record, now, report, quarantined, adopting, scan)
             if entry is not None:
                 entries.append(entry)
@@ -396,7 +417,6 @@ class Syncer:
         scan: bool = False,
     ) -> BookEntry | None:
         report.tickets_seen += 1
-        self._polled.add(record.id)
         ticket = self._normalize(record, now, report)
         if ticket is None:
             # Its last good version may be in the book: no review may act on it while the platform's own
@@ -422,6 +442,11 @@ class Syncer:
             self._resolved(ticket, now)
         if ticket.status.is_terminal and not due:
             return _tombstone(ticket, now)
+        if due and self._decided_history is not None:
+            self._decided[ticket.id] = (record, ticket, self._decided_history, decision, writeback)
+            self._decided.move_to_end(ticket.id)
+            while len(self._decided) > DECIDED_SIZE:
+                self._decided.popitem(last=False)
         review_at = now if due else self._review_time(decision, now)
         return _open_entry(record, ticket, decision, review_at, now, adopt=adopting and due and self.adopt_tag_only)
 
@@ -460,6 +485,7 @@ class Syncer:
 
     def _quarantine(self, record: RawRecord, error: str, now: datetime, report: CycleReport) -> None:
         report.quarantined += 1
+        self._quarantined_now.add(record.id)
         raw = json.dumps(record.data, default=str, sort_keys=True)
         first = self.dry_run or self.state.quarantine(self.instance, record.id, raw, error, now)
         if first:
@@ -501,12 +527,15 @@ class Syncer:
                 if self.stop.is_set():
                     report.stopped_early = True
                     break
-                processed.add(entry.ticket_id)
                 history = history_from_rows(entries.get(entry.ticket_id, []), (counts or {}).get(entry.customer, 0))
                 if not self._review_one(entry, history, now, report, updates):
                     self._schedule(updates, now, report)
                     return
             self._schedule(updates, now, report)
+            # Each reviewed entry is rescheduled past `now` as a rule; what is still due (or was re-read and
+            # booked afresh) is not reviewed twice in one cycle. Only those ids are held: flat in the book's size.
+            processed.update(ticket_id for ticket_id, at, _, _ in updates if at is not None and at <= now)
+            processed.update(self._rebooked)
 
     def _schedule(
         self, updates: list[tuple[str, datetime | None, int, bool]], now: datetime, report: CycleReport
@@ -532,16 +561,26 @@ class Syncer:
     ) -> bool:
         """Evaluate one due entry and write what differs; False once the write cap is reached."""
         report.reviewed += 1
-        record = decode_record(entry.raw or "{}")
-        ticket = self._normalize(record, now, report)
-        if ticket is None:  # the mapping changed under it: quarantined until it normalizes again
-            updates.append((entry.ticket_id, None, entry.urgency, False))
-            return True
-        decided = self._decide_safely(record, ticket, now, report, history)
-        if decided is None:
-            updates.append((entry.ticket_id, None, entry.urgency, False))
-            return True
-        decision, writeback = decided
+        cached = self._decided.pop(entry.ticket_id, None)
+        if (
+            cached is not None
+            and cached[2] == history
+            and cached[1].revision == entry.revision
+            and cached[1].updated_at == entry.updated_at
+        ):
+            record, ticket, _, decision, writeback = cached
+        else:
+            record = decode_record(entry.raw or "{}")
+            normalized = self._normalize(record, now, report)
+            if normalized is None:  # the mapping changed under it: quarantined until it normalizes again
+                updates.append((entry.ticket_id, None, entry.urgency, False))
+                return True
+            ticket = normalized
+            decided = self._decide_safely(record, ticket, now, report, history)
+            if decided is None:
+                updates.append((entry.ticket_id, None, entry.urgency, False))
+                return True
+            decision, writeback = decided
         if entry.adopt and writeback.comment is not None:
             # Adopting an instance: this escalation was due before the daemon first saw the ticket.
             writeback = replace(writeback, comment=None)
@@ -551,11 +590,15 @@ class Syncer:
                 updates.append((entry.ticket_id, now, _urgency(decision, ticket), entry.adopt))
                 return False
             self._attempts += 1
+            self._observe(record)
+            if entry.seen_at is None or entry.seen_at < now:
+                self._unpolled.add(entry.ticket_id)
             if getattr(self.connector, "apply_many", None) is not None and not self.dry_run:
                 self._batch.append((writeback, decision, ticket))
                 if len(self._batch) >= BATCH_SIZE:
                     self._flush(now, report)
             else:
+                self._hand_over(ticket.id)
                 with self._review_counts(ticket, report):
                     self._send(writeback, decision, ticket, now, report, retry_conflict=True)
         if ticket.id in self._rebooked:
@@ -566,12 +609,45 @@ class Syncer:
         updates.append((entry.ticket_id, self._review_time(decision, now), _urgency(decision, ticket), False))
         return True
 
+    def _observe(self, record: RawRecord) -> None:
+        """Keep the record a queued write is planned from (the book's copy) until the write is sent."""
+        if not self.dry_run:
+            self._planned_from[record.id] = record
+
+    def _hand_over(self, ticket_id: str) -> None:
+        """Just before a write is sent, give the connector the record it was planned from, so a connector that
+        needs the ticket's current values to write (Zendesk's safe PUT replaces the tag list) reads none."""
+        record = self._planned_from.get(ticket_id)
+        observe = getattr(self.connector, "observe", None)
+        if record is not None and observe is not None:
+            observe(record)
+
+    def _book_written(
+        self, written: RawRecord, before: RawRecord | None, ticket: Ticket, decision: Decision | None, now: datetime
+    ) -> None:
+        """Book the ticket as our write left it (the answer's record, with the sideloads it was planned with),
+        next reviewed when the decision said: a review before the echo is polled then plans from what the
+        platform shows now, and sends nothing again. The echo itself is still evaluated when it is polled."""
+        if decision is None or ticket.status.is_terminal:
+            return
+        record = RawRecord(written.id, written.data, {**(before.related if before else {}), **written.related})
+        try:
+            after = self.mapping.normalize(record, self.instance)
+        except Exception:  # the answer is not a record we can read: the echo's poll books the ticket instead
+            return
+        if after.status.is_terminal:
+            return
+        self.state.book_put(
+            self.instance, [_open_entry(record, after, decision, self._review_time(decision, now), now)]
+        )
+
     # -- deciding and writing --------------------------------------------------------------------------------
 
     def _decide(
         self, ticket: Ticket, now: datetime, history: EscalationHistory | None = None
     ) -> tuple[Decision, WriteBack]:
         history, seen = seen_on_ticket(history or self._history(ticket, now), ticket, self.policy, self.mapping, now)
+        self._decided_history = history if not seen else None  # rows recorded now: the review's history differs
         for label in seen:
             self.state.record_escalation(self.instance, _customer(ticket), ticket.id, label, now)
         decision = evaluate(ticket, self.policy, now, history)
@@ -613,7 +689,8 @@ class Syncer:
         """Writes and escalations of a ticket this cycle did not poll: time passing alone made them necessary."""
         written, escalated = report.writes, sum(report.escalations.values())
         yield
-        if ticket.id not in self._polled:
+        if ticket.id in self._unpolled:
+            self._unpolled.discard(ticket.id)
             report.review_writes += report.writes - written
             report.review_escalations += sum(report.escalations.values()) - escalated
 
@@ -624,13 +701,20 @@ class Syncer:
         queued, self._batch = self._batch, []
         if len(queued) < self.batch_writes_from:
             for writeback, decision, ticket in queued:
+                self._hand_over(ticket.id)
                 with self._review_counts(ticket, report):
                     self._send(writeback, decision, ticket, now, report, retry_conflict=True)
             return
         batch = []
-        for writeback, decision, ticket in queued:
-            prepared = self._prepare(writeback, decision, ticket, now, report)
-            if prepared is not None:
+        # Every intent of the job in one synced commit before the job is sent (not one disk sync each: the
+        # measured cost of a batched write was mostly these syncs); a crash before it commits sends nothing.
+        with self.state.transaction():
+            for writeback, decision, ticket in queued:
+                prepared = self._prepare(writeback, decision, ticket, now, report)
+                if prepared is None:
+                    self._planned_from.pop(ticket.id, None)
+                    continue
+                self._hand_over(ticket.id)
                 batch.append((prepared, decision, ticket))
         if not batch:
             return
@@ -644,10 +728,22 @@ class Syncer:
             # note (tier and tags are idempotent); a note not found yet waits for the next cycle, because a job
             # still queued would post it a second time after a re-send.
             for writeback, _, ticket in batch:
+                self._planned_from.pop(ticket.id, None)
+                self._unpolled.discard(ticket.id)
                 self._failed(writeback.key, str(error), now, report, ticket.id)
                 self._maybe_queued.add(writeback.key)
             return
-        for (writeback, decision, ticket), outcome in zip(batch, outcomes, strict=True):
+        settled = list(zip(batch, outcomes, strict=True))
+        # What the job applied is marked done in one commit; the rest (each may call the platform) one by one.
+        with self.state.transaction(sync=False):
+            for (writeback, decision, ticket), outcome in settled:
+                if isinstance(outcome, ApplyResult):
+                    with self._review_counts(ticket, report):
+                        self._settle(writeback, decision, ticket, now, report, outcome, retry_conflict=True)
+        for (writeback, decision, ticket), outcome in settled:
+            if isinstance(outcome, ApplyResult):
+                continue
+            self._hand_over(ticket.id)
             with self._review_counts(ticket, report):
                 if isinstance(outcome, NotBatchedError):
                     self._deliver(writeback, decision, ticket, now, report, retry_conflict=True)
@@ -665,8 +761,10 @@ class Syncer:
         retry_conflict: bool,
     ) -> None:
         prepared = self._prepare(writeback, decision, ticket, now, report)
-        if prepared is not None:
-            self._deliver(prepared, decision, ticket, now, report, retry_conflict=retry_conflict)
+        if prepared is None:
+            self._planned_from.pop(ticket.id, None)
+            return
+        self._deliver(prepared, decision, ticket, now, report, retry_conflict=retry_conflict)
 
     def _prepare(
         self, writeback: WriteBack, decision: Decision | None, ticket: Ticket, now: datetime, report: CycleReport
@@ -721,6 +819,7 @@ class Syncer:
         retry_conflict: bool,
     ) -> None:
         key = writeback.key
+        planned = self._planned_from.pop(ticket.id, None)
         try:
             if not isinstance(outcome, ApplyResult):
                 raise outcome
@@ -749,6 +848,8 @@ class Syncer:
         with self.state.transaction(sync=False):
             self.state.mark_done(key, now)
             self._count_write(writeback, decision, ticket, now, report)
+            if outcome.record is not None:
+                self._book_written(outcome.record, planned, ticket, decision, now)
 
     def _posted_before(self, writeback: WriteBack, intent: Intent, now: datetime) -> bool:
         """Whether a note recorded as a new intent just now was posted already, its done entry since pruned from

@@ -207,6 +207,11 @@ class Store(Protocol):
         """`escalations_since` of every customer at once."""
         ...
 
+    def book_seen_since(self, instance: str, ticket_ids: Sequence[str], since: datetime) -> set[str]:
+        """Which of these tickets the book last saw at or after `since` (a cycle asks which its poll has
+        booked already, instead of holding every polled id in memory)."""
+        ...
+
     # Leases (state/lease.py): times are the database's clock, so daemons on hosts whose clocks differ agree.
 
     def daemon_heartbeat(self, holder: str, ttl: float) -> int:

@@ -560,6 +560,21 @@ class SqlStore:
                 found.setdefault(ticket_id, []).append((tier, self._decode_time(at)))
         return found
 
+    def book_seen_since(self, instance: str, ticket_ids: Sequence[str], since: datetime) -> set[str]:
+        seen: set[str] = set()
+        ids = list(dict.fromkeys(ticket_ids))
+        at = self._encode_time(since, "since")
+        for start in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[start : start + _IN_CHUNK]
+            marks = ", ".join("?" for _ in chunk)
+            rows = self._all(
+                "reading when tickets were seen",
+                f"SELECT ticket_id FROM book WHERE instance = ? AND seen_at >= ? AND ticket_id IN ({marks})",
+                (instance, at, *chunk),
+            )
+            seen.update(ticket_id for (ticket_id,) in rows)
+        return seen
+
     def escalation_counts(self, since: datetime) -> dict[str, int]:
         first, boundary = self._window(since)
         rows = self._all(

@@ -230,6 +230,60 @@ def test_with_live_history_unchanged_tickets_settle_within_three_cycles(world: W
     assert all(report.writes == 0 for report in reports[3:]), [report.writes for report in reports]
 
 
+def test_a_review_soon_after_our_writes_plans_from_the_tickets_as_written(zendesk_world: World) -> None:
+    """The first cycle's escalations cross the customers' repeated-failure count, so their open tickets are due
+    again at once. Ten seconds later (no echo polled yet) the book holds each written ticket as our write's
+    answer showed it: no write is planned again, so no 409 and no re-read; the cycle costs its one poll call
+    plus one call per write (it was 117 calls, 38 of them conflicts, when the book kept the records from
+    before the writes)."""
+    world = zendesk_world
+    syncer = world.syncer()
+    first = syncer.run_cycle()
+    assert first.writes > 0 and first.error == ""
+    before = len(world.sandbox.requests)
+    world.clock.advance(timedelta(seconds=10))
+    second = syncer.run_cycle()
+    assert second.error == "" and second.reviewed > 0
+    assert second.conflicts == 0
+    assert second.api_calls == 1 + second.writes
+    gets = [path for method, path in world.sandbox.requests[before:] if method == "GET" and "/tickets/" in path]
+    assert [path for path in gets if "incremental" not in path] == []
+
+
+def test_a_backlog_larger_than_the_connectors_memo_is_written_with_no_read(
+    zendesk_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writes come after the whole read: the record each write is planned from is the book's, handed to the
+    connector, not one it may have forgotten (its memo of polled tickets once sent a GET before such PUTs)."""
+    monkeypatch.setattr("connectors.zendesk._MEMO_SIZE", 3)
+    world = zendesk_world
+    report = world.syncer().run_cycle()
+    assert report.writes > 3 and report.error == ""
+    assert world.sandbox.calls("GET", r"^/api/v2/tickets/\d+\.json$") == 0
+    assert world.writes() == report.writes
+
+
+def test_a_ticket_polled_due_is_evaluated_once_in_the_cycle(
+    zendesk_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The review of a ticket the same cycle's poll found due, at the same moment and from the same history, is
+    the same pure evaluation: the poll's decision is reused (it was decoded, normalized and evaluated again)."""
+    import runtime.cycle
+
+    calls: list[str] = []
+    real = runtime.cycle.evaluate
+
+    def counting(ticket: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(ticket.id)
+        return real(ticket, *args, **kwargs)
+
+    monkeypatch.setattr(runtime.cycle, "evaluate", counting)
+    world = zendesk_world
+    report = world.syncer().run_cycle()
+    assert report.error == "" and report.writes > 0 and report.reviewed >= report.writes
+    assert len(calls) == len(set(calls)) <= report.tickets_seen
+
+
 def test_the_echo_of_our_own_write_costs_no_write(world: World) -> None:
     freeze_customer_history(world)
     syncer = world.syncer()

@@ -688,6 +688,21 @@ def test_history_in_bulk_matches_history_one_by_one(store: Store) -> None:
     assert store.escalations_since("acme", T0 - timedelta(days=30)) == 2
 
 
+def test_book_seen_since_names_the_tickets_booked_at_or_after_a_moment(store: Store) -> None:
+    """How a cycle's scan skips what its poll booked, without a set of every polled id in memory."""
+    t0 = datetime(2026, 11, 16, 13, 0, tzinfo=UTC)
+    entries = [
+        BookEntry(f"{n}", True, t0 - timedelta(days=1), "r", "{}", "acme", seen_at=t0 - timedelta(seconds=n % 2))
+        for n in range(1200)
+    ]
+    store.book_put("zd", [*entries, replace(entries[0], ticket_id="never", seen_at=None)])
+    store.book_put("other", [replace(entries[1], seen_at=t0)])
+    asked = [str(n) for n in range(1200)] + ["never", "unknown"]
+    assert store.book_seen_since("zd", asked, t0) == {str(n) for n in range(0, 1200, 2)}
+    assert store.book_seen_since("zd", ["1"], t0 - timedelta(seconds=1)) == {"1"}
+    assert store.book_seen_since("zd", [], t0) == set()
+
+
 def test_a_snapshot_is_a_throwaway_copy(store: Store) -> None:
     store.set_cursor("zd", "c1")
     store.book_put("zd", [entry("1", T0, review_at=T0)])

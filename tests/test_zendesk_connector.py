@@ -30,7 +30,7 @@ import pytest
 import respx
 from pydantic import SecretStr
 
-from connectors.base import AuthError, ConflictError, PermanentWriteError, TransientError
+from connectors.base import AuthError, ConflictError, PermanentWriteError, RawRecord, TransientError
 from connectors.http import HttpClient, HttpOptions
 from connectors.zendesk import ZendeskConnector, make_auth
 from engine.model import Comment, Status, Tier, WriteBack
@@ -258,6 +258,59 @@ def test_apply_sends_one_safe_put_with_tier_tags_and_private_comment(connector: 
     }
     assert result.ticket_id == "4101"
     assert result.revision == "2026-11-21T19:05:40Z"
+
+
+@respx.mock
+def test_apply_after_polling_more_tickets_than_the_memo_holds_needs_no_read(
+    connector: ZendeskConnector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cycle hands the connector the book's record before the write: a backlog larger than the memo (whose
+    writes all come after the whole read) is written with no GET before its PUTs."""
+    monkeypatch.setattr("connectors.zendesk._MEMO_SIZE", 1)
+    shown = fixture("ticket_show.json")
+    page = {
+        "tickets": [shown["ticket"], {**shown["ticket"], "id": 4102}, {**shown["ticket"], "id": 4103}],
+        "after_cursor": "MTc2MzY3",
+        "after_url": f"{INCREMENTAL}?cursor=MTc2MzY3",
+        "before_cursor": None,
+        "before_url": None,
+        "end_of_stream": True,
+    }
+    respx.get(INCREMENTAL).mock(return_value=httpx.Response(200, json=page))
+    show = respx.get(f"{BASE}/api/v2/tickets/4101.json").mock(return_value=httpx.Response(200, json=shown))
+    put = respx.put(f"{BASE}/api/v2/tickets/4101.json").mock(
+        return_value=httpx.Response(200, json=fixture("ticket_update_200.json"))
+    )
+    records = connector.poll(None, NOW).records
+    connector.observe(next(record for record in records if record.id == "4101"))
+    result = connector.apply(writeback())
+    assert show.call_count == 0 and put.call_count == 1
+    assert json.loads(put.calls.last.request.content)["ticket"]["tags"] == [
+        "checkout",
+        "churn_risk",
+        "esc_breached_first_response",
+        "esc_management",
+        "eu",
+    ]
+    # The answer's ticket comes back: the cycle books the ticket as written, not as it was before the write.
+    assert result.record is not None and result.record.data["updated_at"] == result.revision == "2026-11-21T19:05:40Z"
+
+
+def test_the_ticket_as_written_keeps_its_sideloads_and_a_complete_history_window(
+    connector: ZendeskConnector,
+) -> None:
+    """A safe PUT at the planned revision proves nobody changed the ticket in between: the planned record's
+    complete event window is moved past the written revision (none of our write's events is a reply or an
+    agent's action), so the record as written reads the same facts as its echo will."""
+    planned_at = int(datetime(2026, 11, 21, 19, 2, 13, tzinfo=UTC).timestamp())
+    related = {"metric_set": {"ticket_id": 4101}, "ticket_events": [], "ticket_events_window": [0, planned_at + 60]}
+    shown = fixture("ticket_show.json")["ticket"]
+    connector.observe(RawRecord("4101", shown, related))
+    written = connector._written(writeback(), {**shown, "updated_at": "2026-11-21T19:05:40Z"}, None)
+    assert written.related["metric_set"] == {"ticket_id": 4101}
+    assert written.related["ticket_events_window"] == [0, planned_at + 208]
+    # Planned from another revision (or never observed): the answer alone, no history claimed.
+    assert connector._written(writeback(), shown, None).related == {}
 
 
 @respx.mock
