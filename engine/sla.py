@@ -157,31 +157,7 @@ def compute_clock(
                 breached_at = calendar.add_business_time(seg_start, target - elapsed)
             elapsed += part
         paused = not stopped and is_paused_at(pauses, now)
-    remaining = target - elapsed
-    due_at: datetime | None
-    if stopped:
-        state = ClockState.MET
-        due_at = breached_at
-    elif breached_at is not None:
-        state = ClockState.BREACHED
-        due_at = breached_at
-    elif paused:
-        state = ClockState.PAUSED
-        due_at = None  # unknown until the ticket resumes
-    else:
-        state = ClockState.AT_RISK if elapsed >= target * at_risk_fraction else ClockState.OK
-        due_at = calendar.add_business_time(now, remaining)
-    return Clock(
-        name=name,
-        target=target,
-        elapsed=elapsed,
-        remaining=remaining,
-        due_at=due_at,
-        state=state,
-        calendar=calendar.name,
-        breached_at=breached_at,
-        tier=tier,
-    )
+    return _finish(name, target, elapsed, breached_at, stopped, paused, now, calendar, at_risk_fraction, tier)
 
 
 Period = tuple[datetime | None, timedelta | None, BusinessCalendar]
@@ -230,8 +206,24 @@ def compute_clock_periods(
             elapsed += part
     _, current_target, current_calendar = periods[-1]
     target = current_target if current_target is not None else ZERO
-    remaining = target - elapsed
     paused = not stopped and is_paused_at(pauses, now)
+    return _finish(name, target, elapsed, breached_at, stopped, paused, now, current_calendar, at_risk_fraction)
+
+
+def _finish(
+    name: str,
+    target: timedelta,
+    elapsed: timedelta,
+    breached_at: datetime | None,
+    stopped: bool,
+    paused: bool,
+    now: datetime,
+    calendar: BusinessCalendar,
+    at_risk_fraction: float,
+    tier: Tier | None = None,
+) -> Clock:
+    """The clock's state from what was measured: one rule for a fixed target and for one that changed."""
+    remaining = target - elapsed
     due_at: datetime | None
     if stopped:
         state = ClockState.MET
@@ -241,10 +233,10 @@ def compute_clock_periods(
         due_at = breached_at
     elif paused:
         state = ClockState.PAUSED
-        due_at = None
+        due_at = None  # unknown until the ticket resumes
     else:
         state = ClockState.AT_RISK if elapsed >= target * at_risk_fraction else ClockState.OK
-        due_at = current_calendar.add_business_time(now, remaining)
+        due_at = calendar.add_business_time(now, remaining)
     return Clock(
         name=name,
         target=target,
@@ -252,6 +244,7 @@ def compute_clock_periods(
         remaining=remaining,
         due_at=due_at,
         state=state,
-        calendar=current_calendar.name,
+        calendar=calendar.name,
         breached_at=breached_at,
+        tier=tier,
     )
