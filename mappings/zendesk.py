@@ -409,25 +409,11 @@ class ZendeskMapping:
         """History facts from the ticket's events, when the connector saw all of them (see `_EventHistory`)."""
         if not self.config.history.ticket_events:
             return {}
-        audits = record.related.get("ticket_audits")
-        if isinstance(audits, list):  # a single-ticket read: every audit of the ticket, complete by construction
-            events = _audits_as_events(audits)
-            facts = _EventHistory(self, rid, data, events).facts() if events is not None else None
-            return facts if facts is not None else {"missing_facts": frozenset(_EVENT_FACTS)}
-        window = record.related.get("ticket_events_window")
-        events = record.related.get("ticket_events")
-        complete = (
-            isinstance(window, list)
-            and len(window) == 2
-            and all(isinstance(edge, int) for edge in window)
-            and isinstance(events, list)
-            and window[0] <= created_at.timestamp()
-            and updated_at.timestamp() < window[1]
-        )
-        facts = _EventHistory(self, rid, data, events).facts() if complete and isinstance(events, list) else None
-        if facts is None:
-            return {"missing_facts": frozenset(_EVENT_FACTS)}
-        return facts
+        # A single-ticket read brings every audit (complete by construction); a page, the export's events when
+        # its window covers the ticket's whole life.
+        events = self._complete_events(record, created_at, updated_at)
+        facts = _EventHistory(self, rid, data, events).facts() if events is not None else None
+        return facts if facts is not None else {"missing_facts": frozenset(_EVENT_FACTS)}
 
     def _status(self, rid: str, value: Any) -> Status:
         if value is None:
