@@ -27,6 +27,15 @@ from state.base import BookEntry, Fence, Intent, IntentState, Lease, Quarantined
 BOOK_COLUMNS = "ticket_id, is_open, updated_at, revision, raw, customer, review_at, urgency, adopt, seen_at"
 _IN_CHUNK = 500
 """Ids per `IN (...)` list: well under SQLite's and PostgreSQL's parameter limits."""
+
+
+def _in_chunks(ids: Sequence[str]) -> Iterator[tuple[Sequence[str], str]]:
+    """`ids` in slices of _IN_CHUNK, each with its `?, ?, ...` placeholder list."""
+    for start in range(0, len(ids), _IN_CHUNK):
+        chunk = ids[start : start + _IN_CHUNK]
+        yield chunk, ", ".join("?" for _ in chunk)
+
+
 INTENT_COLUMNS = "key, instance, ticket_id, payload, state, attempts, last_error, created_at, updated_at"
 QUARANTINE_COLUMNS = "instance, record_id, raw, error, first_seen, last_seen, seen_count"
 LEASE_COLUMNS = "instance, holder, epoch, acquired_at, expires_at"
@@ -479,9 +488,7 @@ class SqlStore:
         order = {key: index for index, (key,) in enumerate(keys)}
         found: list[BookEntry] = []
         ids = list(order)
-        for start in range(0, len(ids), _IN_CHUNK):
-            chunk = ids[start : start + _IN_CHUNK]
-            marks = ", ".join("?" for _ in chunk)
+        for chunk, marks in _in_chunks(ids):
             rows = self._all(
                 "reading due reviews",
                 f"SELECT {BOOK_COLUMNS} FROM book WHERE instance = ? AND ticket_id IN ({marks})",
@@ -547,9 +554,7 @@ class SqlStore:
     def tier_entries_many(self, instance: str, ticket_ids: Sequence[str]) -> dict[str, list[tuple[str, datetime]]]:
         found: dict[str, list[tuple[str, datetime]]] = {}
         ids = list(dict.fromkeys(ticket_ids))
-        for start in range(0, len(ids), _IN_CHUNK):
-            chunk = ids[start : start + _IN_CHUNK]
-            marks = ", ".join("?" for _ in chunk)
+        for chunk, marks in _in_chunks(ids):
             rows = self._all(
                 "reading tier entries",
                 f"SELECT ticket_id, tier, at FROM escalations WHERE instance = ? AND ticket_id IN ({marks}) "
@@ -564,9 +569,7 @@ class SqlStore:
         seen: set[str] = set()
         ids = list(dict.fromkeys(ticket_ids))
         at = self._encode_time(since, "since")
-        for start in range(0, len(ids), _IN_CHUNK):
-            chunk = ids[start : start + _IN_CHUNK]
-            marks = ", ".join("?" for _ in chunk)
+        for chunk, marks in _in_chunks(ids):
             rows = self._all(
                 "reading when tickets were seen",
                 f"SELECT ticket_id FROM book WHERE instance = ? AND seen_at >= ? AND ticket_id IN ({marks})",
