@@ -9,8 +9,9 @@ from bench/engine.py's Zendesk generator (incremental-export ticket objects with
 
 - ``memory.read.<n>``: a backlog of n tickets polled, evaluated and put in the book, writes capped at one
   (`max_writes_per_cycle`): the read path.
-- ``memory.write.<n>``: the same backlog with every write the engine asks for sent (a PUT answered with the
-  ticket as written, through the ledger): the write path.
+- ``memory.write.<n>``: the same backlog with every write the engine asks for sent, as the daemon sends them
+  by default: Update Many Tickets jobs of up to 100 tickets (queued, then completed at the first status poll),
+  through the ledger; the write path. ``memory.write.<n>.calls`` counts the write requests.
 
 The state file skips the disk sync (``durable=False``): RSS does not depend on it, the run time would.
 The open-ticket scan is marked done beforehand, so the backlog is read once (by the poll).
@@ -50,6 +51,7 @@ from state.sqlite import SqliteStore  # noqa: E402
 PAGE = 1000
 TICKET_PATH = re.compile(r"^/api/v2/tickets/(\d+)\.json$")
 COMMENTS_PATH = re.compile(r"^/api/v2/tickets/(\d+)/comments\.json$")
+JOB_PATH = re.compile(r"^/api/v2/job_statuses/([A-Za-z0-9]+)\.json$")
 
 
 def _generator() -> Any:
@@ -70,6 +72,8 @@ class Backlog:
         self.size = size
         self.orgs = self.gen._organizations(random.Random(7))
         self.puts = 0
+        self.jobs: dict[str, list[int]] = {}
+        """Queued Update Many jobs: the ticket ids each one carries, until its status is asked for."""
 
     def ticket(self, number: int) -> tuple[dict[str, Any], dict[str, Any]]:
         record = self.gen.zendesk_record(number, random.Random(number), self.gen.NOW, self.orgs)
@@ -106,6 +110,10 @@ class Backlog:
             start = int(request.url.params.get("start_time", "0"))
             body = {"ticket_events": [], "next_page": None, "count": 0, "end_of_stream": True, "end_time": start}
             return httpx.Response(200, json=body)
+        if path == "/api/v2/tickets/update_many.json" and request.method == "PUT":
+            return self.update_many(request)
+        if match := JOB_PATH.match(path):
+            return self.job_status(match.group(1))
         if match := COMMENTS_PATH.match(path):
             return httpx.Response(200, json={"comments": [], "next_page": None, "previous_page": None, "count": 0})
         if match := TICKET_PATH.match(path):
@@ -121,6 +129,38 @@ class Backlog:
                 return httpx.Response(200, json={"ticket": data, "audit": {"ticket_id": data["id"], "events": []}})
             return httpx.Response(200, json={"ticket": data, "metric_set": related["metric_set"]})
         return httpx.Response(404, json={"error": "InvalidEndpoint", "description": "Not found"})
+
+    def update_many(self, request: httpx.Request) -> httpx.Response:
+        """Update Many Tickets (batch form, up to 100 tickets): answered with a queued job, as Zendesk does;
+        https://developer.zendesk.com/api-reference/ticketing/tickets/tickets/#update-many-tickets"""
+        tickets = json.loads(request.content)["tickets"]
+        job_id = f"{len(self.jobs) + 1:032x}"
+        self.jobs[job_id] = [int(ticket["id"]) for ticket in tickets]
+        self.puts += 1
+        return httpx.Response(200, json={"job_status": self._job(job_id, "queued", [])})
+
+    def job_status(self, job_id: str) -> httpx.Response:
+        """Show Job Status: the job has run by the first poll, one result per ticket
+        (https://developer.zendesk.com/api-reference/ticketing/ticket-management/job_statuses/)."""
+        ids = self.jobs.pop(job_id, None)
+        if ids is None:
+            return httpx.Response(404, json={"error": "RecordNotFound", "description": "Not found"})
+        results = [{"id": ticket_id, "action": "update", "success": True, "status": "Updated"} for ticket_id in ids]
+        return httpx.Response(200, json={"job_status": self._job(job_id, "completed", results)})
+
+    @staticmethod
+    def _job(job_id: str, status: str, results: list[dict[str, Any]]) -> dict[str, Any]:
+        done = status == "completed"
+        return {
+            "id": job_id,
+            "job_type": "ThirdPartyTicketUpdate",
+            "url": f"https://acme.zendesk.com/api/v2/job_statuses/{job_id}.json",
+            "total": len(results) if done else None,
+            "progress": len(results) if done else None,
+            "status": status,
+            "message": "Completed at 2026-12-01 12:00:00 +0000" if done else None,
+            "results": results if done else None,
+        }
 
 
 def child(mode: str, size: int) -> None:
@@ -163,7 +203,11 @@ def child(mode: str, size: int) -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     assert report.error == "", report.error
     assert report.tickets_seen == size, (report.tickets_seen, size)
-    print(json.dumps({"peak": peak, "cpu": cpu, "writes": report.writes, "seen": report.tickets_seen}))
+    print(
+        json.dumps(
+            {"peak": peak, "cpu": cpu, "writes": report.writes, "seen": report.tickets_seen, "calls": backlog.puts}
+        )
+    )
 
 
 def main() -> None:
@@ -184,6 +228,8 @@ def main() -> None:
             print(f"memory.{mode}.{size}.peak_rss {result['peak']:.0f} MB")
             print(f"memory.{mode}.{size}.cpu_seconds {result['cpu']:.1f} s")
             print(f"memory.{mode}.{size}.writes {result['writes']} tickets")
+            if mode == "write":
+                print(f"memory.{mode}.{size}.calls {result['calls']} requests")
 
 
 if __name__ == "__main__":
