@@ -57,12 +57,18 @@ class ScaledClock(SimClock):
         self._since: float | None = None
         """Real time the clock started running at (None while held)."""
         self._lock = threading.Lock()
+        self.worked = 0.0
+        """Simulated seconds that were real time at work (scaled) while running."""
+        self.waited = 0.0
+        """Simulated seconds that were waits (`sleep`, `advance`) while running."""
 
     def _fold(self) -> None:
         """Move the running real time into the base moment (so `scale` applies to it once)."""
         if self._since is not None:
             moment = self._timer()
-            self._now += timedelta(seconds=self.scale * (moment - self._since))
+            worked = self.scale * (moment - self._since)
+            self._now += timedelta(seconds=worked)
+            self.worked += worked
             self._since = moment
 
     def now(self) -> datetime:
@@ -74,6 +80,8 @@ class ScaledClock(SimClock):
         with self._lock:
             self._fold()
             self._now += delta
+            if self._since is not None:
+                self.waited += delta.total_seconds()
             return self._now
 
     def sleep(self, seconds: float) -> None:

@@ -111,6 +111,7 @@ def test_scaled_clock_runs_with_real_time_and_waits_without_it() -> None:
     assert clock.now() == START + timedelta(seconds=20)  # processing time counts, scaled
     clock.sleep(30.0)  # a wait costs its own length of simulated time and no real time
     assert clock.now() == START + timedelta(seconds=50)
+    assert (clock.worked, clock.waited) == (20.0, 30.0)
     clock.hold()
     real[0] += 5.0
     assert clock.now() == START + timedelta(seconds=50)
