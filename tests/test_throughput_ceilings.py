@@ -25,16 +25,17 @@ EXPORT = "/api/v2/incremental/tickets/cursor.json"
 
 
 class World:
-    def __init__(self, tmp_path: Path, page_size: int) -> None:
+    def __init__(self, tmp_path: Path, page_size: int, max_writes: int = 100) -> None:
         self.clock = SimClock(START)
         self.sandbox = ZendeskSandbox(self.clock, seed=5)
         self.exchanges: list[tuple[str, int, str]] = []
+        self.sleeps: list[float] = []
         base = next(section for section in DEMO_INSTANCES if section.platform == "zendesk")
         section = base.model_copy(update={"options": {"page_size": page_size}})
         url = f"sqlite:///{tmp_path / 'state.sqlite3'}"
         config = AppConfig(
             path=ROOT / "config.example.toml",
-            daemon=DaemonSection(),
+            daemon=DaemonSection(max_writes_per_cycle=max_writes),
             state_url=url,
             instances=(section,),
             policy=load_policy(ROOT / "config.example.toml"),
@@ -46,9 +47,13 @@ class World:
             environ=DEMO_ENVIRON,
             clock=self.clock.now,
             transport=self.sandbox.transport(),
-            sleep=lambda seconds: self.clock.advance(timedelta(seconds=seconds)),
+            sleep=self._sleep,
             on_exchange=self._record,
         )
+
+    def _sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.clock.advance(timedelta(seconds=seconds))
 
     def _record(self, request: httpx.Request, response: httpx.Response) -> None:
         self.exchanges.append((request.url.path, response.status_code, request.url.query.decode()))
@@ -96,3 +101,19 @@ def test_the_account_budget_is_paced_from_ratelimit_reset_without_a_429(world: W
     assert [status for _, status, _ in world.exchanges].count(429) == 0
     assert len(world.exchanges) > 3
     assert world.clock.now() > START  # it waited for the next minute instead
+
+
+def test_update_many_jobs_queued_together_share_one_poll_wait(tmp_path: Path) -> None:
+    world = World(tmp_path, page_size=1000, max_writes=1000)
+    try:
+        for index in range(250):  # three days old, never answered: every one is due a write
+            world.sandbox.add_idle_ticket(START - timedelta(days=3, minutes=index), priority="high")
+        report = world.wired.syncer.run_cycle()
+    finally:
+        world.close()
+    assert report.error == "" and report.writes == 250
+    jobs = [status for path, status, _ in world.exchanges if path.endswith("update_many.json")]
+    assert jobs == [200, 200, 200]
+    # Following the jobs one after the other cost a wait each ([1.0, 1.0, 1.0]): the later ones ran meanwhile.
+    assert world.sleeps == [1.0]
+    assert [status for path, status, _ in world.exchanges if "/job_statuses/" in path] == [200, 200, 200]
