@@ -6,7 +6,8 @@ each incremental export endpoint's 10 a minute, Update Ticket's 100; 429 + Retry
 wiring (`runtime.wiring.wire`, as `sync.py` builds it) runs in-process on the same clock: the sandbox's rate
 windows, the Syncer's `now`, the HTTP layer's `clock` (holds) and `sleep` (pacing, Retry-After, job polls) all
 read or move it. So no second is free: every real second of work (the daemon's CPU, its SQLite store, and the
-sandbox's own handling, which is counted against the daemon too) costs `scale` simulated seconds, while a wait
+sandbox's own serving of requests, counted against the daemon as a stand-in for the platform's response time)
+costs `scale` simulated seconds, while a wait
 costs exactly what it asks for in simulated time and no real time. A loop in the shape of `sync.py run` drives
 the cycles: one cycle, then the rest of `interval_seconds` (or until the platform's hold ends) waited on the
 clock. Set-up (seeding, the cycles that fill the book) runs with the clock held and is not measured.
@@ -25,7 +26,9 @@ Write backlog: `--tickets` tickets are in the book, then time passes until every
 breached: tier, tags, handoff note); the measured cycles write them with no per-cycle cap
 (`max_writes_per_cycle` 10^6; the default 100 a cycle is a first-start safety cap, not a ceiling) as Update
 Many Tickets jobs of 100. Rate: tickets a completed job reported written, per clock minute, over the full
-minutes of the work (as above; with less than one full minute, over the elapsed time). Ceiling: update_many
+minutes of the work (as above; with less than one full minute, over the elapsed time). A job's own run is not
+charged to the daemon: Zendesk runs jobs on its workers while the client waits (the sandbox runs one inside the
+client's next request, so the bench holds the clock for it). Ceiling: update_many
 has no request limit of its own, the account's 700 requests a minute bounds it, and a job costs at least two
 requests (the PUT and one status poll): 350 jobs x 100 tickets a minute.
 
@@ -44,6 +47,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -200,6 +204,20 @@ def measure_write(tickets: int, scale: float, workdir: Path, seed: int) -> dict[
         elif "update_many" in request.url.path:
             tally.statuses[str(response.status_code)] += 1
 
+    run_job = sandbox._run_job
+
+    def in_the_background(job: Any) -> None:
+        """Zendesk runs a job on its own workers while the client waits: not the client's time. (Here it runs
+        inside the client's next request, so its work would otherwise be charged to the daemon.)"""
+        if not clock.running:
+            return run_job(job)
+        clock.hold()
+        try:
+            run_job(job)
+        finally:
+            clock.run()
+
+    sandbox._run_job = in_the_background  # type: ignore[method-assign]
     wired = _wired(clock, sandbox, workdir, "write", hook, cap=10**6)
     try:
         now = clock.now()

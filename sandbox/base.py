@@ -88,6 +88,10 @@ class ScaledClock(SimClock):
         """An injected `sleep`: the wait passes on this clock at once."""
         self.advance(timedelta(seconds=max(0.0, seconds)))
 
+    @property
+    def running(self) -> bool:
+        return self._since is not None
+
     def run(self) -> None:
         with self._lock:
             if self._since is None:

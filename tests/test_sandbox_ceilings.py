@@ -105,8 +105,9 @@ def test_scaled_clock_runs_with_real_time_and_waits_without_it() -> None:
     real = [100.0]
     clock = ScaledClock(START, scale=10.0, timer=lambda: real[0])
     real[0] += 1.5  # held: real time does not count yet
-    assert clock.now() == START
+    assert clock.now() == START and not clock.running
     clock.run()
+    assert clock.running
     real[0] += 2.0
     assert clock.now() == START + timedelta(seconds=20)  # processing time counts, scaled
     clock.sleep(30.0)  # a wait costs its own length of simulated time and no real time
