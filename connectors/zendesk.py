@@ -34,8 +34,9 @@ where its model fits, over `http.session()`; raw requests through `http.request`
   409 -> ConflictError; 422 (e.g. "Status: closed prevents ticket update"), 404 and other 4xx ->
   PermanentWriteError carrying the API's `error`/`description`/`details`.
 - apply_many: several write-backs as Update Many Tickets jobs (`PUT /api/v2/tickets/update_many.json`, 100
-  tickets a job, each with its own values), the job status followed to its end; see `apply_many` for how a
-  job's collisions, per-ticket failures and lost answers are handled.
+  tickets a job, each with its own values), up to `JOBS_IN_FLIGHT` queued before each is followed to its end
+  (one poll wait serves them all); see `apply_many` for how a job's collisions, per-ticket failures and lost
+  answers are handled.
   https://developer.zendesk.com/api-reference/ticketing/tickets/tickets/#update-many-tickets
 - has_comment: zenpy `tickets.comments(id)` (cursor pagination, `links.next` while `meta.has_more`), over the
   same session. https://developer.zendesk.com/api-reference/ticketing/tickets/ticket_comments/
@@ -98,6 +99,10 @@ UPDATE_MANY_PATH = "/api/v2/tickets/update_many.json"
 JOB_SIZE = 100
 """Tickets a batch update job takes at most (Update Many Tickets: "up to 100 tickets")."""
 JOB_ENDED = frozenset({"completed", "failed", "killed"})
+JOBS_IN_FLIGHT = 10
+"""Jobs queued before the first is followed. An account may have 30 queued or running (Rate limits, "Job
+limit": https://developer.zendesk.com/api-reference/introduction/rate-limits/); a third leaves room for the
+account's other integrations."""
 DEFAULT_JOB_POLL_SECONDS = 1.0
 """The first wait before asking how a job went; doubled after each answer that it is still queued or working."""
 MAX_JOB_POLL_SECONDS = 30.0
@@ -440,7 +445,8 @@ class ZendeskConnector:
         `PUT /api/v2/tickets/update_many.json` with `{"tickets": [{"id", ...}]}` (a batch update: different
         values per ticket, the per-ticket `comment` included) answers a queued `job_status`; `GET
         /api/v2/job_statuses/{id}.json` is polled (`job_poll_seconds`, doubling, `job_polls` at most, each a
-        counted call) until `completed`, `failed` or `killed`. A result `{"id", "action": "update",
+        counted call) until `completed`, `failed` or `killed`; up to `JOBS_IN_FLIGHT` jobs are queued first
+        and the first wait is shared (`_jobs`). A result `{"id", "action": "update",
         "success": true, "status": "Updated"}` is done; any other (`{"id", "index", "error", "details"}`),
         and every ticket a failed or killed job never reported, comes back as NotBatchedError so the cycle
         sends it again on its own with the safe single PUT.
@@ -459,28 +465,35 @@ class ZendeskConnector:
         cycle then leaves the intents pending for recovery (comment key check) instead of sending them twice.
         """
         outcomes: list[BatchOutcome] = []
-        for start in range(0, len(writebacks), JOB_SIZE):
-            outcomes.extend(self._job(writebacks[start : start + JOB_SIZE]))
+        step = JOB_SIZE * JOBS_IN_FLIGHT
+        for start in range(0, len(writebacks), step):
+            outcomes.extend(self._jobs(writebacks[start : start + step]))
         return outcomes
 
-    def _job(self, writebacks: list[WriteBack]) -> list[BatchOutcome]:
+    def _jobs(self, writebacks: list[WriteBack]) -> list[BatchOutcome]:
+        """Queue a job per `JOB_SIZE` write-backs, then follow each to its end: the jobs run on Zendesk's side
+        while the first is waited for, so one poll wait serves them all (following them one after the other
+        cost a whole wait per job: at most 60 jobs a minute whatever the ceilings allow)."""
         outcomes: dict[str, BatchOutcome] = {}
-        tickets: list[dict[str, Any]] = []
-        for writeback in writebacks:
-            where = f"{self.instance}: ticket {writeback.ticket_id}"
-            try:
-                tickets.append(self._batch_update(writeback, where))
-            except ConnectorError as error:
-                outcomes[str(writeback.ticket_id)] = error
-        if tickets:
+        queued: list[tuple[dict[str, Any], set[str]]] = []
+        for start in range(0, len(writebacks), JOB_SIZE):
+            tickets: list[dict[str, Any]] = []
+            for writeback in writebacks[start : start + JOB_SIZE]:
+                where = f"{self.instance}: ticket {writeback.ticket_id}"
+                try:
+                    tickets.append(self._batch_update(writeback, where))
+                except ConnectorError as error:
+                    outcomes[str(writeback.ticket_id)] = error
+            if not tickets:
+                continue
             sent = {str(ticket["id"]) for ticket in tickets}
             response = self.http.request("PUT", UPDATE_MANY_PATH, json={"tickets": tickets})
             try:
-                job = self._job_status(response, "update_many")
+                queued.append((self._job_status(response, "update_many"), sent))
             except PermanentWriteError as error:  # the batch as a whole refused (4xx): nothing was queued
                 outcomes.update({ticket_id: NotBatchedError(str(error)) for ticket_id in sent})
-            else:
-                outcomes.update(self._follow_job(job, sent))
+        for index, (job, sent) in enumerate(queued):
+            outcomes.update(self._follow_job(job, sent, first_wait=index == 0))
         return [outcomes[str(writeback.ticket_id)] for writeback in writebacks]
 
     def _batch_update(self, writeback: WriteBack, where: str) -> dict[str, Any]:
@@ -515,15 +528,17 @@ class ZendeskConnector:
             raise PermanentWriteError(f"{self.instance}: update_many refused: HTTP {status}: {text}")
         raise AmbiguousWriteError(f"{self.instance}: {what}: HTTP {status}, no job status: {text}")
 
-    def _follow_job(self, job: dict[str, Any], sent: set[str]) -> dict[str, BatchOutcome]:
-        """Poll the job to its end; each sent ticket's outcome from its result."""
+    def _follow_job(self, job: dict[str, Any], sent: set[str], *, first_wait: bool = True) -> dict[str, BatchOutcome]:
+        """Poll the job to its end; each sent ticket's outcome from its result. Without `first_wait` the first
+        poll goes out at once (a job queued before one that was just waited for has had that wait too)."""
         wait = self.job_poll_seconds
         path = f"/api/v2/job_statuses/{_job_path_id(job['id'])}.json"
-        for _ in range(self.job_polls):
+        for attempt in range(self.job_polls):
             if job.get("status") in JOB_ENDED:
                 break
-            self.http.pause(wait, f"waiting for job {job['id']}")
-            wait = min(wait * 2, MAX_JOB_POLL_SECONDS)
+            if attempt or first_wait:
+                self.http.pause(wait, f"waiting for job {job['id']}")
+                wait = min(wait * 2, MAX_JOB_POLL_SECONDS)
             job = self._job_status(self.http.request("GET", path), f"job {job['id']}")
         else:
             if job.get("status") not in JOB_ENDED:

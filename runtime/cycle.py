@@ -74,8 +74,9 @@ SCAN_DONE = "done"
 """The open-ticket scan's progress once it has completed (`sync.py backfill` clears it to scan again)."""
 REVIEW_CHUNK = 500
 """Due entries read from the book at a time."""
-BATCH_SIZE = 100
-"""Due writes handed to a connector's `apply_many` at once (one Zendesk update_many job)."""
+BATCH_SIZE = 1000
+"""Due writes handed to a connector's `apply_many` at once (Zendesk: up to ten update_many jobs of 100, queued
+before they are followed, so they share one poll wait). A review chunk (`REVIEW_CHUNK`) flushes what it queued."""
 DECIDED_SIZE = REVIEW_CHUNK
 """Due tickets of this cycle's poll whose evaluation the review may reuse (most recent kept): bounded, so the
 cycle's memory stays flat in the backlog's size."""
@@ -721,7 +722,7 @@ class Syncer:
         try:
             outcomes = apply_many(self.connector, [writeback for writeback, _, _ in batch])
         except (RateLimitedError, WaitInterruptedError):
-            raise  # nothing is known to have been applied: the intents stay pending for recovery
+            raise  # nothing is known to have been applied (or not): the intents stay pending for recovery
         except TransientError as error:
             # The job was (or may have been) queued but its end was not seen: one attempt each. This cycle's
             # retry pass settles those a finished job applied (their note is found) and re-sends those with no

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -35,6 +36,71 @@ class SimClock:
     def advance(self, delta: timedelta) -> datetime:
         self._now += delta
         return self._now
+
+
+class ScaledClock(SimClock):
+    """Simulated time that also runs on its own: start + waits + `scale` x real time elapsed while running.
+
+    For benchmarks against ceilings (a per-minute budget only refills if time moves while the client works):
+    every real second of work, the sandbox's and the client's alike, costs `scale` simulated seconds, so a
+    client's processing time is never free, while a wait (`sleep`, `advance`) costs exactly its own length
+    of simulated time and no real time. `hold()` stops the real-time part (set-up work that is not measured);
+    it starts held, `run()` starts it.
+    """
+
+    def __init__(self, start: datetime, scale: float, *, timer: Callable[[], float] = time.perf_counter) -> None:
+        super().__init__(start)
+        if scale <= 0:
+            raise ValueError("ScaledClock needs a positive scale")
+        self.scale = scale
+        self._timer = timer
+        self._since: float | None = None
+        """Real time the clock started running at (None while held)."""
+        self._lock = threading.Lock()
+        self.worked = 0.0
+        """Simulated seconds that were real time at work (scaled) while running."""
+        self.waited = 0.0
+        """Simulated seconds that were waits (`sleep`, `advance`) while running."""
+
+    def _fold(self) -> None:
+        """Move the running real time into the base moment (so `scale` applies to it once)."""
+        if self._since is not None:
+            moment = self._timer()
+            worked = self.scale * (moment - self._since)
+            self._now += timedelta(seconds=worked)
+            self.worked += worked
+            self._since = moment
+
+    def now(self) -> datetime:
+        with self._lock:
+            self._fold()
+            return self._now
+
+    def advance(self, delta: timedelta) -> datetime:
+        with self._lock:
+            self._fold()
+            self._now += delta
+            if self._since is not None:
+                self.waited += delta.total_seconds()
+            return self._now
+
+    def sleep(self, seconds: float) -> None:
+        """An injected `sleep`: the wait passes on this clock at once."""
+        self.advance(timedelta(seconds=max(0.0, seconds)))
+
+    @property
+    def running(self) -> bool:
+        return self._since is not None
+
+    def run(self) -> None:
+        with self._lock:
+            if self._since is None:
+                self._since = self._timer()
+
+    def hold(self) -> None:
+        with self._lock:
+            self._fold()
+            self._since = None
 
 
 @dataclass

@@ -32,6 +32,14 @@ the client's misunderstandings. What it follows (developer.zendesk.com):
   events `{id, type, field_name, value, previous_value}` (values as text) and comments.
 - Ticket Metrics (`metric_sets` sideload): minutes as `{calendar, business}`, null until reached.
 - Request format: `X-Rate-Limit` / `X-Rate-Limit-Remaining` on every response; 429 with `Retry-After`.
+- Ceilings (`enforce_ceilings`, off by default), from "Rate limits" and "Incremental Exports": the account's
+  `rate_limit` a minute; each incremental export endpoint (tickets, ticket events) 10 requests a minute
+  ("You can make up to 10 requests per minute to these endpoints": read as a budget per endpoint); Update
+  Ticket 100 requests a minute per account; every window a clock minute (the headers count "the current
+  minute"), over it 429 with `Retry-After` the seconds to the window's end. With ceilings on, responses also
+  carry the Ticketing API headers `ratelimit-limit` / `ratelimit-remaining` / `ratelimit-reset` (seconds).
+  Not modelled: the job limit (30 queued or running jobs): a job here runs before the next request, so a
+  client never has two queued; "30 updates per 10 minutes per user per ticket", which one sync never nears.
 Inferred, not documented (kept plausible and marked here): the wording of 422 parameter errors, the 400 for a
 too-large `page[size]`, the cursor encodings (opaque by contract), and the 429 body (text/html, as observed).
 
@@ -50,6 +58,7 @@ import copy
 import html
 import math
 import random
+import re
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -120,6 +129,15 @@ PRIORITIES = ("urgent", "high", "normal", "low")
 TYPES = ("question", "incident", "problem", "task")
 
 RATE_LIMIT = 700
+EXPORT_LIMIT = 10
+"""Requests a minute to each incremental export endpoint (Incremental Exports, "Rate limits")."""
+UPDATE_TICKET_LIMIT = 100
+"""Update Ticket requests a minute per account (Rate limits, "Endpoint rate limits")."""
+_CEILINGS = (
+    ("GET", r"/api/v2/incremental/tickets/cursor\.json", "incremental-tickets", EXPORT_LIMIT),
+    ("GET", r"/api/v2/incremental/ticket_events(?:\.json)?", "incremental-ticket-events", EXPORT_LIMIT),
+    ("PUT", r"/api/v2/tickets/\d+(?:\.json)?", "update-ticket", UPDATE_TICKET_LIMIT),
+)
 EXPORT_MAX_PER_PAGE = 1000
 COMMENTS_MAX_PAGE_SIZE = 100
 EXPORT_LAG = 60
@@ -318,6 +336,10 @@ class ZendeskSandbox(SandboxApp):
         self.rate_limit = RATE_LIMIT
         self.enforce_rate_limit = False
         """Off by default: simulated time stands still during a cycle, so a per-minute budget would never refill."""
+        self.enforce_ceilings = False
+        """The account limit and the endpoint ceilings (module docstring); for a clock that moves while the client
+        works (sandbox.base.ScaledClock), off by default for the same reason."""
+        self._endpoint_counts: dict[tuple[str, int], int] = {}
         self._rng = random.Random(seed)
         self._idle: set[int] = set()
         """Tickets nobody touches after creation (simulate() leaves them alone)."""
@@ -470,9 +492,15 @@ class ZendeskSandbox(SandboxApp):
                     if job.status in ("queued", "working"):
                         self._run_job(job)
             response = super().dispatch(request)
-            used = self._minute_counts.get(_epoch(self.clock.now()) // 60, 0)
+            now = self.clock.now()
+            used = self._minute_counts.get(_epoch(now) // 60, 0)
+            remaining = str(max(0, self.rate_limit - used))
             response.headers.setdefault("X-Rate-Limit", str(self.rate_limit))
-            response.headers.setdefault("X-Rate-Limit-Remaining", str(max(0, self.rate_limit - used)))
+            response.headers.setdefault("X-Rate-Limit-Remaining", remaining)
+            if self.enforce_ceilings:
+                response.headers.setdefault("ratelimit-limit", str(self.rate_limit))
+                response.headers.setdefault("ratelimit-remaining", remaining)
+                response.headers.setdefault("ratelimit-reset", str(_window_left(now)))
             return response
 
     def not_found(self, request: Request) -> Response:
@@ -488,14 +516,28 @@ class ZendeskSandbox(SandboxApp):
                 allowed = scheme.lower() in ("basic", "bearer") and bool(credentials.strip())
             if not allowed:
                 return _json(401, ERROR_UNAUTHENTICATED, {"WWW-Authenticate": 'Basic realm="Web Password"'})
-            now = _epoch(self.clock.now())
-            minute = now // 60
+            now = self.clock.now()
+            minute = _epoch(now) // 60
             self._minute_counts[minute] = self._minute_counts.get(minute, 0) + 1
-            if self.enforce_rate_limit and self._minute_counts[minute] > self.rate_limit:
-                return rate_limited_response(60 - now % 60)
+            limited = self.enforce_rate_limit or self.enforce_ceilings
+            if limited and self._minute_counts[minute] > self.rate_limit:
+                return rate_limited_response(_window_left(now))
+            if self.enforce_ceilings and not self._within_ceiling(request, minute):
+                return rate_limited_response(_window_left(now))
             return handler(request, **params)
 
         return guarded
+
+    def _within_ceiling(self, request: Request, minute: int) -> bool:
+        """Count the request against its endpoint's budget for this minute; False when that budget is spent
+        (a refused request does not use it up further)."""
+        for method, pattern, name, limit in _CEILINGS:
+            if method == request.method and re.fullmatch(pattern, request.path):
+                key = (name, minute)
+                if self._endpoint_counts.get(key, 0) >= limit:
+                    return False
+                self._endpoint_counts[key] = self._endpoint_counts.get(key, 0) + 1
+        return True
 
     def _includes(self, request: Request) -> set[str]:
         return {part.strip() for part in (request.param("include") or "").split(",") if part.strip()}
@@ -1515,6 +1557,11 @@ class ZendeskSandbox(SandboxApp):
 
 _VIA_LABELS = {"email": "Mail", "web": "Web form", "api": "Web service", "rule": "Rule"}
 """How ticket events name the channel (`via`), as the export shows it."""
+
+
+def _window_left(now: datetime) -> int:
+    """Whole seconds until the current clock minute ends: waiting that long always reaches the next window."""
+    return 60 - _epoch(now) % 60
 
 
 def rate_limited_response(retry_after: int) -> Response:
