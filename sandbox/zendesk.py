@@ -1240,7 +1240,7 @@ class ZendeskSandbox(SandboxApp):
                 moment = created
                 while moment < now:
                     step_end = min(moment + timedelta(minutes=45), now)
-                    self._tick(state, moment, step_end)
+                    self._tick(state, moment, step_end, self._rng)
                     moment = step_end
             return created_ids
 
@@ -1290,25 +1290,36 @@ class ZendeskSandbox(SandboxApp):
             return changes
 
     def _step(self, start: datetime, end: datetime) -> int:
+        """One step of activity. Each ticket lives from its own stream (`_ticket_rng`), the account-wide events
+        (step lengths, arrivals, a deletion) from the seeded one, which draws the same whatever state any ticket
+        is in: so a write that lands a cycle later changes that ticket's own activity at most, never another's."""
         changes = 0
         for ticket_id in sorted(self._tickets):
             state = self._tickets[ticket_id]
             if not state.deleted and state.data["status"] != "closed" and ticket_id not in self._idle:
-                changes += self._tick(state, start, end)
+                changes += self._tick(state, start, end, self._ticket_rng(ticket_id, start))
         hours = (end - start).total_seconds() / 3600
         arrivals = self._poisson((5.0 if _busy(start) else 0.8) * hours)
         for moment in sorted(self._moment(start, end) for _ in range(arrivals)):
             self._spawn(moment)
             changes += 1
         if self._rng.random() < 0.02 * hours:
+            moment = self._moment(start, end)
             fresh = [s for _, s in sorted(self._tickets.items()) if s.data["status"] == "new" and not s.deleted]
             if fresh:
-                self._delete(self._rng.choice(fresh), self._moment(start, end))
+                # The new ticket with the lowest draw of its own: which one goes does not hang on how many are new.
+                doomed = min(fresh, key=lambda s: self._ticket_rng(s.data["id"], start, "delete").random())
+                self._delete(doomed, moment)
                 changes += 1
         return changes
 
-    def _moment(self, start: datetime, end: datetime) -> datetime:
-        return _second(start + (end - start) * self._rng.random())
+    def _ticket_rng(self, ticket_id: int, start: datetime, purpose: str = "tick") -> random.Random:
+        """The stream one ticket's activity in the step starting at `start` draws from: a function of the seed,
+        the ticket and the moment only (same seed, same calls: same account)."""
+        return random.Random(f"{self.seed}:{ticket_id}:{start.isoformat()}:{purpose}")
+
+    def _moment(self, start: datetime, end: datetime, rng: random.Random | None = None) -> datetime:
+        return _second(start + (end - start) * (rng or self._rng).random())
 
     def _poisson(self, mean: float) -> int:
         threshold, count, product = math.exp(-mean), 0, self._rng.random()
@@ -1422,8 +1433,9 @@ class ZendeskSandbox(SandboxApp):
         self._log_creation(state, channel)
         return state
 
-    def _tick(self, state: _TicketState, start: datetime, end: datetime) -> int:
-        """Let the ticket live through [start, end): maybe an agent acts, maybe the customer writes."""
+    def _tick(self, state: _TicketState, start: datetime, end: datetime, rng: random.Random) -> int:
+        """Let the ticket live through [start, end): maybe an agent acts, maybe the customer writes (drawn from
+        `rng`: the ticket's own stream in `simulate`, the seeded one while seeding, where nothing else runs)."""
         status = state.data["status"]
         if status == "solved":
             solved_at = state.statuses[-1][0]
@@ -1439,16 +1451,16 @@ class ZendeskSandbox(SandboxApp):
         customer_rate = {"new": 0.04, "open": 0.05, "pending": 0.25, "hold": 0.03, "solved": 0.008}.get(status, 0.0)
         customer_rate *= 1.0 if busy else 0.35
         acted = 0
-        if self._rng.random() < 1 - math.exp(-agent_rate * hours):
-            self._agent_action(state, self._moment(start, end))
+        if rng.random() < 1 - math.exp(-agent_rate * hours):
+            self._agent_action(state, self._moment(start, end, rng), rng)
             acted += 1
-        if self._rng.random() < 1 - math.exp(-customer_rate * hours):
-            self._customer_action(state, self._moment(start, end))
+        if rng.random() < 1 - math.exp(-customer_rate * hours):
+            self._customer_action(state, self._moment(start, end, rng), rng)
             acted += 1
         return acted
 
-    def _agent_action(self, state: _TicketState, at: datetime) -> None:
-        rng, data = self._rng, state.data
+    def _agent_action(self, state: _TicketState, at: datetime, rng: random.Random) -> None:
+        data = state.data
         group = data["group_id"] or GROUP_L1
         agent = data["assignee_id"] or rng.choice(self._agents_by_group[group])
         fields: dict[str, Any] = {}
@@ -1492,8 +1504,8 @@ class ZendeskSandbox(SandboxApp):
             )
         self._apply(state, at, agent, fields, "web")
 
-    def _customer_action(self, state: _TicketState, at: datetime) -> None:
-        rng, data = self._rng, state.data
+    def _customer_action(self, state: _TicketState, at: datetime, rng: random.Random) -> None:
+        data = state.data
         status = data["status"]
         fields: dict[str, Any] = {}
         if status == "pending":
