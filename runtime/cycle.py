@@ -194,6 +194,9 @@ class Syncer:
         self._maybe_queued: set[str] = set()
         """Ledger keys of writes that may have landed (a 5xx, timeout or dropped connection after sending) in
         this cycle: verified and sent again once, after `retry_backoff`, before the cycle ends."""
+        self._sent_now: dict[str, Decision | None] = {}
+        """The decision each of those writes was planned from, by ledger key: one still unapplied at an unchanged
+        ticket is sent again as planned (see `_replan`)."""
         self.max_writes_per_cycle = max_writes_per_cycle
         self.batch_writes_from = batch_writes_from
         self._batch: list[tuple[WriteBack, Decision | None, Ticket]] = []
@@ -249,7 +252,7 @@ class Syncer:
         self.state = self.store.snapshot(self.instance) if self.dry_run else self.store
         self._unpolled, self._rebooked, self._quarantined_now, self._attempts = set(), set(), set(), 0
         self._counts_before, self._cycle_counts = {}, None
-        self._maybe_applied, self._maybe_queued, self._planned_from = set(), set(), {}
+        self._maybe_applied, self._maybe_queued, self._planned_from, self._sent_now = set(), set(), {}, {}
         self._decided.clear()
         try:
             if not self.dry_run:
@@ -727,11 +730,12 @@ class Syncer:
             # retry pass settles those a finished job applied (their note is found) and re-sends those with no
             # note (tier and tags are idempotent); a note not found yet waits for the next cycle, because a job
             # still queued would post it a second time after a re-send.
-            for writeback, _, ticket in batch:
+            for writeback, decision, ticket in batch:
                 self._planned_from.pop(ticket.id, None)
                 self._unpolled.discard(ticket.id)
                 self._failed(writeback.key, str(error), now, report, ticket.id)
                 self._maybe_queued.add(writeback.key)
+                self._sent_now[writeback.key] = decision
             return
         settled = list(zip(batch, outcomes, strict=True))
         # What the job applied is marked done in one commit; the rest (each may call the platform) one by one.
@@ -838,6 +842,7 @@ class Syncer:
         except TransientError as error:
             self._failed(key, str(error), now, report, ticket.id)
             self._maybe_applied.add(key)
+            self._sent_now[key] = decision
             return
         except ConnectorError as error:  # a batch's refusal of another kind, for this ticket only
             self._dead(key, str(error), now, report, ticket.id)
@@ -897,7 +902,14 @@ class Syncer:
         `carried` is the note of an intent that may not have been posted: it goes out with the new plan unless
         the ticket has moved past the tier it announced (a note for L2 on a ticket now at L3 is history). Where
         the platform shows that the intent's tier or management tag did land, its history is recorded as of
-        the intent (`intended_at`), exactly as a first-time write records it."""
+        the intent (`intended_at`), exactly as a first-time write records it.
+
+        A write this cycle sent that did not land (the ticket still at the revision it was planned at) goes out
+        again as planned, with the decision it was planned from: the re-read's facts can differ from the poll's
+        (Zendesk: a history the event export did not hold completely, read from the audits here), and whether a
+        passing fault hit the first send must not change what is decided. A carried note goes out only with a
+        plan that still moves the ticket to the tier it announces (or finds it there): a note saying "escalated
+        to L3" on a ticket the new plan leaves at L2 would be false."""
         raw = self.connector.fetch(ticket_id)
         if raw is None:
             self._dead(key, "ticket no longer exists", now, report, ticket_id)
@@ -919,10 +931,15 @@ class Syncer:
                 add_tags=intended.add_tags & ticket.tags,
             )
             self._record_history(landed, intended_at, _customer(ticket))
-        decision, writeback = self._decide(ticket, now)
-        superseded = carried_tier is not None and ticket.effective_tier.rank > carried_tier.rank
-        if carried is not None and writeback.comment is None and not ticket.status.is_terminal and not superseded:
-            writeback = replace(writeback, comment=carried)
+        unchanged = intended is not None and intended_at == now and intended.revision == ticket.revision
+        planned = self._sent_now.get(key) if unchanged else None
+        if planned is not None and intended is not None:
+            decision, writeback = planned, replace(intended, comment=carried)
+        else:
+            decision, writeback = self._decide(ticket, now)
+            announced = carried_tier is None or carried_tier in (writeback.tier, ticket.effective_tier)
+            if carried is not None and writeback.comment is None and not ticket.status.is_terminal and announced:
+                writeback = replace(writeback, comment=carried)
         self._send(writeback, decision, ticket, now, report, retry_conflict=False)
         if writeback.is_empty or writeback.key != key:
             self.state.mark_done(key, now)
@@ -936,13 +953,25 @@ class Syncer:
         """One pass over this cycle's maybe-applied writes, after a short backoff: each is verified (the ledger's
         comment-key lookup, then a re-read and re-plan) and sent again now, not a poll interval later, so a
         passing 5xx does not delay an escalation or shift its clocks by a cycle. Bounded: one pass a cycle (what
-        fails again waits for the next cycle's recovery, counted against max_write_attempts)."""
+        fails again waits for the next cycle's recovery, counted against max_write_attempts).
+
+        A batch job whose end was not seen may still be queued, and would post its notes a second time after a
+        re-send: its writes are re-sent now only once the platform says no job is queued or working any more
+        (the connector's optional `jobs_idle`, which waits a bounded while); otherwise they are only verified,
+        and a note not found yet waits for the next cycle."""
         keys, self._maybe_applied = self._maybe_applied, set()
         queued, self._maybe_queued = self._maybe_queued, set()
         if not (keys or queued) or self.stop.wait(self.retry_backoff.total_seconds()):
             return
+        if queued and self._jobs_idle():
+            keys, queued = keys | queued, set()
         self._recover_pending(now, report, only=keys | queued, verify_only=queued)
         self._maybe_applied = set()
+
+    def _jobs_idle(self) -> bool:
+        """Whether the platform says none of its batch jobs is still queued or working (False: unknown)."""
+        idle = getattr(self.connector, "jobs_idle", None)
+        return idle is not None and bool(idle())
 
     def _recover_pending(
         self, now: datetime, report: CycleReport, only: set[str] | None = None, verify_only: set[str] = frozenset()

@@ -20,6 +20,11 @@ the client's misunderstandings. What it follows (developer.zendesk.com):
   whether or not anyone polls it), then `completed` with one result per ticket,
   `{"id", "action": "update", "success": true, "status": "Updated"}` or `{"index", "id", "error", "details"}`.
   `safe_update` is documented for Update Ticket only, so a batch update does not apply it.
+- Job Statuses: show one (above) and List Job Statuses (`GET /api/v2/job_statuses.json`: the account's jobs of
+  the last day, "sorted first by completion date and then by creation date in descending order", as
+  `{job_statuses, next_page, previous_page, count}`). A job still queued or working has no completion date;
+  where such jobs sort is not documented: here they come first, newest first (inferred). A list answer counts
+  as one status poll of every unfinished job, like a show.
 - Ticket Comments: cursor pagination (`page[size]` <= 100, `page[after]`, `page[before]`, `meta.has_more`,
   `meta.after_cursor`, `links.next`) and the older offset pagination (`next_page`, `count`); `sort_order`.
 - Incremental Ticket Event Export: `GET /api/v2/incremental/ticket_events.json?start_time=<epoch>` with
@@ -344,6 +349,7 @@ class ZendeskSandbox(SandboxApp):
             ("GET", r"/api/v2/tickets/(?P<ticket_id>\d+)(?:\.json)?", self._show_ticket),
             ("PUT", r"/api/v2/tickets/(?P<ticket_id>\d+)(?:\.json)?", self._update_ticket),
             ("PUT", r"/api/v2/tickets/update_many(?:\.json)?", self._update_many),
+            ("GET", r"/api/v2/job_statuses(?:\.json)?", self._list_jobs),
             ("GET", r"/api/v2/job_statuses/(?P<job_id>[A-Za-z0-9-]+?)(?:\.json)?", self._show_job),
             ("GET", r"/api/v2/tickets/(?P<ticket_id>\d+)/comments(?:\.json)?", self._list_comments),
             ("GET", r"/api/v2/tickets/(?P<ticket_id>\d+)/audits(?:\.json)?", self._list_audits),
@@ -463,7 +469,7 @@ class ZendeskSandbox(SandboxApp):
 
     def dispatch(self, request: Request) -> Response:
         with self._lock:
-            if "/job_statuses/" not in request.path:
+            if "/job_statuses" not in request.path:
                 # A background job runs whether or not anyone asks after it: by the time the client sends
                 # anything else (its next cycle, a restart), the jobs it queued have run.
                 for job in self._jobs.values():
@@ -636,13 +642,46 @@ class ZendeskSandbox(SandboxApp):
         job = self._jobs.get(job_id)
         if job is None:
             return _json(404, ERROR_NOT_FOUND)
+        self._poll_job(job)
+        return _json(200, {"job_status": self._job_json(job, request)})
+
+    def _list_jobs(self, request: Request) -> Response:
+        """List Job Statuses: unfinished jobs first, then by completion and creation, newest first (see the
+        module docstring); offset pagination (`per_page` up to 100, `page`)."""
+        try:
+            per_page = min(max(int(request.param("per_page") or 100), 1), 100)
+            number = max(int(request.param("page") or 1), 1)
+        except ValueError:
+            return _invalid("page and per_page must be integers")
+        created = list(self._jobs.values())  # in creation order
+        for job in created:
+            self._poll_job(job)
+        ordered = sorted(
+            reversed(created), key=lambda job: job.finished or datetime.max.replace(tzinfo=UTC), reverse=True
+        )
+        start = (number - 1) * per_page
+
+        def link(target: int) -> str:
+            return f"{self._origin()}/api/v2/job_statuses.json?{urlencode({'page': target, 'per_page': per_page})}"
+
+        return _json(
+            200,
+            {
+                "job_statuses": [self._job_json(job, request) for job in ordered[start : start + per_page]],
+                "next_page": link(number + 1) if start + per_page < len(ordered) else None,
+                "previous_page": link(number - 1) if number > 1 else None,
+                "count": len(ordered),
+            },
+        )
+
+    def _poll_job(self, job: _Job) -> None:
+        """A status poll: a queued job starts working, and runs once `job_polls_to_finish` polls have seen it."""
         if job.status in ("queued", "working"):
             job.polls_left -= 1
             if job.polls_left > 0:
                 job.status = "working"
             else:
                 self._run_job(job)
-        return _json(200, {"job_status": self._job_json(job, request)})
 
     def _run_job(self, job: _Job) -> None:
         """Apply each ticket's update in order, one result each, as the job statuses reference shows them."""
