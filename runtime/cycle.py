@@ -194,9 +194,6 @@ class Syncer:
         self._maybe_queued: set[str] = set()
         """Ledger keys of writes that may have landed (a 5xx, timeout or dropped connection after sending) in
         this cycle: verified and sent again once, after `retry_backoff`, before the cycle ends."""
-        self._sent_now: dict[str, Decision | None] = {}
-        """The decision each of those writes was planned from, by ledger key: one still unapplied at an unchanged
-        ticket is sent again as planned (see `_replan`)."""
         self.max_writes_per_cycle = max_writes_per_cycle
         self.batch_writes_from = batch_writes_from
         self._batch: list[tuple[WriteBack, Decision | None, Ticket]] = []
@@ -252,7 +249,7 @@ class Syncer:
         self.state = self.store.snapshot(self.instance) if self.dry_run else self.store
         self._unpolled, self._rebooked, self._quarantined_now, self._attempts = set(), set(), set(), 0
         self._counts_before, self._cycle_counts = {}, None
-        self._maybe_applied, self._maybe_queued, self._planned_from, self._sent_now = set(), set(), {}, {}
+        self._maybe_applied, self._maybe_queued, self._planned_from = set(), set(), {}
         self._decided.clear()
         try:
             if not self.dry_run:
@@ -728,14 +725,13 @@ class Syncer:
         except TransientError as error:
             # The job was (or may have been) queued but its end was not seen: one attempt each. This cycle's
             # retry pass settles those a finished job applied (their note is found) and re-sends those with no
-            # note (tier and tags are idempotent); a note not found yet waits for the next cycle, because a job
-            # still queued would post it a second time after a re-send.
-            for writeback, decision, ticket in batch:
+            # note (tier and tags are idempotent); a note not found is re-sent alone once the platform lists no
+            # job running, else it waits for the next cycle: a job still queued would post it a second time.
+            for writeback, _, ticket in batch:
                 self._planned_from.pop(ticket.id, None)
                 self._unpolled.discard(ticket.id)
                 self._failed(writeback.key, str(error), now, report, ticket.id)
                 self._maybe_queued.add(writeback.key)
-                self._sent_now[writeback.key] = decision
             return
         settled = list(zip(batch, outcomes, strict=True))
         # What the job applied is marked done in one commit; the rest (each may call the platform) one by one.
@@ -842,7 +838,6 @@ class Syncer:
         except TransientError as error:
             self._failed(key, str(error), now, report, ticket.id)
             self._maybe_applied.add(key)
-            self._sent_now[key] = decision
             return
         except ConnectorError as error:  # a batch's refusal of another kind, for this ticket only
             self._dead(key, str(error), now, report, ticket.id)
@@ -904,12 +899,11 @@ class Syncer:
         the platform shows that the intent's tier or management tag did land, its history is recorded as of
         the intent (`intended_at`), exactly as a first-time write records it.
 
-        A write this cycle sent that did not land (the ticket still at the revision it was planned at) goes out
-        again as planned, with the decision it was planned from: the re-read's facts can differ from the poll's
-        (Zendesk: a history the event export did not hold completely, read from the audits here), and whether a
-        passing fault hit the first send must not change what is decided. A carried note goes out only with a
-        plan that still moves the ticket to the tier it announces (or finds it there): a note saying "escalated
-        to L3" on a ticket the new plan leaves at L2 would be false."""
+        A write that did not land (the ticket still at the revision it was planned at) is planned again from the
+        book's record of that revision, the facts it was first planned from, and that record stays booked: the
+        re-read's facts can differ from the poll's (Zendesk: a history the event export did not hold completely,
+        read from the audits here), and whether a passing fault or a restart hit the first send must not change
+        what is decided, now or at the ticket's later reviews."""
         raw = self.connector.fetch(ticket_id)
         if raw is None:
             self._dead(key, "ticket no longer exists", now, report, ticket_id)
@@ -931,15 +925,14 @@ class Syncer:
                 add_tags=intended.add_tags & ticket.tags,
             )
             self._record_history(landed, intended_at, _customer(ticket))
-        unchanged = intended is not None and intended_at == now and intended.revision == ticket.revision
-        planned = self._sent_now.get(key) if unchanged else None
-        if planned is not None and intended is not None:
-            decision, writeback = planned, replace(intended, comment=carried)
-        else:
-            decision, writeback = self._decide(ticket, now)
-            announced = carried_tier is None or carried_tier in (writeback.tier, ticket.effective_tier)
-            if carried is not None and writeback.comment is None and not ticket.status.is_terminal and announced:
-                writeback = replace(writeback, comment=carried)
+        unchanged = intended is not None and intended.revision == ticket.revision
+        booked = self._booked_at(ticket_id, ticket.revision, now, report) if unchanged else None
+        if booked is not None:
+            raw, ticket = booked
+        decision, writeback = self._decide(ticket, now)
+        superseded = carried_tier is not None and ticket.effective_tier.rank > carried_tier.rank
+        if carried is not None and writeback.comment is None and not ticket.status.is_terminal and not superseded:
+            writeback = replace(writeback, comment=carried)
         self._send(writeback, decision, ticket, now, report, retry_conflict=False)
         if writeback.is_empty or writeback.key != key:
             self.state.mark_done(key, now)
@@ -948,6 +941,17 @@ class Syncer:
             self.state.book_put(self.instance, [_tombstone(ticket, now)])
             return
         self.state.book_put(self.instance, [_open_entry(raw, ticket, decision, self._review_time(decision, now), now)])
+
+    def _booked_at(
+        self, ticket_id: str, revision: str, now: datetime, report: CycleReport
+    ) -> tuple[RawRecord, Ticket] | None:
+        """The book's record of a ticket, and its reading, when the book holds it at `revision`."""
+        entry = self.state.book_entry(self.instance, ticket_id)
+        if entry is None or not entry.raw or entry.revision != revision:
+            return None
+        record = decode_record(entry.raw)
+        ticket = self._normalize(record, now, report)
+        return (record, ticket) if ticket is not None else None
 
     def _retry_maybe_applied(self, now: datetime, report: CycleReport) -> None:
         """One pass over this cycle's maybe-applied writes, after a short backoff: each is verified (the ledger's

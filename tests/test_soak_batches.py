@@ -18,7 +18,7 @@ import httpx
 import pytest
 import respx
 from test_batch_writes import BASE, SINGLE, batching, connector, job_status
-from test_cycle import PLATFORMS, World
+from test_cycle import PLATFORMS, World, without_retry_pass
 
 from runtime.demo import DEMO_START
 from sandbox.base import Fault, SimClock
@@ -187,3 +187,32 @@ def zendesk_activity(change: dict[str, Any]) -> dict[int, list[str]]:
 )
 def test_zendesk_one_tickets_state_does_not_change_another_tickets_activity(change: dict[str, Any]) -> None:
     assert zendesk_activity({}) == zendesk_activity(change)
+
+
+# -- a re-sent write decides from what the write was planned from ----------------------------------------------
+
+# Seed 11's ticket 1010 sits at L2; the export's history cannot place its entry into L2, its audits can (later),
+# so a decision from a fresh read (audits) differs from the poll's: L3 from the poll, no move from the read.
+DIVERGING = "1010"
+
+
+@pytest.mark.parametrize("retry_pass", [True, False], ids=["same-cycle", "after-restart"])
+def test_a_lost_write_is_sent_again_as_the_poll_planned_it(tmp_path: Path, retry_pass: bool) -> None:
+    world = World(tmp_path, PLATFORMS["zendesk"])  # one call per write
+    try:
+        assert world.sandbox.escalation_view(int(DIVERGING))[0] == "L2"
+        world.sandbox.inject(Fault(status=502, times=1, method="PUT", path_pattern=rf"/tickets/{DIVERGING}\.json"))
+        syncer = world.syncer()
+        first = (syncer if retry_pass else without_retry_pass(syncer)).run_cycle()
+        assert first.error == "" and first.failed >= 1
+        if not retry_pass:
+            [lost] = [i for i in world.store.pending(world.name) if i.ticket_id == DIVERGING]
+            assert json.loads(lost.payload)["tier"] == "L3", "the poll planned L3"
+            world.syncer().run_cycle()  # restarted at the same moment (as the soak restarts a killed daemon)
+        assert world.store.pending(world.name) == []
+        assert world.sandbox.escalation_view(int(DIVERGING))[0] == "L3"
+        assert [tier for tier, _ in world.store.tier_entries(world.name, DIVERGING)] == ["L3"]
+        notes = {key: n for key, n in world.marker_counts().items() if f":{DIVERGING}:" in key}
+        assert [key.rsplit(":", 1)[1] for key in notes] == ["L3"] and list(notes.values()) == [1]
+    finally:
+        world.close()
