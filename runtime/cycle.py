@@ -84,8 +84,10 @@ MAX_PAGES = 100_000
 PURGE_EVERY = timedelta(hours=1)
 """Old tombstones are looked for at most this often: the query reads every row of the instance."""
 RETRY_BACKOFF = timedelta(seconds=2)
-"""How long a cycle waits before its one pass over writes that may have landed (a 5xx or a dropped answer):
+"""How long a cycle waits before each pass over writes that may have landed (a 5xx or a dropped answer):
 long enough for a passing fault to pass, short against any poll interval."""
+RETRY_PASSES = 3
+"""Same-cycle retry passes at most (see `Syncer._retry_maybe_applied`)."""
 TOMBSTONE_DAYS = 30
 """How long a terminal ticket's tombstone guards the book against a stale read of it."""
 CUSTOMER_COUNT = "history.customer_escalations_30d"
@@ -954,23 +956,29 @@ class Syncer:
         return (record, ticket) if ticket is not None else None
 
     def _retry_maybe_applied(self, now: datetime, report: CycleReport) -> None:
-        """One pass over this cycle's maybe-applied writes, after a short backoff: each is verified (the ledger's
-        comment-key lookup, then a re-read and re-plan) and sent again now, not a poll interval later, so a
-        passing 5xx does not delay an escalation or shift its clocks by a cycle. Bounded: one pass a cycle (what
-        fails again waits for the next cycle's recovery, counted against max_write_attempts).
+        """Passes over this cycle's maybe-applied writes, each after a short backoff: each write is verified (the
+        ledger's comment-key lookup, then a re-read and re-plan) and sent again now, not a poll interval later,
+        so a passing 5xx does not delay an escalation or shift its clocks by a cycle. A fault can hit the retry
+        too, so another pass follows, `RETRY_PASSES` at most, unless all of several writes failed again: that
+        is an outage, not a passing fault, and what is left waits for the next cycle's recovery (each failure
+        counts against max_write_attempts, so a lone write in an outage spends its attempts a cycle sooner).
 
         A batch job whose end was not seen may still be queued, and would post its notes a second time after a
         re-send: its writes are re-sent now only once the platform says no job is queued or working any more
         (the connector's optional `jobs_idle`, which waits a bounded while); otherwise they are only verified,
         and a note not found yet waits for the next cycle."""
-        keys, self._maybe_applied = self._maybe_applied, set()
-        queued, self._maybe_queued = self._maybe_queued, set()
-        if not (keys or queued) or self.stop.wait(self.retry_backoff.total_seconds()):
-            return
-        if queued and self._jobs_idle():
-            keys, queued = keys | queued, set()
-        self._recover_pending(now, report, only=keys | queued, verify_only=queued)
-        self._maybe_applied = set()
+        for _ in range(RETRY_PASSES):
+            keys, self._maybe_applied = self._maybe_applied, set()
+            queued, self._maybe_queued = self._maybe_queued, set()
+            if not (keys or queued) or self.stop.wait(self.retry_backoff.total_seconds()):
+                break
+            if queued and self._jobs_idle():
+                keys, queued = keys | queued, set()
+            tried = len(keys | queued)
+            self._recover_pending(now, report, only=keys | queued, verify_only=queued)
+            if tried > 1 and len(self._maybe_applied) >= tried:
+                break  # every one failed again: an outage, not a passing fault
+        self._maybe_applied, self._maybe_queued = set(), set()
 
     def _jobs_idle(self) -> bool:
         """Whether the platform says none of its batch jobs is still queued or working (False: unknown)."""

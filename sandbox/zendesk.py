@@ -43,7 +43,9 @@ too-large `page[size]`, the cursor encodings (opaque by contract), and the 429 b
 The account it models: groups 360000000101..104 are the tiers L1 Support, L2 Specialists, L3 Engineering and
 L4 Vendor; escalation facts are ticket tags (`SIGNAL_TAGS`); the customer segment is the organization's
 `organization_fields.segment`; revenue at risk and affected customers are custom fields. Its activity is
-pseudo-random from `seed`, so a seed and a sequence of calls always produce the same account.
+pseudo-random from `seed`, so a seed and a sequence of calls always produce the same account; once seeded, each
+ticket's activity draws from a stream of its own (seed, ticket, moment), so what a client writes to one ticket
+(or when) never changes what happens to another.
 This module is the behaviour; the text it draws tickets and messages from is in sandbox/zendesk_data.py.
 """
 

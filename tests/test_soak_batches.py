@@ -216,3 +216,31 @@ def test_a_lost_write_is_sent_again_as_the_poll_planned_it(tmp_path: Path, retry
         assert [key.rsplit(":", 1)[1] for key in notes] == ["L3"] and list(notes.values()) == [1]
     finally:
         world.close()
+
+
+def test_a_write_that_fails_twice_in_a_row_still_lands_in_its_cycle(tmp_path: Path) -> None:
+    """A passing fault can hit the retry too (the soak: 10 % of requests): another pass follows while the last
+    one settled something, so the write is not left a cycle late."""
+    world = World(tmp_path, PLATFORMS["zendesk"])  # one call per write
+    try:
+        target = rf"/tickets/{DIVERGING}\.json"
+        world.sandbox.inject(Fault(status=502, times=2, method="PUT", path_pattern=target))
+        report = world.syncer().run_cycle()
+        assert report.error == "" and report.failed >= 2
+        assert world.store.pending(world.name) == []
+        assert world.sandbox.escalation_view(int(DIVERGING))[0] == "L3"
+    finally:
+        world.close()
+
+
+def test_an_outage_is_not_retried_pass_after_pass(tmp_path: Path) -> None:
+    """Every write failing again: the retry stops after one pass without progress (attempts are not burned)."""
+    world = World(tmp_path, PLATFORMS["zendesk"])
+    try:
+        world.sandbox.inject(Fault(status=502, times=10**6, method="PUT", path_pattern=SINGLE))
+        report = world.syncer().run_cycle()
+        pending = world.store.pending(world.name)
+        assert report.error == "" and pending
+        assert {intent.attempts for intent in pending} == {2}, "the first send and one retry pass"
+    finally:
+        world.close()
