@@ -3,6 +3,8 @@
 - A Zendesk update_many job whose answer was lost is settled in the same cycle: once List Job Statuses shows
   no job queued or working, a ticket whose note is absent was applied by no job and goes out alone now (a
   delayed write changes that ticket's later life); without the list, today's wait for the next cycle.
+- A write that did not land is planned again from the facts it was planned from (the book's record), not from a
+  fresh read whose history can differ, and a fault that hits the retry too does not leave it a cycle late.
 - The sandboxes' simulated activity: one ticket's state never changes another ticket's activity.
 https://developer.zendesk.com/api-reference/ticketing/ticket-management/job_statuses/#list-job-statuses
 """
