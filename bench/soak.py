@@ -19,6 +19,7 @@ escalation history rows missing, cursor regressions, crash loops, peak RSS of a 
 what was injected.
 
 Usage: python bench/soak.py [--seed 7] [--cycles 24] [--kills 6] [--tickets 40] [--fault-rate 0.1]
+       [--batch-writes-from 1000000] [--details]
 """
 
 from __future__ import annotations
@@ -99,6 +100,8 @@ class Plan:
     flush: int = 3
     kill_window: int = 20
     """A kill lands on request 1..kill_window of its daemon run (one that ends sooner is not killed)."""
+    batch_writes_from: int | None = None
+    """`[daemon] batch_writes_from` for both runs; None: the daemon's default (Zendesk update_many jobs on)."""
 
 
 # ---- faults on the wire ------------------------------------------------------------------------------------
@@ -207,11 +210,12 @@ class Outcome:
     seconds: float
 
 
-def write_config(directory: Path, urls: dict[str, str]) -> Path:
+def write_config(directory: Path, urls: dict[str, str], batch_writes_from: int | None = None) -> Path:
     text = (ROOT / "config.example.toml").read_text(encoding="utf-8")
     policy = text.split("# ---- escalation policy", 1)[1]
+    batching = f"batch_writes_from = {batch_writes_from}\n" if batch_writes_from is not None else ""
     parts = [
-        '[daemon]\nlog_format = "json"\n',
+        '[daemon]\nlog_format = "json"\n' + batching,
         f'[state]\nurl = "sqlite:///{directory / "state.sqlite3"}"\n',
     ]
     for platform, url in urls.items():
@@ -243,7 +247,7 @@ def soak(plan: Plan, faulty: bool, workdir: Path) -> Outcome:
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
         urls[platform] = f"http://127.0.0.1:{server.server_port}"
-    config = write_config(workdir, urls)
+    config = write_config(workdir, urls, plan.batch_writes_from)
     env = {**os.environ, **ENVIRON, "SOAK_ROOT": str(ROOT), "ESCALATION_SYNC_LOG_LEVEL": "INFO"}
     cursors: dict[str, list[str | None]] = {f"soak-{platform}": [] for platform in sandboxes}
     crashed_streak: Counter[str] = Counter()
@@ -452,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step-minutes", type=int, default=defaults.step_minutes)
     parser.add_argument("--flush", type=int, default=defaults.flush)
     parser.add_argument("--kill-window", type=int, default=defaults.kill_window)
+    parser.add_argument("--batch-writes-from", type=int, default=None, help="1000000: Zendesk batching off")
     parser.add_argument("--details", action="store_true", help="also print injected faults and differing tickets")
     args = parser.parse_args(argv)
     plan = Plan(
@@ -463,6 +468,7 @@ def main(argv: list[str] | None = None) -> int:
         args.step_minutes,
         args.flush,
         args.kill_window,
+        args.batch_writes_from,
     )
     figures = run(plan, details=args.details)
     bad = figures["duplicate_comments"] or figures["tickets_differing"] or figures["crash_loops"]

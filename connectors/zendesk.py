@@ -84,9 +84,11 @@ from connectors.base import (
     NotBatchedError,
     Page,
     PermanentWriteError,
+    RateLimitedError,
     RawRecord,
     RecordSpec,
     TransientError,
+    WaitInterruptedError,
 )
 from connectors.http import HttpClient
 from connectors.paging import CursorExport, TimeExport
@@ -96,6 +98,9 @@ PLATFORM = "zendesk"
 INCREMENTAL_PATH = "/api/v2/incremental/tickets/cursor.json"
 EVENTS_PATH = "/api/v2/incremental/ticket_events.json"
 UPDATE_MANY_PATH = "/api/v2/tickets/update_many.json"
+JOB_STATUSES_PATH = "/api/v2/job_statuses.json"
+JOB_LIST_PAGES = 5
+"""Pages of List Job Statuses read at most (100 jobs each) before an unfinished job is taken to be possible."""
 JOB_SIZE = 100
 """Tickets a batch update job takes at most (Update Many Tickets: "up to 100 tickets")."""
 JOB_ENDED = frozenset({"completed", "failed", "killed"})
@@ -563,6 +568,56 @@ class ZendeskConnector:
                 f"{self.instance}: ticket {ticket_id}: job {job['id']} {job.get('status')} without a result for it"
             )
         return outcomes
+
+    def jobs_idle(self) -> bool:
+        """Whether no batch job of the account is queued or working any more, waiting (bounded) while one is.
+
+        A job whose queued answer was lost cannot be followed by id, so List Job Statuses (`GET
+        /api/v2/job_statuses.json`, the jobs of the last day, `{job_statuses, next_page, count}`) is asked
+        instead, with the same waits as following one job (`job_poll_seconds`, doubling, `job_polls` lists at
+        most, interruptible). True means every job that could hold one of our tickets has ended: a ticket whose
+        note is still absent was applied by none and can go out alone. False (still running at the bound, more
+        than `JOB_LIST_PAGES` pages, or the list refused: a plan or stand-in without it answers 403/404) means
+        unknown, and the caller must assume a job may still apply it.
+        https://developer.zendesk.com/api-reference/ticketing/ticket-management/job_statuses/#list-job-statuses
+        """
+        wait = self.job_poll_seconds
+        for attempt in range(self.job_polls):
+            if attempt:
+                self.http.pause(wait, "waiting for batch jobs to end")
+                wait = min(wait * 2, MAX_JOB_POLL_SECONDS)
+            try:
+                running = self._jobs_running()
+            except (RateLimitedError, WaitInterruptedError):
+                raise  # the cycle stops (and holds off) as after any call
+            except AuthError as error:
+                if error.status != 403:
+                    raise
+                return False  # this account may not list jobs: unknown
+            except TransientError:
+                return False  # the list failed past its retries: unknown, and nothing was written
+            if running is None:
+                return False
+            if not running:
+                return True
+        return False
+
+    def _jobs_running(self) -> bool | None:
+        """Whether any listed job is unfinished; None when the list cannot tell (refused, unreadable, too long)."""
+        url: str | None = JOB_STATUSES_PATH
+        for _ in range(JOB_LIST_PAGES):
+            if url is None:
+                return False
+            response = self.http.request("GET", url, params={"per_page": 100} if url == JOB_STATUSES_PATH else None)
+            body = self._body(response) if response.status_code == 200 else None
+            jobs = body.get("job_statuses") if body else None
+            if not isinstance(jobs, list):
+                return None
+            if any(not isinstance(job, Mapping) or job.get("status") not in JOB_ENDED for job in jobs):
+                return True
+            next_page = body.get("next_page") if body else None
+            url = str(next_page) if next_page else None
+        return None if url is not None else False
 
     def _current_tags(self, writeback: WriteBack, where: str) -> frozenset[str]:
         """The ticket's tags at `writeback.revision` (the memo of the last read, else a re-read)."""

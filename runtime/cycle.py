@@ -85,8 +85,10 @@ MAX_PAGES = 100_000
 PURGE_EVERY = timedelta(hours=1)
 """Old tombstones are looked for at most this often: the query reads every row of the instance."""
 RETRY_BACKOFF = timedelta(seconds=2)
-"""How long a cycle waits before its one pass over writes that may have landed (a 5xx or a dropped answer):
+"""How long a cycle waits before each pass over writes that may have landed (a 5xx or a dropped answer):
 long enough for a passing fault to pass, short against any poll interval."""
+RETRY_PASSES = 3
+"""Same-cycle retry passes at most (see `Syncer._retry_maybe_applied`)."""
 TOMBSTONE_DAYS = 30
 """How long a terminal ticket's tombstone guards the book against a stale read of it."""
 CUSTOMER_COUNT = "history.customer_escalations_30d"
@@ -726,8 +728,8 @@ class Syncer:
         except TransientError as error:
             # The job was (or may have been) queued but its end was not seen: one attempt each. This cycle's
             # retry pass settles those a finished job applied (their note is found) and re-sends those with no
-            # note (tier and tags are idempotent); a note not found yet waits for the next cycle, because a job
-            # still queued would post it a second time after a re-send.
+            # note (tier and tags are idempotent); a note not found is re-sent alone once the platform lists no
+            # job running, else it waits for the next cycle: a job still queued would post it a second time.
             for writeback, _, ticket in batch:
                 self._planned_from.pop(ticket.id, None)
                 self._unpolled.discard(ticket.id)
@@ -898,7 +900,13 @@ class Syncer:
         `carried` is the note of an intent that may not have been posted: it goes out with the new plan unless
         the ticket has moved past the tier it announced (a note for L2 on a ticket now at L3 is history). Where
         the platform shows that the intent's tier or management tag did land, its history is recorded as of
-        the intent (`intended_at`), exactly as a first-time write records it."""
+        the intent (`intended_at`), exactly as a first-time write records it.
+
+        A write that did not land (the ticket still at the revision it was planned at) is planned again from the
+        book's record of that revision, the facts it was first planned from, and that record stays booked: the
+        re-read's facts can differ from the poll's (Zendesk: a history the event export did not hold completely,
+        read from the audits here), and whether a passing fault or a restart hit the first send must not change
+        what is decided, now or at the ticket's later reviews."""
         raw = self.connector.fetch(ticket_id)
         if raw is None:
             self._dead(key, "ticket no longer exists", now, report, ticket_id)
@@ -920,6 +928,10 @@ class Syncer:
                 add_tags=intended.add_tags & ticket.tags,
             )
             self._record_history(landed, intended_at, _customer(ticket))
+        unchanged = intended is not None and intended.revision == ticket.revision
+        booked = self._booked_at(ticket_id, ticket.revision, now, report) if unchanged else None
+        if booked is not None:
+            raw, ticket = booked
         decision, writeback = self._decide(ticket, now)
         superseded = carried_tier is not None and ticket.effective_tier.rank > carried_tier.rank
         if carried is not None and writeback.comment is None and not ticket.status.is_terminal and not superseded:
@@ -933,17 +945,46 @@ class Syncer:
             return
         self.state.book_put(self.instance, [_open_entry(raw, ticket, decision, self._review_time(decision, now), now)])
 
+    def _booked_at(
+        self, ticket_id: str, revision: str, now: datetime, report: CycleReport
+    ) -> tuple[RawRecord, Ticket] | None:
+        """The book's record of a ticket, and its reading, when the book holds it at `revision`."""
+        entry = self.state.book_entry(self.instance, ticket_id)
+        if entry is None or not entry.raw or entry.revision != revision:
+            return None
+        record = decode_record(entry.raw)
+        ticket = self._normalize(record, now, report)
+        return (record, ticket) if ticket is not None else None
+
     def _retry_maybe_applied(self, now: datetime, report: CycleReport) -> None:
-        """One pass over this cycle's maybe-applied writes, after a short backoff: each is verified (the ledger's
-        comment-key lookup, then a re-read and re-plan) and sent again now, not a poll interval later, so a
-        passing 5xx does not delay an escalation or shift its clocks by a cycle. Bounded: one pass a cycle (what
-        fails again waits for the next cycle's recovery, counted against max_write_attempts)."""
-        keys, self._maybe_applied = self._maybe_applied, set()
-        queued, self._maybe_queued = self._maybe_queued, set()
-        if not (keys or queued) or self.stop.wait(self.retry_backoff.total_seconds()):
-            return
-        self._recover_pending(now, report, only=keys | queued, verify_only=queued)
-        self._maybe_applied = set()
+        """Passes over this cycle's maybe-applied writes, each after a short backoff: each write is verified (the
+        ledger's comment-key lookup, then a re-read and re-plan) and sent again now, not a poll interval later,
+        so a passing 5xx does not delay an escalation or shift its clocks by a cycle. A fault can hit the retry
+        too, so another pass follows, `RETRY_PASSES` at most, unless all of several writes failed again: that
+        is an outage, not a passing fault, and what is left waits for the next cycle's recovery (each failure
+        counts against max_write_attempts, so a lone write in an outage spends its attempts a cycle sooner).
+
+        A batch job whose end was not seen may still be queued, and would post its notes a second time after a
+        re-send: its writes are re-sent now only once the platform says no job is queued or working any more
+        (the connector's optional `jobs_idle`, which waits a bounded while); otherwise they are only verified,
+        and a note not found yet waits for the next cycle."""
+        for _ in range(RETRY_PASSES):
+            keys, self._maybe_applied = self._maybe_applied, set()
+            queued, self._maybe_queued = self._maybe_queued, set()
+            if not (keys or queued) or self.stop.wait(self.retry_backoff.total_seconds()):
+                break
+            if queued and self._jobs_idle():
+                keys, queued = keys | queued, set()
+            tried = len(keys | queued)
+            self._recover_pending(now, report, only=keys | queued, verify_only=queued)
+            if tried > 1 and len(self._maybe_applied) >= tried:
+                break  # every one failed again: an outage, not a passing fault
+        self._maybe_applied, self._maybe_queued = set(), set()
+
+    def _jobs_idle(self) -> bool:
+        """Whether the platform says none of its batch jobs is still queued or working (False: unknown)."""
+        idle = getattr(self.connector, "jobs_idle", None)
+        return idle is not None and bool(idle())
 
     def _recover_pending(
         self, now: datetime, report: CycleReport, only: set[str] | None = None, verify_only: set[str] = frozenset()

@@ -20,6 +20,11 @@ the client's misunderstandings. What it follows (developer.zendesk.com):
   whether or not anyone polls it), then `completed` with one result per ticket,
   `{"id", "action": "update", "success": true, "status": "Updated"}` or `{"index", "id", "error", "details"}`.
   `safe_update` is documented for Update Ticket only, so a batch update does not apply it.
+- Job Statuses: show one (above) and List Job Statuses (`GET /api/v2/job_statuses.json`: the account's jobs of
+  the last day, "sorted first by completion date and then by creation date in descending order", as
+  `{job_statuses, next_page, previous_page, count}`). A job still queued or working has no completion date;
+  where such jobs sort is not documented: here they come first, newest first (inferred). A list answer counts
+  as one status poll of every unfinished job, like a show.
 - Ticket Comments: cursor pagination (`page[size]` <= 100, `page[after]`, `page[before]`, `meta.has_more`,
   `meta.after_cursor`, `links.next`) and the older offset pagination (`next_page`, `count`); `sort_order`.
 - Incremental Ticket Event Export: `GET /api/v2/incremental/ticket_events.json?start_time=<epoch>` with
@@ -46,7 +51,9 @@ too-large `page[size]`, the cursor encodings (opaque by contract), and the 429 b
 The account it models: groups 360000000101..104 are the tiers L1 Support, L2 Specialists, L3 Engineering and
 L4 Vendor; escalation facts are ticket tags (`SIGNAL_TAGS`); the customer segment is the organization's
 `organization_fields.segment`; revenue at risk and affected customers are custom fields. Its activity is
-pseudo-random from `seed`, so a seed and a sequence of calls always produce the same account.
+pseudo-random from `seed`, so a seed and a sequence of calls always produce the same account; once seeded, each
+ticket's activity draws from a stream of its own (seed, ticket, moment), so what a client writes to one ticket
+(or when) never changes what happens to another.
 This module is the behaviour; the text it draws tickets and messages from is in sandbox/zendesk_data.py.
 """
 
@@ -366,6 +373,7 @@ class ZendeskSandbox(SandboxApp):
             ("GET", r"/api/v2/tickets/(?P<ticket_id>\d+)(?:\.json)?", self._show_ticket),
             ("PUT", r"/api/v2/tickets/(?P<ticket_id>\d+)(?:\.json)?", self._update_ticket),
             ("PUT", r"/api/v2/tickets/update_many(?:\.json)?", self._update_many),
+            ("GET", r"/api/v2/job_statuses(?:\.json)?", self._list_jobs),
             ("GET", r"/api/v2/job_statuses/(?P<job_id>[A-Za-z0-9-]+?)(?:\.json)?", self._show_job),
             ("GET", r"/api/v2/tickets/(?P<ticket_id>\d+)/comments(?:\.json)?", self._list_comments),
             ("GET", r"/api/v2/tickets/(?P<ticket_id>\d+)/audits(?:\.json)?", self._list_audits),
@@ -485,7 +493,7 @@ class ZendeskSandbox(SandboxApp):
 
     def dispatch(self, request: Request) -> Response:
         with self._lock:
-            if "/job_statuses/" not in request.path:
+            if "/job_statuses" not in request.path:
                 # A background job runs whether or not anyone asks after it: by the time the client sends
                 # anything else (its next cycle, a restart), the jobs it queued have run.
                 for job in self._jobs.values():
@@ -678,13 +686,46 @@ class ZendeskSandbox(SandboxApp):
         job = self._jobs.get(job_id)
         if job is None:
             return _json(404, ERROR_NOT_FOUND)
+        self._poll_job(job)
+        return _json(200, {"job_status": self._job_json(job, request)})
+
+    def _list_jobs(self, request: Request) -> Response:
+        """List Job Statuses: unfinished jobs first, then by completion and creation, newest first (see the
+        module docstring); offset pagination (`per_page` up to 100, `page`)."""
+        try:
+            per_page = min(max(int(request.param("per_page") or 100), 1), 100)
+            number = max(int(request.param("page") or 1), 1)
+        except ValueError:
+            return _invalid("page and per_page must be integers")
+        created = list(self._jobs.values())  # in creation order
+        for job in created:
+            self._poll_job(job)
+        ordered = sorted(
+            reversed(created), key=lambda job: job.finished or datetime.max.replace(tzinfo=UTC), reverse=True
+        )
+        start = (number - 1) * per_page
+
+        def link(target: int) -> str:
+            return f"{self._origin()}/api/v2/job_statuses.json?{urlencode({'page': target, 'per_page': per_page})}"
+
+        return _json(
+            200,
+            {
+                "job_statuses": [self._job_json(job, request) for job in ordered[start : start + per_page]],
+                "next_page": link(number + 1) if start + per_page < len(ordered) else None,
+                "previous_page": link(number - 1) if number > 1 else None,
+                "count": len(ordered),
+            },
+        )
+
+    def _poll_job(self, job: _Job) -> None:
+        """A status poll: a queued job starts working, and runs once `job_polls_to_finish` polls have seen it."""
         if job.status in ("queued", "working"):
             job.polls_left -= 1
             if job.polls_left > 0:
                 job.status = "working"
             else:
                 self._run_job(job)
-        return _json(200, {"job_status": self._job_json(job, request)})
 
     def _run_job(self, job: _Job) -> None:
         """Apply each ticket's update in order, one result each, as the job statuses reference shows them."""
@@ -1282,7 +1323,7 @@ class ZendeskSandbox(SandboxApp):
                 moment = created
                 while moment < now:
                     step_end = min(moment + timedelta(minutes=45), now)
-                    self._tick(state, moment, step_end)
+                    self._tick(state, moment, step_end, self._rng)
                     moment = step_end
             return created_ids
 
@@ -1332,25 +1373,36 @@ class ZendeskSandbox(SandboxApp):
             return changes
 
     def _step(self, start: datetime, end: datetime) -> int:
+        """One step of activity. Each ticket lives from its own stream (`_ticket_rng`), the account-wide events
+        (step lengths, arrivals, a deletion) from the seeded one, which draws the same whatever state any ticket
+        is in: so a write that lands a cycle later changes that ticket's own activity at most, never another's."""
         changes = 0
         for ticket_id in sorted(self._tickets):
             state = self._tickets[ticket_id]
             if not state.deleted and state.data["status"] != "closed" and ticket_id not in self._idle:
-                changes += self._tick(state, start, end)
+                changes += self._tick(state, start, end, self._ticket_rng(ticket_id, start))
         hours = (end - start).total_seconds() / 3600
         arrivals = self._poisson((5.0 if _busy(start) else 0.8) * hours)
         for moment in sorted(self._moment(start, end) for _ in range(arrivals)):
             self._spawn(moment)
             changes += 1
         if self._rng.random() < 0.02 * hours:
+            moment = self._moment(start, end)
             fresh = [s for _, s in sorted(self._tickets.items()) if s.data["status"] == "new" and not s.deleted]
             if fresh:
-                self._delete(self._rng.choice(fresh), self._moment(start, end))
+                # The new ticket with the lowest draw of its own: which one goes does not hang on how many are new.
+                doomed = min(fresh, key=lambda s: self._ticket_rng(s.data["id"], start, "delete").random())
+                self._delete(doomed, moment)
                 changes += 1
         return changes
 
-    def _moment(self, start: datetime, end: datetime) -> datetime:
-        return _second(start + (end - start) * self._rng.random())
+    def _ticket_rng(self, ticket_id: int, start: datetime, purpose: str = "tick") -> random.Random:
+        """The stream one ticket's activity in the step starting at `start` draws from: a function of the seed,
+        the ticket and the moment only (same seed, same calls: same account)."""
+        return random.Random(f"{self.seed}:{ticket_id}:{start.isoformat()}:{purpose}")
+
+    def _moment(self, start: datetime, end: datetime, rng: random.Random | None = None) -> datetime:
+        return _second(start + (end - start) * (rng or self._rng).random())
 
     def _poisson(self, mean: float) -> int:
         threshold, count, product = math.exp(-mean), 0, self._rng.random()
@@ -1464,8 +1516,9 @@ class ZendeskSandbox(SandboxApp):
         self._log_creation(state, channel)
         return state
 
-    def _tick(self, state: _TicketState, start: datetime, end: datetime) -> int:
-        """Let the ticket live through [start, end): maybe an agent acts, maybe the customer writes."""
+    def _tick(self, state: _TicketState, start: datetime, end: datetime, rng: random.Random) -> int:
+        """Let the ticket live through [start, end): maybe an agent acts, maybe the customer writes (drawn from
+        `rng`: the ticket's own stream in `simulate`, the seeded one while seeding, where nothing else runs)."""
         status = state.data["status"]
         if status == "solved":
             solved_at = state.statuses[-1][0]
@@ -1481,16 +1534,16 @@ class ZendeskSandbox(SandboxApp):
         customer_rate = {"new": 0.04, "open": 0.05, "pending": 0.25, "hold": 0.03, "solved": 0.008}.get(status, 0.0)
         customer_rate *= 1.0 if busy else 0.35
         acted = 0
-        if self._rng.random() < 1 - math.exp(-agent_rate * hours):
-            self._agent_action(state, self._moment(start, end))
+        if rng.random() < 1 - math.exp(-agent_rate * hours):
+            self._agent_action(state, self._moment(start, end, rng), rng)
             acted += 1
-        if self._rng.random() < 1 - math.exp(-customer_rate * hours):
-            self._customer_action(state, self._moment(start, end))
+        if rng.random() < 1 - math.exp(-customer_rate * hours):
+            self._customer_action(state, self._moment(start, end, rng), rng)
             acted += 1
         return acted
 
-    def _agent_action(self, state: _TicketState, at: datetime) -> None:
-        rng, data = self._rng, state.data
+    def _agent_action(self, state: _TicketState, at: datetime, rng: random.Random) -> None:
+        data = state.data
         group = data["group_id"] or GROUP_L1
         agent = data["assignee_id"] or rng.choice(self._agents_by_group[group])
         fields: dict[str, Any] = {}
@@ -1534,8 +1587,8 @@ class ZendeskSandbox(SandboxApp):
             )
         self._apply(state, at, agent, fields, "web")
 
-    def _customer_action(self, state: _TicketState, at: datetime) -> None:
-        rng, data = self._rng, state.data
+    def _customer_action(self, state: _TicketState, at: datetime, rng: random.Random) -> None:
+        data = state.data
         status = data["status"]
         fields: dict[str, Any] = {}
         if status == "pending":
