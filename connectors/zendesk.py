@@ -466,8 +466,10 @@ class ZendeskConnector:
         job (the export holds back a minute: newer edits are not in the book yet). `safe_update` is still sent
         per ticket: were it honoured, that ticket fails in the results and goes out alone, where a 409 makes
         the cycle re-read it. A ticket whose last read shows it closed is refused here, never sent.
-        Raises AmbiguousWriteError when a job was, or may have been, queued but its end was not seen: the
-        cycle then leaves the intents pending for recovery (comment key check) instead of sending them twice.
+        A job that was, or may have been, queued but whose end was not seen gives AmbiguousWriteError for its own
+        tickets (the others' outcomes stand): the cycle leaves those intents pending for the comment key check
+        instead of sending them twice. A rate limit or a stop before a job was sent gives RateLimitedError or
+        WaitInterruptedError for the tickets not sent; the jobs already queued are still followed.
         """
         outcomes: list[BatchOutcome] = []
         step = JOB_SIZE * JOBS_IN_FLIGHT
@@ -492,13 +494,25 @@ class ZendeskConnector:
             if not tickets:
                 continue
             sent = {str(ticket["id"]) for ticket in tickets}
-            response = self.http.request("PUT", UPDATE_MANY_PATH, json={"tickets": tickets})
             try:
+                response = self.http.request("PUT", UPDATE_MANY_PATH, json={"tickets": tickets})
                 queued.append((self._job_status(response, "update_many"), sent))
             except PermanentWriteError as error:  # the batch as a whole refused (4xx): nothing was queued
                 outcomes.update({ticket_id: NotBatchedError(str(error)) for ticket_id in sent})
+            except (RateLimitedError, WaitInterruptedError) as error:
+                # Not sent, and nothing after it may go out now; the jobs already queued are still followed.
+                unsent = {str(w.ticket_id) for w in writebacks[start:] if str(w.ticket_id) not in outcomes}
+                outcomes.update(dict.fromkeys(unsent, error))
+                break
+            except TransientError as error:  # this job may have been queued: only its own tickets are unknown
+                outcomes.update(dict.fromkeys(sent, AmbiguousWriteError(str(error))))
         for index, (job, sent) in enumerate(queued):
-            outcomes.update(self._follow_job(job, sent, first_wait=index == 0))
+            try:
+                outcomes.update(self._follow_job(job, sent, first_wait=index == 0))
+            except WaitInterruptedError:
+                raise
+            except TransientError as error:  # its end was not seen: its tickets are unknown, not the others'
+                outcomes.update(dict.fromkeys(sent, AmbiguousWriteError(str(error))))
         return [outcomes[str(writeback.ticket_id)] for writeback in writebacks]
 
     def _batch_update(self, writeback: WriteBack, where: str) -> dict[str, Any]:
@@ -569,16 +583,16 @@ class ZendeskConnector:
             )
         return outcomes
 
-    def jobs_idle(self) -> bool:
+    def jobs_idle(self) -> bool | None:
         """Whether no batch job of the account is queued or working any more, waiting (bounded) while one is.
 
         A job whose queued answer was lost cannot be followed by id, so List Job Statuses (`GET
         /api/v2/job_statuses.json`, the jobs of the last day, `{job_statuses, next_page, count}`) is asked
         instead, with the same waits as following one job (`job_poll_seconds`, doubling, `job_polls` lists at
         most, interruptible). True means every job that could hold one of our tickets has ended: a ticket whose
-        note is still absent was applied by none and can go out alone. False (still running at the bound, more
-        than `JOB_LIST_PAGES` pages, or the list refused: a plan or stand-in without it answers 403/404) means
-        unknown, and the caller must assume a job may still apply it.
+        note is still absent was applied by none and can go out alone. False: a job was still queued or working
+        at the bound, so one may still apply it. None: the list cannot tell (more than `JOB_LIST_PAGES` pages,
+        or refused: a plan or stand-in without it answers 403/404).
         https://developer.zendesk.com/api-reference/ticketing/ticket-management/job_statuses/#list-job-statuses
         """
         wait = self.job_poll_seconds
@@ -593,11 +607,11 @@ class ZendeskConnector:
             except AuthError as error:
                 if error.status != 403:
                     raise
-                return False  # this account may not list jobs: unknown
+                return None  # this account may not list jobs
             except TransientError:
-                return False  # the list failed past its retries: unknown, and nothing was written
+                return None  # the list failed past its retries, and nothing was written
             if running is None:
-                return False
+                return None
             if not running:
                 return True
         return False

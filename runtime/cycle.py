@@ -37,6 +37,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from connectors.base import (
+    AmbiguousWriteError,
     ApplyResult,
     AuthError,
     BatchOutcome,
@@ -743,8 +744,20 @@ class Syncer:
                 if isinstance(outcome, ApplyResult):
                     with self._review_counts(ticket, report):
                         self._settle(writeback, decision, ticket, now, report, outcome, retry_conflict=True)
+        stopped: TransientError | None = None
         for (writeback, decision, ticket), outcome in settled:
             if isinstance(outcome, ApplyResult):
+                continue
+            if isinstance(outcome, RateLimitedError | WaitInterruptedError):
+                stopped = stopped or outcome  # never sent: pending, not an attempt
+                self._planned_from.pop(ticket.id, None)
+                continue
+            if isinstance(outcome, AmbiguousWriteError):
+                # Its job may still be queued: settled as a lost job answer is (see the TransientError above).
+                self._planned_from.pop(ticket.id, None)
+                self._unpolled.discard(ticket.id)
+                self._failed(writeback.key, str(outcome), now, report, ticket.id)
+                self._maybe_queued.add(writeback.key)
                 continue
             self._hand_over(ticket.id)
             with self._review_counts(ticket, report):
@@ -752,6 +765,8 @@ class Syncer:
                     self._deliver(writeback, decision, ticket, now, report, retry_conflict=True)
                 else:
                     self._settle(writeback, decision, ticket, now, report, outcome, retry_conflict=True)
+        if stopped is not None:
+            raise stopped  # the instance holds off (or stops) as after any call refused so
 
     def _send(
         self,
@@ -973,7 +988,7 @@ class Syncer:
             queued, self._maybe_queued = self._maybe_queued, set()
             if not (keys or queued) or self.stop.wait(self.retry_backoff.total_seconds()):
                 break
-            if queued and self._jobs_idle():
+            if queued and self._jobs_idle() is True:
                 keys, queued = keys | queued, set()
             tried = len(keys | queued)
             self._recover_pending(now, report, only=keys | queued, verify_only=queued)
@@ -981,22 +996,32 @@ class Syncer:
                 break  # every one failed again: an outage, not a passing fault
         self._maybe_applied, self._maybe_queued = set(), set()
 
-    def _jobs_idle(self) -> bool:
-        """Whether the platform says none of its batch jobs is still queued or working (False: unknown)."""
+    def _jobs_idle(self) -> bool | None:
+        """Whether the platform says none of its batch jobs is still queued or working: True, False (one still
+        is), None (it cannot tell, or the platform has no batch jobs)."""
         idle = getattr(self.connector, "jobs_idle", None)
-        return idle is not None and bool(idle())
+        return idle() if idle is not None else None
 
     def _recover_pending(
         self, now: datetime, report: CycleReport, only: set[str] | None = None, verify_only: set[str] = frozenset()
     ) -> None:
         """Settle pending intents: done when the note's key is on the ticket, else re-read, re-planned and sent.
-        Keys in `verify_only` (a batch job whose end was not seen) are only settled when their note is found."""
-        for intent in self.state.pending(self.instance):
+        Keys in `verify_only` (a batch job whose end was not seen) are only settled when their note is found.
+
+        At a cycle's start (`only` None) the pending intents may come from a job queued before a crash or stop:
+        when any of them carries a note, the platform is asked once, before any note is looked for, whether a
+        batch job is still queued or working; if one is, notes not found wait for the next cycle (a job still
+        queued would post them a second time; asked after the look, a job ending in between would too). A
+        platform that cannot tell, or has no batch jobs, is not waited for: an interval has passed since then."""
+        pending = [
+            (intent, decode(intent.payload))
+            for intent in self.state.pending(self.instance)
+            if only is None or intent.key in only
+        ]
+        jobs_running = only is None and any(wb.comment for _, wb in pending) and self._jobs_idle() is False
+        for intent, writeback in pending:
             if self.stop.is_set():
                 return
-            if only is not None and intent.key not in only:
-                continue
-            writeback = decode(intent.payload)
             comment = writeback.comment
             try:
                 if comment and self.connector.has_comment(writeback.ticket_id, comment.idempotency_key):
@@ -1006,7 +1031,7 @@ class Syncer:
                     report.recovered += 1
                     self.on_event(Event("recovered", self.instance, writeback.ticket_id, now, {"key": intent.key}))
                     continue
-                if comment and intent.key in verify_only:
+                if comment and (intent.key in verify_only or jobs_running):
                     continue  # the job may still be queued: the next cycle's recovery looks again
                 self._replan(writeback.ticket_id, intent.key, comment, now, report, writeback, intent.created_at)
                 report.recovered += 1

@@ -366,6 +366,8 @@ class ZendeskSandbox(SandboxApp):
         self._jobs: dict[str, _Job] = {}
         self.job_polls_to_finish = 1
         """Status polls a job answers `queued`/`working` to before it runs (the first poll runs it by default)."""
+        self.jobs_run_unasked = True
+        """False: a job moves only when its status is asked for (a busy job queue), not before other requests."""
         self._build_directory()
         for method, pattern, handler in (
             ("GET", r"/api/v2/incremental/tickets/cursor\.json", self._export),
@@ -493,7 +495,7 @@ class ZendeskSandbox(SandboxApp):
 
     def dispatch(self, request: Request) -> Response:
         with self._lock:
-            if "/job_statuses" not in request.path:
+            if self.jobs_run_unasked and "/job_statuses" not in request.path:
                 # A background job runs whether or not anyone asks after it: by the time the client sends
                 # anything else (its next cycle, a restart), the jobs it queued have run.
                 for job in self._jobs.values():

@@ -301,18 +301,50 @@ def test_issue14_a_killed_job_sends_back_what_it_did_not_report() -> None:
 def test_issue14_a_job_status_without_an_id_is_ambiguous() -> None:
     zendesk = connector([])
     respx.put(f"{BASE}/api/v2/tickets/update_many.json").mock(return_value=httpx.Response(200, json={"job_status": {}}))
-    with pytest.raises(AmbiguousWriteError):
-        zendesk.apply_many(
-            [
-                WriteBack(
-                    platform="zendesk",
-                    instance="acme-zendesk",
-                    ticket_id="1",
-                    revision="2026-11-22T11:50:00Z",
-                    tier=Tier.L2,
-                )
-            ]
+    [outcome] = zendesk.apply_many(
+        [
+            WriteBack(
+                platform="zendesk",
+                instance="acme-zendesk",
+                ticket_id="1",
+                revision="2026-11-22T11:50:00Z",
+                tier=Tier.L2,
+            )
+        ]
+    )
+    assert isinstance(outcome, AmbiguousWriteError)
+
+
+@respx.mock
+def test_a_lost_job_answer_leaves_only_that_jobs_tickets_unknown() -> None:
+    """Three jobs in one call, the second's answer lost: the first and third are followed and settled, and only
+    the second's tickets come back as maybe applied (before, the whole call raised and all 250 were unknown)."""
+    zendesk = connector([])
+    writebacks = [
+        WriteBack(
+            platform="zendesk", instance="acme-zendesk", ticket_id=str(n), revision="2026-11-22T11:50:00Z", tier=Tier.L2
         )
+        for n in range(1, 251)
+    ]
+
+    def job(job_id: str, status: str, ids: range | None) -> httpx.Response:
+        body = job_status(status, None)
+        body["job_status"].update(id=job_id, url=f"{BASE}/api/v2/job_statuses/{job_id}.json")
+        if ids is not None:
+            body["job_status"]["results"] = [
+                {"id": n, "action": "update", "success": True, "status": "Updated"} for n in ids
+            ]
+        return httpx.Response(200, json=body)
+
+    respx.put(f"{BASE}/api/v2/tickets/update_many.json").mock(
+        side_effect=[job("job1", "queued", None), httpx.Response(503, text="unavailable"), job("job3", "queued", None)]
+    )
+    respx.get(f"{BASE}/api/v2/job_statuses/job1.json").mock(return_value=job("job1", "completed", range(1, 101)))
+    respx.get(f"{BASE}/api/v2/job_statuses/job3.json").mock(return_value=job("job3", "completed", range(201, 251)))
+    outcomes = zendesk.apply_many(writebacks)
+    kinds = [type(outcome).__name__ for outcome in outcomes]
+    assert kinds[:100] == ["ApplyResult"] * 100 and kinds[200:] == ["ApplyResult"] * 50
+    assert kinds[100:200] == ["AmbiguousWriteError"] * 100
 
 
 class JobAppliedThenLost:

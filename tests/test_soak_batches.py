@@ -110,7 +110,7 @@ def test_jobs_idle_waits_while_a_job_is_working_then_says_so() -> None:
 
 
 @respx.mock
-def test_jobs_idle_is_unknown_while_a_job_runs_past_the_bound() -> None:
+def test_jobs_idle_is_false_while_a_job_runs_past_the_bound() -> None:
     sleeps: list[float] = []
     respx.get(f"{BASE}/api/v2/job_statuses.json").mock(return_value=httpx.Response(200, json=job_list("working")))
     assert connector(sleeps).jobs_idle() is False
@@ -132,7 +132,7 @@ def test_jobs_idle_reads_every_page_and_is_unknown_when_refused() -> None:
     assert zendesk.jobs_idle() is False, "the working job on page 2 counts"
     respx.routes.clear()
     respx.get(f"{BASE}/api/v2/job_statuses.json").mock(return_value=httpx.Response(404, json={"error": "NotFound"}))
-    assert zendesk.jobs_idle() is False
+    assert zendesk.jobs_idle() is None, "refused: the list cannot tell (not the same as a job still running)"
 
 
 # -- the sandbox: List Job Statuses in the reference's shape ---------------------------------------------------
@@ -246,3 +246,31 @@ def test_an_outage_is_not_retried_pass_after_pass(tmp_path: Path) -> None:
         assert {intent.attempts for intent in pending} == {2}, "the first send and one retry pass"
     finally:
         world.close()
+
+
+def test_a_job_still_queued_at_the_next_start_does_not_get_its_notes_sent_again(zd: World) -> None:
+    """A job queued before the daemon stopped is still queued when it starts again (a busy job queue): its notes
+    are not sent alone while it may still post them; once it has run, each note is on the ticket once."""
+    from test_batch_writes import JobAppliedThenLost
+
+    zd.sandbox.jobs_run_unasked = False
+    zd.sandbox.job_polls_to_finish = 10**6
+    faulty = JobAppliedThenLost(zd.sandbox, "drop")
+    zd.sandbox.transport = lambda: httpx.WSGITransport(app=faulty)  # type: ignore[method-assign]
+    first = zd.syncer().run_cycle()
+    assert faulty.hit == 1 and first.error == "" and first.failed >= 3
+    with_notes = [i for i in zd.store.pending(zd.name) if json.loads(i.payload)["comment"]]
+    assert with_notes, "the job never ended: its notes are still unknown"
+
+    zd.clock.advance(timedelta(seconds=61))
+    restarted = zd.syncer().run_cycle()  # a new process: nothing in memory says these came from a job
+    assert restarted.error == ""
+    assert {i.key for i in zd.store.pending(zd.name)} >= {i.key for i in with_notes}, "not sent while queued"
+    assert not zd.marker_counts(), "no note was posted alone while the job could still post it"
+
+    zd.sandbox.jobs_run_unasked = True  # the queue drains: the job runs before whatever comes next
+    zd.clock.advance(timedelta(seconds=61))
+    last = zd.syncer().run_cycle()
+    assert last.error == "" and zd.store.pending(zd.name) == []
+    counts = zd.marker_counts()
+    assert counts and all(count == 1 for count in counts.values())
