@@ -255,6 +255,43 @@ class RuleOutcome:
     target_tier: Tier | None = None
     management: bool = False
 
+    @classmethod
+    def deferred(
+        cls,
+        name: str,
+        description: str,
+        fired: bool,
+        target_tier: Tier | None,
+        management: bool,
+        render: Callable[[], str],
+    ) -> RuleOutcome:
+        """An outcome whose reason is rendered on its first read (then kept), equal to the eager one.
+
+        Why: a rule that reads hours or minutes has a new reason text on almost every ticket, yet the text is
+        only read when a decision is written, logged or explained; formatting it for every rule of every
+        evaluated ticket was a third of the rules' cost (issue 14). Equality, hash and repr read the reason, so
+        they render it: a deferred outcome is indistinguishable from `RuleOutcome(..., render(), ...)`.
+        """
+        outcome = object.__new__(cls)
+        setter = object.__setattr__
+        setter(outcome, "name", name)
+        setter(outcome, "description", description)
+        setter(outcome, "fired", fired)
+        setter(outcome, "target_tier", target_tier)
+        setter(outcome, "management", management)
+        setter(outcome, "_render", render)
+        return outcome
+
+    def __getattr__(self, name: str) -> str:
+        # Reached only for an attribute the instance lacks: the reason of a deferred outcome, on its first read.
+        render = self.__dict__.get("_render")
+        if name != "reason" or render is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        reason: str = render()
+        object.__setattr__(self, "reason", reason)
+        object.__delattr__(self, "_render")  # the facts it rendered from are no longer held
+        return reason
+
 
 COMMENT_MARKER = "escalation-sync:{key}"
 
