@@ -105,3 +105,39 @@ def test_a_deferred_outcome_has_no_other_missing_attribute() -> None:
     with pytest.raises(AttributeError):
         outcome.nothing  # noqa: B018
     assert outcome.reason == "text"
+
+
+def test_the_review_moment_walks_each_calendar_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The review moment is the earliest of many candidates (each clock's at-risk and breach moments, the time
+    limits); `add_business_time` grows with the wait, so only each calendar's shortest wait is walked. The
+    moment is the one the per-candidate walk finds (the review tests pin the moments themselves)."""
+    import engine.review as review
+    from engine.calendar import BusinessCalendar
+
+    ticket = _ticket(20)
+    ticket = replace(ticket, first_public_reply_at=None, last_public_reply_at=None, last_agent_action_at=None)
+    policy = _fresh()
+    decision = evaluate(ticket, policy, NOW)
+    running = [c for c in decision.clocks if c.state.value in ("ok", "at_risk")]
+    assert len(running) >= 3
+    walks: list[datetime] = []
+    original = BusinessCalendar.add_business_time
+
+    def counted(self: BusinessCalendar, start: datetime, duration: timedelta) -> datetime:
+        walks.append(start)
+        return original(self, start, duration)
+
+    monkeypatch.setattr(BusinessCalendar, "add_business_time", counted)
+    hours = 20 / 60
+    at, exact = review.next_review(ticket, policy, NOW, decision.clocks, hours, False)
+    calendars = {c.calendar for c in running} | {policy.sla[ticket.priority].calendar.name}
+    assert len(walks) <= len(calendars)
+    candidates = []
+    for clock in running:
+        calendar = policy.calendars[clock.calendar]
+        candidates.append(original(calendar, NOW, clock.remaining + timedelta(seconds=1)))
+        to_risk = clock.target * policy.at_risk_fraction - clock.elapsed
+        if clock.state.value == "ok" and to_risk > timedelta(0):
+            candidates.append(original(calendar, NOW, to_risk))
+    assert at is not None and at <= min(candidates) and exact
+    assert at == decision.review_at
