@@ -555,11 +555,13 @@ def _clock_getter(name: str, field: str) -> Getter:
         clock = env.clocks.get(name)
         return clock.state.value if clock is not None else "none"
 
+    attribute = {"elapsed_minutes": "elapsed", "remaining_minutes": "remaining"}.get(field, "target")
+
     def minutes(env: _Env) -> Any:
         clock = env.clocks.get(name)
         if clock is None:
             return 0.0
-        value = {"elapsed_minutes": clock.elapsed, "remaining_minutes": clock.remaining}.get(field, clock.target)
+        value: timedelta = getattr(clock, attribute)
         return value.total_seconds() / _MINUTE
 
     def active(env: _Env) -> Any:
@@ -636,7 +638,16 @@ def compute_facts(
     """
     clock_map = {clock.name: clock for clock in clocks}
     env = _Env(ticket, now, clock_map, hours_at_tier, history, tier or ticket.effective_tier)
-    return {path: GETTERS[path](env) for path in paths}
+    getters = _GETTER_SETS.get(paths)
+    if getters is None:
+        if len(_GETTER_SETS) >= 256:
+            _GETTER_SETS.clear()
+        getters = _GETTER_SETS[paths] = tuple((path, GETTERS[path]) for path in paths)
+    return {path: getter(env) for path, getter in getters}
+
+
+_GETTER_SETS: dict[tuple[str, ...], tuple[tuple[str, Getter], ...]] = {}
+"""The getters of a policy's fact paths, looked up once (the paths are the policy's, so there are few)."""
 
 
 # -- reasons ----------------------------------------------------------------------------------------------------
