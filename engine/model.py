@@ -294,6 +294,52 @@ class Clock:
     tier: Tier | None = None
     """The tier whose clock this is (acknowledgment, assessment); None for SLA and management clocks."""
 
+    @classmethod
+    def due_later(
+        cls,
+        name: str,
+        target: timedelta,
+        elapsed: timedelta,
+        remaining: timedelta,
+        state: ClockState,
+        calendar: str,
+        tier: Tier | None,
+        due: Callable[[datetime, timedelta], datetime],
+        start: datetime,
+    ) -> Clock:
+        """A running clock whose due instant, `due(start, remaining)`, is found on its first read (then kept).
+
+        Why: the due instant of a running clock is a walk over its business calendar, and only explain, reports
+        and handoff notes read it (tags, rules and the review moment need elapsed and remaining time); it was
+        the largest share of measuring a ticket's clocks (issue 14). Equality, hash and repr read it, so a
+        clock built here is indistinguishable from one built with the instant.
+        """
+        clock = object.__new__(cls)
+        clock.__dict__.update(
+            name=name,
+            target=target,
+            elapsed=elapsed,
+            remaining=remaining,
+            state=state,
+            calendar=calendar,
+            breached_at=None,
+            tier=tier,
+            _due=(due, start),
+        )
+        return clock
+
+    def __getattr__(self, name: str) -> datetime:
+        # Reached only for an attribute the instance lacks: the due instant of a `due_later` clock, first read.
+        pending = self.__dict__.get("_due")
+        if name != "due_at" or pending is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        due, start = pending
+        moment: datetime = due(start, self.remaining)
+        state = self.__dict__
+        state["due_at"] = moment
+        del state["_due"]  # the calendar it walked is no longer held
+        return moment
+
 
 @fast_init
 @dataclass(frozen=True)

@@ -141,3 +141,30 @@ def test_the_review_moment_walks_each_calendar_once(monkeypatch: pytest.MonkeyPa
             candidates.append(original(calendar, NOW, to_risk))
     assert at is not None and at <= min(candidates) and exact
     assert at == decision.review_at
+
+
+def test_a_running_clock_finds_its_due_instant_only_when_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A running clock's due instant is a calendar walk that only explain, reports and handoff notes read (the
+    review moment and the tags need elapsed and remaining time only): it is walked on the first read."""
+    from engine.calendar import BusinessCalendar
+
+    ticket = replace(_ticket(20), first_public_reply_at=None, last_public_reply_at=None, last_agent_action_at=None)
+    policy = _fresh()
+    walks: list[timedelta] = []
+    original = BusinessCalendar.add_business_time
+
+    def counted(self: BusinessCalendar, start: datetime, duration: timedelta) -> datetime:
+        walks.append(duration)
+        return original(self, start, duration)
+
+    monkeypatch.setattr(BusinessCalendar, "add_business_time", counted)
+    clocks = escalate.measure_clocks(ticket, policy, NOW, ())
+    running = [clock for clock in clocks if clock.state.value in ("ok", "at_risk")]
+    assert len(running) >= 2 and walks == []
+    first = running[0]
+    due = first.due_at
+    assert walks == [first.remaining]
+    assert due == original(policy.calendars[first.calendar], NOW, first.remaining)
+    assert first.due_at is due and len(walks) == 1
+    eager = replace(first, due_at=due)
+    assert eager == first and hash(eager) == hash(first) and repr(eager) == repr(first)
