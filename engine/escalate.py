@@ -924,11 +924,13 @@ def _timed_outcome(
         fired = facts[rule.direct] is True if rule.direct else cel_run.run(index, rule, names)
     except Exception as error:  # a type clash at run time must not stop the cycle: report it instead
         return RuleOutcome(rule.name, rule.description, False, f"error: {error}", target, rule.management)
+    return RuleOutcome.deferred(
+        rule.name, rule.description, fired, target, rule.management, _lazy_reason, policy, rule, facts, target, fired
+    )
 
-    def render() -> str:
-        return _reason(policy, rule, _shown(cel_run.prepared, facts), target, fired)
 
-    return RuleOutcome.deferred(rule.name, rule.description, fired, target, rule.management, render)
+def _lazy_reason(policy: Policy, rule: Rule, facts: dict[str, Any], target: Tier | None, fired: bool) -> str:
+    return _reason(policy, rule, _shown(_prepare(policy), facts), target, fired)
 
 
 def _reason(policy: Policy, rule: Rule, shown: dict[str, Any], target: Tier | None, fired: bool) -> str:

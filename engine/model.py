@@ -359,9 +359,10 @@ class RuleOutcome:
         fired: bool,
         target_tier: Tier | None,
         management: bool,
-        render: Callable[[], str],
+        render: Callable[..., str],
+        *args: Any,
     ) -> RuleOutcome:
-        """An outcome whose reason is rendered on its first read (then kept), equal to the eager one.
+        """An outcome whose reason, `render(*args)`, is rendered on its first read (then kept), equal to the eager one.
 
         Why: a rule that reads hours or minutes has a new reason text on almost every ticket, yet the text is
         only read when a decision is written, logged or explained; formatting it for every rule of every
@@ -375,15 +376,16 @@ class RuleOutcome:
         setter(outcome, "fired", fired)
         setter(outcome, "target_tier", target_tier)
         setter(outcome, "management", management)
-        setter(outcome, "_render", render)
+        setter(outcome, "_render", (render, args))
         return outcome
 
     def __getattr__(self, name: str) -> str:
         # Reached only for an attribute the instance lacks: the reason of a deferred outcome, on its first read.
-        render = self.__dict__.get("_render")
-        if name != "reason" or render is None:
+        pending = self.__dict__.get("_render")
+        if name != "reason" or pending is None:
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        reason: str = render()
+        render, args = pending
+        reason: str = render(*args)
         object.__setattr__(self, "reason", reason)
         object.__delattr__(self, "_render")  # the facts it rendered from are no longer held
         return reason
