@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from itertools import pairwise
+from operator import itemgetter
 from typing import Any
 
 import cel
@@ -554,11 +555,13 @@ def _clock_getter(name: str, field: str) -> Getter:
         clock = env.clocks.get(name)
         return clock.state.value if clock is not None else "none"
 
+    attribute = {"elapsed_minutes": "elapsed", "remaining_minutes": "remaining"}.get(field, "target")
+
     def minutes(env: _Env) -> Any:
         clock = env.clocks.get(name)
         if clock is None:
             return 0.0
-        value = {"elapsed_minutes": clock.elapsed, "remaining_minutes": clock.remaining}.get(field, clock.target)
+        value: timedelta = getattr(clock, attribute)
         return value.total_seconds() / _MINUTE
 
     def active(env: _Env) -> Any:
@@ -635,7 +638,16 @@ def compute_facts(
     """
     clock_map = {clock.name: clock for clock in clocks}
     env = _Env(ticket, now, clock_map, hours_at_tier, history, tier or ticket.effective_tier)
-    return {path: GETTERS[path](env) for path in paths}
+    getters = _GETTER_SETS.get(paths)
+    if getters is None:
+        if len(_GETTER_SETS) >= 256:
+            _GETTER_SETS.clear()
+        getters = _GETTER_SETS[paths] = tuple((path, GETTERS[path]) for path in paths)
+    return {path: getter(env) for path, getter in getters}
+
+
+_GETTER_SETS: dict[tuple[str, ...], tuple[tuple[str, Getter], ...]] = {}
+"""The getters of a policy's fact paths, looked up once (the paths are the policy's, so there are few)."""
 
 
 # -- reasons ----------------------------------------------------------------------------------------------------
@@ -732,7 +744,6 @@ _CACHE_LIMIT = 20_000
 """Outcomes kept before the memo starts again: about 370 bytes an entry (key, outcome, reason text), so 7 MB at
 most. At 200,000 it grew to some 75 MB on a large backlog (issue 14, bench/memory.py) without a measurable gain:
 a 30,000-ticket backlog has about 12,500 distinct outcomes, and the common ones come back at once."""
-_VOLATILE_LIMIT = 4096
 _MISSING = object()
 _local = threading.local()
 
@@ -781,6 +792,18 @@ class _Prepared:
     """The variables the batch reads."""
     batch_slots: dict[int, int] = field(default_factory=dict)
     """Rule index -> its condition's position in the batch's result."""
+    exact_values: Callable[[dict[str, Any]], tuple[Any, ...]] = lambda facts: ()
+    """The values of `exact_facts` in a facts dict, as a tuple (one C call: `_values_of`)."""
+
+
+def _values_of(paths: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
+    """A function giving the values of `paths` in a dict as a tuple: itemgetter answers a bare value for one."""
+    if not paths:
+        return lambda facts: ()
+    if len(paths) == 1:
+        path = paths[0]
+        return lambda facts: (facts[path],)
+    return itemgetter(*paths)
 
 
 def _prepare(policy: Policy) -> _Prepared:
@@ -811,7 +834,8 @@ def _prepare(policy: Policy) -> _Prepared:
                 exact_facts.extend(path for path in (*rule.facts, *rule.reason_facts) if path not in exact_facts)
         quantized = tuple(path for path in policy.fact_paths if path in _QUANTIZED)
         batch, names, slots = _batch(policy, [step for step in steps if not step[3] and not step[1].direct])
-        prepared = _Prepared(steps, quantized, tuple(exact_facts), batch, names, slots)
+        exact = tuple(exact_facts)
+        prepared = _Prepared(steps, quantized, exact, batch, names, slots, _values_of(exact))
         policy.outcome_cache["prepared"] = prepared
     return prepared
 
@@ -867,69 +891,93 @@ class _Activation:
 def _outcome(
     policy: Policy, step: _Step, current: Tier, facts: dict[str, Any], shown: dict[str, Any], cel_run: _Activation
 ) -> tuple[RuleOutcome, bool]:
-    """One rule's outcome, and whether it may be cached (a run-time error is reported afresh every time)."""
+    """An exact rule's outcome (see `_prepare`), and whether it may be cached (a run-time error is reported
+    afresh every time)."""
     cache = policy.outcome_cache
-    index, rule, fixed, exact, names = step
+    index, rule, fixed, _, names = step
     target = fixed if fixed is not None else _rule_target(rule, current)
-    picked = rule.shown(shown)
-    if exact:
-        outcome = cache.get((index, target, picked))
-        if outcome is not None:
-            return outcome, True
+    key = (index, target, rule.shown(shown))
+    outcome = cache.get(key)
+    if outcome is not None:
+        return outcome, True
     try:
         fired = facts[rule.direct] is True if rule.direct else cel_run.run(index, rule, names)
     except Exception as error:  # a type clash at run time must not stop the cycle: report it instead
         return RuleOutcome(rule.name, rule.description, False, f"error: {error}", target, rule.management), False
-    if exact:
-        key: tuple[Any, ...] = (index, target, picked)
-    else:
-        # Keys with hours or minutes in them rarely repeat for long: a small memo of their own, so they neither
-        # crowd out the shared outcomes nor grow the heap the garbage collector walks.
-        key = (index, fired, target, picked)
-        cache = cache.get("volatile") or cache.setdefault("volatile", {})
-    outcome = cache.get(key)
-    if outcome is None:
-        if fired:
-            reason = _render_reason(rule, shown, policy, target) if rule.reason else _fact_list(rule, shown)
-        else:
-            reason = "not met: " + _fact_list(rule, shown)
-        outcome = RuleOutcome(rule.name, rule.description, fired, reason, target, rule.management)
-        if len(cache) >= (_CACHE_LIMIT if exact else _VOLATILE_LIMIT):
-            cache.clear()
-        cache[key] = outcome
+    outcome = RuleOutcome(
+        rule.name, rule.description, fired, _reason(policy, rule, shown, target, fired), target, rule.management
+    )
+    if len(cache) >= _CACHE_LIMIT:
+        cache.clear()
+    cache[key] = outcome
     return outcome, True
+
+
+def _timed_outcome(
+    policy: Policy, step: _Step, current: Tier, facts: dict[str, Any], cel_run: _Activation
+) -> RuleOutcome:
+    """The outcome of a rule that reads hours, minutes or lists: its condition runs on every ticket, and its
+    reason (whose numbers rarely repeat) is rendered only when it is read (`RuleOutcome.deferred`)."""
+    index, rule, fixed, _, names = step
+    target = fixed if fixed is not None else _rule_target(rule, current)
+    try:
+        fired = facts[rule.direct] is True if rule.direct else cel_run.run(index, rule, names)
+    except Exception as error:  # a type clash at run time must not stop the cycle: report it instead
+        return RuleOutcome(rule.name, rule.description, False, f"error: {error}", target, rule.management)
+    return RuleOutcome.deferred(
+        rule.name, rule.description, fired, target, rule.management, _lazy_reason, policy, rule, facts, target, fired
+    )
+
+
+def _lazy_reason(policy: Policy, rule: Rule, facts: dict[str, Any], target: Tier | None, fired: bool) -> str:
+    return _reason(policy, rule, _shown(_prepare(policy), facts), target, fired)
+
+
+def _reason(policy: Policy, rule: Rule, shown: dict[str, Any], target: Tier | None, fired: bool) -> str:
+    """The text of a rule's outcome: its reason template (or the facts it read) when fired, else what it read."""
+    if fired:
+        return _render_reason(rule, shown, policy, target) if rule.reason else _fact_list(rule, shown)
+    return "not met: " + _fact_list(rule, shown)
+
+
+def _shown(prepared: _Prepared, facts: dict[str, Any]) -> dict[str, Any]:
+    """The facts as reasons show them (see `shown_value`)."""
+    if not prepared.quantized:
+        return facts
+    shown = dict(facts)
+    for path in prepared.quantized:
+        shown[path] = shown_value(path, shown[path])
+    return shown
 
 
 def run_rules(policy: Policy, facts: dict[str, Any], current: Tier) -> tuple[RuleOutcome, ...]:
     """Evaluate every rule's compiled condition against this ticket's facts.
 
-    Outcomes are memoized by (rule, target, shown facts[, fired]): most tickets share them (flags false, tier
-    L1...), which saves running the condition (exact rules, see `_prepare`), formatting a reason and building
-    an outcome per rule per ticket.
+    The exact rules' outcomes are memoized as a group, by the tier and the values they show (see `_prepare`):
+    most tickets share them (flags false, tier L1...), which saves running their conditions, formatting their
+    reasons and building their outcomes. The other rules run their condition and defer their reason text.
+    `facts` must not change afterwards: a deferred reason reads it.
     """
-    cache = policy.outcome_cache
     prepared = _prepare(policy)
-    shown = facts
-    if prepared.quantized:
-        shown = dict(facts)
-        for path in prepared.quantized:
-            shown[path] = shown_value(path, shown[path])
     cel_run = _Activation(facts, prepared)
     # The tier's text, not the enum member: a key of plain values is left alone by the garbage collector.
-    group_key = ("exact", current.value, tuple([facts[path] for path in prepared.exact_facts]))
+    group_key = ("exact", current.value, prepared.exact_values(facts))
+    cache = policy.outcome_cache
     group = cache.get(group_key)
     if group is None:
+        shown = _shown(prepared, facts)
         found = [_outcome(policy, step, current, facts, shown, cel_run) for step in prepared.steps if step[3]]
         group = tuple(outcome for outcome, _ in found)
         if all(cacheable for _, cacheable in found):
             if len(cache) >= _CACHE_LIMIT:
                 cache.clear()
             cache[group_key] = group
+    if len(group) == len(prepared.steps):
+        return group
     exact = iter(group)
-    outcomes = [
-        next(exact) if step[3] else _outcome(policy, step, current, facts, shown, cel_run)[0] for step in prepared.steps
-    ]
-    return tuple(outcomes)
+    return tuple(
+        [next(exact) if step[3] else _timed_outcome(policy, step, current, facts, cel_run) for step in prepared.steps]
+    )
 
 
 def _target_tier(outcomes: tuple[RuleOutcome, ...], current: Tier, lowering: frozenset[str] = frozenset()) -> Tier:

@@ -9,10 +9,49 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from datetime import datetime, timedelta
 from enum import StrEnum
 from functools import lru_cache
+from typing import Any, TypeVar
+
+_T = TypeVar("_T")
+
+
+def fast_init(cls: type[_T]) -> type[_T]:
+    """Give a frozen dataclass an `__init__` that fills the instance's dict in one call.
+
+    Why: the generated `__init__` of a frozen dataclass sets every field through `object.__setattr__`, one
+    Python-level call per field: a Ticket (40 fields) took some 18 us to build, several times its parsing
+    (issue 14). This `__init__` has the generated one's signature (same parameters, order, defaults and
+    default factories, so the same TypeErrors), and stores the values with one `__dict__.update`; equality,
+    hashing, `replace` and immutability are the dataclass's own.
+    """
+    params: list[str] = []
+    namespace: dict[str, Any] = {"_FACTORY": _FACTORY}
+    body: list[str] = []
+    for item in fields(cls):  # type: ignore[arg-type]
+        name = item.name
+        if item.default is not MISSING:
+            namespace[f"_d_{name}"] = item.default
+            params.append(f"{name}=_d_{name}")
+        elif item.default_factory is not MISSING:
+            namespace[f"_f_{name}"] = item.default_factory
+            params.append(f"{name}=_FACTORY")
+            body.append(f"    if {name} is _FACTORY:\n        {name} = _f_{name}()\n")
+        else:
+            params.append(name)
+    values = ", ".join(f"{item.name!r}: {item.name}" for item in fields(cls))  # type: ignore[arg-type]
+    source = f"def __init__(self, {', '.join(params)}):\n{''.join(body)}    self.__dict__.update({{{values}}})\n"
+    exec(source, namespace)  # built from the class's own field names only, as dataclasses does itself
+    init = namespace["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    cls.__init__ = init  # type: ignore[misc]
+    return cls
+
+
+_FACTORY = object()
+"""Stands for "not given" where a field has a default factory (the factory runs per instance)."""
 
 
 class Status(StrEnum):
@@ -68,6 +107,7 @@ class ClockState(StrEnum):
     clock is reported, never tagged, never counted as breached."""
 
 
+@fast_init
 @dataclass(frozen=True)
 class Flags:
     """Facts the policy reads, filled by the mapping from custom fields, tags or organization fields."""
@@ -84,12 +124,14 @@ class Flags:
     reopen_count: int = 0
 
 
+@fast_init
 @dataclass(frozen=True)
 class StatusChange:
     at: datetime
     status: Status
 
 
+@fast_init
 @dataclass(frozen=True)
 class TierChange:
     """The ticket entered `tier` at `at` (None: a tier-less group or value), whoever moved it.
@@ -101,6 +143,7 @@ class TierChange:
     tier: Tier | None
 
 
+@fast_init
 @dataclass(frozen=True)
 class PriorityChange:
     """The ticket's priority became `priority` at `at` (the first entry: its priority at creation, where known)."""
@@ -120,6 +163,7 @@ HISTORY_FACTS = (
 """Fact names a mapping may list in `Ticket.missing_facts` when their source cannot be read."""
 
 
+@fast_init
 @dataclass(frozen=True)
 class PlatformSla:
     """An SLA the platform computes itself (JSM SLA fields, ServiceNow task_sla), read as a fact."""
@@ -132,6 +176,7 @@ class PlatformSla:
     completed: bool = False
 
 
+@fast_init
 @dataclass(frozen=True)
 class NoteText:
     """An internal note by a person, as the handoff's troubleshooting summary shows it: when, and its first words
@@ -141,6 +186,7 @@ class NoteText:
     text: str
 
 
+@fast_init
 @dataclass(frozen=True)
 class Attachment:
     """A file on the ticket the platform names with a link (the handoff lists them; nothing downloads them)."""
@@ -150,6 +196,7 @@ class Attachment:
     at: datetime | None = None
 
 
+@fast_init
 @dataclass(frozen=True)
 class Ticket:
     platform: str
@@ -215,6 +262,7 @@ class Ticket:
         return len(later), max(later) if later else None
 
 
+@fast_init
 @dataclass(frozen=True)
 class EscalationHistory:
     """What the state store remembers of earlier escalations, handed to the engine as plain data."""
@@ -232,6 +280,7 @@ class EscalationHistory:
     """Which track of the ticket that is (1 for the first; a trigger after an ended track starts the next)."""
 
 
+@fast_init
 @dataclass(frozen=True)
 class Clock:
     name: str
@@ -245,7 +294,54 @@ class Clock:
     tier: Tier | None = None
     """The tier whose clock this is (acknowledgment, assessment); None for SLA and management clocks."""
 
+    @classmethod
+    def due_later(
+        cls,
+        name: str,
+        target: timedelta,
+        elapsed: timedelta,
+        remaining: timedelta,
+        state: ClockState,
+        calendar: str,
+        tier: Tier | None,
+        due: Callable[[datetime, timedelta], datetime],
+        start: datetime,
+    ) -> Clock:
+        """A running clock whose due instant, `due(start, remaining)`, is found on its first read (then kept).
 
+        Why: the due instant of a running clock is a walk over its business calendar, and only explain, reports
+        and handoff notes read it (tags, rules and the review moment need elapsed and remaining time); it was
+        the largest share of measuring a ticket's clocks (issue 14). Equality, hash and repr read it, so a
+        clock built here is indistinguishable from one built with the instant.
+        """
+        clock = object.__new__(cls)
+        clock.__dict__.update(
+            name=name,
+            target=target,
+            elapsed=elapsed,
+            remaining=remaining,
+            state=state,
+            calendar=calendar,
+            breached_at=None,
+            tier=tier,
+            _due=(due, start),
+        )
+        return clock
+
+    def __getattr__(self, name: str) -> datetime:
+        # Reached only for an attribute the instance lacks: the due instant of a `due_later` clock, first read.
+        pending = self.__dict__.get("_due")
+        if name != "due_at" or pending is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        due, start = pending
+        moment: datetime = due(start, self.remaining)
+        state = self.__dict__
+        state["due_at"] = moment
+        del state["_due"]  # the calendar it walked is no longer held
+        return moment
+
+
+@fast_init
 @dataclass(frozen=True)
 class RuleOutcome:
     name: str
@@ -254,6 +350,45 @@ class RuleOutcome:
     reason: str
     target_tier: Tier | None = None
     management: bool = False
+
+    @classmethod
+    def deferred(
+        cls,
+        name: str,
+        description: str,
+        fired: bool,
+        target_tier: Tier | None,
+        management: bool,
+        render: Callable[..., str],
+        *args: Any,
+    ) -> RuleOutcome:
+        """An outcome whose reason, `render(*args)`, is rendered on its first read (then kept), equal to the eager one.
+
+        Why: a rule that reads hours or minutes has a new reason text on almost every ticket, yet the text is
+        only read when a decision is written, logged or explained; formatting it for every rule of every
+        evaluated ticket was a third of the rules' cost (issue 14). Equality, hash and repr read the reason, so
+        they render it: a deferred outcome is indistinguishable from `RuleOutcome(..., render(), ...)`.
+        """
+        outcome = object.__new__(cls)
+        setter = object.__setattr__
+        setter(outcome, "name", name)
+        setter(outcome, "description", description)
+        setter(outcome, "fired", fired)
+        setter(outcome, "target_tier", target_tier)
+        setter(outcome, "management", management)
+        setter(outcome, "_render", (render, args))
+        return outcome
+
+    def __getattr__(self, name: str) -> str:
+        # Reached only for an attribute the instance lacks: the reason of a deferred outcome, on its first read.
+        pending = self.__dict__.get("_render")
+        if name != "reason" or pending is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        render, args = pending
+        reason: str = render(*args)
+        object.__setattr__(self, "reason", reason)
+        object.__delattr__(self, "_render")  # the facts it rendered from are no longer held
+        return reason
 
 
 COMMENT_MARKER = "escalation-sync:{key}"
@@ -298,6 +433,7 @@ class Comment:
         return f"{self.body}\n\n({self.marker})"
 
 
+@fast_init
 @dataclass(frozen=True)
 class TagSignal:
     """A tag the engine wants present, named abstractly; `TagScheme` turns it into the platform's tag text."""
@@ -379,6 +515,7 @@ def _clock_matcher(pattern: str) -> Callable[[str], str | None]:
     return clock
 
 
+@fast_init
 @dataclass(frozen=True)
 class Decision:
     platform: str
@@ -406,6 +543,7 @@ class Decision:
         return tuple(rule for rule in self.rules if rule.fired)
 
 
+@fast_init
 @dataclass(frozen=True)
 class WriteBack:
     """The difference between what the platform shows and what the engine wants: one API call's worth."""

@@ -23,7 +23,7 @@ costs one evaluation, which then computes the next moment.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -54,6 +54,8 @@ class TimeWatch:
     customer_counts: tuple[float, ...] | None = ()
     """The numbers rules compare `history.customer_escalations_30d` with; None when some rule uses it in
     another way (then every change of a customer's count matters)."""
+    clock_paths: tuple[tuple[str, str, str], ...] = ()
+    """(path, clock, field) of the clock facts in `thresholds`, split once (read for every ticket)."""
 
     def count_crossed(self, before: int, after: int) -> bool:
         """Whether a customer's count moving from `before` to `after` can change a rule's answer."""
@@ -91,11 +93,19 @@ def _derive(policy: Policy) -> TimeWatch:
             source = _STRING.sub("''", rewrite(rule.when, policy.thresholds).source)
             numbers, uses = _comparisons(source, flat_name(COUNT_FACT))
             counts = counts | set(numbers) if len(numbers) == uses else None
+    clock_paths = tuple((path, *_clock_field(path)) for path in found if path.startswith("clocks."))
     return TimeWatch(
         {path: tuple(sorted(values)) for path, values in found.items()},
         tuple(dict.fromkeys(opaque)),
         None if counts is None else tuple(sorted(counts)),
+        clock_paths,
     )
+
+
+def _clock_field(path: str) -> tuple[str, str]:
+    """`clocks.<name>.<field>` -> (name, field)."""
+    _, name, field = path.split(".")
+    return name, field
 
 
 def _comparisons(source: str, name: str) -> tuple[list[float], int]:
@@ -126,67 +136,90 @@ def next_review(
     paused_now: bool,
 ) -> tuple[datetime | None, bool]:
     """(review_at, exact): the earliest future instant at which the answer could change, None when nothing
-    will change without new input; exact is False when some rule's use of time could not be solved."""
+    will change without new input; exact is False when some rule's use of time could not be solved.
+
+    Most candidates are a business time to wait from `now` on some calendar. `add_business_time(now, d)` grows
+    with `d` and is after `now` for any positive `d` (a wait of zero or less is `now` itself, never a future
+    instant), so only the shortest positive wait of each calendar is turned into an instant: one calendar walk
+    per calendar instead of one per candidate.
+    """
     if ticket.status.is_terminal:
         return None, True
     watch = time_watch(policy)
+    waits: dict[BusinessCalendar, timedelta] = {}
+    """Calendar -> the shortest positive business time until some candidate moment."""
     candidates: list[datetime] = []
-    by_name = {clock.name: clock for clock in clocks}
+    """Candidate instants that are not a business wait (wall hours of age, "one second from now")."""
+    calendars = policy.calendars
     for clock in clocks:
-        candidates.extend(_clock_moments(clock, policy, now))
-    tier_calendar = policy.sla[ticket.priority].calendar
+        state = clock.state
+        if state is not ClockState.OK and state is not ClockState.AT_RISK:
+            continue
+        calendar = calendars[clock.calendar]
+        # Breached means elapsed > target: one business second past the due instant (a target met at closing
+        # time is breached at the next opening, not overnight).
+        _wait(waits, calendar, clock.remaining + _SECOND)
+        if state is ClockState.OK:
+            to_risk = clock.target * policy.at_risk_fraction - clock.elapsed
+            if to_risk > _ZERO:
+                _wait(waits, calendar, to_risk)
+            else:
+                candidates.append(now + _SECOND)
+    thresholds = watch.thresholds
     if not paused_now:
-        for hours in watch.thresholds.get("hours_at_tier", ()):
-            candidates.extend(_crossing(tier_calendar, now, hours_at_tier, hours, timedelta(hours=1)))
-    for hours in watch.thresholds.get("ticket.age_hours", ()):
+        tier_calendar = policy.sla[ticket.priority].calendar
+        for hours in thresholds.get("hours_at_tier", ()):
+            _crossing(waits, tier_calendar, hours_at_tier, hours, _HOUR)
+    for hours in thresholds.get("ticket.age_hours", ()):
         at = ticket.created_at + timedelta(hours=hours)
         if at >= now:
             candidates.append(at if at > now else now + _SECOND)
-    for path, values in watch.thresholds.items():
-        if not path.startswith("clocks."):
-            continue
-        _, name, field = path.split(".")
-        clock = by_name.get(name)
-        if clock is None or not _running(clock):
-            continue
-        calendar = policy.calendars[clock.calendar]
-        minute = timedelta(minutes=1)
-        for value in values:
-            if field == "elapsed_minutes":
-                candidates.extend(_crossing(calendar, now, _minutes(clock.elapsed), value, minute))
-            else:  # remaining falls as elapsed rises: it reaches `value` once elapsed reaches target - value
-                candidates.extend(_crossing(calendar, now, -_minutes(clock.remaining), -value, minute))
-    future = [_ceil_second(at) for at in candidates if at > now]
-    return (min(future) if future else None), not watch.opaque_rules
+    if watch.clock_paths:
+        by_name = {clock.name: clock for clock in clocks}
+        for path, name, field in watch.clock_paths:
+            clock = by_name.get(name)
+            if clock is None or not _running(clock):
+                continue
+            calendar = calendars[clock.calendar]
+            for value in thresholds[path]:
+                if field == "elapsed_minutes":
+                    _crossing(waits, calendar, _minutes(clock.elapsed), value, _MINUTE)
+                else:  # remaining falls as elapsed rises: it reaches `value` once elapsed reaches target - value
+                    _crossing(waits, calendar, -_minutes(clock.remaining), -value, _MINUTE)
+    for calendar, wait in waits.items():
+        candidates.append(calendar.add_business_time(now, wait))
+    future = [at for at in candidates if at > now]
+    return (_ceil_second(min(future)) if future else None), not watch.opaque_rules
+
+
+_ZERO = timedelta(0)
+_MINUTE = timedelta(minutes=1)
+_HOUR = timedelta(hours=1)
+
+
+def _wait(waits: dict[BusinessCalendar, timedelta], calendar: BusinessCalendar, duration: timedelta) -> None:
+    """Keep `duration` if it is the shortest positive wait on `calendar` so far."""
+    if duration > _ZERO:
+        known = waits.get(calendar)
+        if known is None or duration < known:
+            waits[calendar] = duration
 
 
 def _running(clock: Clock) -> bool:
     return clock.state in (ClockState.OK, ClockState.AT_RISK, ClockState.BREACHED)
 
 
-def _clock_moments(clock: Clock, policy: Policy, now: datetime) -> Iterable[datetime]:
-    """The instants at which this clock turns at risk and breached, if it is running towards them."""
-    if clock.state not in (ClockState.OK, ClockState.AT_RISK):
-        return ()
-    calendar = policy.calendars[clock.calendar]
-    # Breached means elapsed > target: one business second past the due instant (a target met at closing
-    # time is breached at the next opening, not overnight).
-    moments = [calendar.add_business_time(now, clock.remaining + _SECOND)]
-    if clock.state is ClockState.OK:
-        to_risk = clock.target * policy.at_risk_fraction - clock.elapsed
-        moments.append(calendar.add_business_time(now, to_risk) if to_risk > timedelta(0) else now + _SECOND)
-    return moments
-
-
 def _crossing(
-    calendar: BusinessCalendar, now: datetime, value: float, threshold: float, unit: timedelta
-) -> Iterable[datetime]:
-    """When a quantity that grows with business time (value now, in `unit`s) reaches `threshold`."""
+    waits: dict[BusinessCalendar, timedelta],
+    calendar: BusinessCalendar,
+    value: float,
+    threshold: float,
+    unit: timedelta,
+) -> None:
+    """When a quantity that grows with business time (value now, in `unit`s) reaches `threshold`: a wait."""
     if threshold < value:
-        return ()
-    if threshold == value:
-        return (calendar.add_business_time(now, _SECOND),)
-    return (calendar.add_business_time(now, unit * (threshold - value)),)
+        return
+    _wait(waits, calendar, _SECOND if threshold == value else unit * (threshold - value))
 
 
 def _minutes(delta: timedelta) -> float:

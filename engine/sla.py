@@ -236,7 +236,9 @@ def _finish(
         due_at = None  # unknown until the ticket resumes
     else:
         state = ClockState.AT_RISK if elapsed >= target * at_risk_fraction else ClockState.OK
-        due_at = calendar.add_business_time(now, remaining)
+        # Due `remaining` business time from now, walked only if read (see `Clock.due_later`).
+        add = calendar.add_business_time
+        return Clock.due_later(name, target, elapsed, remaining, state, calendar.name, tier, add, now)
     return Clock(
         name=name,
         target=target,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -169,6 +168,8 @@ class NumberFlag(Strict):
 
 
 FlagsMap = FlagSources[BoolFlag, NumberFlag]
+_FLAG_NAMES = tuple(FlagsMap.model_fields)
+"""The flag names, read once: `model_fields` is a computed property in pydantic 2.11 (read per ticket)."""
 
 
 class TagsMap(TagNames):
@@ -543,14 +544,14 @@ class _Normalizer:
     def flags(self, tags: frozenset[str]) -> Flags:
         values: dict[str, Any] = {}
         spec = self.spec.flags
-        for name in FlagsMap.model_fields:
+        for name in _FLAG_NAMES:
             flag = getattr(spec, name)
             if isinstance(flag, BoolFlag):
                 values[name] = flag.tag in tags if flag.tag else self.flag_value(flag)
             elif isinstance(flag, NumberFlag):
                 number = self.number(flag.field)
                 values[name] = number if name == "revenue_at_risk" else int(number)
-        return replace(Flags(), **values)
+        return Flags(**values)
 
     def flag_value(self, flag: BoolFlag) -> bool:
         """A choice field is true for the codes in `true_values`; a true/false field (the default

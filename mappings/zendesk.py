@@ -99,6 +99,8 @@ SYSTEM_USER_ID = -1
 """The updater of changes made by triggers, automations and other system rules."""
 _EVENT_FACTS = ("public_replies", "agent_actions", "tier_changes", "internal_notes")
 """What the ticket events give; absent (missing) for a ticket whose events were not all seen."""
+_MISSING_EVENT_FACTS = frozenset(_EVENT_FACTS)
+"""The same set for every ticket without its events (one object, not one per ticket)."""
 _BOOL_FLAGS = (
     "churn_threat",
     "public_complaint",
@@ -413,7 +415,7 @@ class ZendeskMapping:
         # its window covers the ticket's whole life.
         events = self._complete_events(record, created_at, updated_at)
         facts = _EventHistory(self, rid, data, events).facts() if events is not None else None
-        return facts if facts is not None else {"missing_facts": frozenset(_EVENT_FACTS)}
+        return facts if facts is not None else {"missing_facts": _MISSING_EVENT_FACTS}
 
     def _status(self, rid: str, value: Any) -> Status:
         if value is None:
@@ -575,7 +577,12 @@ class ZendeskMapping:
     ) -> Flags:
         values: dict[str, Any] = {}
         for name, flag_tags, custom_field, org_field, wanted in self._flag_rules:
-            values[name] = self._flag(rid, name, flag_tags, custom_field, org_field, wanted, tags, fields, org_fields)
+            if custom_field is None and org_field is None:
+                values[name] = not flag_tags.isdisjoint(tags)  # a flag read from tags only (most of them)
+            else:
+                values[name] = self._flag(
+                    rid, name, flag_tags, custom_field, org_field, wanted, tags, fields, org_fields
+                )
         for name, kind, number in self._number_rules:
             raw = None
             if number is not None:
