@@ -60,6 +60,8 @@ def _peer() -> Any:
 
 measure = _peer().measure
 
+DAEMON_ROOT = ROOT
+"""The checkout the daemon runs from (`--root`); the sandboxes and this bench are always this checkout's."""
 ENVIRON = {
     "BENCH_ZD_EMAIL": "bench@example.com",
     "BENCH_ZD_TOKEN": "bench-zendesk-token",
@@ -175,14 +177,14 @@ class Run:
 
 
 def write_config(directory: Path, platform: str, base_url: str, max_writes: int) -> Path:
-    text = (ROOT / "config.example.toml").read_text(encoding="utf-8")
+    text = (DAEMON_ROOT / "config.example.toml").read_text(encoding="utf-8")
     policy = text.split("# ---- escalation policy", 1)[1]
     credentials, options = INSTANCES[platform]
     config = (
         f'[daemon]\nlog_format = "json"\nmax_writes_per_cycle = {max_writes}\n\n'
         f'[state]\nurl = "sqlite:///{directory / "state.sqlite3"}"\n\n'
         f'[[instances]]\nname = "bench-{platform}"\nplatform = "{platform}"\nbase_url = "{base_url}"\n'
-        f'mapping = "{ROOT / "mappings" / f"{platform}.toml"}"\ninitial_lookback_hours = {24 * 30}\n\n'
+        f'mapping = "{DAEMON_ROOT / "mappings" / f"{platform}.toml"}"\ninitial_lookback_hours = {24 * 30}\n\n'
         f"[instances.credentials]\n{credentials}\n[instances.options]\n{options}"
     )
     path = directory / "config.toml"
@@ -209,7 +211,7 @@ def run_daemon(server: Server, platform: str, max_writes: int, profile: Path | N
         env = {
             **os.environ,
             **ENVIRON,
-            "BENCH_ROOT": str(ROOT),
+            "BENCH_ROOT": str(DAEMON_ROOT),
             "BENCH_NOW": server.now,
             "ESCALATION_SYNC_LOG_LEVEL": "INFO",
         }
@@ -298,8 +300,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=1, help="runs per figure; the median is printed")
     parser.add_argument("--profile", action="store_true", help="profile the daemon's read mode instead")
     parser.add_argument("--top", type=int, default=25, help="profile entries printed per ordering")
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=ROOT,
+        help="the checkout whose sync.py, mappings and config.example.toml are measured (default: this one), "
+        "to compare a branch with main by the same bench",
+    )
     parser.add_argument("--serve", metavar="PLATFORM", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    global DAEMON_ROOT
+    DAEMON_ROOT = args.root.resolve()
     if args.serve:
         serve(args.serve, args.tickets, args.seed)
         return 0
