@@ -92,6 +92,7 @@ if not profile:
 import cProfile, pstats
 profiler = cProfile.Profile()
 code = profiler.runcall(sync.main, sys.argv[1:])
+profiler.dump_stats(profile + ".prof")
 with open(profile, "w") as out:
     top = int(os.environ.get("BENCH_TOP", "25"))
     for order in ("tottime", "cumulative"):

@@ -320,9 +320,12 @@ class Syncer:
             report.pages += 1
             pages += 1
             self._guard(cursor, page, pages, "poll")
-            if not self._book_page(page.records, now, report, quarantined, adopting, scan=False):
-                return
-            self.state.set_cursor(self.instance, page.cursor)
+            # The page's entries and then its cursor, in one commit (one disk sync a page, not two): the cursor
+            # still never moves without them.
+            with self.state.transaction():
+                if not self._book_page(page.records, now, report, quarantined, adopting, scan=False):
+                    return
+                self.state.set_cursor(self.instance, page.cursor)
             report.cursor_committed = True
             cursor = page.cursor
             if not page.has_more:
@@ -347,10 +350,11 @@ class Syncer:
             report.pages += 1
             self._guard(cursor, page, pages, "open-ticket scan")
             before = report.tickets_seen
-            if not self._book_page(page.records, now, report, quarantined, adopting=True, scan=True):
-                return
+            with self.state.transaction():  # as in `_poll_all`: entries and progress in one commit
+                if not self._book_page(page.records, now, report, quarantined, adopting=True, scan=True):
+                    return
+                self.state.set_cursor(key, page.cursor if page.has_more else SCAN_DONE)
             report.scanned += report.tickets_seen - before
-            self.state.set_cursor(key, page.cursor if page.has_more else SCAN_DONE)
             elapsed = max(time.monotonic() - started, 1e-6)
             detail: dict[str, Any] = {
                 "pages": pages,
@@ -468,7 +472,12 @@ class Syncer:
         evaluation would be the one already booked (and a review moment reached is the review step's). It is
         booked with its own sideloads (what the platform shows beside the ticket now), its moment and urgency
         kept. Any edit after our write has a new revision and is evaluated in full. The revision is read the
-        way the connector reads it for its conditional writes, else through the mapping."""
+        way the connector reads it for its conditional writes, else through the mapping.
+
+        A revision can be too coarse: Zendesk's `updated_at` is in whole seconds, so a person's edit in the
+        second of our write keeps it. So the record must also agree with the answer's on every field both
+        carry (the export adds fields of its own, such as `generated_timestamp`): only the candidates, the
+        tickets written since the last poll, pay for that comparison."""
         booked = self._page_echoes.get(record.id)
         if booked is None or record.id in quarantined:
             return None
@@ -482,6 +491,9 @@ class Syncer:
                 return None
         if not revision or revision != booked.revision:
             return None
+        written = decode_record(booked.raw or "{}").data
+        if any(key in written and written[key] != value for key, value in record.data.items()):
+            return None
         return replace(booked, raw=encode_record(record), seen_at=now)
 
     def _resolved(self, ticket: Ticket, now: datetime) -> None:
@@ -489,7 +501,11 @@ class Syncer:
         tier read this row (tier RESOLVED), which no count of escalations includes."""
         if self.dry_run or ticket.status is Status.DELETED:
             return
-        if any(tier in TIER_NAMES for tier, _ in self.state.tier_entries(self.instance, ticket.id)):
+        # A polled ticket's history rows are the page's, read in one query (a query each was 1 in 5 of them).
+        rows = self._page_rows.get(ticket.id, []) if ticket.id in self._page_ids else None
+        if rows is None:
+            rows = self.state.tier_entries(self.instance, ticket.id)
+        if any(tier in TIER_NAMES for tier, _ in rows):
             at = ticket.solved_at or ticket.updated_at
             self.state.record_escalation(self.instance, _customer(ticket), ticket.id, RESOLVED, at)
 

@@ -351,6 +351,38 @@ def test_the_echo_of_our_write_is_recognised_by_revision_and_a_later_edit_is_eva
     assert polled.count(edited) == 1, "a person's edit after our write must be evaluated in full"
 
 
+def test_an_edit_in_the_second_of_our_write_is_no_echo(zendesk_world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Zendesk's revision (`updated_at`) is in whole seconds: a person's edit in the second of our write keeps
+    it, and must still be evaluated (the record differs from the write's answer)."""
+    import runtime.cycle
+
+    seen: list[str] = []
+    real = runtime.cycle.evaluate
+
+    def counting(ticket: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(ticket.id)
+        return real(ticket, *args, **kwargs)
+
+    monkeypatch.setattr(runtime.cycle, "evaluate", counting)
+    world = zendesk_world
+    freeze_customer_history(world)
+    syncer = world.syncer()
+    syncer.run_cycle()
+    put = sorted(
+        {path.split("/")[-1].removesuffix(".json") for method, path in world.sandbox.requests if method == "PUT"}
+    )
+    edited = next(key for key in put if world.sandbox.ticket(int(key))["status"] not in ("solved", "closed"))
+    revision = world.sandbox.ticket(int(edited))["updated_at"]
+    world.sandbox.update(int(edited), priority="urgent")  # the clock has not moved: the same second
+    assert world.sandbox.ticket(int(edited))["updated_at"] == revision
+    world.clock.advance(timedelta(seconds=61))
+    seen.clear()
+    report = syncer.run_cycle()
+    assert report.error == "" and edited in seen
+    assert world.store.book_entry(world.name, edited).raw is not None
+    assert '"urgent"' in (world.store.book_entry(world.name, edited).raw or "")
+
+
 def test_every_handoff_note_is_posted_once(world: World) -> None:
     syncer = world.syncer()
     for _ in range(4):
