@@ -59,7 +59,10 @@ def encode_record(record: RawRecord) -> str:
     The records come from `connectors.http.decode_json`, so they hold no non-finite float (orjson would write
     one as null)."""
     payload = {"id": record.id, "data": record.data, "related": record.related}
-    return orjson.dumps(payload, default=str, option=_RECORD_OPTIONS).decode()
+    try:
+        return orjson.dumps(payload, default=str, option=_RECORD_OPTIONS).decode()
+    except orjson.JSONEncodeError:  # what orjson cannot write (an integer wider than 64 bits): json can
+        return json.dumps(payload, default=str)
 
 
 def decode_record(payload: str) -> RawRecord:

@@ -93,3 +93,10 @@ def test_a_stored_record_with_a_non_finite_literal_still_reads() -> None:
     """Written by the standard library before orjson (`NaN` for a float nan): read, the value as its text."""
     record = decode_record('{"id": "9", "data": {"id": 9, "value": NaN}, "related": {}}')
     assert record == RawRecord("9", {"id": 9, "value": "NaN"}, {})
+
+
+def test_a_record_orjson_cannot_write_is_written_by_json() -> None:
+    """An integer wider than 64 bits (json reads one exactly, and a mutated record may carry it). It reads back
+    as a float, as such a number in a response body does (see `decode_json`)."""
+    record = RawRecord("10", {"id": 10, "value": -(2**63) - 1}, {})
+    assert decode_record(encode_record(record)) == RawRecord("10", {"id": 10, "value": float(-(2**63) - 1)}, {})
