@@ -174,7 +174,8 @@ class Run:
     polled: int
     written: int
     calls: int
-    writes_calls: int
+    non_get_calls: int
+    """Requests other than GET: the writes, and JSM's search (a read-only POST)."""
 
 
 def write_config(directory: Path, platform: str, base_url: str, max_writes: int) -> Path:
@@ -233,8 +234,8 @@ def run_daemon(server: Server, platform: str, max_writes: int, profile: Path | N
         raise RuntimeError(f"{platform}: sync.py once logged no good cycle; its last log lines:\n{tail}")
     cycle = cycles[-1]
     calls = {method: after.get(method, 0) - before.get(method, 0) for method in after}
-    writes_calls = sum(count for method, count in calls.items() if method != "GET")
-    return Run(cpu, wall, cycle["tickets_seen"], cycle["writes"], sum(calls.values()), writes_calls)
+    non_get = sum(count for method, count in calls.items() if method != "GET")
+    return Run(cpu, wall, cycle["tickets_seen"], cycle["writes"], sum(calls.values()), non_get)
 
 
 # ---- the figures -----------------------------------------------------------------------------------------
@@ -262,7 +263,7 @@ def measure_platform(platform: str, tickets: int, seed: int, modes: list[str]) -
             f"{prefix}.polled": (run.polled, "tickets"),
             f"{prefix}.written": (run.written, "tickets"),
             f"{prefix}.calls": (run.calls, "calls"),
-            f"{prefix}.write_calls": (run.writes_calls, "calls"),
+            f"{prefix}.non_get_calls": (run.non_get_calls, "calls"),
             f"{prefix}.cpu": (run.cpu, "s"),
             f"{prefix}.wall": (run.wall, "s"),
             f"{prefix}.cpu_per_polled_ticket": (1e6 * net / run.polled if run.polled else 0.0, "us"),
