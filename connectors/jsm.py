@@ -72,7 +72,7 @@ from connectors.base import (
     RawRecord,
     RecordSpec,
 )
-from connectors.http import HttpClient, path_segment
+from connectors.http import HttpClient, decode_json, path_segment
 from connectors.paging import CursorExport
 from engine.model import COMMENT_MARKER, WriteBack
 
@@ -395,7 +395,7 @@ class JsmConnector:
                 f"{self.http.redact(error_text(response))}"
             )
         try:
-            body = response.json()
+            body = decode_json(response.content)
         except ValueError:
             raise ConnectorError(f"{self.instance}: bulk changelog answered with a body that is not JSON") from None
         if not isinstance(body, Mapping):
@@ -409,7 +409,7 @@ class JsmConnector:
                 f"{self.http.redact(error_text(response))}"
             )
         try:
-            body = response.json()
+            body = decode_json(response.content)
         except ValueError:
             raise ConnectorError(f"{self.instance}: search answered with a body that is not JSON") from None
         if not isinstance(body, Mapping) or not isinstance(body.get("issues", []), list):

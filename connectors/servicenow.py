@@ -65,7 +65,7 @@ from connectors.base import (
     RecordSpec,
     TransientError,
 )
-from connectors.http import HttpClient
+from connectors.http import HttpClient, decode_json
 from connectors.paging import Keyset
 from engine.model import COMMENT_MARKER, WriteBack
 
@@ -505,7 +505,7 @@ class ServiceNowConnector:
             reason = self.http.redact(_error_text(response))
             raise ConnectorError(f"{self.instance}: {what}: HTTP {response.status_code} {reason}")
         try:
-            return response.json()
+            return decode_json(response.content)
         except (json.JSONDecodeError, UnicodeDecodeError):
             # A hibernating developer instance answers 200 with an HTML wake-up page.
             raise TransientError(f"{self.instance}: {what}: response is not JSON (instance asleep?)") from None

@@ -90,7 +90,7 @@ from connectors.base import (
     TransientError,
     WaitInterruptedError,
 )
-from connectors.http import HttpClient
+from connectors.http import HttpClient, decode_json
 from connectors.paging import CursorExport, TimeExport
 from engine.model import COMMENT_MARKER, WriteBack
 
@@ -302,6 +302,12 @@ class ZendeskConnector:
                 self._remember(ticket)
             records.append(RawRecord(id=str(ticket.get("id")), data=ticket, related=related))
         return records
+
+    def revision_of(self, record: RawRecord) -> str:
+        """The ticket's revision as the safe update sends it (`updated_stamp`): its `updated_at`, as read. The cycle
+        recognises the echo of our own write by it without normalizing the record."""
+        revision = record.data.get("updated_at")
+        return revision if isinstance(revision, str) else ""
 
     def observe(self, record: RawRecord) -> None:
         """The record a write about to be sent was planned from (the cycle's book): its tags at its revision
@@ -679,7 +685,7 @@ class ZendeskConnector:
     @staticmethod
     def _body(response: httpx.Response) -> dict[str, Any] | None:
         try:
-            body = response.json()
+            body = decode_json(response.content)
         except (json.JSONDecodeError, UnicodeDecodeError):
             return None
         return body if isinstance(body, dict) else None

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 
+import orjson
+
 from connectors.base import RawRecord
+from connectors.http import decode_json
 from engine.model import Comment, Tier, WriteBack
 
 
@@ -46,10 +49,23 @@ def decode(payload: str) -> WriteBack:
     )
 
 
+_RECORD_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+"""What `json.dumps(..., default=str)` did where orjson would do otherwise: non-string keys become strings,
+datetimes and dataclasses go through `str`."""
+
+
 def encode_record(record: RawRecord) -> str:
-    return json.dumps({"id": record.id, "data": record.data, "related": record.related}, default=str)
+    """Every booked record is encoded once per poll (the book's raw): orjson, about ten times cheaper than json.
+    The records come from `connectors.http.decode_json`, so they hold no non-finite float (orjson would write
+    one as null)."""
+    payload = {"id": record.id, "data": record.data, "related": record.related}
+    try:
+        return orjson.dumps(payload, default=str, option=_RECORD_OPTIONS).decode()
+    except orjson.JSONEncodeError:  # what orjson cannot write (an integer wider than 64 bits): json can
+        return json.dumps(payload, default=str)
 
 
 def decode_record(payload: str) -> RawRecord:
-    data = json.loads(payload)
+    """Through `decode_json`: a raw stored by an older version with a `NaN` literal still reads."""
+    data = decode_json(payload)
     return RawRecord(id=str(data["id"]), data=data["data"], related=data.get("related") or {})

@@ -129,6 +129,9 @@ class CycleReport:
     review_escalations: int = 0
     deferred: int = 0
     """Due writes left for a later cycle by max_writes_per_cycle."""
+    echoes: int = 0
+    """Polled records that were our own write read back (the revision booked from the write's answer): booked
+    with their fresh sideloads, not evaluated again."""
     escalations: Counter[str] = field(default_factory=Counter)
     management: int = 0
     comments: int = 0
@@ -236,6 +239,8 @@ class Syncer:
         self._purged_at: datetime | None = None
         self._page_ids: set[str] = set()
         self._page_rows: dict[str, list[tuple[str, datetime]]] = {}
+        self._page_echoes: dict[str, BookEntry] = {}
+        """Entries of the page being booked that a write's answer booked and no poll has seen since."""
         self._cycle_counts: dict[str, int] | None = None
         self._counts_before: dict[str, int] = {}
         """Customers escalated this cycle, with their 30-day count before the first of those escalations."""
@@ -319,9 +324,12 @@ class Syncer:
             report.pages += 1
             pages += 1
             self._guard(cursor, page, pages, "poll")
-            if not self._book_page(page.records, now, report, quarantined, adopting, scan=False):
-                return
-            self.state.set_cursor(self.instance, page.cursor)
+            # The page's entries and then its cursor, in one commit (one disk sync a page, not two): the cursor
+            # still never moves without them.
+            with self.state.transaction():
+                if not self._book_page(page.records, now, report, quarantined, adopting, scan=False):
+                    return
+                self.state.set_cursor(self.instance, page.cursor)
             report.cursor_committed = True
             cursor = page.cursor
             if not page.has_more:
@@ -346,10 +354,11 @@ class Syncer:
             report.pages += 1
             self._guard(cursor, page, pages, "open-ticket scan")
             before = report.tickets_seen
-            if not self._book_page(page.records, now, report, quarantined, adopting=True, scan=True):
-                return
+            with self.state.transaction():  # as in `_poll_all`: entries and progress in one commit
+                if not self._book_page(page.records, now, report, quarantined, adopting=True, scan=True):
+                    return
+                self.state.set_cursor(key, page.cursor if page.has_more else SCAN_DONE)
             report.scanned += report.tickets_seen - before
-            self.state.set_cursor(key, page.cursor if page.has_more else SCAN_DONE)
             elapsed = max(time.monotonic() - started, 1e-6)
             detail: dict[str, Any] = {
                 "pages": pages,
@@ -391,6 +400,7 @@ class Syncer:
         """Put a page's records in the book; False if a stop request cut the page short (cursor stays)."""
         self._page_ids = {record.id for record in records}
         self._page_rows = self.state.tier_entries_many(self.instance, list(self._page_ids))
+        self._page_echoes = self.state.book_unpolled(self.instance, list(self._page_ids))
         # A scan reading what this cycle has booked already (its poll, or an earlier page): the book says so.
         booked = self.state.book_seen_since(self.instance, list(self._page_ids), now) if scan else set()
         entries: list[BookEntry] = []
@@ -421,6 +431,10 @@ class Syncer:
         scan: bool = False,
     ) -> BookEntry | None:
         report.tickets_seen += 1
+        echo = self._echo(record, now, quarantined)
+        if echo is not None:
+            report.echoes += 1
+            return echo
         ticket = self._normalize(record, now, report)
         if ticket is None:
             # Its last good version may be in the book: no review may act on it while the platform's own
@@ -454,12 +468,48 @@ class Syncer:
         review_at = now if due else self._review_time(decision, now)
         return _open_entry(record, ticket, decision, review_at, now, adopt=adopting and due and self.adopt_tag_only)
 
+    def _echo(self, record: RawRecord, now: datetime, quarantined: set[str]) -> BookEntry | None:
+        """The book entry for a record that is our own write read back, else None.
+
+        `_book_written` booked the ticket as the write's answer showed it, evaluated as written, and left it
+        unseen by any poll. A record at that same revision is that very ticket: nobody changed it since, so its
+        evaluation would be the one already booked (and a review moment reached is the review step's). It is
+        booked with its own sideloads (what the platform shows beside the ticket now), its moment and urgency
+        kept. Any edit after our write has a new revision and is evaluated in full. The revision is read the
+        way the connector reads it for its conditional writes, else through the mapping.
+
+        A revision can be too coarse: Zendesk's `updated_at` is in whole seconds, so a person's edit in the
+        second of our write keeps it. So the record must also agree with the answer's on every field both
+        carry (the export adds fields of its own, such as `generated_timestamp`): only the candidates, the
+        tickets written since the last poll, pay for that comparison."""
+        booked = self._page_echoes.get(record.id)
+        if booked is None or record.id in quarantined:
+            return None
+        revision_of = getattr(self.connector, "revision_of", None)
+        if revision_of is not None:
+            revision = revision_of(record)
+        else:
+            try:
+                revision = self.mapping.normalize(record, self.instance).revision
+            except Exception:  # the full path quarantines it with its reason
+                return None
+        if not revision or revision != booked.revision:
+            return None
+        written = decode_record(booked.raw or "{}").data
+        if any(key in written and written[key] != value for key, value in record.data.items()):
+            return None
+        return replace(booked, raw=encode_record(record), seen_at=now)
+
     def _resolved(self, ticket: Ticket, now: datetime) -> None:
         """A ticket we escalated reached a terminal status: the report's resolution time and success rate by
         tier read this row (tier RESOLVED), which no count of escalations includes."""
         if self.dry_run or ticket.status is Status.DELETED:
             return
-        if any(tier in TIER_NAMES for tier, _ in self.state.tier_entries(self.instance, ticket.id)):
+        # A polled ticket's history rows are the page's, read in one query (a query each was 1 in 5 of them).
+        rows = self._page_rows.get(ticket.id, []) if ticket.id in self._page_ids else None
+        if rows is None:
+            rows = self.state.tier_entries(self.instance, ticket.id)
+        if any(tier in TIER_NAMES for tier, _ in rows):
             at = ticket.solved_at or ticket.updated_at
             self.state.record_escalation(self.instance, _customer(ticket), ticket.id, RESOLVED, at)
 
@@ -593,6 +643,9 @@ class Syncer:
                 report.deferred += 1
                 updates.append((entry.ticket_id, now, _urgency(decision, ticket), entry.adopt))
                 return False
+            if not self._rendered(record, writeback, ticket, now, report):
+                updates.append((entry.ticket_id, None, entry.urgency, False))
+                return True
             self._attempts += 1
             self._observe(record)
             if entry.seen_at is None or entry.seen_at < now:
@@ -613,6 +666,25 @@ class Syncer:
         updates.append((entry.ticket_id, self._review_time(decision, now), _urgency(decision, ticket), False))
         return True
 
+    def _rendered(
+        self, record: RawRecord, writeback: WriteBack, ticket: Ticket, now: datetime, report: CycleReport
+    ) -> bool:
+        """Render the handoff note of a write about to go out; False (the record quarantined) if it fails.
+
+        The engine defers the note's text to its first read (`Comment.deferred`); it is read here, for the
+        writes this cycle sends, not where every due ticket is evaluated: a backlog held back by the write cap
+        renders none of the notes that wait for a later cycle. A fault rendering it is still that ticket's
+        evaluation fault, quarantined, never one of the write path's."""
+        if writeback.comment is None:
+            return True
+        try:
+            writeback.comment.body  # noqa: B018 - the first read renders it
+        except Exception as error:
+            log.exception("evaluation failed", extra={"instance": self.instance, "ticket": ticket.id})
+            self._quarantine(record, f"evaluation failed: {type(error).__name__}: {str(error)[:300]}", now, report)
+            return False
+        return True
+
     def _observe(self, record: RawRecord) -> None:
         """Keep the record a queued write is planned from (the book's copy) until the write is sent."""
         if not self.dry_run:
@@ -630,8 +702,10 @@ class Syncer:
         self, written: RawRecord, before: RawRecord | None, ticket: Ticket, decision: Decision | None, now: datetime
     ) -> None:
         """Book the ticket as our write left it (the answer's record, with the sideloads it was planned with),
-        next reviewed when the decision said: a review before the echo is polled then plans from what the
-        platform shows now, and sends nothing again. The echo itself is still evaluated when it is polled."""
+        evaluated as written: a review before the echo is polled then plans from what the platform shows now,
+        and sends nothing again. The entry is left unseen by any poll (`seen_at` empty), so the poll reading the
+        echo back at this revision recognises it without evaluating it again (`_echo`). Where the written
+        ticket cannot be evaluated, the write's decision says when to look again and the echo is evaluated."""
         if decision is None or ticket.status.is_terminal:
             return
         record = RawRecord(written.id, written.data, {**(before.related if before else {}), **written.related})
@@ -641,9 +715,14 @@ class Syncer:
             return
         if after.status.is_terminal:
             return
-        self.state.book_put(
-            self.instance, [_open_entry(record, after, decision, self._review_time(decision, now), now)]
-        )
+        seen: datetime | None = now
+        try:
+            decision, _ = self._decide(after, now)
+            seen = None
+        except Exception:  # its evaluation is the echo's then, with the poll's guard
+            log.debug("written ticket not evaluated", extra={"instance": self.instance, "ticket": after.id})
+        entry = _open_entry(record, after, decision, self._review_time(decision, now), now)
+        self.state.book_put(self.instance, [replace(entry, seen_at=seen)])
 
     # -- deciding and writing --------------------------------------------------------------------------------
 
@@ -656,8 +735,6 @@ class Syncer:
             self.state.record_escalation(self.instance, _customer(ticket), ticket.id, label, now)
         decision = evaluate(ticket, self.policy, now, history)
         writeback = plan(decision, ticket, self.mapping.tags)
-        if writeback.comment is not None:
-            writeback.comment.body  # noqa: B018 - the engine defers the note's text: render it inside the guard
         running = history.management_started_at is not None and history.management_ended_at is None
         if running and not decision.management and self.mapping.tags.management not in ticket.tags:
             # The policy ended the track and no tag is left to remove: the end is recorded now. (With the tag

@@ -267,21 +267,22 @@ def test_a_ticket_polled_due_is_evaluated_once_in_the_cycle(
     zendesk_world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The review of a ticket the same cycle's poll found due, at the same moment and from the same history, is
-    the same pure evaluation: the poll's decision is reused (it was decoded, normalized and evaluated again)."""
+    the same pure evaluation: the poll's decision is reused (it was decoded, normalized and evaluated again).
+    A written ticket is evaluated once more as the write left it (a new revision: see the echo test below)."""
     import runtime.cycle
 
-    calls: list[str] = []
+    calls: list[tuple[str, str]] = []
     real = runtime.cycle.evaluate
 
     def counting(ticket: Any, *args: Any, **kwargs: Any) -> Any:
-        calls.append(ticket.id)
+        calls.append((ticket.id, ticket.revision))
         return real(ticket, *args, **kwargs)
 
     monkeypatch.setattr(runtime.cycle, "evaluate", counting)
     world = zendesk_world
     report = world.syncer().run_cycle()
     assert report.error == "" and report.writes > 0 and report.reviewed >= report.writes
-    assert len(calls) == len(set(calls)) <= report.tickets_seen
+    assert len(calls) == len(set(calls)) <= report.tickets_seen + report.writes
 
 
 def test_the_echo_of_our_own_write_costs_no_write(world: World) -> None:
@@ -295,6 +296,91 @@ def test_the_echo_of_our_own_write_costs_no_write(world: World) -> None:
         assert echo.tickets_seen >= first.writes, "the second poll must read back the tickets we wrote"
     assert echo.writes == 0
     assert world.writes() == written
+
+
+def test_the_echo_of_our_write_is_recognised_by_revision_and_a_later_edit_is_evaluated(
+    zendesk_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ticket as our write left it is booked from the write's answer (and evaluated then): the poll that
+    reads it back at that revision recognises it and evaluates nothing. A person's edit after our write has a
+    new revision and is evaluated in full."""
+    import runtime.cycle
+
+    polled: list[str] = []
+    real = runtime.cycle.evaluate
+    polling = False
+
+    def counting(ticket: Any, *args: Any, **kwargs: Any) -> Any:
+        if polling:
+            polled.append(ticket.id)
+        return real(ticket, *args, **kwargs)
+
+    real_poll = Syncer._poll_all
+
+    def poll_all(self: Syncer, *args: Any) -> None:
+        nonlocal polling
+        polling = True
+        try:
+            real_poll(self, *args)
+        finally:
+            polling = False
+
+    monkeypatch.setattr(runtime.cycle, "evaluate", counting)
+    monkeypatch.setattr(Syncer, "_poll_all", poll_all)
+    world = zendesk_world
+    freeze_customer_history(world)
+    syncer = world.syncer()
+    first = syncer.run_cycle()
+    put = {path.split("/")[-1].removesuffix(".json") for method, path in world.sandbox.requests if method == "PUT"}
+    # A ticket solved or closed goes out of the book as written: its echo is read as any other record.
+    written = sorted(key for key in put if world.sandbox.ticket(int(key))["status"] not in ("solved", "closed"))
+    assert first.writes > 0 and written
+    world.clock.advance(timedelta(seconds=61))  # the export shows changes once they are a minute old
+    polled.clear()
+    echo = syncer.run_cycle()
+    assert echo.error == "" and echo.writes == 0
+    assert echo.tickets_seen >= len(written), "the second poll reads back the tickets we wrote"
+    assert set(polled).isdisjoint(written), "an echo of our own write was evaluated again"
+    assert echo.echoes == len(written)
+    edited = written[0]
+    world.sandbox.update(int(edited), priority="urgent")
+    world.clock.advance(timedelta(seconds=61))
+    polled.clear()
+    after_edit = syncer.run_cycle()
+    assert after_edit.error == ""
+    assert polled.count(edited) == 1, "a person's edit after our write must be evaluated in full"
+
+
+def test_an_edit_in_the_second_of_our_write_is_no_echo(zendesk_world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Zendesk's revision (`updated_at`) is in whole seconds: a person's edit in the second of our write keeps
+    it, and must still be evaluated (the record differs from the write's answer)."""
+    import runtime.cycle
+
+    seen: list[str] = []
+    real = runtime.cycle.evaluate
+
+    def counting(ticket: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(ticket.id)
+        return real(ticket, *args, **kwargs)
+
+    monkeypatch.setattr(runtime.cycle, "evaluate", counting)
+    world = zendesk_world
+    freeze_customer_history(world)
+    syncer = world.syncer()
+    syncer.run_cycle()
+    put = sorted(
+        {path.split("/")[-1].removesuffix(".json") for method, path in world.sandbox.requests if method == "PUT"}
+    )
+    edited = next(key for key in put if world.sandbox.ticket(int(key))["status"] not in ("solved", "closed"))
+    revision = world.sandbox.ticket(int(edited))["updated_at"]
+    world.sandbox.update(int(edited), priority="urgent")  # the clock has not moved: the same second
+    assert world.sandbox.ticket(int(edited))["updated_at"] == revision
+    world.clock.advance(timedelta(seconds=61))
+    seen.clear()
+    report = syncer.run_cycle()
+    assert report.error == "" and edited in seen
+    assert world.store.book_entry(world.name, edited).raw is not None
+    assert '"urgent"' in (world.store.book_entry(world.name, edited).raw or "")
 
 
 def test_every_handoff_note_is_posted_once(world: World) -> None:
