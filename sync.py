@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -236,6 +237,22 @@ def _fence(wired: list[Wired], keeper: LeaseKeeper | None) -> None:
             instance.syncer.store = FencedStore(instance.syncer.store, instance.section.name)
 
 
+GC_YOUNG_THRESHOLD = 50_000
+"""Allocations between young-generation collections (CPython's default is 700, 2,000 from 3.13 on)."""
+
+
+def _settle_collector() -> None:
+    """Move what start-up built (config, compiled policy, mappings, clients) out of the collector's sight and
+    collect the young generation less often. A cycle allocates tens of objects per ticket, nearly all freed by
+    reference counting at once; at CPython's default threshold the collector re-walks the long-lived heap over
+    and over for no garbage (about a fifth of the engine's CPU, measured with the collector off), while a
+    larger young generation holds a few MB more at most."""
+    gc.collect()
+    gc.freeze()
+    young, middle, old = gc.get_threshold()
+    gc.set_threshold(max(GC_YOUNG_THRESHOLD, young), middle, old)
+
+
 def _run_cycles(
     config: AppConfig,
     args: argparse.Namespace,
@@ -276,6 +293,7 @@ def _run_cycles_locked(
         store.close()
         raise
     wired = running[0]
+    _settle_collector()
     failures = 0
     try:
         while True:
