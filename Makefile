@@ -29,3 +29,7 @@ bench: install
 	$(BIN)/python bench/calls.py
 	$(BIN)/python bench/store.py
 	$(BIN)/python bench/memory.py
+	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/latency.py --interval 60
+	$(BIN)/python bench/peer.py
