@@ -303,12 +303,6 @@ class ZendeskConnector:
             records.append(RawRecord(id=str(ticket.get("id")), data=ticket, related=related))
         return records
 
-    def revision_of(self, record: RawRecord) -> str:
-        """The ticket's revision as the safe update sends it (`updated_stamp`): its `updated_at`, as read. The cycle
-        recognises the echo of our own write by it without normalizing the record."""
-        revision = record.data.get("updated_at")
-        return revision if isinstance(revision, str) else ""
-
     def observe(self, record: RawRecord) -> None:
         """The record a write about to be sent was planned from (the cycle's book): its tags at its revision
         are what a safe PUT's `tags` list starts from, so the write needs no read first. Polled pages are not

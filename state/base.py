@@ -207,11 +207,6 @@ class Store(Protocol):
         """`escalations_since` of every customer at once."""
         ...
 
-    def book_unpolled(self, instance: str, ticket_ids: Sequence[str]) -> dict[str, BookEntry]:
-        """The open entries among these tickets that no poll has seen yet (`seen_at` empty): those the cycle
-        booked from a write's answer, so the poll reading their echo recognises it by revision."""
-        ...
-
     def book_seen_since(self, instance: str, ticket_ids: Sequence[str], since: datetime) -> set[str]:
         """Which of these tickets the book last saw at or after `since` (a cycle asks which its poll has
         booked already, instead of holding every polled id in memory)."""

@@ -565,18 +565,6 @@ class SqlStore:
                 found.setdefault(ticket_id, []).append((tier, self._decode_time(at)))
         return found
 
-    def book_unpolled(self, instance: str, ticket_ids: Sequence[str]) -> dict[str, BookEntry]:
-        found: dict[str, BookEntry] = {}
-        for chunk, marks in _in_chunks(list(dict.fromkeys(ticket_ids))):
-            rows = self._all(
-                "reading tickets booked from writes",
-                f"SELECT {BOOK_COLUMNS} FROM book WHERE instance = ? AND is_open = 1 AND seen_at IS NULL "
-                f"AND ticket_id IN ({marks})",
-                (instance, *chunk),
-            )
-            found.update((entry.ticket_id, entry) for entry in map(self._entry, rows))
-        return found
-
     def book_seen_since(self, instance: str, ticket_ids: Sequence[str], since: datetime) -> set[str]:
         seen: set[str] = set()
         ids = list(dict.fromkeys(ticket_ids))
