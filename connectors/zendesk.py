@@ -61,6 +61,7 @@ RecordSpec: it reads `read_spec()` and sends what `render_patch()` renders).
 from __future__ import annotations
 
 import json
+import re
 from collections import OrderedDict
 from collections.abc import Generator, Iterable, Mapping
 from dataclasses import replace
@@ -93,6 +94,7 @@ from connectors.base import (
 from connectors.http import HttpClient, decode_json
 from connectors.paging import CursorExport, TimeExport
 from engine.model import COMMENT_MARKER, WriteBack
+from mappings.common import NOTE_TEXT_CHARS
 
 PLATFORM = "zendesk"
 INCREMENTAL_PATH = "/api/v2/incremental/tickets/cursor.json"
@@ -709,7 +711,7 @@ class _EventBook:
             return
         ticket = event.get("ticket_id")
         seen = self._events.setdefault(ticket, {})
-        seen[event.get("id")] = event
+        seen[event.get("id")] = _kept(event)
         self._events.move_to_end(ticket)
         while len(self._events) > _BOOK_SIZE:
             self._events.popitem(last=False)
@@ -725,6 +727,70 @@ class _EventBook:
         since = max(self.since, self._dropped_until or self.since)
         events = sorted(self._events.get(ticket_id, {}).values(), key=lambda event: str(event.get("timestamp")))
         return {"ticket_events": events, "ticket_events_window": [since, self.until]}
+
+
+_EVENT_KEYS = ("id", "ticket_id", "timestamp", "created_at", "updater_id", "event_type", "child_events")
+"""What the book's readers take of an audit (the mapping's `_EventHistory` and `_comment_extras`, the book's
+order): its `via`, `system` and `metadata` (the agent's browser and place) are read by nobody."""
+_COMMENT_KEYS = ("id", "event_type", "author_id", "body", "plain_body", "public", "attachments", "audit_id")
+"""What is read of a comment child event: `html_body` repeats `body`, and `plain_body` is kept only when it is
+what the mapping reads (`body or plain_body`)."""
+_FILE_KEYS = ("file_name", "content_url", "deleted")
+"""What the handoff lists of an attachment (`_comment_extras`): its thumbnails, size and type are not shown."""
+_OUR_MARKER = COMMENT_MARKER.partition("{")[0]
+_WORD = re.compile(r"\S+")
+
+
+def _kept(event: Mapping[str, Any]) -> Mapping[str, Any]:
+    """An exported audit as the book keeps it: the same shape with only what its readers take (issue 14).
+
+    The book holds up to _BOOK_SIZE tickets' events; as exported (`include=comment_events`) each comment comes
+    three times (`body`, `html_body`, `plain_body`) and at full length, a handoff note of ours tens of kilobytes,
+    which made the book the daemon's largest holding. The mapping reads a comment's text only to find our marker
+    and to quote an internal note's first NOTE_TEXT_CHARS characters on one line (`note_text`), so a comment is
+    kept that long, plus our marker where the cut would lose it. Change child events are kept whole."""
+    children = event.get("child_events")
+    kept = {key: event[key] for key in _EVENT_KEYS if key in event}
+    if isinstance(children, list):
+        kept["child_events"] = [_kept_child(child) for child in children]
+    return kept
+
+
+def _kept_child(child: Any) -> Any:
+    if not isinstance(child, Mapping) or child.get("event_type") != "Comment":
+        return child
+    kept = {key: child[key] for key in _COMMENT_KEYS if key in child}
+    text_key = "body" if child.get("body") else "plain_body"
+    if text_key == "body":
+        kept.pop("plain_body", None)
+    if isinstance(kept.get(text_key), str):
+        kept[text_key] = _quotable(kept[text_key])
+    files = kept.get("attachments")
+    if isinstance(files, list):
+        kept["attachments"] = [
+            {key: item[key] for key in _FILE_KEYS if key in item} if isinstance(item, Mapping) else item
+            for item in files
+        ]
+    return kept
+
+
+def _quotable(text: str) -> str:
+    """The shortest start of `text` that reads as the whole one does: the same first NOTE_TEXT_CHARS characters
+    once its whitespace is folded (`mappings.common.note_text`), and our marker if the text carries it."""
+    folded, end = -1, len(text)
+    for word in _WORD.finditer(text):
+        folded += 1 + len(word.group())  # the word and the one space before it (none before the first)
+        if folded >= NOTE_TEXT_CHARS:
+            end = word.end() - (folded - NOTE_TEXT_CHARS)
+            break
+    if end >= len(text):
+        return text
+    cut = text[:end]
+    at = text.find(_OUR_MARKER)
+    if at >= 0 and _OUR_MARKER not in cut:
+        close = text.find(")", at)
+        cut += "\n\n(" + text[at : close if close >= 0 else at + NOTE_TEXT_CHARS] + ")"
+    return cut
 
 
 def _epoch(value: Any) -> float | None:
