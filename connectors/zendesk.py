@@ -735,6 +735,7 @@ order): its `via`, `system` and `metadata` (the agent's browser and place) are r
 _COMMENT_KEYS = ("id", "event_type", "author_id", "body", "plain_body", "public", "attachments", "audit_id")
 """What is read of a comment child event: `html_body` repeats `body`, and `plain_body` is kept only when it is
 what the mapping reads (`body or plain_body`)."""
+_CHILD_UNREAD = frozenset({"id", "via", "via_reference_id"})
 _FILE_KEYS = ("file_name", "content_url", "deleted")
 """What the handoff lists of an attachment (`_comment_extras`): its thumbnails, size and type are not shown."""
 _OUR_MARKER = COMMENT_MARKER.partition("{")[0]
@@ -748,17 +749,26 @@ def _kept(event: Mapping[str, Any]) -> Mapping[str, Any]:
     three times (`body`, `html_body`, `plain_body`) and at full length, a handoff note of ours tens of kilobytes,
     which made the book the daemon's largest holding. The mapping reads a comment's text only to find our marker
     and to quote an internal note's first NOTE_TEXT_CHARS characters on one line (`note_text`), so a comment is
-    kept that long, plus our marker where the cut would lose it. Change child events are kept whole."""
+    kept that long, plus our marker where the cut would lose it. Child events other than comments, creations and
+    changes (notifications with their e-mail's body, CCs, ...) are read by nobody and dropped."""
     children = event.get("child_events")
     kept = {key: event[key] for key in _EVENT_KEYS if key in event}
     if isinstance(children, list):
-        kept["child_events"] = [_kept_child(child) for child in children]
+        kept["child_events"] = [
+            _kept_child(child)
+            for child in children
+            if not isinstance(child, Mapping) or child.get("event_type") in ("Comment", "Create", "Change")
+        ]
     return kept
 
 
 def _kept_child(child: Any) -> Any:
-    if not isinstance(child, Mapping) or child.get("event_type") != "Comment":
-        return child
+    """A child event as kept: a comment's quotable text and links; a Create/Change event's field (named as its
+    key) and `previous_value`, without its own `id`, `via` and `via_reference_id`, which nobody reads."""
+    if not isinstance(child, Mapping):
+        return child  # malformed: kept, so the mapping still sees it and refuses the history
+    if child.get("event_type") != "Comment":
+        return {key: value for key, value in child.items() if key not in _CHILD_UNREAD}
     kept = {key: child[key] for key in _COMMENT_KEYS if key in child}
     text_key = "body" if child.get("body") else "plain_body"
     if text_key == "body":

@@ -52,6 +52,8 @@ def _events() -> list[dict[str, Any]]:
         for child in event["child_events"]:
             for item in child.get("attachments") or ():
                 item.update({"size": 48213, "width": None, "thumbnails": [{"id": 1, "content_url": "x", "size": 9}]})
+    notification = {"id": 1, "event_type": "Notification", "subject": "Re: 4102", "body": LONG_NOTE, "recipients": [7]}
+    events[0]["child_events"].append(notification)  # a trigger's e-mail: read by nobody
     last = events[-1]
     for offset, (body, public) in enumerate([(LONG_NOTE, False), (OUR_NOTE, False), ("Plain  reply.", True)]):
         extra = copy.deepcopy(last)
@@ -98,6 +100,10 @@ def test_the_book_drops_what_nobody_reads() -> None:
     ours = [child["body"] for child in comments if COMMENT_MARKER.partition("{")[0] in child["body"]]
     assert len(ours) == 2 and ours[-1].startswith("Escalated to L2.")  # the fixture's and ours: still known, readable
     assert all("system" not in event and "metadata" not in event for event in booked)
+    kinds = {child["event_type"] for event in booked for child in event["child_events"]}
+    assert kinds == {"Comment", "Create", "Change"}  # the notification is gone
+    changes = [child for event in booked for child in event["child_events"] if child["event_type"] != "Comment"]
+    assert changes and all(not {"id", "via", "via_reference_id"} & set(child) for child in changes)
     files = [item for child in comments for item in child["attachments"]]
     assert files and all(set(item) <= {"file_name", "content_url", "deleted"} for item in files)
     assert len(json.dumps(booked)) * 4 < len(json.dumps(_events()))
