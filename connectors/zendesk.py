@@ -732,7 +732,7 @@ class _EventBook:
 _EVENT_KEYS = ("id", "ticket_id", "timestamp", "created_at", "updater_id", "event_type", "child_events")
 """What the book's readers take of an audit (the mapping's `_EventHistory` and `_comment_extras`, the book's
 order): its `via`, `system` and `metadata` (the agent's browser and place) are read by nobody."""
-_COMMENT_KEYS = ("id", "event_type", "author_id", "body", "plain_body", "public", "attachments", "audit_id")
+_COMMENT_KEYS = ("event_type", "author_id", "body", "plain_body", "public", "attachments")
 """What is read of a comment child event: `html_body` repeats `body`, and `plain_body` is kept only when it is
 what the mapping reads (`body or plain_body`)."""
 _CHILD_UNREAD = frozenset({"id", "via", "via_reference_id"})
@@ -748,21 +748,23 @@ def _kept(event: Mapping[str, Any]) -> Mapping[str, Any]:
     The book holds up to _BOOK_SIZE tickets' events; as exported (`include=comment_events`) each comment comes
     three times (`body`, `html_body`, `plain_body`) and at full length, a handoff note of ours tens of kilobytes,
     which made the book the daemon's largest holding. The mapping reads a comment's text only to find our marker
-    and to quote an internal note's first NOTE_TEXT_CHARS characters on one line (`note_text`), so a comment is
-    kept that long, plus our marker where the cut would lose it. Child events other than comments, creations and
+    and to quote an internal note's first NOTE_TEXT_CHARS characters on one line (`note_text`): an internal note
+    (private, not the description) is kept that long, any other comment not at all, each with our marker where
+    the cut would lose it. Child events other than comments, creations and
     changes (notifications with their e-mail's body, CCs, ...) are read by nobody and dropped."""
     children = event.get("child_events")
     kept = {key: event[key] for key in _EVENT_KEYS if key in event}
     if isinstance(children, list):
+        creating = any(isinstance(child, Mapping) and child.get("event_type") == "Create" for child in children)
         kept["child_events"] = [
-            _kept_child(child)
+            _kept_child(child, creating)
             for child in children
             if not isinstance(child, Mapping) or child.get("event_type") in ("Comment", "Create", "Change")
         ]
     return kept
 
 
-def _kept_child(child: Any) -> Any:
+def _kept_child(child: Any, creating: bool) -> Any:
     """A child event as kept: a comment's quotable text and links; a Create/Change event's field (named as its
     key) and `previous_value`, without its own `id`, `via` and `via_reference_id`, which nobody reads."""
     if not isinstance(child, Mapping):
@@ -774,7 +776,8 @@ def _kept_child(child: Any) -> Any:
     if text_key == "body":
         kept.pop("plain_body", None)
     if isinstance(kept.get(text_key), str):
-        kept[text_key] = _quotable(kept[text_key])
+        quoted = not creating and child.get("public") is not True  # an internal note (`_comment_extras`)
+        kept[text_key] = _quotable(kept[text_key], NOTE_TEXT_CHARS if quoted else 0)
     files = kept.get("attachments")
     if isinstance(files, list):
         kept["attachments"] = [
@@ -784,14 +787,14 @@ def _kept_child(child: Any) -> Any:
     return kept
 
 
-def _quotable(text: str) -> str:
-    """The shortest start of `text` that reads as the whole one does: the same first NOTE_TEXT_CHARS characters
-    once its whitespace is folded (`mappings.common.note_text`), and our marker if the text carries it."""
-    folded, end = -1, len(text)
-    for word in _WORD.finditer(text):
+def _quotable(text: str, chars: int) -> str:
+    """The shortest start of `text` that reads as the whole one does: the same first `chars` characters once its
+    whitespace is folded (`mappings.common.note_text`), and our marker if the text carries it."""
+    folded, end = -1, len(text) if chars else 0
+    for word in _WORD.finditer(text) if chars else ():
         folded += 1 + len(word.group())  # the word and the one space before it (none before the first)
-        if folded >= NOTE_TEXT_CHARS:
-            end = word.end() - (folded - NOTE_TEXT_CHARS)
+        if folded >= chars:
+            end = max(word.start() + 1, word.end() - (folded - chars))  # never before the word's first letter
             break
     if end >= len(text):
         return text
@@ -799,7 +802,8 @@ def _quotable(text: str) -> str:
     at = text.find(_OUR_MARKER)
     if at >= 0 and _OUR_MARKER not in cut:
         close = text.find(")", at)
-        cut += "\n\n(" + text[at : close if close >= 0 else at + NOTE_TEXT_CHARS] + ")"
+        marker = "(" + text[at : close if close >= 0 else at + NOTE_TEXT_CHARS] + ")"
+        cut = f"{cut}\n\n{marker}" if cut else marker
     return cut
 
 

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import copy
 import json
+import random
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from connectors.base import RawRecord
-from connectors.zendesk import _EventBook
+from connectors.zendesk import _EventBook, _quotable
 from engine.model import COMMENT_MARKER
 from mappings import load_mapping
-from mappings.common import NOTE_TEXT_CHARS
+from mappings.common import NOTE_TEXT_CHARS, note_text
 
 FIXTURES = Path(__file__).parent / "fixtures" / "zendesk"
 AGENT = 370000222
@@ -97,6 +98,8 @@ def test_the_book_drops_what_nobody_reads() -> None:
     comments = [child for event in booked for child in event["child_events"] if child["event_type"] == "Comment"]
     assert comments and all("html_body" not in child and "plain_body" not in child for child in comments)
     assert all(len(child["body"]) <= 2 * NOTE_TEXT_CHARS for child in comments)
+    public = [child["body"] for child in comments if child["public"] is True]
+    assert public and all(body in ("", "(escalation-sync:k-1)") for body in public)  # never quoted: not kept
     ours = [child["body"] for child in comments if COMMENT_MARKER.partition("{")[0] in child["body"]]
     assert len(ours) == 2 and ours[-1].startswith("Escalated to L2.")  # the fixture's and ours: still known, readable
     assert all("system" not in event and "metadata" not in event for event in booked)
@@ -107,3 +110,15 @@ def test_the_book_drops_what_nobody_reads() -> None:
     files = [item for child in comments for item in child["attachments"]]
     assert files and all(set(item) <= {"file_name", "content_url", "deleted"} for item in files)
     assert len(json.dumps(booked)) * 4 < len(json.dumps(_events()))
+
+
+def test_a_cut_note_reads_as_the_whole_one() -> None:
+    """Whatever its whitespace, the kept start of a note gives the same quoted text as the whole note."""
+    rng = random.Random(14)
+    for _ in range(500):
+        pieces = rng.choices(["a", "word", "x" * 40, " ", "  ", "\n", "\n\n \t"], k=rng.randint(0, 400))
+        text = "".join(pieces)
+        kept = _quotable(text, NOTE_TEXT_CHARS)
+        assert text.startswith(kept) and note_text(kept) == note_text(text)
+        assert len(note_text(text)) < NOTE_TEXT_CHARS or len(kept) < len(text) or not text[len(kept) :].strip()
+    assert _quotable("Our note." + " " * 900 + "(escalation-sync:k-9)", 0) == "(escalation-sync:k-9)"
