@@ -70,6 +70,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import orjson
 from pydantic import SecretStr
 from zenpy import Zenpy
 from zenpy.lib.exception import RecordNotFoundException
@@ -116,6 +117,9 @@ MAX_JOB_POLL_SECONDS = 30.0
 DEFAULT_JOB_POLLS = 8
 DEFAULT_HISTORY_PAGES = 1
 _BOOK_SIZE = 20000
+_BOOK_BYTES = 32 * 1024 * 1024
+"""The event book's bound in encoded bytes (trimmed events, about 1.5 kB a ticket with a note or two): tickets
+with long histories (many changes, long text fields) fill it before _BOOK_SIZE tickets do (issue 14)."""
 MIN_EXPORT_AGE = timedelta(seconds=60)
 DEFAULT_LOOKBACK_HOURS = 72
 DEFAULT_PAGE_SIZE = 1000
@@ -694,7 +698,11 @@ class ZendeskConnector:
 
 
 class _EventBook:
-    """Ticket events seen since this process started following the export, by ticket (bounded, oldest out)."""
+    """Ticket events seen since this process started following the export, by ticket (bounded, oldest out).
+
+    Bounded in tickets and in bytes (issue 14): each event is kept trimmed to what its readers take (`_kept`)
+    and encoded as JSON, a fifth of the memory of the same values as Python objects (a dict per child event),
+    and decoded again when a ticket's record is built; the oldest tickets go when either bound is passed."""
 
     def __init__(self) -> None:
         self.position: int | None = None
@@ -703,7 +711,9 @@ class _EventBook:
         self.denied = False
         self.caught_up = False
         """The last page read was the end of the stream (then an empty ticket page needs no event call)."""
-        self._events: OrderedDict[Any, dict[Any, Mapping[str, Any]]] = OrderedDict()
+        self._events: OrderedDict[Any, dict[Any, bytes | Mapping[str, Any]]] = OrderedDict()
+        self._bytes = 0
+        """The encoded events' size, held under _BOOK_BYTES."""
         self._dropped_until: int | None = None
 
     def add(self, event: Any) -> None:
@@ -711,10 +721,18 @@ class _EventBook:
             return
         ticket = event.get("ticket_id")
         seen = self._events.setdefault(ticket, {})
-        seen[event.get("id")] = _kept(event)
+        kept = _kept(event)
+        try:
+            # A copy: orjson's own result keeps its whole write buffer allocated (4 kB or more, whatever its length).
+            stored: bytes | Mapping[str, Any] = bytes(memoryview(orjson.dumps(kept)))
+        except orjson.JSONEncodeError:  # an integer wider than 64 bits (read by `json`): kept as it is
+            stored = kept
+        self._bytes += _size(stored) - _size(seen.get(event.get("id")))
+        seen[event.get("id")] = stored
         self._events.move_to_end(ticket)
-        while len(self._events) > _BOOK_SIZE:
-            self._events.popitem(last=False)
+        while len(self._events) > 1 and (len(self._events) > _BOOK_SIZE or self._bytes > _BOOK_BYTES):
+            _, forgotten = self._events.popitem(last=False)
+            self._bytes -= sum(_size(item) for item in forgotten.values())
             # A forgotten ticket's events are gone: only tickets created after now can be complete again.
             self._dropped_until = self.position
 
@@ -725,8 +743,17 @@ class _EventBook:
         if self.since is None or self.until is None:
             return {}
         since = max(self.since, self._dropped_until or self.since)
-        events = sorted(self._events.get(ticket_id, {}).values(), key=lambda event: str(event.get("timestamp")))
+        stored = self._events.get(ticket_id, {}).values()
+        events = [decode_json(item) if isinstance(item, bytes) else item for item in stored]
+        events.sort(key=lambda event: str(event.get("timestamp")))
         return {"ticket_events": events, "ticket_events_window": [since, self.until]}
+
+
+def _size(stored: bytes | Mapping[str, Any] | None) -> int:
+    """An event's share of _BOOK_BYTES: its encoded length (one that could not be encoded counts as a page's)."""
+    if stored is None:
+        return 0
+    return len(stored) if isinstance(stored, bytes) else 64 * 1024
 
 
 _EVENT_KEYS = ("id", "ticket_id", "timestamp", "created_at", "updater_id", "event_type", "child_events")

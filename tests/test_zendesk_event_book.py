@@ -16,6 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+import connectors.zendesk
 from connectors.base import RawRecord
 from connectors.zendesk import _EventBook, _quotable
 from engine.model import COMMENT_MARKER
@@ -122,3 +125,20 @@ def test_a_cut_note_reads_as_the_whole_one() -> None:
         assert text.startswith(kept) and note_text(kept) == note_text(text)
         assert len(note_text(text)) < NOTE_TEXT_CHARS or len(kept) < len(text) or not text[len(kept) :].strip()
     assert _quotable("Our note." + " " * 900 + "(escalation-sync:k-9)", 0) == "(escalation-sync:k-9)"
+
+
+def test_the_book_is_bounded_in_bytes_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tickets with long histories fill the book's bytes before its count of tickets: the oldest go, and the
+    window then starts where the book was when it forgot them (their tickets cannot be complete any more)."""
+    monkeypatch.setattr(connectors.zendesk, "_BOOK_BYTES", 20_000)
+    book = _EventBook()
+    book.since, book.until = WINDOW
+    change = {"event_type": "Change", "description": "a long text field " * 100, "previous_value": None}
+    for ticket in range(1, 21):
+        book.position = WINDOW[0] + ticket
+        book.add({"id": ticket, "ticket_id": ticket, "timestamp": book.position, "child_events": [change]})
+    assert book.related(20)["ticket_events"][0]["child_events"] == [change]
+    assert book.related(1)["ticket_events"] == []  # forgotten
+    kept = [ticket for ticket in range(1, 21) if book.related(ticket)["ticket_events"]]
+    assert 5 <= len(kept) < 20 and kept == list(range(21 - len(kept), 21))
+    assert book.related(20)["ticket_events_window"] == [WINDOW[0] + 20, WINDOW[1]]
