@@ -701,8 +701,8 @@ class _EventBook:
     """Ticket events seen since this process started following the export, by ticket (bounded, oldest out).
 
     Bounded in tickets and in bytes (issue 14): each event is kept trimmed to what its readers take (`_kept`)
-    and encoded as JSON, a fifth of the memory of the same values as Python objects (a dict per child event),
-    and decoded again when a ticket's record is built; the oldest tickets go when either bound is passed."""
+    and encoded as JSON, under a third of the memory of the same values as Python objects (a dict per child
+    event), and decoded again when a ticket's record is built; the oldest tickets go when either bound is passed."""
 
     def __init__(self) -> None:
         self.position: int | None = None
@@ -777,8 +777,8 @@ def _kept(event: Mapping[str, Any]) -> Mapping[str, Any]:
     which made the book the daemon's largest holding. The mapping reads a comment's text only to find our marker
     and to quote an internal note's first NOTE_TEXT_CHARS characters on one line (`note_text`): an internal note
     (private, not the description) is kept that long, any other comment not at all, each with our marker where
-    the cut would lose it. Child events other than comments, creations and
-    changes (notifications with their e-mail's body, CCs, ...) are read by nobody and dropped."""
+    the cut would lose it. Child events other than comments, creations and changes (notifications with their
+    e-mail's body, CCs, ...) are read by nobody and dropped."""
     children = event.get("child_events")
     kept = {key: event[key] for key in _EVENT_KEYS if key in event}
     if isinstance(children, list):
