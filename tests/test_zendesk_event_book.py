@@ -133,8 +133,10 @@ def test_the_book_is_bounded_in_bytes_too(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(connectors.zendesk, "_BOOK_BYTES", 20_000)
     book = _EventBook()
     book.since, book.until = WINDOW
-    change = {"event_type": "Change", "description": "a long text field " * 100, "previous_value": None}
+    rng = random.Random(20)
     for ticket in range(1, 21):
+        text = "".join(rng.choices("abcdefghijklmnopqrstuvwxyz ", k=1800))  # a long text field, hardly compressible
+        change = {"event_type": "Change", "description": text, "previous_value": None}
         book.position = WINDOW[0] + ticket
         book.add({"id": ticket, "ticket_id": ticket, "timestamp": book.position, "child_events": [change]})
     assert book.related(20)["ticket_events"][0]["child_events"] == [change]
