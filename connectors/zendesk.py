@@ -96,7 +96,6 @@ from connectors.base import (
 from connectors.http import HttpClient, decode_json
 from connectors.paging import CursorExport, TimeExport
 from engine.model import COMMENT_MARKER, WriteBack
-from mappings.common import NOTE_TEXT_CHARS
 
 PLATFORM = "zendesk"
 INCREMENTAL_PATH = "/api/v2/incremental/tickets/cursor.json"
@@ -800,6 +799,9 @@ what the mapping reads (`body or plain_body`)."""
 _CHILD_UNREAD = frozenset({"id", "via", "via_reference_id"})
 _FILE_KEYS = ("file_name", "content_url", "deleted")
 """What the handoff lists of an attachment (`_comment_extras`): its thumbnails, size and type are not shown."""
+_NOTE_TEXT_CHARS = 500
+"""How much of an internal note the mapping keeps (`mappings.common.NOTE_TEXT_CHARS`, which a test holds equal:
+a connector imports no mapping, DESIGN.md principle 9)."""
 _OUR_MARKER = COMMENT_MARKER.partition("{")[0]
 _WORD = re.compile(r"\S+")
 
@@ -810,7 +812,7 @@ def _kept(event: Mapping[str, Any]) -> Mapping[str, Any]:
     The book holds up to _BOOK_SIZE tickets' events; as exported (`include=comment_events`) each comment comes
     three times (`body`, `html_body`, `plain_body`) and at full length, a handoff note of ours tens of kilobytes,
     which made the book the daemon's largest holding. The mapping reads a comment's text only to find our marker
-    and to quote an internal note's first NOTE_TEXT_CHARS characters on one line (`note_text`): an internal note
+    and to quote an internal note's first _NOTE_TEXT_CHARS characters on one line (`note_text`): an internal note
     (private, not the description) is kept that long, any other comment not at all, each with our marker where
     the cut would lose it. Child events other than comments, creations and changes (notifications with their
     e-mail's body, CCs, ...) are read by nobody and dropped."""
@@ -839,7 +841,7 @@ def _kept_child(child: Any, creating: bool) -> Any:
         kept.pop("plain_body", None)
     if isinstance(kept.get(text_key), str):
         quoted = not creating and child.get("public") is not True  # an internal note (`_comment_extras`)
-        kept[text_key] = _quotable(kept[text_key], NOTE_TEXT_CHARS if quoted else 0)
+        kept[text_key] = _quotable(kept[text_key], _NOTE_TEXT_CHARS if quoted else 0)
     files = kept.get("attachments")
     if isinstance(files, list):
         kept["attachments"] = [
@@ -864,7 +866,7 @@ def _quotable(text: str, chars: int) -> str:
     at = text.find(_OUR_MARKER)
     if at >= 0 and _OUR_MARKER not in cut:
         close = text.find(")", at)
-        marker = "(" + text[at : close if close >= 0 else at + NOTE_TEXT_CHARS] + ")"
+        marker = "(" + text[at : close if close >= 0 else at + _NOTE_TEXT_CHARS] + ")"
         cut = f"{cut}\n\n{marker}" if cut else marker
     return cut
 

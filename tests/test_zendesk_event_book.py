@@ -115,6 +115,10 @@ def test_the_book_drops_what_nobody_reads() -> None:
     assert len(json.dumps(booked)) * 4 < len(json.dumps(_events()))
 
 
+def test_the_book_cuts_notes_to_the_mappings_length() -> None:
+    assert connectors.zendesk._NOTE_TEXT_CHARS == NOTE_TEXT_CHARS
+
+
 def test_a_cut_note_reads_as_the_whole_one() -> None:
     """Whatever its whitespace, the kept start of a note gives the same quoted text as the whole note."""
     rng = random.Random(14)
