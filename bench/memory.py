@@ -5,7 +5,11 @@ Prints one figure a line (`name value unit`). Each run is a fresh process (its p
 SQLite state file, over synthetic export pages served by an in-process httpx transport (no sandbox: a sandbox
 holding a million tickets would weigh more than the daemon). Pages are generated on demand, 1,000 tickets each,
 from bench/engine.py's Zendesk generator (incremental-export ticket objects with `metric_sets` and
-`organizations` sideloads), serialized to JSON and parsed by the connector as on the wire.
+`organizations` sideloads), serialized to JSON and parsed by the connector as on the wire. The incremental ticket event export (with
+`include=comment_events`) is served too, as the connector follows it into its event book alongside the ticket
+pages: two or three audits a ticket (its creation with the description, an agent's reply changing the status,
+sometimes an internal note), comments with `body`, `html_body` and `plain_body` of a few hundred to a few
+thousand characters, so the book's memory is measured.
 
 - ``memory.read.<n>``: a backlog of n tickets polled, evaluated and put in the book, writes capped at one
   (`max_writes_per_cycle`): the read path.
@@ -22,6 +26,7 @@ Usage: python bench/memory.py [--sizes 10000,100000] [--modes read,write]   (1M:
 from __future__ import annotations
 
 import argparse
+import html
 import importlib.util
 import json
 import logging
@@ -32,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +54,20 @@ from state.sql import SCAN_SUFFIX  # noqa: E402
 from state.sqlite import SqliteStore  # noqa: E402
 
 PAGE = 1000
+EVENTS_PAGE = 1000
+"""The ticket event export's page: up to 1000 events, a second never split across pages (Zendesk's limit)."""
+EVENTS_FROM = int((datetime(2026, 11, 1, tzinfo=UTC)).timestamp())
+"""Ticket n's events carry the export time EVENTS_FROM + n: the export is time ordered and generated on demand,
+so each ticket gets a second of its own (its events' `created_at` are the ticket's own times)."""
+AGENT = 370000111
+SENTENCES = (
+    "Thanks for the details, I checked the logs of your account.",
+    "The error started after the deployment of the new checkout flow on our side.",
+    "Could you send us the request id shown at the bottom of the error page?",
+    "We reproduced it in our staging environment and raised it with the payments team.",
+    "As a workaround, retrying the order after a minute succeeds in most cases.",
+    "I am escalating this to our second line, they will come back to you today.",
+)
 TICKET_PATH = re.compile(r"^/api/v2/tickets/(\d+)\.json$")
 COMMENTS_PATH = re.compile(r"^/api/v2/tickets/(\d+)/comments\.json$")
 JOB_PATH = re.compile(r"^/api/v2/job_statuses/([A-Za-z0-9]+)\.json$")
@@ -101,15 +120,105 @@ class Backlog:
             "end_of_stream": end >= self.size,
         }
 
+    def events_page(self, start_time: int, comments: bool) -> dict[str, Any]:
+        """Incremental Ticket Event Export, time based: events at or after `start_time`, up to EVENTS_PAGE a page
+        (whole seconds), `end_time` the last event's time and the next `start_time`, so the last second comes
+        again on the next page; `end_of_stream` once the last ticket's events are on the page
+        (https://developer.zendesk.com/api-reference/ticketing/ticket-management/incremental_exports/
+        #incremental-ticket-event-export; shapes as sandbox/zendesk.py serves them)."""
+        events: list[dict[str, Any]] = []
+        number = max(0, start_time - EVENTS_FROM)
+        while number < self.size:
+            audits = self.ticket_events(number, comments)
+            if events and len(events) + len(audits) > EVENTS_PAGE:
+                break
+            events += audits
+            number += 1
+        end_time = events[-1]["timestamp"] if events else start_time
+        query = f"start_time={end_time}" + ("&include=comment_events" if comments else "")
+        return {
+            "ticket_events": events,
+            "next_page": f"https://acme.zendesk.com/api/v2/incremental/ticket_events.json?{query}",
+            "count": len(events),
+            "end_of_stream": number >= self.size,
+            "end_time": end_time,
+        }
+
+    def ticket_events(self, number: int, comments: bool) -> list[dict[str, Any]]:
+        """Ticket n's audits as the export shows them: the creation (a Create child event per set field, then
+        the description), an agent's public reply that sets the status, and for every third ticket an internal
+        note; each event `{id, ticket_id, timestamp, created_at, updater_id, via, system, metadata, event_type:
+        "Audit", child_events}`."""
+        data, _ = self.ticket(number)
+        rng = random.Random(-1 - number)
+        timestamp = EVENTS_FROM + number
+        ticket_id, requester = data["id"], data["requester_id"]
+        creates: list[dict[str, Any]] = [
+            {name: data[name], "event_type": "Create"}
+            for name in ("subject", "priority", "requester_id", "group_id", "tags")
+            if data[name] is not None
+        ]
+        audits = [
+            (data["created_at"], requester, [{"status": "new", "event_type": "Create"}, *creates]),
+            (data["updated_at"], AGENT, [{"status": data["status"], "previous_value": "new", "event_type": "Change"}]),
+        ]
+        texts = [(data["description"] or "It fails.", requester, True), (self.text(rng), AGENT, True)]
+        if number % 3 == 0:
+            audits.append((data["updated_at"], AGENT, []))
+            texts.append((self.text(rng), AGENT, False))
+        events = []
+        for index, ((at, author, children), (text, by, public)) in enumerate(zip(audits, texts, strict=True)):
+            audit_id = ticket_id * 10 + index
+            if comments:
+                children = [*children, self.comment(text, by, public, audit_id)]
+            system = {"client": "Mozilla/5.0 (X11; Linux x86_64)", "ip_address": "203.0.113.7", "location": "Berlin"}
+            events.append(
+                {
+                    "id": audit_id,
+                    "ticket_id": ticket_id,
+                    "timestamp": timestamp,
+                    "created_at": at,
+                    "updater_id": author,
+                    "via": "Web form",
+                    "system": system,
+                    "metadata": {"system": system, "custom": {}},
+                    "event_type": "Audit",
+                    "child_events": [
+                        {"id": audit_id * 100 + n, "via": "Web form", "via_reference_id": None, **child}
+                        for n, child in enumerate(children)
+                    ],
+                }
+            )
+        return events
+
+    @staticmethod
+    def text(rng: random.Random) -> str:
+        """An agent's comment: a few paragraphs, a few hundred to a few thousand characters."""
+        paragraphs = [" ".join(rng.choices(SENTENCES, k=rng.randint(2, 8))) for _ in range(rng.randint(1, 6))]
+        return "\n\n".join(paragraphs)
+
+    @staticmethod
+    def comment(text: str, author: int, public: bool, audit_id: int) -> dict[str, Any]:
+        paragraphs = "".join(f'<p dir="auto">{html.escape(p)}</p>' for p in text.split("\n\n") if p.strip())
+        return {
+            "event_type": "Comment",
+            "author_id": author,
+            "body": text,
+            "html_body": f'<div class="zd-comment" dir="auto">{paragraphs}</div>',
+            "plain_body": text,
+            "public": public,
+            "attachments": [],
+            "audit_id": audit_id,
+        }
+
     def handle(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path
         if path == "/api/v2/incremental/tickets/cursor.json":
             cursor = request.url.params.get("cursor")
             return httpx.Response(200, json=self.page(int(cursor) if cursor else 0))
         if path == "/api/v2/incremental/ticket_events.json":
-            start = int(request.url.params.get("start_time", "0"))
-            body = {"ticket_events": [], "next_page": None, "count": 0, "end_of_stream": True, "end_time": start}
-            return httpx.Response(200, json=body)
+            comments = "comment_events" in request.url.params.get("include", "")
+            return httpx.Response(200, json=self.events_page(int(request.url.params.get("start_time", "0")), comments))
         if path == "/api/v2/tickets/update_many.json" and request.method == "PUT":
             return self.update_many(request)
         if match := JOB_PATH.match(path):

@@ -61,6 +61,8 @@ RecordSpec: it reads `read_spec()` and sends what `render_patch()` renders).
 from __future__ import annotations
 
 import json
+import re
+import zlib
 from collections import OrderedDict
 from collections.abc import Generator, Iterable, Mapping
 from dataclasses import replace
@@ -69,6 +71,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import orjson
 from pydantic import SecretStr
 from zenpy import Zenpy
 from zenpy.lib.exception import RecordNotFoundException
@@ -114,6 +117,9 @@ MAX_JOB_POLL_SECONDS = 30.0
 DEFAULT_JOB_POLLS = 8
 DEFAULT_HISTORY_PAGES = 1
 _BOOK_SIZE = 20000
+_BOOK_BYTES = 16 * 1024 * 1024
+"""The event book's bound in stored bytes (trimmed, compressed events: a few hundred bytes a ticket with a note
+or two): tickets with long histories (many changes, long text fields) fill it before _BOOK_SIZE tickets do."""
 MIN_EXPORT_AGE = timedelta(seconds=60)
 DEFAULT_LOOKBACK_HOURS = 72
 DEFAULT_PAGE_SIZE = 1000
@@ -686,7 +692,12 @@ class ZendeskConnector:
 
 
 class _EventBook:
-    """Ticket events seen since this process started following the export, by ticket (bounded, oldest out)."""
+    """Ticket events seen since this process started following the export, by ticket (bounded, oldest out).
+
+    Bounded in tickets and in bytes (issue 14): each event is kept trimmed to what its readers take (`_kept`)
+    and stored as compressed JSON (`_pack`), a tenth of the memory of the same values as Python objects (a dict
+    per child event), unpacked when a ticket's record is built; the oldest tickets go when either bound is
+    passed."""
 
     def __init__(self) -> None:
         self.position: int | None = None
@@ -695,7 +706,9 @@ class _EventBook:
         self.denied = False
         self.caught_up = False
         """The last page read was the end of the stream (then an empty ticket page needs no event call)."""
-        self._events: OrderedDict[Any, dict[Any, Mapping[str, Any]]] = OrderedDict()
+        self._events: OrderedDict[Any, dict[Any, bytes | Mapping[str, Any]]] = OrderedDict()
+        self._bytes = 0
+        """The encoded events' size, held under _BOOK_BYTES."""
         self._dropped_until: int | None = None
 
     def add(self, event: Any) -> None:
@@ -703,10 +716,17 @@ class _EventBook:
             return
         ticket = event.get("ticket_id")
         seen = self._events.setdefault(ticket, {})
-        seen[event.get("id")] = event
+        kept = _kept(event)
+        try:
+            stored: bytes | Mapping[str, Any] = _pack(kept)
+        except orjson.JSONEncodeError:  # an integer wider than 64 bits (read by `json`): kept as it is
+            stored = kept
+        self._bytes += _size(stored) - _size(seen.get(event.get("id")))
+        seen[event.get("id")] = stored
         self._events.move_to_end(ticket)
-        while len(self._events) > _BOOK_SIZE:
-            self._events.popitem(last=False)
+        while len(self._events) > 1 and (len(self._events) > _BOOK_SIZE or self._bytes > _BOOK_BYTES):
+            _, forgotten = self._events.popitem(last=False)
+            self._bytes -= sum(_size(item) for item in forgotten.values())
             # A forgotten ticket's events are gone: only tickets created after now can be complete again.
             self._dropped_until = self.position
 
@@ -717,8 +737,132 @@ class _EventBook:
         if self.since is None or self.until is None:
             return {}
         since = max(self.since, self._dropped_until or self.since)
-        events = sorted(self._events.get(ticket_id, {}).values(), key=lambda event: str(event.get("timestamp")))
+        stored = self._events.get(ticket_id, {}).values()
+        events = [_unpack(item) if isinstance(item, bytes) else item for item in stored]
+        events.sort(key=lambda event: str(event.get("timestamp")))
         return {"ticket_events": events, "ticket_events_window": [since, self.until]}
+
+
+_ZDICT = orjson.dumps(
+    {
+        "id": 0,
+        "ticket_id": 0,
+        "timestamp": 0,
+        "created_at": "2026-01-01T00:00:00Z",
+        "updater_id": 0,
+        "event_type": "Audit",
+        "child_events": [
+            {"subject": "", "event_type": "Create"},
+            {"requester_id": 0, "event_type": "Create"},
+            {"group_id": 0, "event_type": "Create"},
+            {"tags": [], "event_type": "Create"},
+            {"priority": "normal", "previous_value": None, "event_type": "Change"},
+            {"status": "open", "previous_value": "new", "event_type": "Change"},
+            {"event_type": "Comment", "author_id": 0, "body": "", "public": False, "attachments": []},
+            {"event_type": "Comment", "author_id": 0, "body": "", "public": True, "attachments": []},
+        ],
+    }
+)
+"""zlib's preset dictionary for one event: its keys and usual values, which a single event is too short to
+repeat (an event then packs to about a third of its JSON rather than a half)."""
+
+
+def _pack(event: Mapping[str, Any]) -> bytes:
+    """One kept event as compressed JSON (orjson.JSONEncodeError when it cannot be encoded)."""
+    packer = zlib.compressobj(zdict=_ZDICT)
+    return packer.compress(orjson.dumps(event)) + packer.flush()
+
+
+def _unpack(stored: bytes) -> Any:
+    return decode_json(zlib.decompressobj(zdict=_ZDICT).decompress(stored))
+
+
+def _size(stored: bytes | Mapping[str, Any] | None) -> int:
+    """An event's share of _BOOK_BYTES: its encoded length (one that could not be encoded counts as a page's)."""
+    if stored is None:
+        return 0
+    return len(stored) if isinstance(stored, bytes) else 64 * 1024
+
+
+_EVENT_KEYS = ("id", "ticket_id", "timestamp", "created_at", "updater_id", "event_type", "child_events")
+"""What the book's readers take of an audit (the mapping's `_EventHistory` and `_comment_extras`, the book's
+order): its `via`, `system` and `metadata` (the agent's browser and place) are read by nobody."""
+_COMMENT_KEYS = ("event_type", "author_id", "body", "plain_body", "public", "attachments")
+"""What is read of a comment child event: `html_body` repeats `body`, and `plain_body` is kept only when it is
+what the mapping reads (`body or plain_body`)."""
+_CHILD_UNREAD = frozenset({"id", "via", "via_reference_id"})
+_FILE_KEYS = ("file_name", "content_url", "deleted")
+"""What the handoff lists of an attachment (`_comment_extras`): its thumbnails, size and type are not shown."""
+_NOTE_TEXT_CHARS = 500
+"""How much of an internal note the mapping keeps (`mappings.common.NOTE_TEXT_CHARS`, which a test holds equal:
+a connector imports no mapping, DESIGN.md principle 9)."""
+_OUR_MARKER = COMMENT_MARKER.partition("{")[0]
+_WORD = re.compile(r"\S+")
+
+
+def _kept(event: Mapping[str, Any]) -> Mapping[str, Any]:
+    """An exported audit as the book keeps it: the same shape with only what its readers take (issue 14).
+
+    The book holds up to _BOOK_SIZE tickets' events; as exported (`include=comment_events`) each comment comes
+    three times (`body`, `html_body`, `plain_body`) and at full length, a handoff note of ours tens of kilobytes,
+    which made the book the daemon's largest holding. The mapping reads a comment's text only to find our marker
+    and to quote an internal note's first _NOTE_TEXT_CHARS characters on one line (`note_text`): an internal note
+    (private, not the description) is kept that long, any other comment not at all, each with our marker where
+    the cut would lose it. Child events other than comments, creations and changes (notifications with their
+    e-mail's body, CCs, ...) are read by nobody and dropped."""
+    children = event.get("child_events")
+    kept = {key: event[key] for key in _EVENT_KEYS if key in event}
+    if isinstance(children, list):
+        creating = any(isinstance(child, Mapping) and child.get("event_type") == "Create" for child in children)
+        kept["child_events"] = [
+            _kept_child(child, creating)
+            for child in children
+            if not isinstance(child, Mapping) or child.get("event_type") in ("Comment", "Create", "Change")
+        ]
+    return kept
+
+
+def _kept_child(child: Any, creating: bool) -> Any:
+    """A child event as kept: a comment's quotable text and links; a Create/Change event's field (named as its
+    key) and `previous_value`, without its own `id`, `via` and `via_reference_id`, which nobody reads."""
+    if not isinstance(child, Mapping):
+        return child  # malformed: kept, so the mapping still sees it and refuses the history
+    if child.get("event_type") != "Comment":
+        return {key: value for key, value in child.items() if key not in _CHILD_UNREAD}
+    kept = {key: child[key] for key in _COMMENT_KEYS if key in child}
+    text_key = "body" if child.get("body") else "plain_body"
+    if text_key == "body":
+        kept.pop("plain_body", None)
+    if isinstance(kept.get(text_key), str):
+        quoted = not creating and child.get("public") is not True  # an internal note (`_comment_extras`)
+        kept[text_key] = _quotable(kept[text_key], _NOTE_TEXT_CHARS if quoted else 0)
+    files = kept.get("attachments")
+    if isinstance(files, list):
+        kept["attachments"] = [
+            {key: item[key] for key in _FILE_KEYS if key in item} if isinstance(item, Mapping) else item
+            for item in files
+        ]
+    return kept
+
+
+def _quotable(text: str, chars: int) -> str:
+    """The shortest start of `text` that reads as the whole one does: the same first `chars` characters once its
+    whitespace is folded (`mappings.common.note_text`), and our marker if the text carries it."""
+    folded, end = -1, len(text) if chars else 0
+    for word in _WORD.finditer(text) if chars else ():
+        folded += 1 + len(word.group())  # the word and the one space before it (none before the first)
+        if folded >= chars:
+            end = max(word.start() + 1, word.end() - (folded - chars))  # never before the word's first letter
+            break
+    if end >= len(text):
+        return text
+    cut = text[:end]
+    at = text.find(_OUR_MARKER)
+    if at >= 0 and _OUR_MARKER not in cut:
+        close = text.find(")", at)
+        marker = "(" + text[at : close if close >= 0 else at + _NOTE_TEXT_CHARS] + ")"
+        cut = f"{cut}\n\n{marker}" if cut else marker
+    return cut
 
 
 def _epoch(value: Any) -> float | None:
