@@ -96,6 +96,25 @@ class Tier(StrEnum):
         return int(self.value[1])
 
 
+_PENDING = "_pending"
+"""Where a lazily built frozen value (`Clock.due_later`, `RuleOutcome.deferred`, `Comment.deferred`) keeps
+`(compute, args)` until its field is first read."""
+
+
+def _on_first_read(instance: object, name: str, lazy: str) -> Any:
+    """`__getattr__` of those types, reached only for an attribute the instance lacks: the lazy field computed
+    now and kept in its place, and its inputs (a calendar, the facts, a note's context) no longer held."""
+    state = instance.__dict__
+    pending = state.get(_PENDING)
+    if name != lazy or pending is None:
+        raise AttributeError(f"{type(instance).__name__!r} object has no attribute {name!r}")
+    compute, args = pending
+    value = compute(*args)
+    state[name] = value
+    del state[_PENDING]
+    return value
+
+
 class ClockState(StrEnum):
     OK = "ok"
     AT_RISK = "at_risk"
@@ -324,21 +343,13 @@ class Clock:
             calendar=calendar,
             breached_at=None,
             tier=tier,
-            _due=(due, start),
+            **{_PENDING: (due, (start, remaining))},
         )
         return clock
 
     def __getattr__(self, name: str) -> datetime:
-        # Reached only for an attribute the instance lacks: the due instant of a `due_later` clock, first read.
-        pending = self.__dict__.get("_due")
-        if name != "due_at" or pending is None:
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        due, start = pending
-        moment: datetime = due(start, self.remaining)
-        state = self.__dict__
-        state["due_at"] = moment
-        del state["_due"]  # the calendar it walked is no longer held
-        return moment
+        value: datetime = _on_first_read(self, name, "due_at")
+        return value
 
 
 @fast_init
@@ -376,19 +387,12 @@ class RuleOutcome:
         setter(outcome, "fired", fired)
         setter(outcome, "target_tier", target_tier)
         setter(outcome, "management", management)
-        setter(outcome, "_render", (render, args))
+        setter(outcome, _PENDING, (render, args))
         return outcome
 
     def __getattr__(self, name: str) -> str:
-        # Reached only for an attribute the instance lacks: the reason of a deferred outcome, on its first read.
-        pending = self.__dict__.get("_render")
-        if name != "reason" or pending is None:
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        render, args = pending
-        reason: str = render(*args)
-        object.__setattr__(self, "reason", reason)
-        object.__delattr__(self, "_render")  # the facts it rendered from are no longer held
-        return reason
+        value: str = _on_first_read(self, name, "reason")
+        return value
 
 
 COMMENT_MARKER = "escalation-sync:{key}"
@@ -409,18 +413,12 @@ class Comment:
         """
         comment = object.__new__(cls)
         object.__setattr__(comment, "idempotency_key", idempotency_key)
-        object.__setattr__(comment, "_render", render)
+        object.__setattr__(comment, _PENDING, (render, ()))
         return comment
 
     def __getattr__(self, name: str) -> str:
-        # Reached only for an attribute the instance lacks: the body of a deferred comment, on its first read.
-        render = self.__dict__.get("_render")
-        if name != "body" or render is None:
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        body: str = render()
-        object.__setattr__(self, "body", body)
-        object.__delattr__(self, "_render")  # the context it rendered from is no longer held
-        return body
+        value: str = _on_first_read(self, name, "body")
+        return value
 
     @property
     def marker(self) -> str:
