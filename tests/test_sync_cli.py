@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 import sync
+from runtime.demo import DEMO_START
 from sandbox.base import Fault, SimClock
 from sandbox.zendesk import ZendeskSandbox
 
@@ -273,8 +274,20 @@ def test_status_lists_dead_letters_and_quarantine(tmp_path: Path, monkeypatch, l
     assert "dead letters:" in capsys.readouterr().out
 
 
-def test_once_dry_run_prints_the_plan_of_each_ticket(tmp_path: Path, monkeypatch, live_sandbox, capsys) -> None:
-    sandbox, base_url = live_sandbox
+def test_once_dry_run_prints_the_plan_of_each_ticket(tmp_path: Path, monkeypatch, capsys) -> None:
+    # Pinned, not the wall clock: which five writes are the most urgent depends on the hour and the weekday
+    # (business hours), and at some hours none of the five moved a tier.
+    sandbox = ZendeskSandbox(SimClock(DEMO_START), seed=5)
+    sandbox.seed_tickets(40)
+    base_url, stop = sandbox.serve()
+    monkeypatch.setattr(sync, "utcnow", lambda: DEMO_START)
+    try:
+        _dry_run_prints_the_plan(tmp_path, monkeypatch, capsys, sandbox, base_url)
+    finally:
+        stop()
+
+
+def _dry_run_prints_the_plan(tmp_path: Path, monkeypatch, capsys, sandbox: ZendeskSandbox, base_url: str) -> None:
     for name, value in CREDENTIALS.items():
         monkeypatch.setenv(name, value)
     config = zendesk_only_config(tmp_path, base_url, daemon_extra="max_writes_per_cycle = 5")
