@@ -6,7 +6,7 @@ mapping normalizes them), and it applies a `WriteBack` already planned by the en
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -49,7 +49,9 @@ class ReadSpec:
     - `write_reads`: fields to read back just before a write that needs their current value (a ServiceNow tag
       field is read-modify-write);
     - `tier_moves_tags`: a tier write changes the ticket's tags too (a Zendesk dropdown's option is a tag), so
-      the write needs the tags as they are.
+      the write needs the tags as they are;
+    - `history_trim`: what of a history event the mapping reads (the rest is not kept between polls: a
+      connector holding many tickets' events keeps only this); None keeps the event whole.
     """
 
     fields: tuple[str, ...] = ()
@@ -59,6 +61,7 @@ class ReadSpec:
     sla_fields: tuple[str, ...] = ()
     write_reads: tuple[str, ...] = ()
     tier_moves_tags: bool = False
+    history_trim: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
 
 
 class RecordSpec(Protocol):

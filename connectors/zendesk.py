@@ -61,10 +61,9 @@ RecordSpec: it reads `read_spec()` and sends what `render_patch()` renders).
 from __future__ import annotations
 
 import json
-import re
 import zlib
 from collections import OrderedDict
-from collections.abc import Generator, Iterable, Mapping
+from collections.abc import Callable, Generator, Iterable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -188,7 +187,7 @@ class ZendeskConnector:
         self.history_pages = max(0, int(self.options.get("history_pages_per_poll", DEFAULT_HISTORY_PAGES)))
         self.job_poll_seconds = max(0.0, float(self.options.get("job_poll_seconds", DEFAULT_JOB_POLL_SECONDS)))
         self.job_polls = max(1, int(self.options.get("job_polls", DEFAULT_JOB_POLLS)))
-        self._book = _EventBook()
+        self._book = _EventBook(self.spec.history_trim)
         self._tickets_paging = CursorExport(instance, "incremental ticket export")
         self._events_paging = TimeExport(instance, "incremental ticket event export")
         # zenpy builds https://{subdomain}.zendesk.com URLs; the adapter re-bases them onto http.base_url.
@@ -694,12 +693,14 @@ class ZendeskConnector:
 class _EventBook:
     """Ticket events seen since this process started following the export, by ticket (bounded, oldest out).
 
-    Bounded in tickets and in bytes (issue 14): each event is kept trimmed to what its readers take (`_kept`)
+    Bounded in tickets and in bytes (issue 14): each event is kept trimmed to what the mapping reads of it (`ReadSpec.history_trim`)
     and stored as compressed JSON (`_pack`), a tenth of the memory of the same values as Python objects (a dict
     per child event), unpacked when a ticket's record is built; the oldest tickets go when either bound is
     passed."""
 
-    def __init__(self) -> None:
+    def __init__(self, trim: Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None) -> None:
+        self._trim = trim or (lambda event: event)
+        """What of an event the mapping reads (`ReadSpec.history_trim`): all that is kept of it."""
         self.position: int | None = None
         self.since: int | None = None
         self.until: int | None = None
@@ -716,7 +717,7 @@ class _EventBook:
             return
         ticket = event.get("ticket_id")
         seen = self._events.setdefault(ticket, {})
-        kept = _kept(event)
+        kept = self._trim(event)
         try:
             stored: bytes | Mapping[str, Any] = _pack(kept)
         except orjson.JSONEncodeError:  # an integer wider than 64 bits (read by `json`): kept as it is
@@ -782,87 +783,6 @@ def _size(stored: bytes | Mapping[str, Any] | None) -> int:
     if stored is None:
         return 0
     return len(stored) if isinstance(stored, bytes) else 64 * 1024
-
-
-_EVENT_KEYS = ("id", "ticket_id", "timestamp", "created_at", "updater_id", "event_type", "child_events")
-"""What the book's readers take of an audit (the mapping's `_EventHistory` and `_comment_extras`, the book's
-order): its `via`, `system` and `metadata` (the agent's browser and place) are read by nobody."""
-_COMMENT_KEYS = ("event_type", "author_id", "body", "plain_body", "public", "attachments")
-"""What is read of a comment child event: `html_body` repeats `body`, and `plain_body` is kept only when it is
-what the mapping reads (`body or plain_body`)."""
-_CHILD_UNREAD = frozenset({"id", "via", "via_reference_id"})
-_FILE_KEYS = ("file_name", "content_url", "deleted")
-"""What the handoff lists of an attachment (`_comment_extras`): its thumbnails, size and type are not shown."""
-_NOTE_TEXT_CHARS = 500
-"""How much of an internal note the mapping keeps (`mappings.common.NOTE_TEXT_CHARS`, which a test holds equal:
-a connector imports no mapping, DESIGN.md principle 9)."""
-_OUR_MARKER = COMMENT_MARKER.partition("{")[0]
-_WORD = re.compile(r"\S+")
-
-
-def _kept(event: Mapping[str, Any]) -> Mapping[str, Any]:
-    """An exported audit as the book keeps it: the same shape with only what its readers take (issue 14).
-
-    The book holds up to _BOOK_SIZE tickets' events; as exported (`include=comment_events`) each comment comes
-    three times (`body`, `html_body`, `plain_body`) and at full length, a handoff note of ours tens of kilobytes,
-    which made the book the daemon's largest holding. The mapping reads a comment's text only to find our marker
-    and to quote an internal note's first _NOTE_TEXT_CHARS characters on one line (`note_text`): an internal note
-    (private, not the description) is kept that long, any other comment not at all, each with our marker where
-    the cut would lose it. Child events other than comments, creations and changes (notifications with their
-    e-mail's body, CCs, ...) are read by nobody and dropped."""
-    children = event.get("child_events")
-    kept = {key: event[key] for key in _EVENT_KEYS if key in event}
-    if isinstance(children, list):
-        creating = any(isinstance(child, Mapping) and child.get("event_type") == "Create" for child in children)
-        kept["child_events"] = [
-            _kept_child(child, creating)
-            for child in children
-            if not isinstance(child, Mapping) or child.get("event_type") in ("Comment", "Create", "Change")
-        ]
-    return kept
-
-
-def _kept_child(child: Any, creating: bool) -> Any:
-    """A child event as kept: a comment's quotable text and links; a Create/Change event's field (named as its
-    key) and `previous_value`, without its own `id`, `via` and `via_reference_id`, which nobody reads."""
-    if not isinstance(child, Mapping):
-        return child  # malformed: kept, so the mapping still sees it and refuses the history
-    if child.get("event_type") != "Comment":
-        return {key: value for key, value in child.items() if key not in _CHILD_UNREAD}
-    kept = {key: child[key] for key in _COMMENT_KEYS if key in child}
-    text_key = "body" if child.get("body") else "plain_body"
-    if text_key == "body":
-        kept.pop("plain_body", None)
-    if isinstance(kept.get(text_key), str):
-        quoted = not creating and child.get("public") is not True  # an internal note (`_comment_extras`)
-        kept[text_key] = _quotable(kept[text_key], _NOTE_TEXT_CHARS if quoted else 0)
-    files = kept.get("attachments")
-    if isinstance(files, list):
-        kept["attachments"] = [
-            {key: item[key] for key in _FILE_KEYS if key in item} if isinstance(item, Mapping) else item
-            for item in files
-        ]
-    return kept
-
-
-def _quotable(text: str, chars: int) -> str:
-    """The shortest start of `text` that reads as the whole one does: the same first `chars` characters once its
-    whitespace is folded (`mappings.common.note_text`), and our marker if the text carries it."""
-    folded, end = -1, len(text) if chars else 0
-    for word in _WORD.finditer(text) if chars else ():
-        folded += 1 + len(word.group())  # the word and the one space before it (none before the first)
-        if folded >= chars:
-            end = max(word.start() + 1, word.end() - (folded - chars))  # never before the word's first letter
-            break
-    if end >= len(text):
-        return text
-    cut = text[:end]
-    at = text.find(_OUR_MARKER)
-    if at >= 0 and _OUR_MARKER not in cut:
-        close = text.find(")", at)
-        marker = "(" + text[at : close if close >= 0 else at + _NOTE_TEXT_CHARS] + ")"
-        cut = f"{cut}\n\n{marker}" if cut else marker
-    return cut
 
 
 def _epoch(value: Any) -> float | None:

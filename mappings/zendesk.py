@@ -68,6 +68,7 @@ from engine.model import (
 )
 from mappings import MappingError, NormalizeError
 from mappings.common import (
+    NOTE_TEXT_CHARS,
     FlagSources,
     SentimentMap,
     Strict,
@@ -269,7 +270,12 @@ class ZendeskMapping:
 
     def read_spec(self) -> ReadSpec:
         """What connectors/zendesk.py reads for this mapping (it imports no mapping: see connectors.base)."""
-        return ReadSpec(sideloads=self.sideloads, history=self.history_sources(), tier_moves_tags=bool(self.tier_tags))
+        return ReadSpec(
+            sideloads=self.sideloads,
+            history=self.history_sources(),
+            tier_moves_tags=bool(self.tier_tags),
+            history_trim=trimmed_event,
+        )
 
     def render_patch(self, writeback: WriteBack, current: Mapping[str, Any] | None) -> dict[str, Any]:
         """Ticket fields for the write-back: the tier's group or dropdown option, and the whole tag list (the
@@ -876,3 +882,82 @@ def load(path: Path) -> ZendeskMapping:
     config, text = load_spec(ZendeskMappingFile, path)
     _cross_check(config, path, text)
     return ZendeskMapping(config, str(path))
+
+
+# -- what of the ticket event export this mapping reads (the connector's event book keeps only that) ------
+
+_EVENT_KEYS = ("id", "ticket_id", "timestamp", "created_at", "updater_id", "event_type", "child_events")
+"""What the book's readers take of an audit (`_EventHistory` and `_comment_extras` here, the book's order): its `via`, `system` and `metadata` (the agent's browser and place) are read by nobody."""
+_COMMENT_KEYS = ("event_type", "author_id", "body", "plain_body", "public", "attachments")
+"""What is read of a comment child event: `html_body` repeats `body`, and `plain_body` is kept only when it is
+what the mapping reads (`body or plain_body`)."""
+_CHILD_UNREAD = frozenset({"id", "via", "via_reference_id"})
+_FILE_KEYS = ("file_name", "content_url", "deleted")
+"""What the handoff lists of an attachment (`_comment_extras`): its thumbnails, size and type are not shown."""
+_WORD = re.compile(r"\S+")
+
+
+def trimmed_event(event: Mapping[str, Any]) -> Mapping[str, Any]:
+    """An exported audit as the connector's event book keeps it (`ReadSpec.history_trim`): the same shape with
+    only what this mapping reads of it (issue 14).
+
+    The book holds up to _BOOK_SIZE tickets' events; as exported (`include=comment_events`) each comment comes
+    three times (`body`, `html_body`, `plain_body`) and at full length, a handoff note of ours tens of kilobytes,
+    which made the book the daemon's largest holding. The mapping reads a comment's text only to find our marker
+    and to quote an internal note's first NOTE_TEXT_CHARS characters on one line (`note_text`): an internal note
+    (private, not the description) is kept that long, any other comment not at all, each with our marker where
+    the cut would lose it. Child events other than comments, creations and changes (notifications with their
+    e-mail's body, CCs, ...) are read by nobody and dropped."""
+    children = event.get("child_events")
+    kept = {key: event[key] for key in _EVENT_KEYS if key in event}
+    if isinstance(children, list):
+        creating = any(isinstance(child, Mapping) and child.get("event_type") == "Create" for child in children)
+        kept["child_events"] = [
+            _kept_child(child, creating)
+            for child in children
+            if not isinstance(child, Mapping) or child.get("event_type") in ("Comment", "Create", "Change")
+        ]
+    return kept
+
+
+def _kept_child(child: Any, creating: bool) -> Any:
+    """A child event as kept: a comment's quotable text and links; a Create/Change event's field (named as its
+    key) and `previous_value`, without its own `id`, `via` and `via_reference_id`, which nobody reads."""
+    if not isinstance(child, Mapping):
+        return child  # malformed: kept, so the mapping still sees it and refuses the history
+    if child.get("event_type") != "Comment":
+        return {key: value for key, value in child.items() if key not in _CHILD_UNREAD}
+    kept = {key: child[key] for key in _COMMENT_KEYS if key in child}
+    text_key = "body" if child.get("body") else "plain_body"
+    if text_key == "body":
+        kept.pop("plain_body", None)
+    if isinstance(kept.get(text_key), str):
+        quoted = not creating and child.get("public") is not True  # an internal note (`_comment_extras`)
+        kept[text_key] = _quotable(kept[text_key], NOTE_TEXT_CHARS if quoted else 0)
+    files = kept.get("attachments")
+    if isinstance(files, list):
+        kept["attachments"] = [
+            {key: item[key] for key in _FILE_KEYS if key in item} if isinstance(item, Mapping) else item
+            for item in files
+        ]
+    return kept
+
+
+def _quotable(text: str, chars: int) -> str:
+    """The shortest start of `text` that reads as the whole one does: the same first `chars` characters once its
+    whitespace is folded (`mappings.common.note_text`), and our marker if the text carries it."""
+    folded, end = -1, len(text) if chars else 0
+    for word in _WORD.finditer(text) if chars else ():
+        folded += 1 + len(word.group())  # the word and the one space before it (none before the first)
+        if folded >= chars:
+            end = max(word.start() + 1, word.end() - (folded - chars))  # never before the word's first letter
+            break
+    if end >= len(text):
+        return text
+    cut = text[:end]
+    at = text.find(OUR_MARKER)
+    if at >= 0 and OUR_MARKER not in cut:
+        close = text.find(")", at)
+        marker = "(" + text[at : close if close >= 0 else at + NOTE_TEXT_CHARS] + ")"
+        cut = f"{cut}\n\n{marker}" if cut else marker
+    return cut

@@ -20,10 +20,11 @@ import pytest
 
 import connectors.zendesk
 from connectors.base import RawRecord
-from connectors.zendesk import _EventBook, _quotable
+from connectors.zendesk import _EventBook
 from engine.model import COMMENT_MARKER
 from mappings import load_mapping
 from mappings.common import NOTE_TEXT_CHARS, note_text
+from mappings.zendesk import _quotable, trimmed_event
 
 FIXTURES = Path(__file__).parent / "fixtures" / "zendesk"
 AGENT = 370000222
@@ -78,7 +79,7 @@ def _ticket(events: list[dict[str, Any]]) -> Any:
 
 
 def _booked(events: list[dict[str, Any]]) -> list[Any]:
-    book = _EventBook()
+    book = _EventBook(trimmed_event)
     book.since, book.until = WINDOW
     for event in copy.deepcopy(events):
         book.add(event)
@@ -115,8 +116,9 @@ def test_the_book_drops_what_nobody_reads() -> None:
     assert len(json.dumps(booked)) * 4 < len(json.dumps(_events()))
 
 
-def test_the_book_cuts_notes_to_the_mappings_length() -> None:
-    assert connectors.zendesk._NOTE_TEXT_CHARS == NOTE_TEXT_CHARS
+def test_the_connector_keeps_of_each_event_what_its_mapping_reads() -> None:
+    mapping = load_mapping("zendesk")
+    assert mapping.read_spec().history_trim is trimmed_event  # one definition, beside its readers
 
 
 def test_a_cut_note_reads_as_the_whole_one() -> None:
@@ -135,7 +137,7 @@ def test_the_book_is_bounded_in_bytes_too(monkeypatch: pytest.MonkeyPatch) -> No
     """Tickets with long histories fill the book's bytes before its count of tickets: the oldest go, and the
     window then starts where the book was when it forgot them (their tickets cannot be complete any more)."""
     monkeypatch.setattr(connectors.zendesk, "_BOOK_BYTES", 20_000)
-    book = _EventBook()
+    book = _EventBook(trimmed_event)
     book.since, book.until = WINDOW
     rng = random.Random(20)
     for ticket in range(1, 21):
