@@ -622,6 +622,89 @@ for _name in CLOCK_NAMES:
         GETTERS[f"clocks.{_name}.{_field}"] = _clock_getter(_name, _field)
 
 
+def _clock_expression(name: str, field: str) -> str:
+    """The inline form of `_clock_getter(name, field)` over the clock map `cm` (see `_fact_function`)."""
+    if field == "state":
+        return f"(_c.state._value_ if (_c := cm.get({name!r})) is not None else 'none')"
+    if field == "active":
+        return f"({name!r} in cm)"
+    attribute = {"elapsed_minutes": "elapsed", "remaining_minutes": "remaining"}.get(field, "target")
+    return f"((_c.{attribute}.total_seconds() / 60.0) if (_c := cm.get({name!r})) is not None else 0.0)"
+
+
+_EXPRESSIONS: dict[str, str] = {
+    "ticket.priority": "t.priority._value_",
+    "ticket.priority_rank": "int(t.priority._value_[1])",
+    "ticket.status": "t.status._value_",
+    "ticket.tier": "tier._value_",
+    "ticket.tier_rank": "RANK[tier]",
+    "ticket.is_open": "(not t.status.is_terminal)",
+    "ticket.segment": "(t.segment or '')",
+    "ticket.organization": "(t.organization or '')",
+    "ticket.assignee_group": "(t.assignee_group or '')",
+    "ticket.platform": "t.platform",
+    "ticket.tags": "sorted(t.tags)",
+    "ticket.age_hours": "(max((now - t.created_at).total_seconds(), 0.0) / 3600.0)",
+    "ticket.has_public_reply": "(t.first_public_reply_at is not None)",
+    "hours_at_tier": "hours",
+    "any_clock_breached": "any(c.state in BREACHED for n, c in cm.items() if n not in CADENCE)",
+    "any_clock_at_risk": "any(c.state in AT_RISK for n, c in cm.items() if n not in CADENCE)",
+    "history.customer_escalations_30d": "h.customer_escalations_30d",
+    "history.tier_entries": "len(h.tier_entries)",
+    "history.management_active": "(h.management_started_at is not None and h.management_ended_at is None)",
+    "platform_slas.any_breached": "any(s.breached for s in t.platform_slas)",
+    "platform_slas.breached": "sorted(s.name for s in t.platform_slas if s.breached)",
+    **{
+        f"flags.{name}": f"{type(FACTS[f'flags.{name}']).__name__}(t.flags.{name})"
+        for name in (path[6:] for path in FACTS if path.startswith("flags."))
+    },
+    **{f"clocks.{name}.{field}": _clock_expression(name, field) for name in CLOCK_NAMES for field in CLOCK_FIELDS},
+}
+"""Each fact of GETTERS as a Python expression over `t` (ticket), `now`, `cm` (clock map), `hours`, `h`
+(history) and `tier`: the same value, computed inline (tests/test_escalate_facts.py holds them equal)."""
+
+_FACT_GLOBALS: dict[str, Any] = {
+    "RANK": RANK,
+    "BREACHED": (ClockState.BREACHED,),
+    "AT_RISK": (ClockState.AT_RISK,),
+    "CADENCE": _CADENCE_CLOCKS,
+}
+
+FactFunction = Callable[[Ticket, datetime, dict[str, Clock], float, EscalationHistory, Tier], dict[str, Any]]
+
+
+def _fact_function(paths: tuple[str, ...]) -> FactFunction:
+    """One function computing the facts `paths` as one dict display, compiled once per set of paths.
+
+    Why: a policy reads some twenty facts; through one getter call each and an environment object per ticket
+    they cost several microseconds a ticket, twice for a ticket that escalates (issue 14's profile). The code
+    is built from `_EXPRESSIONS` only (the engine's own vocabulary; fact names are validated at policy load).
+    """
+    function = _FACT_FUNCTIONS.get(paths)
+    if function is None:
+        items = ", ".join(f"{path!r}: {_EXPRESSIONS[path]}" for path in paths)
+        source = f"def facts(t, now, cm, hours, h, tier):\n    return {{{items}}}\n"
+        namespace = dict(_FACT_GLOBALS)
+        exec(source, namespace)  # built from the fixed expressions above only, never from input
+        function = namespace["facts"]
+        if len(_FACT_FUNCTIONS) >= 256:
+            _FACT_FUNCTIONS.clear()
+        _FACT_FUNCTIONS[paths] = function
+    return function
+
+
+_FACT_FUNCTIONS: dict[tuple[str, ...], FactFunction] = {}
+"""The compiled fact functions, by the paths they compute (the paths are the policies', so there are few)."""
+
+_TIER_FACTS = frozenset({"ticket.tier", "ticket.tier_rank", "hours_at_tier", "any_clock_breached", "any_clock_at_risk"})
+"""Facts that depend on the tier the ticket is taken to sit at, or on its clocks (with `clocks.*`)."""
+
+
+@lru_cache(maxsize=256)
+def _tier_paths(paths: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(path for path in paths if path in _TIER_FACTS or path.startswith("clocks."))
+
+
 def compute_facts(
     ticket: Ticket,
     now: datetime,
@@ -637,17 +720,25 @@ def compute_facts(
     the next tier without copying the whole ticket (`dataclasses.replace` of a Ticket costs more than the facts).
     """
     clock_map = {clock.name: clock for clock in clocks}
-    env = _Env(ticket, now, clock_map, hours_at_tier, history, tier or ticket.effective_tier)
-    getters = _GETTER_SETS.get(paths)
-    if getters is None:
-        if len(_GETTER_SETS) >= 256:
-            _GETTER_SETS.clear()
-        getters = _GETTER_SETS[paths] = tuple((path, GETTERS[path]) for path in paths)
-    return {path: getter(env) for path, getter in getters}
+    return _fact_function(paths)(ticket, now, clock_map, hours_at_tier, history, tier or ticket.effective_tier)
 
 
-_GETTER_SETS: dict[tuple[str, ...], tuple[tuple[str, Getter], ...]] = {}
-"""The getters of a policy's fact paths, looked up once (the paths are the policy's, so there are few)."""
+def _moved_facts(
+    facts: dict[str, Any],
+    ticket: Ticket,
+    now: datetime,
+    clocks: Sequence[Clock],
+    history: EscalationHistory,
+    paths: tuple[str, ...],
+    tier: Tier,
+) -> dict[str, Any]:
+    """`compute_facts(ticket, now, clocks, 0.0, history, paths, tier)` for a chained pass, from the facts of
+    the pass before (same ticket, `now` and history): only the facts of the tier and the clocks are computed
+    again, the others are the same values (a new dict: deferred reasons keep reading the old one)."""
+    moved = dict(facts)
+    clock_map = {clock.name: clock for clock in clocks}
+    moved.update(_fact_function(_tier_paths(paths))(ticket, now, clock_map, 0.0, history, tier))
+    return moved
 
 
 # -- reasons ----------------------------------------------------------------------------------------------------
@@ -794,10 +885,14 @@ class _Prepared:
     """Rule index -> its condition's position in the batch's result."""
     exact_values: Callable[[dict[str, Any]], tuple[Any, ...]] = lambda facts: ()
     """The values of `exact_facts` in a facts dict, as a tuple (one C call: `_values_of`)."""
+    timed: tuple[_Step, ...] = ()
+    """The steps that are not exact, in order: they run on every ticket."""
+    reorder: Callable[[tuple[RuleOutcome, ...]], tuple[RuleOutcome, ...]] = lambda outcomes: outcomes
+    """The exact group's outcomes followed by the timed ones -> the outcomes in rule order (one C call)."""
 
 
-def _values_of(paths: tuple[str, ...]) -> Callable[[dict[str, Any]], tuple[Any, ...]]:
-    """A function giving the values of `paths` in a dict as a tuple: itemgetter answers a bare value for one."""
+def _values_of(paths: tuple[Any, ...]) -> Callable[[Any], tuple[Any, ...]]:
+    """A function giving the values at `paths` (keys or indices) as a tuple: itemgetter answers a bare value for one."""
     if not paths:
         return lambda facts: ()
     if len(paths) == 1:
@@ -835,7 +930,13 @@ def _prepare(policy: Policy) -> _Prepared:
         quantized = tuple(path for path in policy.fact_paths if path in _QUANTIZED)
         batch, names, slots = _batch(policy, [step for step in steps if not step[3] and not step[1].direct])
         exact = tuple(exact_facts)
-        prepared = _Prepared(steps, quantized, exact, batch, names, slots, _values_of(exact))
+        timed = tuple(step for step in steps if not step[3])
+        # Where each rule's outcome sits in (exact outcomes..., timed outcomes...).
+        exact_index = iter(range(len(steps)))
+        timed_index = iter(range(len(steps) - len(timed), len(steps)))
+        order = tuple(next(exact_index) if step[3] else next(timed_index) for step in steps)
+        reorder = _values_of(order) if timed else (lambda outcomes: outcomes)
+        prepared = _Prepared(steps, quantized, exact, batch, names, slots, _values_of(exact), timed, reorder)
         policy.outcome_cache["prepared"] = prepared
     return prepared
 
@@ -961,7 +1062,7 @@ def run_rules(policy: Policy, facts: dict[str, Any], current: Tier) -> tuple[Rul
     prepared = _prepare(policy)
     cel_run = _Activation(facts, prepared)
     # The tier's text, not the enum member: a key of plain values is left alone by the garbage collector.
-    group_key = ("exact", current.value, prepared.exact_values(facts))
+    group_key = ("exact", current._value_, prepared.exact_values(facts))
     cache = policy.outcome_cache
     group = cache.get(group_key)
     if group is None:
@@ -972,12 +1073,10 @@ def run_rules(policy: Policy, facts: dict[str, Any], current: Tier) -> tuple[Rul
             if len(cache) >= _CACHE_LIMIT:
                 cache.clear()
             cache[group_key] = group
-    if len(group) == len(prepared.steps):
+    if not prepared.timed:
         return group
-    exact = iter(group)
-    return tuple(
-        [next(exact) if step[3] else _timed_outcome(policy, step, current, facts, cel_run) for step in prepared.steps]
-    )
+    timed = tuple([_timed_outcome(policy, step, current, facts, cel_run) for step in prepared.timed])
+    return prepared.reorder(group + timed)
 
 
 def _target_tier(outcomes: tuple[RuleOutcome, ...], current: Tier, lowering: frozenset[str] = frozenset()) -> Tier:
@@ -987,13 +1086,21 @@ def _target_tier(outcomes: tuple[RuleOutcome, ...], current: Tier, lowering: fro
     a tier. An escalation rule that fires at a higher tier, such as customer-requested -> L2 on an L3 ticket,
     must not pull the ticket down, or L2 <-> L3 would alternate every cycle. A lowering stops at the highest
     tier the fired escalation rules ask for, so the next evaluation at the lowered tier gives the same answer.
+    One pass over the outcomes, by rank (it runs once or twice per ticket).
     """
-    raising = [o.target_tier for o in outcomes if o.fired and o.target_tier and o.name not in lowering]
-    highest = max([current, *raising], key=RANK.__getitem__)
-    down = [o.target_tier for o in outcomes if o.fired and o.target_tier and o.name in lowering]
-    if highest != current or not down:
-        return highest
-    return min(max([*down, *raising], key=RANK.__getitem__), current, key=RANK.__getitem__)
+    rank = RANK[current]
+    raising = 0  # the highest rank a fired escalation rule asks for (0: none)
+    down = 0  # the highest rank a fired lowering rule asks for (0: none)
+    for outcome in outcomes:
+        target = outcome.target_tier
+        if target is not None and outcome.fired:
+            if lowering and outcome.name in lowering:
+                down = max(down, RANK[target])
+            else:
+                raising = max(raising, RANK[target])
+    if raising > rank or not down:
+        return _TIERS_BY_RANK[max(raising, rank)]
+    return _TIERS_BY_RANK[min(max(down, raising), rank)]
 
 
 def _lowering(policy: Policy) -> frozenset[str]:
@@ -1010,9 +1117,16 @@ def _merge_chain(first: tuple[RuleOutcome, ...], then: tuple[RuleOutcome, ...], 
     merged = []
     for before, after in zip(first, then, strict=True):
         if after.fired and not before.fired:
-            before = replace(after, reason=f"once at {level}: {after.reason}")
+            # Its reason is rendered when read, as the pass's own outcome's is (`RuleOutcome.deferred`).
+            before = RuleOutcome.deferred(
+                after.name, after.description, True, after.target_tier, after.management, _once_at, level, after
+            )
         merged.append(before)
     return tuple(merged)
+
+
+def _once_at(level: Tier, outcome: RuleOutcome) -> str:
+    return f"once at {level}: {outcome.reason}"
 
 
 # -- the engine -------------------------------------------------------------------------------------------------
@@ -1131,13 +1245,15 @@ def evaluate(ticket: Ticket, policy: Policy, now: datetime, history: EscalationH
     # ticket already sat at the new tier since `now`: one write and one handoff instead of one per cycle.
     level = current
     path = [current]
+    moved_tier_clocks: list[Clock] = []  # the last chained pass's tier clocks: `level`'s, started `now`
     for _ in range(len(Tier)):
         if RANK[target] <= RANK[level]:
             break
         level = target
         path.append(level)
-        moved_clocks = sla_clocks + tier_clocks(ticket, policy, now, level, now) + mgmt_clocks
-        facts = compute_facts(ticket, now, moved_clocks, 0.0, history, policy.fact_paths, level)
+        moved_tier_clocks = tier_clocks(ticket, policy, now, level, now)
+        moved_clocks = sla_clocks + moved_tier_clocks + mgmt_clocks
+        facts = _moved_facts(facts, ticket, now, moved_clocks, history, policy.fact_paths, level)
         outcomes = _merge_chain(outcomes, run_rules(policy, facts, level), level)
         target = _target_tier(outcomes, level)
     triggered = any(o.fired and o.management for o in outcomes)
@@ -1154,7 +1270,10 @@ def evaluate(ticket: Ticket, policy: Policy, now: datetime, history: EscalationH
         # The decision is the desired state *after* its write: the new tier's clocks start now, so the old
         # tier's acknowledgment does not tag the ticket only to be untagged by the next poll (the echo).
         if target != current:
-            clocks = sla_clocks + tier_clocks(ticket, policy, now, target, now) + mgmt_clocks
+            # The chain ends where a pass raises no further: its last pass measured the target's clocks.
+            if level != target:
+                moved_tier_clocks = tier_clocks(ticket, policy, now, target, now)
+            clocks = sla_clocks + moved_tier_clocks + mgmt_clocks
             # The stay at the current tier ends now: its breaches stay on record under its own tier's name
             # (where the platform's history will show that stay to every later read: see past_tier_breaches).
             if ticket.tier_changes is not None:

@@ -381,13 +381,15 @@ class RuleOutcome:
         they render it: a deferred outcome is indistinguishable from `RuleOutcome(..., render(), ...)`.
         """
         outcome = object.__new__(cls)
-        setter = object.__setattr__
-        setter(outcome, "name", name)
-        setter(outcome, "description", description)
-        setter(outcome, "fired", fired)
-        setter(outcome, "target_tier", target_tier)
-        setter(outcome, "management", management)
-        setter(outcome, _PENDING, (render, args))
+        # One dict update, not one object.__setattr__ per field: a ticket builds several of these (issue 14).
+        outcome.__dict__.update(
+            name=name,
+            description=description,
+            fired=fired,
+            target_tier=target_tier,
+            management=management,
+            **{_PENDING: (render, args)},
+        )
         return outcome
 
     def __getattr__(self, name: str) -> str:
