@@ -972,19 +972,28 @@ class _Activation:
         self.batched: list[Any] | None = None
         """The batch's results for this ticket; [] once it failed (the rules then run one by one)."""
 
+    def batch(self) -> list[Any]:
+        """The batch's results for this ticket, run on the first call; [] when there is no batch or it failed."""
+        if self.batched is None:
+            if self.prepared.batch is None:
+                self.batched = []
+                return self.batched
+            if self.context is None:
+                self.context, self.values = _context()
+            try:
+                _activate(self.context, self.values, self.prepared.batch_names, self.facts)
+                self.batched = list(self.prepared.batch.execute(self.context))
+            except Exception:  # some condition fails here: each runs alone, the failing one reports
+                self.batched = []
+        return self.batched
+
     def run(self, index: int, rule: Rule, names: _Names) -> bool:
+        if index in self.prepared.batch_slots:
+            batched = self.batch()
+            if batched:
+                return batched[self.prepared.batch_slots[index]] is True
         if self.context is None:
             self.context, self.values = _context()
-        slot = self.prepared.batch_slots.get(index)
-        if slot is not None:
-            if self.batched is None:
-                try:
-                    _activate(self.context, self.values, self.prepared.batch_names, self.facts)
-                    self.batched = list(self.prepared.batch.execute(self.context))
-                except Exception:  # some condition fails here: each runs alone, the failing one reports
-                    self.batched = []
-            if self.batched:
-                return self.batched[slot] is True
         _activate(self.context, self.values, names, self.facts)
         return rule.program.execute(self.context) is True
 
@@ -1075,8 +1084,32 @@ def run_rules(policy: Policy, facts: dict[str, Any], current: Tier) -> tuple[Rul
             cache[group_key] = group
     if not prepared.timed:
         return group
-    timed = tuple([_timed_outcome(policy, step, current, facts, cel_run) for step in prepared.timed])
-    return prepared.reorder(group + timed)
+    batched = cel_run.batch()
+    timed: list[RuleOutcome] = []
+    for step in prepared.timed:
+        index, rule, fixed, _, _ = step
+        slot = prepared.batch_slots.get(index)
+        if slot is None or not batched:  # direct, not batched, or the batch failed: `_timed_outcome` tells
+            timed.append(_timed_outcome(policy, step, current, facts, cel_run))
+            continue
+        target = fixed if fixed is not None else _rule_target(rule, current)
+        fired = batched[slot] is True
+        timed.append(
+            RuleOutcome.deferred(
+                rule.name,
+                rule.description,
+                fired,
+                target,
+                rule.management,
+                _lazy_reason,
+                policy,
+                rule,
+                facts,
+                target,
+                fired,
+            )
+        )
+    return prepared.reorder(group + tuple(timed))
 
 
 def _target_tier(outcomes: tuple[RuleOutcome, ...], current: Tier, lowering: frozenset[str] = frozenset()) -> Tier:

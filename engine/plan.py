@@ -13,9 +13,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import lru_cache
 
-from engine.model import Decision, Status, TagScheme, TagSignal, Ticket, WriteBack
+from engine.model import Decision, Status, TagScheme, TagSignal, Ticket, Tier, WriteBack
 
 _READ_ONLY = frozenset({Status.CLOSED, Status.DELETED})
+_RANK = {tier: tier.rank for tier in Tier}
+"""Tier.rank as a dict: the property parses the enum value on every call, and a plan compares ranks often."""
 
 
 @lru_cache(maxsize=4096)
@@ -44,17 +46,18 @@ def plan(decision: Decision, observed: Ticket, tags: TagScheme) -> WriteBack:
     managed = _manages(tags)
     remove = frozenset(tag for tag in present if tag not in desired and managed(tag))
     observed_tier = observed.effective_tier
+    observed_rank = _RANK[observed_tier]
+    target = decision.target_tier
+    target_rank = _RANK[target]
     tier = None
-    if decision.target_tier != observed_tier and (
-        decision.target_tier.rank > observed_tier.rank or decision.target_tier.rank < decision.current_tier.rank
-    ):
+    if target != observed_tier and (target_rank > observed_rank or target_rank < _RANK[decision.current_tier]):
         # Raise when the platform is below the target; lower only when the Decision itself lowered the tier
         # (policy allows de-escalation), never because the platform moved up on its own meanwhile.
-        tier = decision.target_tier
+        tier = target
     comment = None
     if decision.comment is not None:
         management_starts = decision.management and tags.management not in present
-        if (tier is not None and tier.rank > observed_tier.rank) or management_starts:
+        if (tier is not None and target_rank > observed_rank) or management_starts:
             comment = decision.comment
     return WriteBack(
         platform=decision.platform,

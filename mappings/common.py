@@ -137,7 +137,7 @@ def _quoted(value: Any) -> str:
 def finite_number(record_id: str, field: str, value: Any) -> float:
     """A number from a JSON number or its text; NaN and infinities ("1e999" overflows to one) are refused:
     `inf` revenue at risk once started the management track ("revenue at risk inf")."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise NormalizeError(record_id, field, f"not a number: {_quoted(value)}")
     try:
         number = float(value.replace(",", "").strip() if isinstance(value, str) else value)
@@ -161,7 +161,7 @@ def truth(record_id: str, field: str, value: Any) -> bool:
         return value
     if value is None:
         return False
-    if isinstance(value, int | float):
+    if isinstance(value, (int, float)):
         return finite_number(record_id, field, value) != 0
     if isinstance(value, list):
         return bool(value)

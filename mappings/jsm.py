@@ -231,7 +231,7 @@ def parse_jira_time(value: Any, record_id: str, field: str) -> datetime:
 
 
 def from_epoch_millis(value: Any, record_id: str, field: str) -> datetime:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise NormalizeError(record_id, field, f"epochMillis is not a number: {value!r}")
     return datetime.fromtimestamp(value / 1000, UTC)
 
@@ -281,7 +281,7 @@ def field_texts(value: Any) -> list[str]:
         return ["true"] if value else []
     if isinstance(value, str):
         return [value] if value else []
-    if isinstance(value, int | float):
+    if isinstance(value, (int, float)):
         return [str(value)]
     if isinstance(value, list):
         return [text for item in value for text in field_texts(item)]
@@ -564,7 +564,7 @@ class JsmMapping:
         if rule.field is None:
             return False
         raw = fields.get(rule.field)
-        if not rule.values and isinstance(raw, bool | int | float | str):
+        if not rule.values and isinstance(raw, (bool, int, float, str)):
             # A scalar (a boolean, number or text field) reads through the documented true/false texts: "false"
             # or 0 must not count as "a value is set". Options, users and arrays still mean "set when present".
             return truth(rid, rule.field, raw)
@@ -860,7 +860,7 @@ def _millis(rid: str, where: str, value: Any) -> timedelta | None:
     if not isinstance(value, Mapping) or isinstance(value.get("millis"), bool):
         raise NormalizeError(rid, where, f"expected {{millis, friendly}}, got {value!r}")
     millis = value.get("millis")
-    if not isinstance(millis, int | float):
+    if not isinstance(millis, (int, float)):
         raise NormalizeError(rid, where, f"millis is not a number: {millis!r}")
     return timedelta(milliseconds=millis)
 

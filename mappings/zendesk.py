@@ -259,7 +259,9 @@ class ZendeskMapping:
             for name in _BOOL_FLAGS
             if (rule := getattr(config.flags, name)) is not None
         )
-        self._number_rules = tuple((name, kind, getattr(config.flags, name)) for name, kind in _NUMBER_FLAGS)
+        self._number_rules = tuple(
+            (name, kind, getattr(config.flags, name), f"flags.{name}") for name, kind in _NUMBER_FLAGS
+        )
 
     # -- what the connector asks ------------------------------------------------------------------------------
 
@@ -589,7 +591,7 @@ class ZendeskMapping:
                 values[name] = self._flag(
                     rid, name, flag_tags, custom_field, org_field, wanted, tags, fields, org_fields
                 )
-        for name, kind, number in self._number_rules:
+        for name, kind, number, where in self._number_rules:
             raw = None
             if number is not None:
                 if number.custom_field is not None:
@@ -600,7 +602,6 @@ class ZendeskMapping:
                 raw = reopens
             if raw in (None, ""):
                 continue
-            where = f"flags.{name}"
             values[name] = whole_number(rid, where, raw) if kind is int else finite_number(rid, where, raw)
         return Flags(**values)
 
