@@ -257,9 +257,15 @@ class BusinessCalendar:
         """
         position = self._positions.get(moment)
         if position is None:
+            # Inline `_cumulative(ordinal) + _within(ordinal, None, moment)`: most moments are seen once (a
+            # ticket's own times), so this path runs several times per ticket (issue 14's profile).
             ordinal = self._day_of(moment)
-            position = self._cumulative(ordinal)  # may rebase (and clear the memo) first
-            position += self._within(ordinal, None, moment)
+            index = ordinal - self._cum_base
+            position = self._cum[index] if 0 <= index < len(self._cum) else self._cumulative(ordinal)
+            for start, end in self.day(ordinal)[0]:
+                if start >= moment:
+                    break  # sorted and disjoint: no later interval starts before `moment` either
+                position += (end if end < moment else moment) - start
             if len(self._positions) > 2048:
                 self._positions.clear()
             self._positions[moment] = position
