@@ -225,6 +225,9 @@ class ZendeskMappingFile(Strict):
     sentiment: ZendeskSentimentMap = Field(default_factory=ZendeskSentimentMap)
 
 
+_STR_TYPE = frozenset({str})
+
+
 def parse_time(value: Any) -> datetime:
     """Zendesk timestamps are ISO 8601 in UTC (`2023-09-18T15:57:42Z`); any offset is honoured."""
     if not isinstance(value, str) or not value:
@@ -328,9 +331,10 @@ class ZendeskMapping:
         assert created_at is not None and updated_at is not None
         organization = record.related.get("organization") or None
         metrics = record.related.get("metric_set") or None
-        if metrics is not None and not isinstance(metrics, Mapping):
+        # `type(...) is dict` first: the abstract-class check costs more than the rest of the test.
+        if metrics is not None and type(metrics) is not dict and not isinstance(metrics, Mapping):
             raise NormalizeError(rid, "metric_set", "sideloaded metric set is not an object")
-        if organization is not None and not isinstance(organization, Mapping):
+        if organization is not None and type(organization) is not dict and not isinstance(organization, Mapping):
             raise NormalizeError(rid, "organization", "sideloaded organization is not an object")
         tags = self._tags(rid, data.get("tags"))
         fields = self._custom_fields(rid, data.get("custom_fields"))
@@ -474,7 +478,10 @@ class ZendeskMapping:
     def _tags(rid: str, value: Any) -> frozenset[str]:
         if value is None:
             return frozenset()
-        if not isinstance(value, list) or not all(isinstance(tag, str) for tag in value):
+        if not isinstance(value, list):
+            raise NormalizeError(rid, "tags", "not a list of strings")
+        # The exact types first (one C call); only a list holding other types is checked tag by tag.
+        if not set(map(type, value)) <= _STR_TYPE and not all(isinstance(tag, str) for tag in value):
             raise NormalizeError(rid, "tags", "not a list of strings")
         return frozenset(value)
 
