@@ -181,3 +181,42 @@ def test_results_do_not_depend_on_query_order():
     assert backward.add_business_time(u(1, 5, year=2024), 100 * H) == fresh().add_business_time(
         u(1, 5, year=2024), 100 * H
     )
+
+
+def _open_minutes(calendar: BusinessCalendar, start: datetime, minutes: int) -> list[bool]:
+    """Whether each minute from `start` on is business time, from the calendar's definition read minute by
+    minute in local wall time (boundaries are whole minutes, so a minute is open or closed as a whole)."""
+    flags = []
+    for offset in range(minutes):
+        local = (start + timedelta(minutes=offset)).astimezone(calendar.zone)
+        minute = local.hour * 60 + local.minute
+        hours = calendar.weekly[local.weekday()]
+        flags.append(not calendar.is_holiday(local.date()) and any(a <= minute < b for a, b in hours))
+    return flags
+
+
+@pytest.mark.parametrize("calendar", [BERLIN, SPLIT, DAILY_BERLIN, SUN], ids=lambda calendar: calendar.name)
+def test_business_time_between_matches_a_minute_by_minute_count(calendar: BusinessCalendar) -> None:
+    """Random spans over two weeks around the spring DST change (and a union's overlapping members), at odd
+    seconds: the running totals and the day's intervals (engine.calendar._position) give exactly the count."""
+    import random
+
+    base = u(3, 22)
+    minutes = 14 * 24 * 60
+    if calendar is SUN:
+        members = [_open_minutes(member, base, minutes) for member in (EMEA, AMER, APAC)]
+        open_at = [any(flag) for flag in zip(*members, strict=True)]
+    else:
+        open_at = _open_minutes(calendar, base, minutes)
+    prefix = [0]
+    for flag in open_at:
+        prefix.append(prefix[-1] + flag)
+
+    def position(moment: datetime) -> timedelta:
+        index, rest = divmod(moment - base, timedelta(minutes=1))
+        return timedelta(minutes=prefix[index]) + (rest if open_at[index] else timedelta(0))
+
+    rng = random.Random(calendar.name)
+    for _ in range(300):
+        start, end = sorted(base + timedelta(seconds=rng.randrange(minutes * 60 - 1)) for _ in range(2))
+        assert calendar.business_time_between(start, end) == position(end) - position(start), (start, end)
