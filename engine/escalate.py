@@ -835,6 +835,19 @@ _CACHE_LIMIT = 20_000
 """Outcomes kept before the memo starts again: about 370 bytes an entry (key, outcome, reason text), so 7 MB at
 most. At 200,000 it grew to some 75 MB on a large backlog (issue 14, bench/memory.py) without a measurable gain:
 a 30,000-ticket backlog has about 12,500 distinct outcomes, and the common ones come back at once."""
+
+
+def _memo(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    """Keep `value` in the policy's memo. A full memo drops its outcomes, never the per-policy entries kept under
+    a name ("prepared": the compiled CEL batch, "lowering", "review_watch"): rebuilding those on every
+    20,000th outcome cost a recompile mid-sweep on any large backlog."""
+    if len(cache) >= _CACHE_LIMIT:
+        named = {name: kept for name, kept in cache.items() if isinstance(name, str)}
+        cache.clear()
+        cache.update(named)
+    cache[key] = value
+
+
 _MISSING = object()
 _local = threading.local()
 
@@ -1017,9 +1030,7 @@ def _outcome(
     outcome = RuleOutcome(
         rule.name, rule.description, fired, _reason(policy, rule, shown, target, fired), target, rule.management
     )
-    if len(cache) >= _CACHE_LIMIT:
-        cache.clear()
-    cache[key] = outcome
+    _memo(cache, key, outcome)
     return outcome, True
 
 
@@ -1079,9 +1090,7 @@ def run_rules(policy: Policy, facts: dict[str, Any], current: Tier) -> tuple[Rul
         found = [_outcome(policy, step, current, facts, shown, cel_run) for step in prepared.steps if step[3]]
         group = tuple(outcome for outcome, _ in found)
         if all(cacheable for _, cacheable in found):
-            if len(cache) >= _CACHE_LIMIT:
-                cache.clear()
-            cache[group_key] = group
+            _memo(cache, group_key, group)
     if not prepared.timed:
         return group
     batched = cel_run.batch()

@@ -106,3 +106,21 @@ def test_evaluate_with_warm_memos_equals_cold_memos() -> None:
         history = EscalationHistory(customer_escalations_30d=rng.choice([0, 3]))
         expected = evaluate(ticket, _fresh(), NOW, history)
         assert evaluate(ticket, warm, NOW, history) == expected
+
+
+def test_a_full_memo_keeps_the_compiled_rules(monkeypatch) -> None:
+    """A full memo starts over on outcomes only: the compiled CEL batch stays the same object, so a large backlog
+    does not recompile the policy every 20,000th outcome, and answers after the reset stay those of a cold memo."""
+    import engine.escalate as escalate
+
+    monkeypatch.setattr(escalate, "_CACHE_LIMIT", 8)
+    rng = random.Random(5)
+    warm = _fresh()
+    run_rules(warm, _random_facts(rng), Tier.L1)
+    prepared = warm.outcome_cache["prepared"]
+    for _ in range(60):
+        facts = _random_facts(rng)
+        current = Tier(str(facts.get("ticket.tier", "L1")))
+        assert run_rules(warm, dict(facts), current) == run_rules(_fresh(), dict(facts), current)
+    assert warm.outcome_cache["prepared"] is prepared
+    assert len(warm.outcome_cache) <= 8 + 1
