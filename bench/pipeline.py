@@ -23,10 +23,15 @@ by the same command against an empty sandbox of the platform and subtracted:
 
 One figure a line, `name value unit`; with `--runs N` each figure is the median of N runs (fresh sandbox and
 store each run). `--profile` runs the daemon's read mode once under cProfile per platform and prints the top
-entries (by own time, and cumulative), not timed figures: cProfile slows the daemon severalfold.
+entries (by own CPU time, and cumulative: waiting on the sandbox costs the daemon none), not timed figures:
+cProfile slows the daemon severalfold.
+
+`--breakdown` adds, for the read mode, the CPU per polled ticket of the engine (the cycle's normalize and
+decide), of the connector's poll and of the rest (`cpu_per_polled_ticket` minus both), summed by process_time
+around those calls in the daemon (two timer reads a ticket; the figures of that run include them).
 
 Usage: python bench/pipeline.py [--platforms zendesk,jsm,servicenow] [--tickets 5000] [--runs 1] [--modes read,write]
-                                [--profile] [--top 25]
+                                [--profile] [--top 25] [--breakdown]
 """
 
 from __future__ import annotations
@@ -86,11 +91,38 @@ sys.path.insert(0, os.environ["BENCH_ROOT"])
 import sync
 _now = datetime.fromisoformat(os.environ["BENCH_NOW"])
 sync.utcnow = lambda: _now
+breakdown = os.environ.get("BENCH_BREAKDOWN")
+if breakdown:
+    import importlib, json, time
+    from runtime.cycle import Syncer
+    spent = {"engine": 0.0, "poll": 0.0}
+
+    def timed(owner, name, part):
+        inner = getattr(owner, name)
+
+        def outer(*args, **kwargs):
+            started = time.process_time()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                spent[part] += time.process_time() - started
+
+        setattr(owner, name, outer)
+
+    timed(Syncer, "_normalize", "engine")  # normalize
+    timed(Syncer, "_decide", "engine")  # evaluate + plan (and the history the ticket shows)
+    for module, name in (("zendesk", "ZendeskConnector"), ("jsm", "JsmConnector"), ("servicenow", "ServiceNowConnector")):
+        timed(getattr(importlib.import_module("connectors." + module), name), "poll", "poll")
+    code = sync.main(sys.argv[1:])
+    with open(breakdown, "w") as out:
+        json.dump(spent, out)
+    sys.exit(code)
 profile = os.environ.get("BENCH_PROFILE")
 if not profile:
     sys.exit(sync.main(sys.argv[1:]))
-import cProfile, pstats
-profiler = cProfile.Profile()
+import cProfile, pstats, time
+# CPU time, not wall time: the wait for the sandbox's answers is its CPU, not ours.
+profiler = cProfile.Profile(time.process_time)
 code = profiler.runcall(sync.main, sys.argv[1:])
 profiler.dump_stats(profile + ".prof")
 with open(profile, "w") as out:
@@ -101,7 +133,8 @@ with open(profile, "w") as out:
 sys.exit(code)
 """
 """The daemon's entry point with the clock pinned to the sandbox's frozen one (seeded tickets stay as old as
-seeded), optionally under cProfile."""
+seeded), optionally under cProfile, or with the CPU of the engine (the cycle's normalize and decide) and of the
+connector's poll (HTTP, decoding, the connector's own parsing and history reads) added up as they run."""
 
 
 # ---- the sandbox, in a process of its own ----------------------------------------------------------------
@@ -176,6 +209,9 @@ class Run:
     calls: int
     non_get_calls: int
     """Requests other than GET: the writes, and JSM's search (a read-only POST)."""
+    engine: float = 0.0
+    poll: float = 0.0
+    """With `--breakdown`: CPU seconds in the engine (normalize, decide) and in the connector's poll."""
 
 
 def write_config(directory: Path, platform: str, base_url: str, max_writes: int) -> Path:
@@ -205,9 +241,12 @@ def mark_scanned(directory: Path, instance: str) -> None:
     store.close()
 
 
-def run_daemon(server: Server, platform: str, max_writes: int, profile: Path | None = None, top: int = 25) -> Run:
+def run_daemon(
+    server: Server, platform: str, max_writes: int, profile: Path | None = None, top: int = 25, breakdown: bool = False
+) -> Run:
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as scratch:
         directory = Path(scratch)
+        spent_file = directory / "breakdown.json"
         config = write_config(directory, platform, server.url, max_writes)
         mark_scanned(directory, f"bench-{platform}")
         env = {
@@ -219,11 +258,14 @@ def run_daemon(server: Server, platform: str, max_writes: int, profile: Path | N
         }
         if profile is not None:
             env |= {"BENCH_PROFILE": str(profile), "BENCH_TOP": str(top)}
+        if breakdown:
+            env["BENCH_BREAKDOWN"] = str(spent_file)
         before = server.counts()
         wall, cpu, _rss, _capped, log = measure(
             [sys.executable, "-c", WRAPPER, "once", "--config", str(config)], env, None, None
         )
         after = server.counts()
+        spent = json.loads(spent_file.read_text(encoding="utf-8")) if breakdown else {}
     cycles = [
         event
         for event in (json.loads(line) for line in log.splitlines() if line.startswith("{"))
@@ -235,14 +277,28 @@ def run_daemon(server: Server, platform: str, max_writes: int, profile: Path | N
     cycle = cycles[-1]
     calls = {method: after.get(method, 0) - before.get(method, 0) for method in after}
     non_get = sum(count for method, count in calls.items() if method != "GET")
-    return Run(cpu, wall, cycle["tickets_seen"], cycle["writes"], sum(calls.values()), non_get)
+    return Run(
+        cpu,
+        wall,
+        cycle["tickets_seen"],
+        cycle["writes"],
+        sum(calls.values()),
+        non_get,
+        spent.get("engine", 0.0),
+        spent.get("poll", 0.0),
+    )
 
 
 # ---- the figures -----------------------------------------------------------------------------------------
 
 
-def measure_platform(platform: str, tickets: int, seed: int, modes: list[str]) -> dict[str, tuple[float, str]]:
-    """One run of every mode on fresh sandboxes: the figures, by name."""
+def measure_platform(
+    platform: str, tickets: int, seed: int, modes: list[str], breakdown: bool = False
+) -> dict[str, tuple[float, str]]:
+    """One run of every mode on fresh sandboxes: the figures, by name. With `breakdown`, the read run's CPU per
+    polled ticket is split three ways: the engine (normalize, evaluate, plan), the connector's poll (HTTP,
+    decoding, its own parsing and history reads) and the rest (booking the page, the store, commits, the
+    collector), so a change on one side is measured apart from the other."""
     empty = Server(platform, 0, seed)
     try:
         baseline = run_daemon(empty, platform, 1)
@@ -254,7 +310,9 @@ def measure_platform(platform: str, tickets: int, seed: int, modes: list[str]) -
     for mode in modes:
         server = Server(platform, tickets, seed)
         try:
-            runs[mode] = run = run_daemon(server, platform, 1 if mode == "read" else 10**9)
+            runs[mode] = run = run_daemon(
+                server, platform, 1 if mode == "read" else 10**9, breakdown=breakdown and mode == "read"
+            )
         finally:
             server.stop()
         prefix = f"{name}.{mode}"
@@ -268,6 +326,13 @@ def measure_platform(platform: str, tickets: int, seed: int, modes: list[str]) -
             f"{prefix}.wall": (run.wall, "s"),
             f"{prefix}.cpu_per_polled_ticket": (1e6 * net / run.polled if run.polled else 0.0, "us"),
         }
+        if breakdown and mode == "read" and run.polled:
+            per = 1e6 / run.polled
+            figures |= {
+                f"{prefix}.cpu_engine_per_polled_ticket": (per * run.engine, "us"),
+                f"{prefix}.cpu_connector_per_polled_ticket": (per * run.poll, "us"),
+                f"{prefix}.cpu_rest_per_polled_ticket": (per * max(net - run.engine - run.poll, 0.0), "us"),
+            }
     if "read" in runs and "write" in runs:
         read, write = runs["read"], runs["write"]
         extra = write.written - read.written
@@ -301,6 +366,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--runs", type=int, default=1, help="runs per figure; the median is printed")
     parser.add_argument("--profile", action="store_true", help="profile the daemon's read mode instead")
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also split the read mode's CPU per polled ticket into engine, connector and the rest",
+    )
     parser.add_argument("--top", type=int, default=25, help="profile entries printed per ordering")
     parser.add_argument(
         "--root",
@@ -329,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         units: dict[str, str] = {}
         for _ in range(args.runs):
             for key, (value, unit) in measure_platform(
-                platform, args.tickets, args.seed, args.modes.split(",")
+                platform, args.tickets, args.seed, args.modes.split(","), args.breakdown
             ).items():
                 samples.setdefault(key, []).append(value)
                 units[key] = unit

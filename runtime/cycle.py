@@ -1168,6 +1168,8 @@ def history_from_rows(recorded: list[tuple[str, datetime]], repeats: int) -> Esc
     Management rows: `MGMT` / `MGMT_PLAN` / `MGMT_END` for the first track, with `#n` for the n-th (a trigger
     firing after the policy ended a track starts the next); the history describes the latest track.
     """
+    if not recorded:  # most polled tickets were never escalated: nothing to sort out
+        return EscalationHistory(customer_escalations_30d=repeats)
     entries = tuple((Tier(tier), at) for tier, at in recorded if tier in TIER_NAMES)
     events: dict[tuple[str, int], datetime] = {}
     for label, at in recorded:

@@ -12,8 +12,10 @@ from __future__ import annotations
 import copy
 import json
 import random
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -150,3 +152,34 @@ def test_the_book_is_bounded_in_bytes_too(monkeypatch: pytest.MonkeyPatch) -> No
     kept = [ticket for ticket in range(1, 21) if book.related(ticket)["ticket_events"]]
     assert 5 <= len(kept) < 20 and kept == list(range(21 - len(kept), 21))
     assert book.related(20)["ticket_events_window"] == [WINDOW[0] + 20, WINDOW[1]]
+
+
+def _read_only(value: Any) -> Any:
+    """The same event with every object a read-only Mapping that is no dict."""
+    if isinstance(value, dict):
+        return MappingProxyType({key: _read_only(item) for key, item in value.items()})
+    if isinstance(value, list):
+        return [_read_only(item) for item in value]
+    return value
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
+
+
+def test_any_mapping_is_trimmed_and_booked_as_a_dict_is() -> None:
+    """The trim and the book ask `dict` first (issue 14: the abstract `Mapping` check was a large share of the trim's
+    cost); an event, child or attachment that is another kind of Mapping is still read, not taken as malformed."""
+    events = _events()
+    assert any(item for event in events for child in event["child_events"] for item in child.get("attachments") or ())
+    for event in events:
+        assert _plain(trimmed_event(_read_only(event))) == trimmed_event(event)
+    book = _EventBook(trimmed_event)
+    book.since, book.until = WINDOW
+    for event in events:
+        book.add(_read_only(event))
+    assert book.related(4102)["ticket_events"] == _booked(events)
