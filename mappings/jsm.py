@@ -47,6 +47,7 @@ from engine.model import (
 )
 from mappings import MappingError, NormalizeError
 from mappings.common import (
+    MAPPINGS,
     FlagSources,
     SentimentMap,
     Strict,
@@ -217,7 +218,7 @@ class JsmMappingFile(Strict):
 
 def parse_jira_time(value: Any, record_id: str, field: str) -> datetime:
     """`2015-11-21T07:03:02.000-0500` (or a JSM date object) -> aware UTC; anything else: NormalizeError."""
-    if isinstance(value, Mapping) and "epochMillis" in value:
+    if isinstance(value, MAPPINGS) and "epochMillis" in value:
         return from_epoch_millis(value["epochMillis"], record_id, field)
     if not isinstance(value, str):
         raise NormalizeError(record_id, field, f"expected a timestamp, got {type(value).__name__}")
@@ -244,7 +245,7 @@ def adf_to_text(node: Any) -> str:
         return node
     if isinstance(node, list):
         return "".join(adf_to_text(child) for child in node)
-    if not isinstance(node, Mapping):
+    if not isinstance(node, MAPPINGS):
         return ""
     kind = node.get("type")
     if kind == "text":
@@ -264,7 +265,7 @@ def adf_to_text(node: Any) -> str:
 
 def user_ref(user: Any) -> str | None:
     """Cloud users are identified by accountId; Server/Data Center users by name (or key)."""
-    if not isinstance(user, Mapping):
+    if not isinstance(user, MAPPINGS):
         return None
     for key in ("accountId", "name", "key", "emailAddress"):
         value = user.get(key)
@@ -285,7 +286,7 @@ def field_texts(value: Any) -> list[str]:
         return [str(value)]
     if isinstance(value, list):
         return [text for item in value for text in field_texts(item)]
-    if isinstance(value, Mapping):
+    if isinstance(value, MAPPINGS):
         for key in ("value", "name", "displayName", "key", "id"):
             item = value.get(key)
             if isinstance(item, str) and item:
@@ -387,7 +388,7 @@ class JsmMapping:
         data = record.data
         rid = str(data.get("key") or record.id)
         fields = data.get("fields")
-        if not isinstance(fields, Mapping):
+        if not isinstance(fields, MAPPINGS):
             raise NormalizeError(rid, "fields", "missing or not an object")
         issue_id = data.get("id")
         key = data.get("key")
@@ -474,7 +475,7 @@ class JsmMapping:
         raw = fields.get("priority")
         if raw is None:
             return self.spec.priority.default
-        name = raw.get("name") if isinstance(raw, Mapping) else raw
+        name = raw.get("name") if isinstance(raw, MAPPINGS) else raw
         if not isinstance(name, str):
             raise NormalizeError(rid, "priority", f"unreadable priority {raw!r}")
         found = self._priorities.get(name.casefold())
@@ -484,13 +485,13 @@ class JsmMapping:
 
     def _status(self, rid: str, fields: Mapping[str, Any]) -> Status:
         raw = fields.get("status")
-        if not isinstance(raw, Mapping) or not isinstance(raw.get("name"), str):
+        if not isinstance(raw, MAPPINGS) or not isinstance(raw.get("name"), str):
             raise NormalizeError(rid, "status", "missing or without a name")
         by_name = self._status_names.get(raw["name"].casefold())
         if by_name is not None:
             return by_name
         category = raw.get("statusCategory")
-        category_key = category.get("key") if isinstance(category, Mapping) else None
+        category_key = category.get("key") if isinstance(category, MAPPINGS) else None
         found = self.spec.status.categories.get(category_key) if isinstance(category_key, str) else None
         if found is None and category is None:  # Jira Server 5.x: statuses carry no statusCategory
             raise NormalizeError(
@@ -508,7 +509,7 @@ class JsmMapping:
         raw = fields.get(self.spec.tier.field)
         if raw is None:
             return None
-        if not isinstance(raw, Mapping):
+        if not isinstance(raw, MAPPINGS):
             raise NormalizeError(rid, self.spec.tier.field, f"expected a select option, got {raw!r}")
         for probe in (raw.get("id"), str(raw.get("value", "")).casefold()):
             if isinstance(probe, str) and probe in self._tier_by_text:
@@ -588,10 +589,10 @@ class JsmMapping:
             return None
         field_id = next(fid for fid, sla_name in self.spec.sla.fields.items() if sla_name == name)
         raw = fields.get(field_id)
-        if not isinstance(raw, Mapping):
+        if not isinstance(raw, MAPPINGS):
             return None
         cycles = raw.get("completedCycles") or []
-        if not cycles or not isinstance(cycles[0], Mapping) or "stopTime" not in cycles[0]:
+        if not cycles or not isinstance(cycles[0], MAPPINGS) or "stopTime" not in cycles[0]:
             return None
         return parse_jira_time(cycles[0]["stopTime"], rid, f"{field_id}.completedCycles[0].stopTime")
 
@@ -626,16 +627,16 @@ class _History:
         self.tier = tier
         self.reporter = user_ref(fields.get("reporter"))
         raw_status = fields.get("status")
-        self.status_name = raw_status.get("name") if isinstance(raw_status, Mapping) else None
+        self.status_name = raw_status.get("name") if isinstance(raw_status, MAPPINGS) else None
 
     def _is_agent(self, user: Any) -> bool:
         """A person on the support side: not a customer, and not an app (Automation for Jira, integrations)."""
-        if isinstance(user, Mapping) and user.get("accountType") == "app":
+        if isinstance(user, MAPPINGS) and user.get("accountType") == "app":
             return False
         return user is not None and not self._is_customer(user)
 
     def _is_customer(self, user: Any) -> bool:
-        if isinstance(user, Mapping) and user.get("accountType") == "customer":
+        if isinstance(user, MAPPINGS) and user.get("accountType") == "customer":
             return True
         return user_ref(user) is not None and user_ref(user) == self.reporter
 
@@ -698,7 +699,7 @@ class _History:
             histories = self.record.related["changelog"]
         else:
             embedded = self.record.data.get("changelog")
-            if not isinstance(embedded, Mapping):
+            if not isinstance(embedded, MAPPINGS):
                 return None
             histories = embedded.get("histories")
             if not isinstance(histories, list) or embedded.get("total", len(histories)) != len(histories):
@@ -707,14 +708,14 @@ class _History:
             return None
         found = []
         for history in histories:
-            if not isinstance(history, Mapping) or not isinstance(history.get("items"), list):
+            if not isinstance(history, MAPPINGS) or not isinstance(history.get("items"), list):
                 return None
             try:
                 at = parse_jira_time(history.get("created"), self.rid, "changelog.created")
             except NormalizeError:
                 return None
             for item in history["items"]:
-                if not isinstance(item, Mapping):
+                if not isinstance(item, MAPPINGS):
                     return None
                 found.append((at, history.get("author"), item))
         found.sort(key=lambda change: change[0])
@@ -786,14 +787,14 @@ class _History:
     def _comments(self) -> list[tuple[datetime, Any, bool | None, bool]] | None:
         """(time, author, public or None when the platform does not say, ours) per comment; None when cut off."""
         raw = self.fields.get("comment")
-        if not isinstance(raw, Mapping) or not isinstance(raw.get("comments"), list):
+        if not isinstance(raw, MAPPINGS) or not isinstance(raw.get("comments"), list):
             return None
         comments = raw["comments"]
         if raw.get("total", len(comments)) != len(comments):
             return None
         found = []
         for comment in comments:
-            if not isinstance(comment, Mapping):
+            if not isinstance(comment, MAPPINGS):
                 return None
             try:
                 at = parse_jira_time(comment.get("created"), self.rid, "comment.created")
@@ -810,7 +811,7 @@ def _note_texts(history: _History) -> tuple[NoteText, ...] | None:
     """The internal notes `_History.facts` counts (agents' comments with `jsdPublic` false, ours left out) with
     their text; None when the comments are cut off or do not say which are public."""
     raw = history.fields.get("comment")
-    if history._comments() is None or not isinstance(raw, Mapping):
+    if history._comments() is None or not isinstance(raw, MAPPINGS):
         return None
     notes = []
     for comment in raw["comments"]:
@@ -833,7 +834,7 @@ def _attachments(rid: str, value: Any) -> tuple[Attachment, ...] | None:
         return None
     files = []
     for item in value:
-        if not isinstance(item, Mapping) or not isinstance(item.get("content"), str):
+        if not isinstance(item, MAPPINGS) or not isinstance(item.get("content"), str):
             return None
         try:
             at = parse_jira_time(item["created"], rid, "attachment.created") if item.get("created") else None
@@ -846,7 +847,7 @@ def _attachments(rid: str, value: Any) -> tuple[Attachment, ...] | None:
 def _number(rid: str, field: str, value: Any, kind: type) -> Any:
     if value is None:
         return kind(0)
-    if isinstance(value, Mapping):  # a select whose option values are numbers
+    if isinstance(value, MAPPINGS):  # a select whose option values are numbers
         texts = field_texts(value)
         value = texts[0] if texts else None
         if value is None:
@@ -857,7 +858,7 @@ def _number(rid: str, field: str, value: Any, kind: type) -> Any:
 def _millis(rid: str, where: str, value: Any) -> timedelta | None:
     if value is None:
         return None
-    if not isinstance(value, Mapping) or isinstance(value.get("millis"), bool):
+    if not isinstance(value, MAPPINGS) or isinstance(value.get("millis"), bool):
         raise NormalizeError(rid, where, f"expected {{millis, friendly}}, got {value!r}")
     millis = value.get("millis")
     if not isinstance(millis, (int, float)):
@@ -869,13 +870,13 @@ def _sla(rid: str, field_id: str, name: str, raw: Any) -> PlatformSla | None:
     """One JSM SLA field -> PlatformSla; None when the SLA does not apply (null, or no cycles at all)."""
     if raw is None:
         return None
-    if not isinstance(raw, Mapping):
+    if not isinstance(raw, MAPPINGS):
         raise NormalizeError(rid, field_id, f"expected an SLA object, got {type(raw).__name__}")
     ongoing = raw.get("ongoingCycle")
     completed = raw.get("completedCycles") or []
     if not isinstance(completed, list):
         raise NormalizeError(rid, f"{field_id}.completedCycles", "not a list")
-    if isinstance(ongoing, Mapping):
+    if isinstance(ongoing, MAPPINGS):
         due_at = None
         if isinstance(ongoing.get("breachTime"), Mapping):
             due_at = parse_jira_time(ongoing["breachTime"], rid, f"{field_id}.ongoingCycle.breachTime")
@@ -892,14 +893,14 @@ def _sla(rid: str, field_id: str, name: str, raw: Any) -> PlatformSla | None:
     if not completed:
         return None
     last = completed[-1]
-    if not isinstance(last, Mapping):
+    if not isinstance(last, MAPPINGS):
         raise NormalizeError(rid, f"{field_id}.completedCycles", "cycle is not an object")
     due_at = None
     if isinstance(last.get("breachTime"), Mapping):
         due_at = parse_jira_time(last["breachTime"], rid, f"{field_id}.completedCycles.breachTime")
     return PlatformSla(
         name=name,
-        breached=any(isinstance(c, Mapping) and bool(c.get("breached")) for c in completed),
+        breached=any(isinstance(c, MAPPINGS) and bool(c.get("breached")) for c in completed),
         paused=False,
         remaining=_millis(rid, f"{field_id}.completedCycles.remainingTime", last.get("remainingTime")),
         due_at=due_at,

@@ -68,6 +68,7 @@ from engine.model import (
 )
 from mappings import MappingError, NormalizeError
 from mappings.common import (
+    MAPPINGS,
     NOTE_TEXT_CHARS,
     FlagSources,
     SentimentMap,
@@ -413,7 +414,7 @@ class ZendeskMapping:
     def _sentiment(self, data: Mapping[str, Any], tags: frozenset[str]) -> str | None:
         spec = self.config.sentiment
         rating = data.get("satisfaction_rating")
-        if spec.satisfaction_rating and isinstance(rating, Mapping) and rating.get("score") in ("good", "bad"):
+        if spec.satisfaction_rating and isinstance(rating, MAPPINGS) and rating.get("score") in ("good", "bad"):
             return f"satisfaction rating: {rating['score']}"
         return sentiment_from_tags(tags, spec)
 
@@ -671,7 +672,7 @@ class _EventHistory:
     def facts(self) -> dict[str, Any] | None:
         timed = []
         for event in self.events:
-            if not isinstance(event, Mapping) or not isinstance(event.get("child_events"), list):
+            if not isinstance(event, MAPPINGS) or not isinstance(event.get("child_events"), list):
                 return None
             try:
                 at = parse_time(event.get("created_at"))
@@ -693,9 +694,9 @@ class _EventHistory:
             updater = event.get("updater_id")
             by_agent = updater not in (self.requester, SYSTEM_USER_ID, None)
             children = event["child_events"]
-            creating = any(isinstance(child, Mapping) and child.get("event_type") == "Create" for child in children)
+            creating = any(isinstance(child, MAPPINGS) and child.get("event_type") == "Create" for child in children)
             for child in children:
-                if not isinstance(child, Mapping):
+                if not isinstance(child, MAPPINGS):
                     return None
                 kind = child.get("event_type")
                 if kind == "Comment":
@@ -727,7 +728,7 @@ class _EventHistory:
                     if severity_key and severity_key in child:
                         severity = child[severity_key]
             if creating or any(
-                isinstance(child, Mapping) and _changes_priority(child, severity_key) for child in children
+                isinstance(child, MAPPINGS) and _changes_priority(child, severity_key) for child in children
             ):
                 priority = self.mapping._priority_known(native, severity)
                 if priority is None:
@@ -754,13 +755,13 @@ def _comment_extras(events: list[Any], requester: Any) -> tuple[tuple[NoteText, 
     notes: list[NoteText] = []
     files: list[Attachment] = []
     for event in events:
-        if not isinstance(event, Mapping) or not isinstance(event.get("child_events"), list):
+        if not isinstance(event, MAPPINGS) or not isinstance(event.get("child_events"), list):
             return None
         try:
             at = parse_time(event.get("created_at"))
         except ValueError:
             return None
-        children = [child for child in event["child_events"] if isinstance(child, Mapping)]
+        children = [child for child in event["child_events"] if isinstance(child, MAPPINGS)]
         creating = any(child.get("event_type") == "Create" for child in children)
         for child in children:
             if child.get("event_type") != "Comment":
@@ -769,7 +770,7 @@ def _comment_extras(events: list[Any], requester: Any) -> tuple[tuple[NoteText, 
             if OUR_MARKER in text:
                 continue
             for item in child.get("attachments") or ():
-                if isinstance(item, Mapping) and not item.get("deleted") and item.get("content_url"):
+                if isinstance(item, MAPPINGS) and not item.get("deleted") and item.get("content_url"):
                     files.append(Attachment(str(item.get("file_name") or ""), str(item["content_url"]), at))
             if not creating and child.get("author_id") != requester and child.get("public") is not True:
                 notes.append(NoteText(at, note_text(text)))
@@ -792,11 +793,11 @@ def _audits_as_events(audits: list[Any]) -> list[dict[str, Any]] | None:
     https://developer.zendesk.com/api-reference/ticketing/tickets/ticket_audits/"""
     converted = []
     for audit in audits:
-        if not isinstance(audit, Mapping) or not isinstance(audit.get("events"), list):
+        if not isinstance(audit, MAPPINGS) or not isinstance(audit.get("events"), list):
             return None
         children: list[dict[str, Any]] = []
         for event in audit["events"]:
-            if not isinstance(event, Mapping):
+            if not isinstance(event, MAPPINGS):
                 return None
             kind = event.get("type")
             if kind == "Comment":
@@ -903,9 +904,6 @@ _CHILD_UNREAD = frozenset({"id", "via", "via_reference_id"})
 _FILE_KEYS = ("file_name", "content_url", "deleted")
 """What the handoff lists of an attachment (`_comment_extras`): its thumbnails, size and type are not shown."""
 _WORD = re.compile(r"\S+")
-_MAPPINGS = (dict, Mapping)
-"""`isinstance(value, _MAPPINGS)` is `isinstance(value, Mapping)` answered at once for the dicts a decoded page
-holds: the abstract class's own check costs several times more, and the trim runs for every exported event."""
 
 
 def trimmed_event(event: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -922,11 +920,11 @@ def trimmed_event(event: Mapping[str, Any]) -> Mapping[str, Any]:
     children = event.get("child_events")
     kept = {key: event[key] for key in _EVENT_KEYS if key in event}
     if isinstance(children, list):
-        creating = any(isinstance(child, _MAPPINGS) and child.get("event_type") == "Create" for child in children)
+        creating = any(isinstance(child, MAPPINGS) and child.get("event_type") == "Create" for child in children)
         kept["child_events"] = [
             _kept_child(child, creating)
             for child in children
-            if not isinstance(child, _MAPPINGS) or child.get("event_type") in ("Comment", "Create", "Change")
+            if not isinstance(child, MAPPINGS) or child.get("event_type") in ("Comment", "Create", "Change")
         ]
     return kept
 
@@ -934,7 +932,7 @@ def trimmed_event(event: Mapping[str, Any]) -> Mapping[str, Any]:
 def _kept_child(child: Any, creating: bool) -> Any:
     """A child event as kept: a comment's quotable text and links; a Create/Change event's field (named as its
     key) and `previous_value`, without its own `id`, `via` and `via_reference_id`, which nobody reads."""
-    if not isinstance(child, _MAPPINGS):
+    if not isinstance(child, MAPPINGS):
         return child  # malformed: kept, so the mapping still sees it and refuses the history
     if child.get("event_type") != "Comment":
         return {key: value for key, value in child.items() if key not in _CHILD_UNREAD}
@@ -948,7 +946,7 @@ def _kept_child(child: Any, creating: bool) -> Any:
     files = kept.get("attachments")
     if isinstance(files, list):
         kept["attachments"] = [
-            {key: item[key] for key in _FILE_KEYS if key in item} if isinstance(item, _MAPPINGS) else item
+            {key: item[key] for key in _FILE_KEYS if key in item} if isinstance(item, MAPPINGS) else item
             for item in files
         ]
     return kept
