@@ -35,16 +35,13 @@ import argparse
 import importlib.util
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
@@ -114,18 +111,16 @@ def serve(platform: str, tickets: int, seed: int) -> None:
     """`--serve`: seed the platform's sandbox, serve it on loopback, print its URL and clock, then answer
     stdin: `count` prints the requests served so far by method (JSON), end of input stops."""
     import threading
-    from wsgiref.simple_server import make_server
+    from wsgiref.simple_server import WSGIServer, make_server
 
     from runtime.demo import DEMO_START, make_sandbox
-    from sandbox.base import SimClock
+    from sandbox.base import SimClock, _QuietHandler
 
     sandbox = make_sandbox(platform, SimClock(DEMO_START), seed)
     if tickets:
         sandbox.seed_tickets(tickets)  # type: ignore[attr-defined]
         sandbox.seed_idle(max(1, tickets // 5))  # type: ignore[attr-defined]
-    server = make_server(
-        "127.0.0.1", 0, _one_block(sandbox), server_class=_ThreadingServer, handler_class=_KeepAliveHandler
-    )
+    server = make_server("127.0.0.1", 0, sandbox, server_class=WSGIServer, handler_class=_QuietHandler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     print(json.dumps({"url": f"http://127.0.0.1:{server.server_port}", "now": sandbox.clock.now().isoformat()}))
     sys.stdout.flush()
@@ -135,62 +130,6 @@ def serve(platform: str, tickets: int, seed: int) -> None:
                 methods = [method for method, _path in sandbox.requests]
             print(json.dumps({method: methods.count(method) for method in sorted(set(methods))}), flush=True)
     server.shutdown()
-
-
-class _ServerHandler11(ServerHandler):
-    http_version = "1.1"
-
-
-class _KeepAliveHandler(WSGIRequestHandler):
-    """HTTP/1.1 with persistent connections, as Zendesk, Jira Cloud and ServiceNow serve: wsgiref's handler
-    answers one request a connection (HTTP/1.0), which charged the daemon a TCP connect and teardown per call
-    that production never pays (measured: ~480 against ~300 us of client CPU a request over loopback, so
-    ~0.35 ms of JSM's two calls a written ticket)."""
-
-    protocol_version = "HTTP/1.1"
-    timeout = 60
-
-    def setup(self) -> None:
-        super().setup()
-        # wsgiref sends the head and the body in two writes: on a kept connection Nagle's algorithm holds the
-        # second until the client's delayed ACK (~40 ms a request), as no production server does.
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def handle(self) -> None:
-        self.close_connection = True
-        self.handle_one_request()
-        while not self.close_connection:
-            self.handle_one_request()
-
-    def handle_one_request(self) -> None:
-        self.raw_requestline = self.rfile.readline(65537)
-        if not self.raw_requestline or len(self.raw_requestline) > 65536:
-            self.close_connection = True
-            return
-        if not self.parse_request():  # it answered the error; whether the connection stays open is set too
-            return
-        handler = _ServerHandler11(self.rfile, self.wfile, self.get_stderr(), self.get_environ(), multithread=True)
-        handler.request_handler = self  # type: ignore[attr-defined]
-        handler.run(self.server.get_app())  # type: ignore[attr-defined]
-
-    def log_message(self, format: str, *args: Any) -> None:
-        return None
-
-
-class _ThreadingServer(ThreadingMixIn, WSGIServer):
-    """A thread per connection: a client holding its connection open never blocks another (the sandboxes
-    serialise their own state)."""
-
-    daemon_threads = True
-
-
-def _one_block(app: Any) -> Any:
-    """The app's answer as one block, so wsgiref sets its Content-Length (a persistent connection needs one)."""
-
-    def joined(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        return [b"".join(app(environ, start_response))]
-
-    return joined
 
 
 class Server:
