@@ -457,8 +457,8 @@ class ZendeskConnector:
         values per ticket, the per-ticket `comment` included) answers a queued `job_status`; up to
         `JOBS_IN_FLIGHT` jobs are queued, then `GET /api/v2/job_statuses/show_many.json?ids=...` asks after
         every unfinished one at once (`_follow_jobs`: at once, then `job_poll_seconds` doubling, `job_polls`
-        rounds at most, each a counted call) until each is `completed`, `failed` or `killed`. A result `{"id", "action": "update",
-        "success": true, "status": "Updated"}` is done; any other (`{"id", "index", "error", "details"}`),
+        rounds at most, each a counted call) until each is `completed`, `failed` or `killed`. A result
+        `{"id", "action": "update", "success": true, "status": "Updated"}` is done; any other (`{"id", "index", "error", "details"}`),
         and every ticket a failed or killed job never reported, comes back as NotBatchedError so the cycle
         sends it again on its own with the safe single PUT.
         https://developer.zendesk.com/api-reference/ticketing/tickets/tickets/#update-many-tickets
@@ -541,6 +541,7 @@ class ZendeskConnector:
         body = self._body(response)
         job = body.get("job_status") if body else None
         if status in (200, 201, 202) and isinstance(job, dict) and isinstance(job.get("id"), str):
+            _job_path_id(job["id"])  # an id unfit to ask after leaves this job's tickets unknown, not the others'
             return job
         text = _error_text(body)
         if what == "update_many" and 400 <= status < 500:
@@ -549,8 +550,8 @@ class ZendeskConnector:
 
     def _follow_jobs(self, queued: list[tuple[dict[str, Any], set[str]]]) -> dict[str, BatchOutcome]:
         """Poll the queued jobs to their ends, all of them in one Show Many Job Statuses request a round
-        (`GET /api/v2/job_statuses/show_many.json?ids=a,b,...`): a poll per job cost a request per job, a
-        third of the account's budget on a write backlog. The first round goes out as soon as the last job is
+        (`GET /api/v2/job_statuses/show_many.json?ids=a,b,...`): a poll per job was half the requests of a
+        write backlog. The first round goes out as soon as the last job is
         queued (the jobs have run meanwhile; the API documents no earliest poll), later ones after
         `job_poll_seconds`, doubling, `job_polls` rounds at most. Each job's outcomes come from its own answer;
         a job whose end was not seen (the request failed past its retries, or still unfinished at the bound)

@@ -528,3 +528,29 @@ def test_sandbox_shows_many_job_statuses_each_a_poll() -> None:
     assert [len(job["results"]) for job in second["job_statuses"]] == [1, 1]
     assert {"one", "two"} <= set(sandbox.ticket(ticket_id)["tags"])
     assert client.get("/api/v2/job_statuses/show_many.json").status_code == 400
+
+
+@respx.mock
+def test_a_job_id_unfit_to_ask_after_leaves_only_that_jobs_tickets_unknown() -> None:
+    """Asked after in one request, a job whose queued answer names an id that cannot go into the query must not
+    make the other jobs of the round unknown too."""
+    zendesk = connector([])
+    writebacks = [
+        WriteBack(
+            platform="zendesk", instance="acme-zendesk", ticket_id=str(n), revision="2026-11-22T11:50:00Z", tier=Tier.L2
+        )
+        for n in range(1, 151)
+    ]
+    good = job_status("queued", None)
+    bad = job_status("queued", None)
+    bad["job_status"]["id"] = "../tickets/1"
+    respx.put(f"{BASE}/api/v2/tickets/update_many.json").mock(
+        side_effect=[httpx.Response(200, json=good), httpx.Response(200, json=bad)]
+    )
+    done = job_status(
+        "completed", [{"id": n, "action": "update", "success": True, "status": "Updated"} for n in range(1, 101)]
+    )
+    respx.get(SHOW_MANY, params={"ids": JOB_ID}).mock(return_value=httpx.Response(200, json=many(done)))
+    kinds = [type(outcome).__name__ for outcome in zendesk.apply_many(writebacks)]
+    assert kinds[:100] == ["ApplyResult"] * 100
+    assert kinds[100:] == ["AmbiguousWriteError"] * 50
