@@ -4,8 +4,8 @@ Each platform's sandbox (in-process transport, no socket) is seeded with N idle 
 policy escalates them; the real daemon wiring (`runtime.wiring.wire`, as `sync.py once` builds it) then runs
 its first cycle with no write cap, and the sandbox's request log is counted. Write-side calls are every
 request of the write step: the writes themselves, Zendesk's job status polls, and any read a connector makes
-just before a write. The theoretical minimum: Zendesk ceil(N/100) update_many jobs plus one status poll each
-(the least a job can be followed with); JSM one edit per written ticket plus one call per handoff note (its
+just before a write. The theoretical minimum: Zendesk ceil(N/100) update_many jobs plus one Show Many Job Statuses
+poll for every 30 of them (the most an account may have queued at once, so the least they can be followed with); JSM one edit per written ticket plus one call per handoff note (its
 edit endpoint documents no internal comment); ServiceNow one call per written ticket. A second cycle two
 minutes later (past Zendesk's one-minute export hold-back) prints the records it read: the echoes of the
 first cycle's writes.
@@ -83,7 +83,8 @@ def measure(platform: str, tickets: int, workdir: Path) -> dict[str, float]:
         write_calls = sum(sandbox.calls(method, pattern) for method, pattern in WRITE_SIDE[platform])
         polls = sandbox.calls("GET", r"^/api/v2/job_statuses/") if platform == "zendesk" else 0
         minimum = {
-            "zendesk": 2 * math.ceil(writes / 100),
+            # A job's PUT, and one Show Many Job Statuses poll for up to the 30 jobs an account may have queued.
+            "zendesk": math.ceil(writes / 100) + math.ceil(writes / 100 / 30),
             # The edit cannot carry an internal note (connectors/jsm.py): a note is a call of its own.
             "jsm": writes + first.comments,
             "servicenow": writes,

@@ -221,6 +221,8 @@ class Backlog:
             return httpx.Response(200, json=self.events_page(int(request.url.params.get("start_time", "0")), comments))
         if path == "/api/v2/tickets/update_many.json" and request.method == "PUT":
             return self.update_many(request)
+        if path == "/api/v2/job_statuses/show_many.json":
+            return self.job_statuses(request.url.params.get("ids", "").split(","))
         if match := JOB_PATH.match(path):
             return self.job_status(match.group(1))
         if match := COMMENTS_PATH.match(path):
@@ -256,6 +258,13 @@ class Backlog:
             return httpx.Response(404, json={"error": "RecordNotFound", "description": "Not found"})
         results = [{"id": ticket_id, "action": "update", "success": True, "status": "Updated"} for ticket_id in ids]
         return httpx.Response(200, json={"job_status": self._job(job_id, "completed", results)})
+
+    def job_statuses(self, job_ids: list[str]) -> httpx.Response:
+        """Show Many Job Statuses (`ids` comma-separated): each known job as Show Job Status answers it."""
+        shown = [self.job_status(job_id) for job_id in job_ids if job_id in self.jobs]
+        return httpx.Response(
+            200, json={"job_statuses": [json.loads(answer.content)["job_status"] for answer in shown]}
+        )
 
     @staticmethod
     def _job(job_id: str, status: str, results: list[dict[str, Any]]) -> dict[str, Any]:

@@ -34,9 +34,9 @@ where its model fits, over `http.session()`; raw requests through `http.request`
   409 -> ConflictError; 422 (e.g. "Status: closed prevents ticket update"), 404 and other 4xx ->
   PermanentWriteError carrying the API's `error`/`description`/`details`.
 - apply_many: several write-backs as Update Many Tickets jobs (`PUT /api/v2/tickets/update_many.json`, 100
-  tickets a job, each with its own values), up to `JOBS_IN_FLIGHT` queued before each is followed to its end
-  (one poll wait serves them all); see `apply_many` for how a job's collisions, per-ticket failures and lost
-  answers are handled.
+  tickets a job, each with its own values), up to `JOBS_IN_FLIGHT` queued, then followed to their ends together
+  (Show Many Job Statuses, one request a round for all of them); see `apply_many` for how a job's collisions,
+  per-ticket failures and lost answers are handled.
   https://developer.zendesk.com/api-reference/ticketing/tickets/tickets/#update-many-tickets
 - has_comment: zenpy `tickets.comments(id)` (cursor pagination, `links.next` while `meta.has_more`), over the
   same session. https://developer.zendesk.com/api-reference/ticketing/tickets/ticket_comments/
@@ -101,6 +101,7 @@ INCREMENTAL_PATH = "/api/v2/incremental/tickets/cursor.json"
 EVENTS_PATH = "/api/v2/incremental/ticket_events.json"
 UPDATE_MANY_PATH = "/api/v2/tickets/update_many.json"
 JOB_STATUSES_PATH = "/api/v2/job_statuses.json"
+JOB_STATUSES_SHOW_MANY_PATH = "/api/v2/job_statuses/show_many.json"
 JOB_LIST_PAGES = 5
 """Pages of List Job Statuses read at most (100 jobs each) before an unfinished job is taken to be possible."""
 JOB_SIZE = 100
@@ -453,11 +454,11 @@ class ZendeskConnector:
         """Send up to `JOB_SIZE` write-backs a call as Update Many Tickets jobs, each followed to its end.
 
         `PUT /api/v2/tickets/update_many.json` with `{"tickets": [{"id", ...}]}` (a batch update: different
-        values per ticket, the per-ticket `comment` included) answers a queued `job_status`; `GET
-        /api/v2/job_statuses/{id}.json` is polled (`job_poll_seconds`, doubling, `job_polls` at most, each a
-        counted call) until `completed`, `failed` or `killed`; up to `JOBS_IN_FLIGHT` jobs are queued first
-        and the first wait is shared (`_jobs`). A result `{"id", "action": "update",
-        "success": true, "status": "Updated"}` is done; any other (`{"id", "index", "error", "details"}`),
+        values per ticket, the per-ticket `comment` included) answers a queued `job_status`; up to
+        `JOBS_IN_FLIGHT` jobs are queued, then `GET /api/v2/job_statuses/show_many.json?ids=...` asks after
+        every unfinished one at once (`_follow_jobs`: at once, then `job_poll_seconds` doubling, `job_polls`
+        rounds at most, each a counted call) until each is `completed`, `failed` or `killed`. A result
+        `{"id", "action": "update", "success": true, "status": "Updated"}` is done; any other (`{"id", "index", "error", "details"}`),
         and every ticket a failed or killed job never reported, comes back as NotBatchedError so the cycle
         sends it again on its own with the safe single PUT.
         https://developer.zendesk.com/api-reference/ticketing/tickets/tickets/#update-many-tickets
@@ -483,9 +484,9 @@ class ZendeskConnector:
         return outcomes
 
     def _jobs(self, writebacks: list[WriteBack]) -> list[BatchOutcome]:
-        """Queue a job per `JOB_SIZE` write-backs, then follow each to its end: the jobs run on Zendesk's side
-        while the first is waited for, so one poll wait serves them all (following them one after the other
-        cost a whole wait per job: at most 60 jobs a minute whatever the ceilings allow)."""
+        """Queue a job per `JOB_SIZE` write-backs, then follow them to their ends together: the jobs run on
+        Zendesk's side while the others are queued, so one round of polls serves them all (following them one
+        after the other cost a whole wait per job: at most 60 jobs a minute whatever the ceilings allow)."""
         outcomes: dict[str, BatchOutcome] = {}
         queued: list[tuple[dict[str, Any], set[str]]] = []
         for start in range(0, len(writebacks), JOB_SIZE):
@@ -511,13 +512,7 @@ class ZendeskConnector:
                 break
             except TransientError as error:  # this job may have been queued: only its own tickets are unknown
                 outcomes.update(dict.fromkeys(sent, AmbiguousWriteError(str(error))))
-        for index, (job, sent) in enumerate(queued):
-            try:
-                outcomes.update(self._follow_job(job, sent, first_wait=index == 0))
-            except WaitInterruptedError:
-                raise
-            except TransientError as error:  # its end was not seen: its tickets are unknown, not the others'
-                outcomes.update(dict.fromkeys(sent, AmbiguousWriteError(str(error))))
+        outcomes.update(self._follow_jobs(queued))
         return [outcomes[str(writeback.ticket_id)] for writeback in writebacks]
 
     def _batch_update(self, writeback: WriteBack, where: str) -> dict[str, Any]:
@@ -546,29 +541,75 @@ class ZendeskConnector:
         body = self._body(response)
         job = body.get("job_status") if body else None
         if status in (200, 201, 202) and isinstance(job, dict) and isinstance(job.get("id"), str):
+            _job_path_id(job["id"])  # an id unfit to ask after leaves this job's tickets unknown, not the others'
             return job
         text = _error_text(body)
         if what == "update_many" and 400 <= status < 500:
             raise PermanentWriteError(f"{self.instance}: update_many refused: HTTP {status}: {text}")
         raise AmbiguousWriteError(f"{self.instance}: {what}: HTTP {status}, no job status: {text}")
 
-    def _follow_job(self, job: dict[str, Any], sent: set[str], *, first_wait: bool = True) -> dict[str, BatchOutcome]:
-        """Poll the job to its end; each sent ticket's outcome from its result. Without `first_wait` the first
-        poll goes out at once (a job queued before one that was just waited for has had that wait too)."""
+    def _follow_jobs(self, queued: list[tuple[dict[str, Any], set[str]]]) -> dict[str, BatchOutcome]:
+        """Poll the queued jobs to their ends, all of them in one Show Many Job Statuses request a round
+        (`GET /api/v2/job_statuses/show_many.json?ids=a,b,...`): a poll per job was half the requests of a
+        write backlog. The first round goes out as soon as the last job is
+        queued (the jobs have run meanwhile; the API documents no earliest poll), later ones after
+        `job_poll_seconds`, doubling, `job_polls` rounds at most. Each job's outcomes come from its own answer;
+        a job whose end was not seen (the request failed past its retries, or still unfinished at the bound)
+        leaves only its own tickets unknown (AmbiguousWriteError)."""
+        jobs = {str(job["id"]): job for job, _ in queued}
+        outcomes: dict[str, BatchOutcome] = {}
         wait = self.job_poll_seconds
-        path = f"/api/v2/job_statuses/{_job_path_id(job['id'])}.json"
         for attempt in range(self.job_polls):
-            if job.get("status") in JOB_ENDED:
+            unfinished = [job_id for job_id, job in jobs.items() if job.get("status") not in JOB_ENDED]
+            if not unfinished:
                 break
-            if attempt or first_wait:
-                self.http.pause(wait, f"waiting for job {job['id']}")
+            if attempt:
+                self.http.pause(wait, f"waiting for {len(unfinished)} jobs")
                 wait = min(wait * 2, MAX_JOB_POLL_SECONDS)
-            job = self._job_status(self.http.request("GET", path), f"job {job['id']}")
-        else:
-            if job.get("status") not in JOB_ENDED:
-                raise AmbiguousWriteError(
-                    f"{self.instance}: job {job['id']} still {job.get('status')} after {self.job_polls} polls"
+            try:
+                jobs.update(self._show_jobs(unfinished))
+            except WaitInterruptedError:
+                raise
+            except TransientError as error:  # their ends were not seen: their tickets are unknown, not the others'
+                for job, sent in queued:
+                    if str(job["id"]) in unfinished:
+                        outcomes.update(dict.fromkeys(sent, AmbiguousWriteError(str(error))))
+                        jobs.pop(str(job["id"]))
+                break
+        for job, sent in queued:
+            seen = jobs.get(str(job["id"]))
+            if seen is None:
+                continue
+            if seen.get("status") not in JOB_ENDED:
+                error = AmbiguousWriteError(
+                    f"{self.instance}: job {seen['id']} still {seen.get('status')} after {self.job_polls} polls"
                 )
+                outcomes.update(dict.fromkeys(sent, error))
+                continue
+            outcomes.update(self._results(seen, sent))
+        return outcomes
+
+    def _show_jobs(self, job_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The statuses of these jobs by id, from one request; a job the answer leaves out is not in it."""
+        ids = ",".join(_job_path_id(job_id) for job_id in job_ids)
+        # The ids go as the reference writes them (`ids=a,b`); each one is checked to need no escaping.
+        response = self.http.request("GET", f"{JOB_STATUSES_SHOW_MANY_PATH}?ids={ids}")
+        body = self._body(response)
+        listed = body.get("job_statuses") if body else None
+        if response.status_code != 200 or not isinstance(listed, list):
+            text = _error_text(body)
+            raise AmbiguousWriteError(
+                f"{self.instance}: jobs {ids}: HTTP {response.status_code}, no job statuses: {text}"
+            )
+        wanted = set(job_ids)
+        return {
+            str(job["id"]): job
+            for job in listed
+            if isinstance(job, dict) and isinstance(job.get("id"), str) and job["id"] in wanted
+        }
+
+    def _results(self, job: dict[str, Any], sent: set[str]) -> dict[str, BatchOutcome]:
+        """Each sent ticket's outcome from an ended job's results."""
         outcomes: dict[str, BatchOutcome] = {}
         results = job.get("results") if isinstance(job.get("results"), list) else []
         for result in results:

@@ -77,7 +77,8 @@ REVIEW_CHUNK = 500
 """Due entries read from the book at a time."""
 BATCH_SIZE = 1000
 """Due writes handed to a connector's `apply_many` at once (Zendesk: up to ten update_many jobs of 100, queued
-before they are followed, so they share one poll wait). A review chunk (`REVIEW_CHUNK`) flushes what it queued."""
+before they are followed, so one Show Many Job Statuses poll serves them all). A review chunk (`REVIEW_CHUNK`)
+flushes what it queued."""
 DECIDED_SIZE = REVIEW_CHUNK
 """Due tickets of this cycle's poll whose evaluation the review may reuse (most recent kept): bounded, so the
 cycle's memory stays flat in the backlog's size."""

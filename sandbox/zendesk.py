@@ -20,7 +20,8 @@ the client's misunderstandings. What it follows (developer.zendesk.com):
   whether or not anyone polls it), then `completed` with one result per ticket,
   `{"id", "action": "update", "success": true, "status": "Updated"}` or `{"index", "id", "error", "details"}`.
   `safe_update` is documented for Update Ticket only, so a batch update does not apply it.
-- Job Statuses: show one (above) and List Job Statuses (`GET /api/v2/job_statuses.json`: the account's jobs of
+- Job Statuses: show one (above), Show Many Job Statuses (`GET /api/v2/job_statuses/show_many.json?ids=a,b`,
+  "a comma-separated list of job status ids", `{job_statuses: [...]}`, each a poll as a show is) and List Job Statuses (`GET /api/v2/job_statuses.json`: the account's jobs of
   the last day, "sorted first by completion date and then by creation date in descending order", as
   `{job_statuses, next_page, previous_page, count}`). A job still queued or working has no completion date;
   where such jobs sort is not documented: here they come first, newest first (inferred). A list answer counts
@@ -376,6 +377,7 @@ class ZendeskSandbox(SandboxApp):
             ("PUT", r"/api/v2/tickets/(?P<ticket_id>\d+)(?:\.json)?", self._update_ticket),
             ("PUT", r"/api/v2/tickets/update_many(?:\.json)?", self._update_many),
             ("GET", r"/api/v2/job_statuses(?:\.json)?", self._list_jobs),
+            ("GET", r"/api/v2/job_statuses/show_many(?:\.json)?", self._show_many_jobs),
             ("GET", r"/api/v2/job_statuses/(?P<job_id>[A-Za-z0-9-]+?)(?:\.json)?", self._show_job),
             ("GET", r"/api/v2/tickets/(?P<ticket_id>\d+)/comments(?:\.json)?", self._list_comments),
             ("GET", r"/api/v2/tickets/(?P<ticket_id>\d+)/audits(?:\.json)?", self._list_audits),
@@ -690,6 +692,18 @@ class ZendeskSandbox(SandboxApp):
             return _json(404, ERROR_NOT_FOUND)
         self._poll_job(job)
         return _json(200, {"job_status": self._job_json(job, request)})
+
+    def _show_many_jobs(self, request: Request) -> Response:
+        """Show Many Job Statuses: `ids` a comma-separated list of job ids, answered as `{job_statuses: [...]}`
+        (each a status poll, as a show is). Inferred, not documented: ids in the order asked, an unknown or
+        expired id left out rather than failing the request, a missing `ids` refused with 400."""
+        ids = [part.strip() for part in (request.param("ids") or "").split(",") if part.strip()]
+        if not ids:
+            return _json(400, {"error": "InvalidParameter", "description": "ids is required"})
+        found = [self._jobs[job_id] for job_id in dict.fromkeys(ids) if job_id in self._jobs]
+        for job in found:
+            self._poll_job(job)
+        return _json(200, {"job_statuses": [self._job_json(job, request) for job in found]})
 
     def _list_jobs(self, request: Request) -> Response:
         """List Job Statuses: unfinished jobs first, then by completion and creation, newest first (see the

@@ -76,7 +76,8 @@ def test_issue14_job_status_is_polled_with_backoff_until_completed(zd: World) ->
     report = zd.syncer().run_cycle()
     assert report.error == ""
     assert zd.sandbox.calls("GET", STATUSES) == 3
-    assert zd.sleeps[:3] == [1.0, 2.0, 4.0]
+    # The first poll goes out as soon as the jobs are queued; the waits double after each unfinished answer.
+    assert zd.sleeps[:2] == [1.0, 2.0] and 4.0 not in zd.sleeps
     assert zd.store.pending(zd.name) == []
 
 
@@ -200,6 +201,12 @@ def connector(sleeps: list[float]) -> ZendeskConnector:
 
 
 JOB_ID = "V3-8b726e606741012ffc2d782bcb7848fe"
+SHOW_MANY = f"{BASE}/api/v2/job_statuses/show_many.json"
+
+
+def many(*shown: dict[str, Any]) -> dict[str, Any]:
+    """A Show Many Job Statuses answer (`{"job_statuses": [...]}`) from Show Job Status answers."""
+    return {"job_statuses": [answer["job_status"] for answer in shown]}
 
 
 def job_status(status: str, results: list[dict[str, Any]] | None) -> dict[str, Any]:
@@ -243,22 +250,24 @@ def test_issue14_update_many_sends_per_ticket_values_and_reads_each_result() -> 
     sent = respx.put(f"{BASE}/api/v2/tickets/update_many.json").mock(
         return_value=httpx.Response(200, json=job_status("queued", None))
     )
-    respx.get(f"{BASE}/api/v2/job_statuses/{JOB_ID}.json").mock(
+    respx.get(SHOW_MANY, params={"ids": JOB_ID}).mock(
         side_effect=[
-            httpx.Response(200, json=job_status("working", [])),
+            httpx.Response(200, json=many(job_status("working", []))),
             httpx.Response(
                 200,
-                json=job_status(
-                    "completed",
-                    [
-                        {"id": 35436, "action": "update", "success": True, "status": "Updated"},
-                        {
-                            "index": 1,
-                            "id": 35437,
-                            "error": "RecordInvalid",
-                            "details": "Status: closed prevents ticket update",
-                        },
-                    ],
+                json=many(
+                    job_status(
+                        "completed",
+                        [
+                            {"id": 35436, "action": "update", "success": True, "status": "Updated"},
+                            {
+                                "index": 1,
+                                "id": 35437,
+                                "error": "RecordInvalid",
+                                "details": "Status: closed prevents ticket update",
+                            },
+                        ],
+                    )
                 ),
             ),
         ]
@@ -272,7 +281,7 @@ def test_issue14_update_many_sends_per_ticket_values_and_reads_each_result() -> 
     assert first["updated_stamp"] == "2026-11-22T11:50:00Z" and first["safe_update"] is True
     assert isinstance(outcomes[0], ApplyResult) and outcomes[0].ticket_id == "35436"
     assert isinstance(outcomes[1], NotBatchedError) and "closed prevents" in str(outcomes[1])
-    assert sleeps == [1.0, 2.0]
+    assert sleeps == [1.0], "the first poll at once, the second after the first wait"
 
 
 @respx.mock
@@ -287,9 +296,10 @@ def test_issue14_a_killed_job_sends_back_what_it_did_not_report() -> None:
     respx.put(f"{BASE}/api/v2/tickets/update_many.json").mock(
         return_value=httpx.Response(200, json=job_status("queued", None))
     )
-    respx.get(f"{BASE}/api/v2/job_statuses/{JOB_ID}.json").mock(
+    respx.get(SHOW_MANY).mock(
         return_value=httpx.Response(
-            200, json=job_status("killed", [{"id": 1, "action": "update", "success": True, "status": "Updated"}])
+            200,
+            json=many(job_status("killed", [{"id": 1, "action": "update", "success": True, "status": "Updated"}])),
         )
     )
     done, missing = zendesk.apply_many(writebacks)
@@ -327,24 +337,32 @@ def test_a_lost_job_answer_leaves_only_that_jobs_tickets_unknown() -> None:
         for n in range(1, 251)
     ]
 
-    def job(job_id: str, status: str, ids: range | None) -> httpx.Response:
+    def job(job_id: str, status: str, ids: range | None) -> dict[str, Any]:
         body = job_status(status, None)
         body["job_status"].update(id=job_id, url=f"{BASE}/api/v2/job_statuses/{job_id}.json")
         if ids is not None:
             body["job_status"]["results"] = [
                 {"id": n, "action": "update", "success": True, "status": "Updated"} for n in ids
             ]
-        return httpx.Response(200, json=body)
+        return body
 
     respx.put(f"{BASE}/api/v2/tickets/update_many.json").mock(
-        side_effect=[job("job1", "queued", None), httpx.Response(503, text="unavailable"), job("job3", "queued", None)]
+        side_effect=[
+            httpx.Response(200, json=job("job1", "queued", None)),
+            httpx.Response(503, text="unavailable"),
+            httpx.Response(200, json=job("job3", "queued", None)),
+        ]
     )
-    respx.get(f"{BASE}/api/v2/job_statuses/job1.json").mock(return_value=job("job1", "completed", range(1, 101)))
-    respx.get(f"{BASE}/api/v2/job_statuses/job3.json").mock(return_value=job("job3", "completed", range(201, 251)))
+    polled = respx.get(SHOW_MANY, params={"ids": "job1,job3"}).mock(
+        return_value=httpx.Response(
+            200, json=many(job("job1", "completed", range(1, 101)), job("job3", "completed", range(201, 251)))
+        )
+    )
     outcomes = zendesk.apply_many(writebacks)
     kinds = [type(outcome).__name__ for outcome in outcomes]
     assert kinds[:100] == ["ApplyResult"] * 100 and kinds[200:] == ["ApplyResult"] * 50
     assert kinds[100:200] == ["AmbiguousWriteError"] * 100
+    assert polled.call_count == 1, "one Show Many Job Statuses request followed both jobs"
 
 
 class JobAppliedThenLost:
@@ -442,3 +460,97 @@ def test_issue14_sandbox_serves_update_many_as_a_queued_job_in_the_references_sh
     too_many = [{"id": open_id}] * 101
     assert client.put("/api/v2/tickets/update_many.json", json={"tickets": too_many}).status_code == 422
     assert client.get("/api/v2/job_statuses/V3-unknown.json").status_code == 404
+
+
+@respx.mock
+def test_show_many_asks_only_after_unfinished_jobs_and_a_job_never_shown_stays_unknown_alone() -> None:
+    """Two jobs: the first ends on the first round, so later rounds ask after the second only; the answer keeps
+    leaving the second out (an expired or unknown id), so after `job_polls` rounds only its tickets are unknown."""
+    sleeps: list[float] = []
+    zendesk = connector(sleeps)
+    zendesk.job_polls = 3
+    writebacks = [
+        WriteBack(
+            platform="zendesk", instance="acme-zendesk", ticket_id=str(n), revision="2026-11-22T11:50:00Z", tier=Tier.L2
+        )
+        for n in range(1, 151)
+    ]
+
+    def job(job_id: str, status: str, ids: range | None = None) -> dict[str, Any]:
+        body = job_status(status, None)
+        body["job_status"].update(id=job_id, url=f"{BASE}/api/v2/job_statuses/{job_id}.json")
+        if ids is not None:
+            body["job_status"]["results"] = [
+                {"id": n, "action": "update", "success": True, "status": "Updated"} for n in ids
+            ]
+        return body
+
+    respx.put(f"{BASE}/api/v2/tickets/update_many.json").mock(
+        side_effect=[httpx.Response(200, json=job("jobA", "queued")), httpx.Response(200, json=job("jobB", "queued"))]
+    )
+    both = respx.get(SHOW_MANY, params={"ids": "jobA,jobB"}).mock(
+        return_value=httpx.Response(200, json=many(job("jobA", "completed", range(1, 101))))
+    )
+    second_only = respx.get(SHOW_MANY, params={"ids": "jobB"}).mock(return_value=httpx.Response(200, json=many()))
+    outcomes = zendesk.apply_many(writebacks)
+    kinds = [type(outcome).__name__ for outcome in outcomes]
+    assert kinds[:100] == ["ApplyResult"] * 100
+    assert kinds[100:] == ["AmbiguousWriteError"] * 50
+    assert both.call_count == 1 and second_only.call_count == 2
+    assert sleeps == [1.0, 2.0]
+
+
+def test_sandbox_shows_many_job_statuses_each_a_poll() -> None:
+    from runtime.demo import DEMO_START
+    from sandbox.base import SimClock
+    from sandbox.zendesk import ZendeskSandbox
+
+    sandbox = ZendeskSandbox(SimClock(DEMO_START), seed=3)
+    sandbox.jobs_run_unasked = False
+    sandbox.job_polls_to_finish = 2
+    [ticket_id] = sandbox.seed_tickets(1)
+    client = httpx.Client(transport=sandbox.transport(), base_url="https://acme.zendesk.com", auth=("a/token", "t"))
+    queued = [
+        client.put(
+            "/api/v2/tickets/update_many.json", json={"tickets": [{"id": ticket_id, "additional_tags": [tag]}]}
+        ).json()["job_status"]["id"]
+        for tag in ("one", "two")
+    ]
+    ids = ",".join([*queued, "V3-unknown"])
+    first = client.get(f"/api/v2/job_statuses/show_many.json?ids={ids}").json()
+    assert set(first) == {"job_statuses"}
+    assert [(job["id"], job["status"]) for job in first["job_statuses"]] == [
+        (queued[0], "working"),
+        (queued[1], "working"),
+    ]
+    second = client.get("/api/v2/job_statuses/show_many.json", params={"ids": ",".join(queued)}).json()
+    assert [job["status"] for job in second["job_statuses"]] == ["completed", "completed"]
+    assert [len(job["results"]) for job in second["job_statuses"]] == [1, 1]
+    assert {"one", "two"} <= set(sandbox.ticket(ticket_id)["tags"])
+    assert client.get("/api/v2/job_statuses/show_many.json").status_code == 400
+
+
+@respx.mock
+def test_a_job_id_unfit_to_ask_after_leaves_only_that_jobs_tickets_unknown() -> None:
+    """Asked after in one request, a job whose queued answer names an id that cannot go into the query must not
+    make the other jobs of the round unknown too."""
+    zendesk = connector([])
+    writebacks = [
+        WriteBack(
+            platform="zendesk", instance="acme-zendesk", ticket_id=str(n), revision="2026-11-22T11:50:00Z", tier=Tier.L2
+        )
+        for n in range(1, 151)
+    ]
+    good = job_status("queued", None)
+    bad = job_status("queued", None)
+    bad["job_status"]["id"] = "../tickets/1"
+    respx.put(f"{BASE}/api/v2/tickets/update_many.json").mock(
+        side_effect=[httpx.Response(200, json=good), httpx.Response(200, json=bad)]
+    )
+    done = job_status(
+        "completed", [{"id": n, "action": "update", "success": True, "status": "Updated"} for n in range(1, 101)]
+    )
+    respx.get(SHOW_MANY, params={"ids": JOB_ID}).mock(return_value=httpx.Response(200, json=many(done)))
+    kinds = [type(outcome).__name__ for outcome in zendesk.apply_many(writebacks)]
+    assert kinds[:100] == ["ApplyResult"] * 100
+    assert kinds[100:] == ["AmbiguousWriteError"] * 50

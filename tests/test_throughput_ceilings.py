@@ -114,6 +114,9 @@ def test_update_many_jobs_queued_together_share_one_poll_wait(tmp_path: Path) ->
     assert report.error == "" and report.writes == 250
     jobs = [status for path, status, _ in world.exchanges if path.endswith("update_many.json")]
     assert jobs == [200, 200, 200]
-    # Following the jobs one after the other cost a wait each ([1.0, 1.0, 1.0]): the later ones ran meanwhile.
-    assert world.sleeps == [1.0]
-    assert [status for path, status, _ in world.exchanges if "/job_statuses/" in path] == [200, 200, 200]
+    # Following the jobs one after the other cost a wait and a poll each ([1.0, 1.0, 1.0], three GETs); then one
+    # wait for all of them; now one Show Many Job Statuses request right after the last PUT finds all three ended.
+    assert world.sleeps == []
+    assert [(path, status) for path, status, _ in world.exchanges if "/job_statuses/" in path] == [
+        ("/api/v2/job_statuses/show_many.json", 200)
+    ]
