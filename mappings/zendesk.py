@@ -650,7 +650,8 @@ class _EventHistory:
     changed after the export's end) gets them; `facts` answers None when an event is malformed. The requester's
     comments are customer messages; the creating event's comment is the ticket's description, no reply; a comment
     carrying our marker is our own handoff note. Changes by the system user (triggers) are no agent actions, and
-    neither are tag or group changes alone (ours among them): only comments, status and assignee changes are.
+    neither are tag or group changes alone (ours among them): only comments, status and assignee changes are,
+    and none of those in the audit of our own write (`_is_our_write`: the assignee a group move of ours cleared).
     """
 
     def __init__(self, mapping: ZendeskMapping, rid: str, data: Mapping[str, Any], events: list[Any]) -> None:
@@ -692,8 +693,8 @@ class _EventHistory:
         severity_key = str(self.mapping.config.priority.field_id or "")
         for at, event in timed:
             updater = event.get("updater_id")
-            by_agent = updater not in (self.requester, SYSTEM_USER_ID, None)
             children = event["child_events"]
+            by_agent = updater not in (self.requester, SYSTEM_USER_ID, None) and not _is_our_write(children)
             creating = any(isinstance(child, MAPPINGS) and child.get("event_type") == "Create" for child in children)
             for child in children:
                 if not isinstance(child, MAPPINGS):
@@ -746,6 +747,26 @@ class _EventHistory:
             "last_customer_message_at": customer,
             "priority_changes": tuple(priorities),
         }
+
+
+def _is_our_write(children: list[Any]) -> bool:
+    """Whether an audit is the echo of our own write: it carries our note (marker), sent in the same PUT as the
+    tier and tags (one call per ticket).
+
+    Our PUT sets no status and no assignee, but Zendesk changes them in the same audit, authored by our API
+    user: a group move clears an assignee who is not in the new group, and triggers run on the update. Those
+    are no person's action; counted as one, the clearing stopped the clocks that start with our write and are
+    dated from our store's row (the cycle's `now`, before the audit's `created_at`): the management track's
+    acknowledgment was met by our own escalation and never breached. The note, not the updater, identifies
+    the audit: the mapping does not know the API user, and a daemon run with a person's credentials would
+    otherwise lose that person's own actions. A write of ours without a note (`adopt = "tag_only"`) is not
+    recognised and counts as before."""
+    return any(
+        isinstance(child, MAPPINGS)
+        and child.get("event_type") == "Comment"
+        and OUR_MARKER in str(child.get("body") or child.get("plain_body") or "")
+        for child in children
+    )
 
 
 def _comment_extras(events: list[Any], requester: Any) -> tuple[tuple[NoteText, ...], tuple[Attachment, ...]] | None:
