@@ -29,7 +29,7 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from connectors.base import ConnectorError
 from engine.configfile import ConfigFileError
@@ -43,7 +43,6 @@ from runtime import logs
 from runtime.config import AppConfig, InstanceSection, Settings, environment, load_config
 from runtime.cycle import SCAN_DONE, Event
 from runtime.explain_input import Skipped, history_for, on_instance, open_history_store, records_in
-from runtime.metrics import Metrics
 from runtime.notify import LEDGER_PREFIX as NOTIFY_LEDGER
 from runtime.notify import Notifier
 from runtime.notify import check as check_notifications
@@ -56,6 +55,9 @@ from state.base import Intent, Lease, Store
 from state.lease import FencedStore, LeaseKeeper, exclusive_file
 from state.sql import SCAN_SUFFIX
 from state.sqlite import path_from_url
+
+if TYPE_CHECKING:  # imported by `run` only (prometheus_client): `once` from cron and the other commands need none
+    from runtime.metrics import Metrics
 
 EXAMPLE_CONFIG = resources.example_config()
 log = logging.getLogger("escalation_sync")
@@ -483,6 +485,8 @@ def cmd_once(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args)
     logs.configure(config.daemon.log_format, Settings().log_level)
+    from runtime.metrics import Metrics  # at start-up of `run`: a missing prometheus_client fails here, at once
+
     metrics = Metrics()
     if config.daemon.metrics_port:
         where = f"{config.daemon.metrics_address}:{config.daemon.metrics_port}"

@@ -101,3 +101,14 @@ def test_settling_the_allocator_without_glibc_changes_nothing(monkeypatch: pytes
 
     monkeypatch.setattr(sync.ctypes, "CDLL", lambda name: NoMallopt())
     assert sync._settle_allocator() is False
+
+
+def test_the_metrics_library_is_imported_by_run_only() -> None:
+    """Issue 14 (memory): `once` from cron serves no metrics, so prometheus_client (about 1 MB) is not imported
+    with the daemon; `run` imports it at its start, so a broken install still fails before the first cycle."""
+    probe = (
+        "import sys, sync, runtime.wiring, connectors.zendesk; "
+        "print('prometheus_client' in sys.modules, 'runtime.metrics' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
