@@ -276,7 +276,10 @@ def _settle_allocator() -> bool:
     where a free block between live ones is never returned to the system: peak RSS then grows with the pages
     read. Pinned, each such buffer is mapped and unmapped on its own (a few system calls a page):
     bench/memory.py read 30,000 tickets peaked at 128 MB against 136 MB. Setting it also stops the dynamic
-    adjustment, which is the point. Elsewhere (musl, macOS) nothing is changed."""
+    adjustment, which is the point. Elsewhere (musl, macOS) nothing is changed, nor where the environment sets
+    glibc's own `MALLOC_MMAP_THRESHOLD_` (an operator's choice stands)."""
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):

@@ -56,16 +56,16 @@ mallinfo2.restype = MallInfo2
 
 
 def mapped(size):
-    big = bytearray(4 * 1024 * 1024)
+    big = bytearray(24 * 1024 * 1024)
     del big  # freeing a mapped block raises glibc's dynamic threshold to its size, unless it is pinned
     before = mallinfo2().hblks
-    block = bytearray(size)
+    block = bytearray(size)  # larger than any free block of the heap at start-up: mapped, or the heap grows
     return mallinfo2().hblks > before
 
 
 if sys.argv[1] == "settled":
     sync.settle_memory()
-print(json.dumps({"mapped": mapped(512 * 1024), "young": gc.get_threshold()[0], "frozen": gc.get_freeze_count() > 0}))
+print(json.dumps({"mapped": mapped(8 * 1024 * 1024), "young": gc.get_threshold()[0], "frozen": gc.get_freeze_count() > 0}))
 """
 
 
@@ -81,9 +81,9 @@ def _glibc_with_mallinfo2() -> bool:
 
 @pytest.mark.skipif(not _glibc_with_mallinfo2(), reason="glibc's allocator (2.33 or later) only")
 def test_settling_memory_pins_the_mmap_threshold_and_the_collector() -> None:
-    """Issue 14 (memory): after `settle_memory` (what `once` and `run` do before the first cycle) a block of half
-    a megabyte still gets a mapping of its own, returned to the system when freed, after a larger one was freed
-    (glibc's default raises the threshold then, and such blocks fill the heap); the collector is settled too."""
+    """Issue 14 (memory): after `settle_memory` (what `once` and `run` do before the first cycle) a block of
+    megabytes still gets a mapping of its own, returned to the system when freed, after a larger one was freed
+    (glibc's default raises the threshold then, and such blocks grow the heap); the collector is settled too."""
 
     def probe(mode: str) -> dict[str, object]:
         out = subprocess.run(
@@ -112,3 +112,8 @@ def test_the_metrics_library_is_imported_by_run_only() -> None:
     )
     out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_an_operators_mmap_threshold_is_left_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    assert sync._settle_allocator() is False
