@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import gc
 import json
 import logging
@@ -28,7 +29,7 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from connectors.base import ConnectorError
 from engine.configfile import ConfigFileError
@@ -42,7 +43,6 @@ from runtime import logs
 from runtime.config import AppConfig, InstanceSection, Settings, environment, load_config
 from runtime.cycle import SCAN_DONE, Event
 from runtime.explain_input import Skipped, history_for, on_instance, open_history_store, records_in
-from runtime.metrics import Metrics
 from runtime.notify import LEDGER_PREFIX as NOTIFY_LEDGER
 from runtime.notify import Notifier
 from runtime.notify import check as check_notifications
@@ -55,6 +55,9 @@ from state.base import Intent, Lease, Store
 from state.lease import FencedStore, LeaseKeeper, exclusive_file
 from state.sql import SCAN_SUFFIX
 from state.sqlite import path_from_url
+
+if TYPE_CHECKING:  # imported by `run` only (prometheus_client): `once` from cron and the other commands need none
+    from runtime.metrics import Metrics
 
 EXAMPLE_CONFIG = resources.example_config()
 log = logging.getLogger("escalation_sync")
@@ -239,6 +242,17 @@ def _fence(wired: list[Wired], keeper: LeaseKeeper | None) -> None:
 
 GC_YOUNG_THRESHOLD = 50_000
 """Allocations between young-generation collections (CPython's default is 700, 2,000 from 3.13 on)."""
+MMAP_THRESHOLD = 128 * 1024
+"""Blocks of at least this size come from their own mappings, returned to the system when freed (glibc)."""
+_M_MMAP_THRESHOLD = -3
+"""glibc's `mallopt` parameter number for it (malloc.h)."""
+
+
+def settle_memory() -> None:
+    """What `once` and `run` do once everything is wired, before the first cycle (bench/memory.py does the
+    same, so it measures the daemon's own settings): the collector's and then the allocator's."""
+    _settle_collector()
+    _settle_allocator()
 
 
 def _settle_collector() -> None:
@@ -246,11 +260,32 @@ def _settle_collector() -> None:
     collect the young generation less often. A cycle allocates tens of objects per ticket, nearly all freed by
     reference counting at once; at CPython's default threshold the collector re-walks the long-lived heap over
     and over for no garbage (about a fifth of the engine's CPU, measured with the collector off), while a
-    larger young generation holds a few MB more at most."""
+    larger young generation holds a few MB more at most (what a cycle allocates in a reference cycle waits for
+    it: the HTTP layer unbinds its responses, `connectors/http.py _unbind`, so no page body does)."""
     gc.collect()
     gc.freeze()
     young, middle, old = gc.get_threshold()
     gc.set_threshold(max(GC_YOUNG_THRESHOLD, young), middle, old)
+
+
+def _settle_allocator() -> bool:
+    """Pin glibc's mmap threshold at its default of 128 KiB (issue 14, memory); False where there is no glibc.
+
+    glibc raises the threshold each time a mapped block is freed, up to 32 MiB, so after the first page the
+    megabyte-sized buffers of every page (a response body, its decoded text) come from the main heap instead,
+    where a free block between live ones is never returned to the system: peak RSS then grows with the pages
+    read. Pinned, each such buffer is mapped and unmapped on its own (a few system calls a page):
+    bench/memory.py read 30,000 tickets peaked at 128 MB against 136 MB. Setting it also stops the dynamic
+    adjustment, which is the point. Elsewhere (musl, macOS) nothing is changed, nor where the environment sets
+    glibc's own `MALLOC_MMAP_THRESHOLD_` (an operator's choice stands)."""
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
 
 
 def _run_cycles(
@@ -293,7 +328,7 @@ def _run_cycles_locked(
         store.close()
         raise
     wired = running[0]
-    _settle_collector()
+    settle_memory()
     failures = 0
     try:
         while True:
@@ -453,6 +488,8 @@ def cmd_once(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args)
     logs.configure(config.daemon.log_format, Settings().log_level)
+    from runtime.metrics import Metrics  # at start-up of `run`: a missing prometheus_client fails here, at once
+
     metrics = Metrics()
     if config.daemon.metrics_port:
         where = f"{config.daemon.metrics_address}:{config.daemon.metrics_port}"

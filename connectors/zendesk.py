@@ -235,6 +235,7 @@ class ZendeskConnector:
             raise TransientError(
                 f"{self.instance}: incremental export: HTTP {response.status_code}: {_error_text(body)}"
             )
+        del response  # decoded: its bytes are not held while the event export is read (issue 14, memory)
         tickets = body.get("tickets")
         if not isinstance(tickets, list):
             raise TransientError(f"{self.instance}: incremental export: no tickets list in the page")
@@ -276,6 +277,7 @@ class ZendeskConnector:
                     f"{self.instance}: ticket event export: HTTP {response.status_code}: {_error_text(body)}"
                 )
             book.denied = False
+            del response  # decoded: not held while its events are packed into the book
             for event in body["ticket_events"]:
                 book.add(event)
             end_of_stream = body.get("end_of_stream") is True
@@ -748,7 +750,10 @@ class _EventBook:
         self.denied = False
         self.caught_up = False
         """The last page read was the end of the stream (then an empty ticket page needs no event call)."""
-        self._events: OrderedDict[Any, dict[Any, bytes | Mapping[str, Any]]] = OrderedDict()
+        self._events: OrderedDict[Any, tuple[Any, ...]] = OrderedDict()
+        """Each ticket's events as one flat tuple, `(id, stored, id, stored, ...)` in the order they came: a dict
+        a ticket (with its key table) weighed more than the ticket's compressed events (issue 14, memory:
+        about 5 MB of the book's 13 MB at 20,000 tickets)."""
         self._bytes = 0
         """The encoded events' size, held under _BOOK_BYTES."""
         self._dropped_until: int | None = None
@@ -756,19 +761,25 @@ class _EventBook:
     def add(self, event: Any) -> None:
         if not isinstance(event, _MAPPINGS):
             return
-        ticket = event.get("ticket_id")
-        seen = self._events.setdefault(ticket, {})
+        ticket, event_id = event.get("ticket_id"), event.get("id")
         kept = self._trim(event)
         try:
             stored: bytes | Mapping[str, Any] = _pack(kept)
         except orjson.JSONEncodeError:  # an integer wider than 64 bits (read by `json`): kept as it is
             stored = kept
-        self._bytes += _size(stored) - _size(seen.get(event.get("id")))
-        seen[event.get("id")] = stored
+        held = self._events.get(ticket, ())
+        # An event seen again (the export repeats a page's last second) replaces the earlier copy in its place.
+        at = next((index for index in range(0, len(held), 2) if held[index] == event_id), None)
+        if at is None:
+            self._bytes += _size(stored)
+            self._events[ticket] = (*held, event_id, stored)
+        else:
+            self._bytes += _size(stored) - _size(held[at + 1])
+            self._events[ticket] = (*held[: at + 1], stored, *held[at + 2 :])
         self._events.move_to_end(ticket)
         while len(self._events) > 1 and (len(self._events) > _BOOK_SIZE or self._bytes > _BOOK_BYTES):
             _, forgotten = self._events.popitem(last=False)
-            self._bytes -= sum(_size(item) for item in forgotten.values())
+            self._bytes -= sum(_size(item) for item in forgotten[1::2])
             # A forgotten ticket's events are gone: only tickets created after now can be complete again.
             self._dropped_until = self.position
 
@@ -779,7 +790,7 @@ class _EventBook:
         if self.since is None or self.until is None:
             return {}
         since = max(self.since, self._dropped_until or self.since)
-        stored = self._events.get(ticket_id, {}).values()
+        stored = self._events.get(ticket_id, ())[1::2]
         events = [_unpack(item) if isinstance(item, bytes) else item for item in stored]
         events.sort(key=lambda event: str(event.get("timestamp")))
         return {"ticket_events": events, "ticket_events_window": [since, self.until]}

@@ -330,8 +330,9 @@ class Syncer:
                     return
                 self.state.set_cursor(self.instance, page.cursor)
             report.cursor_committed = True
-            cursor = page.cursor
-            if not page.has_more:
+            cursor, more = page.cursor, page.has_more
+            del page  # booked: its records are not held while the next page is read and decoded (issue 14)
+            if not more:
                 return
         report.stopped_early = True
 
@@ -375,8 +376,9 @@ class Syncer:
                     detail["eta_seconds"] = round(elapsed * (1 - share) / share)
             log.info("open-ticket scan", extra={"event": "scan_progress", "instance": self.instance, **detail})
             self.on_event(Event("scan_progress", self.instance, "", now, detail))
-            cursor = page.cursor
-            if not page.has_more:
+            cursor, more = page.cursor, page.has_more
+            del page  # as in `_poll_all`: not held while the next page is read
+            if not more:
                 return
         report.stopped_early = True
 

@@ -6,7 +6,9 @@ seeded with tickets; only the httpx transport differs from production. Time is t
 
 from __future__ import annotations
 
+import gc
 import re
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -15,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from connectors.base import AmbiguousWriteError
+from connectors.base import AmbiguousWriteError, Page
 from engine.model import COMMENT_MARKER
 from engine.policy import load_policy
 from runtime.config import AppConfig, DaemonSection, InstanceSection
@@ -658,3 +660,33 @@ def test_a_handoff_note_that_cannot_be_rendered_quarantines_its_ticket(
     assert report.comments == 0 and not world.marker_counts()
     failed = [record for record in world.store.quarantined(world.name) if "template broke" in record.error]
     assert failed and all(record.error.startswith("evaluation failed: RuntimeError") for record in failed)
+
+
+def test_a_booked_page_is_not_held_while_the_next_is_read(world: World) -> None:
+    """Issue 14 (memory): a page's records, once booked, are freed before the next page is read and decoded, by
+    reference counting alone (the collector is off here), in the poll and in the open-ticket scan alike."""
+    syncer = world.syncer()
+    pages: list[weakref.ref[Page]] = []
+    alive_at_next: list[int] = []
+
+    def recording(read: Callable[[str | None, datetime], Page]) -> Callable[[str | None, datetime], Page]:
+        def read_page(cursor: str | None, now: datetime) -> Page:
+            alive_at_next.append(sum(ref() is not None for ref in pages))
+            page = read(cursor, now)
+            pages.append(weakref.ref(page))
+            return page
+
+        return read_page
+
+    syncer.connector.poll = recording(syncer.connector.poll)  # type: ignore[method-assign]
+    scan = getattr(syncer.connector, "open_tickets", None)
+    if scan is not None:
+        syncer.connector.open_tickets = recording(scan)  # type: ignore[attr-defined]
+    gc.disable()
+    try:
+        report = syncer.run_cycle()
+    finally:
+        gc.enable()
+    assert report.error == ""
+    assert len(pages) > 2
+    assert alive_at_next == [0] * len(alive_at_next)

@@ -8,10 +8,12 @@ limits: https://developer.zendesk.com/api-reference/introduction/rate-limits/).
 from __future__ import annotations
 
 import base64
+import gc
 import json
 import logging
 import threading
 import time
+import weakref
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -694,3 +696,31 @@ def test_quoted_bodies_are_cut_and_a_secret_at_the_cut_leaves_nothing(client: Ht
     assert len(message) < 2 * EXCERPT_CHARS + 200
     assert SECRET[:5] not in message and "yyyy" not in message
     assert len(client.redact("z" * 1_000_000)) < 2 * EXCERPT_CHARS
+
+
+def test_a_read_response_is_freed_by_reference_counting(sleeps: Sleeps) -> None:
+    """Issue 14 (memory): httpx binds a response's stream back to the response, a reference cycle that kept every
+    body (an export page is megabytes) until the garbage collector ran; the layer unbinds it once read, so the
+    last reference going frees it (the collector is off here), and the body reads as before."""
+    body = {"tickets": [{"id": 1, "subject": "x" * 1000}]}
+    http = HttpClient(
+        "acme-zendesk",
+        BASE,
+        auth=None,
+        secrets=[SECRET],
+        options=HttpOptions(),
+        sleep=sleeps,
+        clock=lambda: OUR_NOW,
+        transport=httpx.MockTransport(lambda request: httpx.Response(200, json=body)),
+    )
+    gc.disable()
+    try:
+        response = http.request("GET", "/api/v2/incremental/tickets/cursor.json")
+        assert response.json() == body
+        assert b"".join(response.iter_bytes()) == response.content
+        freed = weakref.ref(response)
+        del response
+        assert freed() is None
+    finally:
+        gc.enable()
+        http.close()

@@ -183,3 +183,32 @@ def test_any_mapping_is_trimmed_and_booked_as_a_dict_is() -> None:
     for event in events:
         book.add(_read_only(event))
     assert book.related(4102)["ticket_events"] == _booked(events)
+
+
+def test_an_event_seen_again_replaces_its_first_copy_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The export repeats a page's last second: an event that comes again replaces the copy the book holds, in
+    its place, and the book's byte count follows (what is held, each event once), also once a ticket is
+    forgotten."""
+    book = _EventBook(trimmed_event)
+    book.since, book.until = WINDOW
+
+    def audit(event_id: int, ticket: int, status: str) -> dict[str, Any]:
+        change = {"event_type": "Change", "status": status, "previous_value": "new", "id": event_id * 10}
+        return {"id": event_id, "ticket_id": ticket, "timestamp": WINDOW[0] + event_id, "child_events": [change]}
+
+    first, second, again = audit(1, 7, "open"), audit(2, 7, "pending"), audit(1, 7, "solved")
+    for event in (first, second, audit(3, 8, "open"), again):
+        book.add(copy.deepcopy(event))
+    events = book.related(7)["ticket_events"]
+    assert [event["id"] for event in events] == [1, 2]
+    assert [event["child_events"][0]["status"] for event in events] == ["solved", "pending"]
+
+    def size(*held: dict[str, Any]) -> int:
+        return sum(len(connectors.zendesk._pack(trimmed_event(event))) for event in held)
+
+    assert book._bytes == size(again, second, audit(3, 8, "open"))
+    monkeypatch.setattr(connectors.zendesk, "_BOOK_SIZE", 2)
+    book.add(copy.deepcopy(audit(4, 9, "open")))  # ticket 8 is the oldest now (7 came again after it): it goes
+    assert book.related(8)["ticket_events"] == []
+    assert [event["id"] for event in book.related(7)["ticket_events"]] == [1, 2]
+    assert book._bytes == size(again, second, audit(4, 9, "open"))
