@@ -30,6 +30,6 @@ bench: install
 	$(BIN)/python bench/store.py
 	$(BIN)/python bench/memory.py
 	$(BIN)/python bench/pipeline.py
-	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/throughput.py --tickets 100000
 	$(BIN)/python bench/latency.py --interval 60
 	$(BIN)/python bench/peer.py
