@@ -225,6 +225,17 @@ def job_status(status: str, results: list[dict[str, Any]] | None) -> dict[str, A
     }
 
 
+def job(job_id: str, status: str, ids: range | None = None) -> dict[str, Any]:
+    """A Show Job Status answer of job `job_id`, every ticket of `ids` (when given) updated."""
+    body = job_status(status, None)
+    body["job_status"].update(id=job_id, url=f"{BASE}/api/v2/job_statuses/{job_id}.json")
+    if ids is not None:
+        body["job_status"]["results"] = [
+            {"id": n, "action": "update", "success": True, "status": "Updated"} for n in ids
+        ]
+    return body
+
+
 @respx.mock
 def test_issue14_update_many_sends_per_ticket_values_and_reads_each_result() -> None:
     sleeps: list[float] = []
@@ -336,15 +347,6 @@ def test_a_lost_job_answer_leaves_only_that_jobs_tickets_unknown() -> None:
         )
         for n in range(1, 251)
     ]
-
-    def job(job_id: str, status: str, ids: range | None) -> dict[str, Any]:
-        body = job_status(status, None)
-        body["job_status"].update(id=job_id, url=f"{BASE}/api/v2/job_statuses/{job_id}.json")
-        if ids is not None:
-            body["job_status"]["results"] = [
-                {"id": n, "action": "update", "success": True, "status": "Updated"} for n in ids
-            ]
-        return body
 
     respx.put(f"{BASE}/api/v2/tickets/update_many.json").mock(
         side_effect=[
@@ -475,15 +477,6 @@ def test_show_many_asks_only_after_unfinished_jobs_and_a_job_never_shown_stays_u
         )
         for n in range(1, 151)
     ]
-
-    def job(job_id: str, status: str, ids: range | None = None) -> dict[str, Any]:
-        body = job_status(status, None)
-        body["job_status"].update(id=job_id, url=f"{BASE}/api/v2/job_statuses/{job_id}.json")
-        if ids is not None:
-            body["job_status"]["results"] = [
-                {"id": n, "action": "update", "success": True, "status": "Updated"} for n in ids
-            ]
-        return body
 
     respx.put(f"{BASE}/api/v2/tickets/update_many.json").mock(
         side_effect=[httpx.Response(200, json=job("jobA", "queued")), httpx.Response(200, json=job("jobB", "queued"))]
