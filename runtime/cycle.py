@@ -133,8 +133,6 @@ class CycleReport:
     review_escalations: int = 0
     deferred: int = 0
     """Due writes left for a later cycle by max_writes_per_cycle."""
-    """Polled records that were our own write read back (the revision booked from the write's answer): booked
-    with their fresh sideloads, not evaluated again."""
     escalations: Counter[str] = field(default_factory=Counter)
     management: int = 0
     comments: int = 0
@@ -242,7 +240,7 @@ class Syncer:
         self._purged_at: datetime | None = None
         self._page_ids: set[str] = set()
         self._page_rows: dict[str, list[tuple[str, datetime]]] = {}
-        """Entries of the page being booked that a write's answer booked and no poll has seen since."""
+        """The history rows of the page being booked, read in one query (`tier_entries_many`)."""
         self._cycle_counts: dict[str, int] | None = None
         self._counts_before: dict[str, int] = {}
         """Customers escalated this cycle, with their 30-day count before the first of those escalations."""
@@ -671,8 +669,10 @@ class Syncer:
         """Book the ticket as our write left it (the answer's record, with the sideloads it was planned with),
         evaluated as written: a review before the echo is polled then plans from what the platform shows now,
         and sends nothing again. Where the written ticket cannot be evaluated, the write's decision says when to
-        look again. The echo itself is evaluated in full when it is polled (skipping echoes by revision was
-        tried: the soak then ended with one ticket missing an L4 breach tag, cause not found)."""
+        look again. The echo itself is evaluated in full when it is polled: at the answer's revision it still
+        carries our own write's events (the tier change, an assignee Zendesk cleared), and an answer can come
+        without the sideloads it was planned with (a re-send after a failed job), so the decision booked here
+        is not always the echo's (issue 14: a skip by revision left a ticket unreviewed in the soak)."""
         if decision is None or ticket.status.is_terminal:
             return
         record = RawRecord(written.id, written.data, {**(before.related if before else {}), **written.related})
