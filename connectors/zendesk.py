@@ -76,6 +76,7 @@ from zenpy import Zenpy
 from zenpy.lib.exception import RecordNotFoundException
 
 from connectors.base import (
+    MAPPINGS,
     AmbiguousWriteError,
     ApplyResult,
     AuthError,
@@ -761,7 +762,7 @@ class _EventBook:
         self._dropped_until: int | None = None
 
     def add(self, event: Any) -> None:
-        if not isinstance(event, _MAPPINGS):
+        if not isinstance(event, MAPPINGS):
             return
         ticket, event_id = event.get("ticket_id"), event.get("id")
         kept = self._trim(event)
@@ -797,10 +798,6 @@ class _EventBook:
         events.sort(key=lambda event: str(event.get("timestamp")))
         return {"ticket_events": events, "ticket_events_window": [since, self.until]}
 
-
-_MAPPINGS = (dict, Mapping)
-"""`isinstance(value, _MAPPINGS)` is `isinstance(value, Mapping)` answered at once for the dicts a decoded page
-holds (the abstract class's own check costs several times more): the book takes every exported event."""
 
 _ZDICT = orjson.dumps(
     {

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -13,11 +12,6 @@ from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 from engine.configfile import ConfigFileError, load_toml, validate
 from engine.model import TagScheme, Tier, TierChange
 from mappings import MappingError, NormalizeError
-
-MAPPINGS = (dict, Mapping)
-"""`isinstance(value, MAPPINGS)` is `isinstance(value, Mapping)` answered at once for the dicts a decoded page
-holds: the abstract class's own check costs several times more, and the readers run it for every field, event
-and history item of every polled ticket."""
 
 
 class Strict(BaseModel):

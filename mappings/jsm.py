@@ -29,7 +29,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from connectors.base import HistorySource, RawRecord, ReadSpec
+from connectors.base import MAPPINGS, HistorySource, RawRecord, ReadSpec
 from engine.model import (
     COMMENT_MARKER,
     Attachment,
@@ -47,7 +47,6 @@ from engine.model import (
 )
 from mappings import MappingError, NormalizeError
 from mappings.common import (
-    MAPPINGS,
     FlagSources,
     SentimentMap,
     Strict,

@@ -50,7 +50,7 @@ from typing import Any, Literal
 
 from pydantic import Field, PositiveInt, field_validator
 
-from connectors.base import HistorySource, RawRecord, ReadSpec
+from connectors.base import MAPPINGS, HistorySource, RawRecord, ReadSpec
 from engine.configfile import locate
 from engine.model import (
     COMMENT_MARKER,
@@ -68,7 +68,6 @@ from engine.model import (
 )
 from mappings import MappingError, NormalizeError
 from mappings.common import (
-    MAPPINGS,
     NOTE_TEXT_CHARS,
     FlagSources,
     SentimentMap,
