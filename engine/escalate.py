@@ -525,105 +525,8 @@ _SIGNAL_SETS: dict[tuple[str, ...], frozenset[TagSignal]] = {}
 # -- facts ------------------------------------------------------------------------------------------------------
 
 
-class _Env:
-    """Everything a fact getter may need, computed once per evaluation."""
-
-    __slots__ = ("clocks", "history", "hours_at_tier", "now", "ticket", "tier")
-
-    def __init__(
-        self,
-        ticket: Ticket,
-        now: datetime,
-        clocks: dict[str, Clock],
-        hours: float,
-        history: EscalationHistory,
-        tier: Tier,
-    ) -> None:
-        self.ticket = ticket
-        self.tier = tier
-        self.now = now
-        self.clocks = clocks
-        self.hours_at_tier = hours
-        self.history = history
-
-
-Getter = Callable[[_Env], Any]
-
-
-def _clock_getter(name: str, field: str) -> Getter:
-    def state(env: _Env) -> Any:
-        clock = env.clocks.get(name)
-        return clock.state.value if clock is not None else "none"
-
-    attribute = {"elapsed_minutes": "elapsed", "remaining_minutes": "remaining"}.get(field, "target")
-
-    def minutes(env: _Env) -> Any:
-        clock = env.clocks.get(name)
-        if clock is None:
-            return 0.0
-        value: timedelta = getattr(clock, attribute)
-        return value.total_seconds() / _MINUTE
-
-    def active(env: _Env) -> Any:
-        return name in env.clocks
-
-    return {"state": state, "active": active}.get(field, minutes)
-
-
-def _flag_getter(name: str, kind: type) -> Getter:
-    # Coerced to the vocabulary's type: a mapping may hand over 50000 for a float field.
-    return lambda env: kind(getattr(env.ticket.flags, name))
-
-
-def _any_clock(states: tuple[ClockState, ...]) -> Getter:
-    return lambda env: any(clock.state in states for name, clock in env.clocks.items() if name not in _CADENCE_CLOCKS)
-
-
-GETTERS: dict[str, Getter] = {
-    "ticket.priority": lambda env: env.ticket.priority.value,
-    "ticket.priority_rank": lambda env: int(env.ticket.priority.value[1]),
-    "ticket.status": lambda env: env.ticket.status.value,
-    "ticket.tier": lambda env: env.tier.value,
-    "ticket.tier_rank": lambda env: RANK[env.tier],
-    "ticket.is_open": lambda env: not env.ticket.status.is_terminal,
-    "ticket.segment": lambda env: env.ticket.segment or "",
-    "ticket.organization": lambda env: env.ticket.organization or "",
-    "ticket.assignee_group": lambda env: env.ticket.assignee_group or "",
-    "ticket.platform": lambda env: env.ticket.platform,
-    "ticket.tags": lambda env: sorted(env.ticket.tags),
-    "ticket.age_hours": lambda env: max((env.now - env.ticket.created_at).total_seconds(), 0.0) / 3600.0,
-    "ticket.has_public_reply": lambda env: env.ticket.first_public_reply_at is not None,
-    "hours_at_tier": lambda env: env.hours_at_tier,
-    "any_clock_breached": _any_clock((ClockState.BREACHED,)),
-    "any_clock_at_risk": _any_clock((ClockState.AT_RISK,)),
-    "history.customer_escalations_30d": lambda env: env.history.customer_escalations_30d,
-    "history.tier_entries": lambda env: len(env.history.tier_entries),
-    "history.management_active": lambda env: (
-        env.history.management_started_at is not None and env.history.management_ended_at is None
-    ),
-    "platform_slas.any_breached": lambda env: any(sla.breached for sla in env.ticket.platform_slas),
-    "platform_slas.breached": lambda env: sorted(sla.name for sla in env.ticket.platform_slas if sla.breached),
-}
-for _flag in (
-    "churn_threat",
-    "public_complaint",
-    "security_legal",
-    "engineering_required",
-    "vendor_dependency",
-    "customer_requested",
-    "revenue_at_risk",
-    "affected_customers",
-    "linked_incidents",
-    "reopen_count",
-):
-    GETTERS[f"flags.{_flag}"] = _flag_getter(_flag, type(FACTS[f"flags.{_flag}"]))
-for _name in CLOCK_NAMES:
-    for _field in CLOCK_FIELDS:
-        GETTERS[f"clocks.{_name}.{_field}"] = _clock_getter(_name, _field)
-
-
 def _clock_expression(name: str, field: str) -> str:
-    """The inline form of `_clock_getter(name, field)` over the clock map `cm` (see `_fact_function`)."""
+    """A clock fact (`clocks.<name>.<field>`) over the clock map `cm` (see `_fact_function`)."""
     if field == "state":
         return f"(_c.state._value_ if (_c := cm.get({name!r})) is not None else 'none')"
     if field == "active":
@@ -660,8 +563,9 @@ _EXPRESSIONS: dict[str, str] = {
     },
     **{f"clocks.{name}.{field}": _clock_expression(name, field) for name in CLOCK_NAMES for field in CLOCK_FIELDS},
 }
-"""Each fact of GETTERS as a Python expression over `t` (ticket), `now`, `cm` (clock map), `hours`, `h`
-(history) and `tier`: the same value, computed inline (tests/test_escalate_facts.py holds them equal)."""
+"""Each fact of the vocabulary (engine.policy.FACTS) as a Python expression over `t` (ticket), `now`, `cm`
+(clock map), `hours`, `h` (history) and `tier`, computed inline (tests/test_escalate_facts.py holds each equal
+to a plain reading of its definition)."""
 
 _FACT_GLOBALS: dict[str, Any] = {
     "RANK": RANK,
