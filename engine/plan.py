@@ -3,7 +3,9 @@
 The engine's Decision is the desired state; the observed Ticket is what the platform shows now. Writing only
 the difference is what makes the daemon idempotent: the echo of our own write, a second poll of the same ticket
 or a replay after a crash all plan an empty WriteBack. Tags we do not manage (`TagScheme.is_managed`) are never
-touched. The one event-like output, the handoff comment, is planned only when the tier actually changes on the
+touched, and neither are the tags of a clock that is UNKNOWN now (its facts cannot be read this time: the event
+book catching up after a restart, unreadable comments, a missing history row): not knowing is not evidence, so a
+breach tag written earlier stays rather than being removed now and written back once the facts return. The one event-like output, the handoff comment, is planned only when the tier actually changes on the
 platform or the management track newly starts (its tag is not there yet); its idempotency key lets the ledger
 catch any remaining duplicate.
 """
@@ -11,13 +13,18 @@ catch any remaining duplicate.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
 from functools import lru_cache
 
-from engine.model import Decision, Status, TagScheme, TagSignal, Ticket, Tier, WriteBack
+from engine.escalate import signals_for
+from engine.model import Clock, ClockState, Decision, Status, TagScheme, TagSignal, Ticket, Tier, WriteBack
 
 _READ_ONLY = frozenset({Status.CLOSED, Status.DELETED})
 _RANK = {tier: tier.rank for tier in Tier}
 """Tier.rank as a dict: the property parses the enum value on every call, and a plan compares ranks often."""
+_SOME_MOMENT = datetime(2000, 1, 1, tzinfo=UTC)
+"""A breach instant for `_unknown_tags`' hypothetical clock: only whether it is set matters to `signals_for`."""
 
 
 @lru_cache(maxsize=4096)
@@ -35,6 +42,27 @@ def _manages(tags: TagScheme) -> Callable[[str], bool]:
     return tags.matcher()
 
 
+@lru_cache(maxsize=1024)
+def _unknown_tags(tags: TagScheme, clock: Clock) -> frozenset[str]:
+    """The tags an UNKNOWN `clock` could have set when its facts were known: breached or at risk under its own
+    name and tier, or update due for a cadence clock.
+
+    Asking `signals_for` about the clock as if breached and as if at risk keeps one rule for which clock sets
+    which tag (escalate's), instead of a second copy here that could drift from it."""
+    breached = replace(clock, state=ClockState.BREACHED, breached_at=_SOME_MOMENT)
+    at_risk = replace(clock, state=ClockState.AT_RISK)
+    return _render(tags, signals_for((breached, at_risk), False))
+
+
+def _held(decision: Decision, present: frozenset[str], tags: TagScheme) -> frozenset[str]:
+    """The present tags that belong to a clock UNKNOWN now: they stay as they are (kept, never added)."""
+    held: frozenset[str] = frozenset()
+    for clock in decision.clocks:
+        if clock.state is ClockState.UNKNOWN:
+            held |= _unknown_tags(tags, clock) & present
+    return held
+
+
 def plan(decision: Decision, observed: Ticket, tags: TagScheme) -> WriteBack:
     if observed.status in _READ_ONLY:
         # Closed and deleted tickets refuse every update (Zendesk 422, Jira workflows, ServiceNow ACLs); their
@@ -44,7 +72,8 @@ def plan(decision: Decision, observed: Ticket, tags: TagScheme) -> WriteBack:
     present = observed.tags
     add = desired - present
     managed = _manages(tags)
-    remove = frozenset(tag for tag in present if tag not in desired and managed(tag))
+    held = _held(decision, present, tags)
+    remove = frozenset(tag for tag in present if tag not in desired and tag not in held and managed(tag))
     observed_tier = observed.effective_tier
     observed_rank = _RANK[observed_tier]
     target = decision.target_tier
@@ -68,5 +97,5 @@ def plan(decision: Decision, observed: Ticket, tags: TagScheme) -> WriteBack:
         add_tags=add,
         remove_tags=remove,
         comment=comment,
-        tags=desired if add or remove else None,
+        tags=desired | held if add or remove else None,
     )

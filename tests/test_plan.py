@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from engine.escalate import evaluate
-from engine.model import Decision, Flags, Priority, Status, TagScheme, TagSignal, Ticket, Tier, WriteBack
+from engine.model import ClockState, Decision, Flags, Priority, Status, TagScheme, TagSignal, Ticket, Tier, WriteBack
 from engine.plan import plan
 from engine.policy import load_policy
 
@@ -113,6 +113,53 @@ def test_never_lowers_a_tier_the_platform_raised_meanwhile():
     writeback = plan(decision, raised, TAGS)
     assert writeback.tier is None
     assert writeback.comment is None
+
+
+HELD = frozenset(
+    {
+        "esc_breached_first_response",  # SLA clock, by name
+        "esc_customer_update_due",  # the cadence clock's
+        "esc_l2_breached_acknowledgment",  # tier clocks, by name and tier
+        "esc_l2_at_risk_assessment",
+    }
+)
+
+
+def unreadable_history(**changes) -> Ticket:
+    """An L2 ticket whose replies and actions cannot be read this time (e.g. the event book is catching up)."""
+    return ticket(
+        tier=Tier.L2,
+        first_public_reply_at=None,
+        last_public_reply_at=None,
+        last_agent_action_at=None,
+        missing_facts=frozenset({"public_replies", "agent_actions"}),
+        **changes,
+    )
+
+
+def test_the_tags_of_an_unknown_clock_stay_as_they_are():
+    observed = unreadable_history(tags=HELD | {"vip", "esc_at_risk_resolution", "esc_l3_breached_acknowledgment"})
+    decision = evaluate(observed, POLICY, T0 + H)
+    unknown = {(clock.name, clock.tier) for clock in decision.clocks if clock.state is ClockState.UNKNOWN}
+    assert unknown == {
+        ("first_response", None),
+        ("customer_update", None),
+        ("acknowledgment", Tier.L2),
+        ("assessment", Tier.L2),
+    }, "precondition: these four clocks cannot be measured"
+    writeback = plan(decision, observed, TAGS)
+    # Known clocks are planned as ever: resolution is not at risk, and L3's tag names no clock of this ticket.
+    assert writeback.remove_tags == {"esc_at_risk_resolution", "esc_l3_breached_acknowledgment"}
+    assert not writeback.add_tags
+    assert writeback.tags is not None and writeback.tags >= HELD, "a platform writing its tags whole keeps them"
+
+
+def test_an_unknown_clock_neither_removes_nor_adds_its_tags():
+    held = unreadable_history(tags=HELD)
+    decision = evaluate(held, POLICY, T0 + H)
+    assert plan(decision, held, TAGS).is_empty, "the tags written when the facts were known stay"
+    untagged = unreadable_history()
+    assert not plan(evaluate(untagged, POLICY, T0 + H), untagged, TAGS).add_tags & HELD
 
 
 def _decision(current: Tier, target: Tier, signals=frozenset()) -> Decision:
