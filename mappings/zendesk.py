@@ -650,7 +650,8 @@ class _EventHistory:
     comments are customer messages; the creating event's comment is the ticket's description, no reply; a comment
     carrying our marker is our own handoff note. Changes by the system user (triggers) are no agent actions, and
     neither are tag or group changes alone (ours among them): only comments, status and assignee changes are,
-    and none of those in the audit of our own write (`_is_our_write`: the assignee a group move of ours cleared).
+    and none of those in the audit of our own write (`_is_our_write`: the assignee a group move of ours cleared),
+    with or without our note (`_only_our_changes`).
     """
 
     def __init__(self, mapping: ZendeskMapping, rid: str, data: Mapping[str, Any], events: list[Any]) -> None:
@@ -660,6 +661,8 @@ class _EventHistory:
         self.events = events
         config = mapping.config.tier
         self.tier_key = "group_id" if config.mode == "group" else str(config.field_id)
+        self.managed = mapping.tags.matcher()
+        self.option_tags = frozenset(mapping._option_tiers)
 
     def _tier_of(self, value: Any) -> Tier | None:
         if self.tier_key == "group_id":
@@ -668,6 +671,37 @@ class _EventHistory:
             except (TypeError, ValueError):
                 return None
         return self.mapping._option_tiers.get(str(value).lower()) if value is not None else None
+
+    def _only_our_changes(self, children: list[Any]) -> bool:
+        """Whether an audit changes nothing but what our write changes: the tags this daemon manages (one at
+        least: our write's mark when it posts no note), the tier (the group or the tier field, whose option tags
+        come and go with it) and an assignee cleared to nobody (Zendesk's own doing when a group move leaves
+        the assignee outside the new group).
+
+        Such an audit is our write without a note (`adopt = "tag_only"`, a lowering, a tag update), and then
+        nobody acted; or a person changed our tags alone, which acknowledges nothing either. A comment, a
+        status, an assignee picked, any other field or tag: read as before."""
+        ours = False
+        for child in children:
+            if not isinstance(child, MAPPINGS):
+                return False
+            kind = child.get("event_type")
+            if kind not in ("Change", "Comment", "Create"):
+                continue  # notifications, CCs, ...: nobody's action either way
+            if kind != "Change":
+                return False
+            fields = [key for key in child if key not in _CHANGE_DETAIL]
+            if fields == ["tags"]:
+                changed = _changed_tags(child)
+                if changed is None or not all(self.managed(tag) or tag in self.option_tags for tag in changed):
+                    return False
+                ours = ours or any(self.managed(tag) for tag in changed)
+            elif fields == ["assignee_id"]:
+                if child["assignee_id"] is not None:
+                    return False
+            elif fields != [self.tier_key]:
+                return False
+        return ours
 
     def facts(self) -> dict[str, Any] | None:
         timed = []
@@ -693,7 +727,11 @@ class _EventHistory:
         for at, event in timed:
             updater = event.get("updater_id")
             children = event["child_events"]
-            by_agent = updater not in (self.requester, SYSTEM_USER_ID, None) and not _is_our_write(children)
+            by_agent = (
+                updater not in (self.requester, SYSTEM_USER_ID, None)
+                and not _is_our_write(children)
+                and not self._only_our_changes(children)
+            )
             creating = any(isinstance(child, MAPPINGS) and child.get("event_type") == "Create" for child in children)
             for child in children:
                 if not isinstance(child, MAPPINGS):
@@ -758,14 +796,42 @@ def _is_our_write(children: list[Any]) -> bool:
     dated from our store's row (the cycle's `now`, before the audit's `created_at`): the management track's
     acknowledgment was met by our own escalation and never breached. The note, not the updater, identifies
     the audit: the mapping does not know the API user, and a daemon run with a person's credentials would
-    otherwise lose that person's own actions. A write of ours without a note (`adopt = "tag_only"`) is not
-    recognised and counts as before."""
+    otherwise lose that person's own actions. A write of ours without a note (`adopt = "tag_only"`) is recognised
+    by what it changes instead (`_EventHistory._only_our_changes`)."""
     return any(
         isinstance(child, MAPPINGS)
         and child.get("event_type") == "Comment"
         and OUR_MARKER in str(child.get("body") or child.get("plain_body") or "")
         for child in children
     )
+
+
+_CHANGE_DETAIL = frozenset(
+    {"event_type", "previous_value", "added_tags", "removed_tags", "id", "via", "via_reference_id"}
+)
+"""The keys of a Change child event besides the one naming its field."""
+
+
+def _changed_tags(child: Mapping[str, Any]) -> frozenset[str] | None:
+    """The tags a tags Change child event adds or removes: its `added_tags` / `removed_tags` lists when the
+    export gives them, else the difference of `tags` and `previous_value` (lists, as the ticket event export and
+    the Ticket Audits API give them, or space-separated text); None when neither can be read."""
+    added, removed = child.get("added_tags"), child.get("removed_tags")
+    if isinstance(added, list) or isinstance(removed, list):
+        listed = [*(added if isinstance(added, list) else ()), *(removed if isinstance(removed, list) else ())]
+        return frozenset(str(tag).lower() for tag in listed)
+    after, before = _tag_set(child.get("tags")), _tag_set(child.get("previous_value"))
+    return None if after is None or before is None else after ^ before
+
+
+def _tag_set(value: Any) -> frozenset[str] | None:
+    if value is None:
+        return frozenset()
+    if isinstance(value, str):
+        return frozenset(value.lower().split())
+    if isinstance(value, list):
+        return frozenset(str(tag).lower() for tag in value)
+    return None
 
 
 def _comment_extras(events: list[Any], requester: Any) -> tuple[tuple[NoteText, ...], tuple[Attachment, ...]] | None:
