@@ -4,17 +4,17 @@ The engine's Decision is the desired state; the observed Ticket is what the plat
 the difference is what makes the daemon idempotent: the echo of our own write, a second poll of the same ticket
 or a replay after a crash all plan an empty WriteBack. Tags we do not manage (`TagScheme.is_managed`) are never
 touched, and neither are the tags of a clock that is UNKNOWN now (its facts cannot be read this time: the event
-book catching up after a restart, unreadable comments, a missing history row): not knowing is not evidence, so a
-breach tag written earlier stays rather than being removed now and written back once the facts return. The one event-like output, the handoff comment, is planned only when the tier actually changes on the
-platform or the management track newly starts (its tag is not there yet); its idempotency key lets the ledger
-catch any remaining duplicate.
+book catching up after a restart, unreadable comments, a missing history row): not knowing is not evidence, so
+a breach tag written earlier stays rather than being removed now and written back once the facts return. The
+one event-like output, the handoff comment, is planned only when the tier actually changes on the platform or
+the management track newly starts (its tag is not there yet); its idempotency key lets the ledger catch any
+remaining duplicate.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
 from engine.escalate import signals_for
@@ -23,6 +23,8 @@ from engine.model import Clock, ClockState, Decision, Status, TagScheme, TagSign
 _READ_ONLY = frozenset({Status.CLOSED, Status.DELETED})
 _RANK = {tier: tier.rank for tier in Tier}
 """Tier.rank as a dict: the property parses the enum value on every call, and a plan compares ranks often."""
+_UNKNOWN, _BREACHED, _AT_RISK = ClockState.UNKNOWN, ClockState.BREACHED, ClockState.AT_RISK
+_NOTHING: frozenset[str] = frozenset()
 _SOME_MOMENT = datetime(2000, 1, 1, tzinfo=UTC)
 """A breach instant for `_unknown_tags`' hypothetical clock: only whether it is set matters to `signals_for`."""
 
@@ -43,24 +45,19 @@ def _manages(tags: TagScheme) -> Callable[[str], bool]:
 
 
 @lru_cache(maxsize=1024)
-def _unknown_tags(tags: TagScheme, clock: Clock) -> frozenset[str]:
-    """The tags an UNKNOWN `clock` could have set when its facts were known: breached or at risk under its own
-    name and tier, or update due for a cadence clock.
+def _unknown_tags(tags: TagScheme, clocks: tuple[tuple[str, Tier | None], ...]) -> frozenset[str]:
+    """The tags UNKNOWN clocks (name, tier) could have set when their facts were known: breached or at risk
+    under their own name and tier, or update due for a cadence clock.
 
-    Asking `signals_for` about the clock as if breached and as if at risk keeps one rule for which clock sets
-    which tag (escalate's), instead of a second copy here that could drift from it."""
-    breached = replace(clock, state=ClockState.BREACHED, breached_at=_SOME_MOMENT)
-    at_risk = replace(clock, state=ClockState.AT_RISK)
-    return _render(tags, signals_for((breached, at_risk), False))
-
-
-def _held(decision: Decision, present: frozenset[str], tags: TagScheme) -> frozenset[str]:
-    """The present tags that belong to a clock UNKNOWN now: they stay as they are (kept, never added)."""
-    held: frozenset[str] = frozenset()
-    for clock in decision.clocks:
-        if clock.state is ClockState.UNKNOWN:
-            held |= _unknown_tags(tags, clock) & present
-    return held
+    Asking `signals_for` about each clock as if breached and as if at risk keeps one rule for which clock sets
+    which tag (escalate's), instead of a second copy here that could drift from it. Keyed by names and tiers,
+    not by the clocks: a Clock's hash walks all its fields on every call."""
+    zero = timedelta(0)
+    hypothetical = []
+    for name, tier in clocks:
+        hypothetical.append(Clock(name, zero, zero, zero, None, _BREACHED, "", breached_at=_SOME_MOMENT, tier=tier))
+        hypothetical.append(Clock(name, zero, zero, zero, None, _AT_RISK, "", tier=tier))
+    return _render(tags, signals_for(hypothetical, False))
 
 
 def plan(decision: Decision, observed: Ticket, tags: TagScheme) -> WriteBack:
@@ -72,7 +69,10 @@ def plan(decision: Decision, observed: Ticket, tags: TagScheme) -> WriteBack:
     present = observed.tags
     add = desired - present
     managed = _manages(tags)
-    held = _held(decision, present, tags)
+    # The tags of a clock UNKNOWN now stay as they are: kept when present, and never added for it (an UNKNOWN
+    # clock gives no signal; `desired` holds such a tag only on other evidence, e.g. another cadence clock).
+    unknown = tuple((clock.name, clock.tier) for clock in decision.clocks if clock.state is _UNKNOWN)
+    held = _unknown_tags(tags, unknown) & present if unknown else _NOTHING
     remove = frozenset(tag for tag in present if tag not in desired and tag not in held and managed(tag))
     observed_tier = observed.effective_tier
     observed_rank = _RANK[observed_tier]
