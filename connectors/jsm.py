@@ -326,19 +326,24 @@ class JsmConnector:
         page), with their changelogs completed; and the newest `updated` on the page."""
         records: list[RawRecord] = []
         last_updated: int | None = None
+        seen = state.seen
         for issue in body.get("issues") or []:
-            if not isinstance(issue, Mapping):
-                continue
+            # A decoded page's issues are dicts, handed on as they are (the page is not kept); any other Mapping
+            # is copied into one.
+            if type(issue) is not dict:
+                if not isinstance(issue, Mapping):
+                    continue
+                issue = dict(issue)
             key = str(issue.get("key") or issue.get("id") or "")
             updated = _updated_millis(issue)
             if updated is not None:
                 last_updated = max(last_updated or updated, updated)
-            if updated is not None and key:
-                if state.seen.get(key, -1) >= updated:
-                    continue
-                state.seen[key] = updated
-                state.high_water = max(state.high_water or updated, updated)
-            records.append(RawRecord(id=str(issue.get("id") or key), data=dict(issue)))
+                if key:
+                    if seen.get(key, -1) >= updated:
+                        continue
+                    seen[key] = updated
+                    state.high_water = max(state.high_water or updated, updated)
+            records.append(RawRecord(id=str(issue.get("id") or key), data=issue))
         return self._complete_changelogs(records), last_updated
 
     def _search(self, since: int, token: str | None, open_only: bool = False) -> httpx.Response:

@@ -12,7 +12,8 @@ Serves, with the real paths, payloads, paging and error bodies:
   tier option and label edits are recorded, each history `{id, author, created, items: [{field, fieldtype,
   fieldId, from, fromString, to, toString}]}`.
 - the `comment` field: `{comments, self, maxResults, total, startAt}`, ADF bodies, `jsdPublic` (Cloud service
-  projects: false for an internal note), authors with `accountType` ("customer" for portal customers).
+  projects: false for an internal note), authors with `accountType` ("customer" for portal customers); the
+  `attachment` field, always `[]` (the stand-in keeps no files).
 - `PUT /rest/api/3/issue/{idOrKey}`: `fields` (the tier select by `value` or `id`, numbers, text) and `update`
   operations on labels (`add`, `remove`, `set`); 204, or 400 `{"errorMessages": [...], "errors": {...}}`.
 - `POST`/`GET /rest/servicedeskapi/request/{idOrKey}/comment`: public and internal comments, the servicedeskapi
@@ -847,6 +848,9 @@ class JsmSandbox(SandboxApp):
             REVENUE_FIELD: issue.revenue,
             AFFECTED_FIELD: issue.affected,
             "comment": self._comment_field(issue, base),
+            # The stand-in keeps no files; Jira answers an issue without any with an empty list, not by leaving
+            # the field out (issue_get_attachments.json shows a full one, its README the empty one).
+            "attachment": [],
         }
         if issue.priority:
             priority_id = PRIORITIES[issue.priority][0]

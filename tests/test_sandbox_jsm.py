@@ -97,6 +97,36 @@ def test_search_without_fields_returns_ids_only(client: httpx.Client) -> None:
     assert [set(issue) for issue in answer["issues"]] == [{"id"}] * 3
 
 
+def test_attachment_field_is_an_empty_list_when_asked_for(client: httpx.Client) -> None:
+    """Jira answers `attachment: []` for an issue without files (README of tests/fixtures/jsm), by search or by
+    Get issue, when the field is asked for by name or through `*all`; a field not asked for stays out."""
+    asked = search(client, "project = SUP", maxResults=3, fields=["summary", "attachment"]).json()["issues"]
+    assert [issue["fields"]["attachment"] for issue in asked] == [[]] * 3
+    key = asked[0]["key"]
+    assert client.get(f"/rest/api/3/issue/{key}", params={"fields": "attachment"}).json()["fields"] == {
+        "attachment": []
+    }
+    assert client.get(f"/rest/api/3/issue/{key}", params={"fields": "*all"}).json()["fields"]["attachment"] == []
+    not_asked = search(client, "project = SUP", maxResults=3, fields=["summary"]).json()["issues"]
+    assert all("attachment" not in issue["fields"] for issue in not_asked)
+
+
+def test_every_field_the_mapping_reads_is_answered() -> None:
+    """The stand-in answers each field the default mapping asks the search for, as a site that has them does."""
+    from pathlib import Path
+
+    from mappings import load_mapping
+
+    mapping = load_mapping("jsm", Path(__file__).resolve().parent.parent / "mappings" / "jsm.toml")
+    wanted = list(mapping.read_spec().fields)
+    app = JsmSandbox(SimClock(START), seed=3)
+    app.seed_tickets(40)
+    with httpx.Client(transport=app.transport(), base_url=BASE, auth=("bot@acme.example", "token")) as http:
+        issues = search(http, "project = SUP", maxResults=40, fields=wanted).json()["issues"]
+    assert issues
+    assert all(set(issue["fields"]) == set(wanted) for issue in issues)
+
+
 def test_search_filters_on_epoch_millis_and_user_time_zone(client: httpx.Client, clock: SimClock) -> None:
     since = clock.now() - timedelta(hours=12)
     issues, _ = search_all(client, f"project = SUP AND updated >= {int(since.timestamp() * 1000)}", 100)

@@ -30,6 +30,7 @@ from connectors.servicenow import (
     encode_cursor,
     make_auth,
     table_params,
+    with_query,
 )
 from engine.model import Comment, Tier, WriteBack
 from mappings import load_mapping
@@ -185,6 +186,32 @@ def test_task_slas_for_a_page_in_one_query(api, mapping, sleeps) -> None:
     assert len(by_id[ids[1]].related["task_sla"]) == 1
     ticket = mapping.normalize(by_id[ids[0]], "acme-snow")
     assert ticket.platform_slas[0].breached
+
+
+def test_queries_go_out_once_encoded_with_commas_and_carets_raw(api, mapping, sleeps) -> None:
+    """A page's reads and the PATCH carry their query in the URL as one string: the IN list's commas and the
+    carets between conditions as they are, what could end or split a value (`&`, `=`, `#`, `+`, space, `%`)
+    escaped; the platform reads the same parameters as from httpx's own encoding."""
+    poll = api.get("/api/now/table/incident").mock(return_value=reply("incident_poll_page1.json"))
+    slas = api.get("/api/now/table/task_sla").mock(return_value=reply("task_sla_for_page1.json"))
+    patch = api.patch(f"/api/now/table/incident/{RECORD}").mock(return_value=reply("incident_patch_result.json"))
+    snow = connector(mapping, sleeps, sla=True)
+    page = snow.poll(None, NOW)
+    ids = [record.id for record in page.records]
+    raw = slas.calls.last.request.url.query.decode()
+    assert f"sysparm_query=taskIN{','.join(ids)}^ORDERBYsys_id&" in raw
+    assert "%2C" not in raw and "%5E" not in raw
+    assert "%2C" not in poll.calls.last.request.url.query.decode()
+    snow.apply(WriteBack("servicenow", "acme-snow", RECORD, "r", comment=Comment("note", "k")))
+    assert patch.calls.last.request.url.query.decode() == (
+        "sysparm_fields=sys_id,sys_updated_on,sys_mod_count"
+        "&sysparm_display_value=false&sysparm_exclude_reference_link=true"
+    )
+    odd = table_params(sysparm_query="short_descriptionLIKEa&b=c#d+e f%g,h^i>j", sysparm_limit=1)
+    url = httpx.URL(BASE + with_query("/api/now/table/incident", odd))
+    assert dict(url.params) == odd == dict(httpx.Request("GET", BASE, params=odd).url.params)
+    assert url.query.decode().startswith("sysparm_query=short_descriptionLIKEa%26b%3Dc%23d%2Be+f%25g,h^i%3Ej&")
+    assert with_query("/api/now/table/incident", {}) == "/api/now/table/incident"
 
 
 def test_no_task_sla_query_for_an_empty_page(api, mapping, sleeps) -> None:
