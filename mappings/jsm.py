@@ -282,7 +282,9 @@ def adf_to_text(node: Any) -> str:
         return str(attrs.get("text") or attrs.get("shortName") or "")
     if kind in ("inlineCard", "blockCard"):
         return str((node.get("attrs") or {}).get("url", ""))
-    inner = adf_to_text(node.get("content") or [])
+    content = node.get("content")
+    # A node's content is a list of nodes: joined here, one call per child (this runs for every description).
+    inner = "".join([adf_to_text(child) for child in content]) if type(content) is list else adf_to_text(content or [])
     if kind in ("paragraph", "heading", "codeBlock", "listItem", "blockquote", "rule", "mediaSingle"):
         return inner.rstrip("\n") + "\n"
     return inner
@@ -511,7 +513,7 @@ class JsmMapping:
         return {
             "note_texts": _note_texts(history) if self.spec.history.comments else None,
             "attachments": _attachments(str(record.data.get("key") or record.id), fields.get("attachment")),
-            "sentiment": sentiment_from_tags(labels, self.spec.sentiment),
+            "sentiment": sentiment_from_tags(labels, self.spec.sentiment) if self.spec.sentiment.tags else None,
         }
 
     @staticmethod
@@ -561,9 +563,13 @@ class JsmMapping:
             return None
         if not _is_mapping(raw):
             raise NormalizeError(rid, self.spec.tier.field, f"expected a select option, got {raw!r}")
-        for probe in (raw.get("id"), str(raw.get("value", "")).casefold()):
-            if isinstance(probe, str) and probe in self._tier_by_text:
-                return self._tier_by_text[probe]
+        by_text = self._tier_by_text
+        option = raw.get("id")  # the option's id first, then its value
+        if isinstance(option, str) and option in by_text:
+            return by_text[option]
+        value = str(raw.get("value", "")).casefold()
+        if value in by_text:
+            return by_text[value]
         # An option nobody mapped (added in Jira later) is not a tier we know: treat as untiered, not fatal.
         return None
 
