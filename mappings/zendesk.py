@@ -289,6 +289,7 @@ class ZendeskMapping:
             if field is not None or org is not None
         )
         self._segment_tags = tuple(config.segment.tags.items())
+        self._tiers_by_group = config.tier.mode == "group"
         self._reads_events = config.history.ticket_events
 
     # -- what the connector asks ------------------------------------------------------------------------------
@@ -497,11 +498,11 @@ class ZendeskMapping:
                 raise NormalizeError(rid, "priority", f"unknown severity option {option!r} (mapped: {known})")
             return config.field_values[option]
         if value is None:
-            return self.config.priority.default
+            return config.default
         try:
-            return self.config.priority.values[str(value)]
+            return config.values[str(value)]
         except KeyError:
-            known = ", ".join(self.config.priority.values)
+            known = ", ".join(config.values)
             raise NormalizeError(rid, "priority", f"unknown priority {value!r} (mapped: {known})") from None
 
     def _time(self, rid: str, data: Mapping[str, Any], key: str, *, required: bool = False) -> datetime | None:
@@ -556,8 +557,7 @@ class ZendeskMapping:
         return fields
 
     def _tier(self, data: Mapping[str, Any], fields: Mapping[int, Any]) -> Tier | None:
-        config = self.config.tier
-        if config.mode == "group":
+        if self._tiers_by_group:
             group = data.get("group_id")
             if group is None:
                 return None
@@ -565,7 +565,7 @@ class ZendeskMapping:
                 # Read as "no tier", a group id of the wrong type once moved a ticket back to L1.
                 raise NormalizeError(str(data.get("id")), "group_id", f"not an integer: {str(group)[:60]!r}")
             return self._group_tiers.get(group)
-        value = fields.get(config.field_id or 0)
+        value = fields.get(self.config.tier.field_id or 0)
         return self._option_tiers.get(str(value).lower()) if value is not None else None
 
     def _current_status_since(
@@ -582,7 +582,7 @@ class ZendeskMapping:
         if tier is None or metrics is None:
             return None
         stations = metrics.get("group_stations")
-        if self.config.tier.mode == "group" and isinstance(stations, int) and stations <= 1:
+        if self._tiers_by_group and isinstance(stations, int) and stations <= 1:
             return created_at
         assigned = self._time(rid, metrics, "assigned_at")
         return assigned if assigned is not None and assigned >= created_at else None
@@ -627,8 +627,9 @@ class ZendeskMapping:
                 text = str(value)
                 if not self._segment_values:
                     return text
-                if text.lower() in self._segment_values:
-                    return self._segment_values[text.lower()]
+                lowered = text.lower()
+                if lowered in self._segment_values:
+                    return self._segment_values[lowered]
                 # With [segment.values], anything else there (a stray value, an object's toString) is no match.
         if tags:
             for tag, segment in self._segment_tags:
