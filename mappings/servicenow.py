@@ -650,22 +650,14 @@ class _History:
         self.status = status
         self.tier = tier
         self.unavailable = set(normalizer.related.get("history_unavailable") or ())
-        self._read: dict[tuple[str, str], list[tuple[datetime, dict[str, Any]]] | None] = {}
-        self.requester = normalizer.text(self.spec.history.requester_user_name) if self._reads_history else ""
-
-    @property
-    def _reads_history(self) -> bool:
-        return self.spec.history.audit or self.spec.history.journal
+        history = self.spec.history
+        self.requester = normalizer.text(history.requester_user_name) if history.audit or history.journal else ""
+        # The rows are read once, here (the facts and the notes' texts both need the journal).
+        self.audit = self._rows("sys_audit", "user") if history.audit else None
+        self.journal = self._rows("sys_journal_field", "sys_created_by") if history.journal else None
 
     def _rows(self, source: str, author: str) -> list[tuple[datetime, dict[str, Any]]] | None:
-        """The source's rows oldest first with their time, or None when the source is absent or malformed.
-        Read once per record (the facts and the notes' texts both ask for the journal)."""
-        key = (source, author)
-        if key not in self._read:
-            self._read[key] = self._read_rows(source, author)
-        return self._read[key]
-
-    def _read_rows(self, source: str, author: str) -> list[tuple[datetime, dict[str, Any]]] | None:
+        """The source's rows oldest first with their time, or None when the source is absent or malformed."""
         rows = self.n.related.get(source)
         if source in self.unavailable or not isinstance(rows, list):
             return None
@@ -687,8 +679,7 @@ class _History:
         facts: dict[str, Any] = {}
         missing: set[str] = set()
         actions: list[datetime] = []
-        audit = self._rows("sys_audit", "user") if history.audit else None
-        journal = self._rows("sys_journal_field", "sys_created_by") if history.journal else None
+        audit, journal = self.audit, self.journal
         if history.audit:
             if audit is None:
                 missing.update(("status_history", "tier_changes"))
@@ -738,7 +729,7 @@ class _History:
         """The work notes `facts` counts as internal notes, with their text (`value`) for the handoff; None where
         the journal is not read. Attachments (sys_attachment) are not read: no request is added for them."""
         history = self.spec.history
-        journal = self._rows("sys_journal_field", "sys_created_by") if history.journal else None
+        journal = self.journal
         if journal is None:
             return None
         return tuple(
