@@ -134,9 +134,23 @@ def _quoted(value: Any) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
+_EXACT_INT = 2**53
+"""Integers up to this size become floats exactly and never overflow; a larger one goes the checked way."""
+
+
 def finite_number(record_id: str, field: str, value: Any) -> float:
     """A number from a JSON number or its text; NaN and infinities ("1e999" overflows to one) are refused:
     `inf` revenue at risk once started the management track ("revenue at risk inf")."""
+    # Fast paths for what fields hold (a JSON number, or digits as text: ServiceNow counts), the same value
+    # as below; anything else, and any number that is not finite, goes the checked way.
+    if type(value) is float and math.isfinite(value):
+        return value
+    if type(value) is int and -_EXACT_INT <= value <= _EXACT_INT:  # a count, as a JSON integer
+        return float(value)
+    if type(value) is str and value.isascii() and value.isdigit():
+        number = float(value)
+        if math.isfinite(number):
+            return number
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise NormalizeError(record_id, field, f"not a number: {_quoted(value)}")
     try:

@@ -25,7 +25,7 @@ import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
@@ -73,6 +73,15 @@ _BOOLEAN_FLAGS = (
     "vendor_dependency",
     "customer_requested",
 )
+_NUMBER_FLAGS: tuple[tuple[str, type], ...] = (
+    ("revenue_at_risk", float),
+    ("affected_customers", int),
+    ("linked_incidents", int),
+    ("reopen_count", int),
+)
+_STR_TYPE = frozenset({str})
+_UNREAD = object()
+"""A value not read yet (`_History._comments`)."""
 
 
 def _check_field_id(value: str) -> str:
@@ -215,9 +224,25 @@ class JsmMappingFile(Strict):
 # ---- value readers ---------------------------------------------------------------------------------------
 
 
+def _is_mapping(value: Any) -> bool:
+    """`isinstance(value, MAPPINGS)`, with the JSON cases (a dict, null) answered before the abstract-class test,
+    which is the slow part and which the normalizer would otherwise pay for every null or text it looks at."""
+    return type(value) is dict or (value is not None and isinstance(value, MAPPINGS))
+
+
 def parse_jira_time(value: Any, record_id: str, field: str) -> datetime:
-    """`2015-11-21T07:03:02.000-0500` (or a JSM date object) -> aware UTC; anything else: NormalizeError."""
-    if isinstance(value, MAPPINGS) and "epochMillis" in value:
+    """`2015-11-21T07:03:02.000-0500` (or a JSM date object) -> aware UTC; anything else: NormalizeError.
+
+    The text is tested first: for a string, the abstract-class test of a mapping is the slowest step."""
+    if type(value) is str:
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise NormalizeError(record_id, field, f"not a timestamp: {value!r}") from None
+        if parsed.tzinfo is None:
+            raise NormalizeError(record_id, field, f"timestamp without a UTC offset: {value!r}")
+        return parsed.astimezone(UTC)
+    if _is_mapping(value) and "epochMillis" in value:
         return from_epoch_millis(value["epochMillis"], record_id, field)
     if not isinstance(value, str):
         raise NormalizeError(record_id, field, f"expected a timestamp, got {type(value).__name__}")
@@ -231,21 +256,22 @@ def parse_jira_time(value: Any, record_id: str, field: str) -> datetime:
 
 
 def from_epoch_millis(value: Any, record_id: str, field: str) -> datetime:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if type(value) is not int and (isinstance(value, bool) or not isinstance(value, (int, float))):
         raise NormalizeError(record_id, field, f"epochMillis is not a number: {value!r}")
     return datetime.fromtimestamp(value / 1000, UTC)
 
 
 def adf_to_text(node: Any) -> str:
     """Plain text of an Atlassian Document Format tree (v3) or a plain string (v2); blocks end a line."""
-    if node is None:
-        return ""
-    if isinstance(node, str):
-        return node
-    if isinstance(node, list):
-        return "".join(adf_to_text(child) for child in node)
-    if not isinstance(node, MAPPINGS):
-        return ""
+    if type(node) is not dict:  # a node is an object (a dict) but for the document's lists and a v2 string
+        if node is None:
+            return ""
+        if isinstance(node, str):
+            return node
+        if isinstance(node, list):
+            return "".join([adf_to_text(child) for child in node])
+        if not isinstance(node, MAPPINGS):
+            return ""
     kind = node.get("type")
     if kind == "text":
         return str(node.get("text", ""))
@@ -256,7 +282,9 @@ def adf_to_text(node: Any) -> str:
         return str(attrs.get("text") or attrs.get("shortName") or "")
     if kind in ("inlineCard", "blockCard"):
         return str((node.get("attrs") or {}).get("url", ""))
-    inner = adf_to_text(node.get("content") or [])
+    content = node.get("content")
+    # A node's content is a list of nodes: joined here, one call per child (this runs for every description).
+    inner = "".join([adf_to_text(child) for child in content]) if type(content) is list else adf_to_text(content or [])
     if kind in ("paragraph", "heading", "codeBlock", "listItem", "blockquote", "rule", "mediaSingle"):
         return inner.rstrip("\n") + "\n"
     return inner
@@ -264,7 +292,7 @@ def adf_to_text(node: Any) -> str:
 
 def user_ref(user: Any) -> str | None:
     """Cloud users are identified by accountId; Server/Data Center users by name (or key)."""
-    if not isinstance(user, MAPPINGS):
+    if not _is_mapping(user):
         return None
     for key in ("accountId", "name", "key", "emailAddress"):
         value = user.get(key)
@@ -285,7 +313,7 @@ def field_texts(value: Any) -> list[str]:
         return [str(value)]
     if isinstance(value, list):
         return [text for item in value for text in field_texts(item)]
-    if isinstance(value, MAPPINGS):
+    if _is_mapping(value):
         for key in ("value", "name", "displayName", "key", "id"):
             item = value.get(key)
             if isinstance(item, str) and item:
@@ -311,6 +339,35 @@ class JsmMapping:
             self._tier_by_text[option.value.casefold()] = tier
             if option.id:
                 self._tier_by_text[option.id] = tier
+        # The rest of the file read once into plain values: normalize runs for every polled issue (issue 14).
+        # Boolean flags: (name, casefolded labels, field, casefolded values); those read from labels alone are
+        # answered together (an issue with none of their labels, most issues, skips the per-flag tests).
+        rules = tuple(
+            (
+                name,
+                frozenset(label.casefold() for label in rule.labels),
+                rule.field,
+                [v.casefold() for v in rule.values],
+            )
+            for name in _BOOLEAN_FLAGS
+            if (rule := getattr(spec.flags, name)) is not None
+        )
+        self._label_flags = tuple((name, labels) for name, labels, field, _ in rules if field is None)
+        self._label_flag_names = tuple(name for name, _ in self._label_flags)
+        self._label_flag_labels = frozenset().union(*(labels for _, labels in self._label_flags))
+        self._field_flags = tuple(rule for rule in rules if rule[2] is not None)
+        self._unset_flags = dict.fromkeys((name for name in _BOOLEAN_FLAGS if getattr(spec.flags, name) is None), False)
+        # Number flags: (name, kind, field).
+        self._number_rules = tuple(
+            (name, kind, rule.field) for name, kind in _NUMBER_FLAGS if (rule := getattr(spec.flags, name)) is not None
+        )
+        self._sla_fields = tuple(_SlaField.of(field_id, name) for field_id, name in spec.sla.fields.items())
+        first = spec.sla.first_response
+        self._first_response_field = next((fid for fid, name in spec.sla.fields.items() if name == first), None)
+        # Text fields: (field id, casefolded raw value -> model value), or None when the mapping names no field.
+        self._segment_ref = _text_ref(spec.segment)
+        self._organization_ref = _text_ref(spec.organization)
+        self._group_ref = _text_ref(spec.assignee_group)
 
     # -- what the connector needs -------------------------------------------------------------------------
 
@@ -387,7 +444,7 @@ class JsmMapping:
         data = record.data
         rid = str(data.get("key") or record.id)
         fields = data.get("fields")
-        if not isinstance(fields, MAPPINGS):
+        if not _is_mapping(fields):
             raise NormalizeError(rid, "fields", "missing or not an object")
         issue_id = data.get("id")
         key = data.get("key")
@@ -397,8 +454,12 @@ class JsmMapping:
         if not isinstance(summary, str):
             raise NormalizeError(rid, "summary", "missing")
         labels = fields.get("labels") or []
-        if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+        # The exact types first (one C call); only a list holding other types is checked label by label.
+        if not isinstance(labels, list) or (
+            not set(map(type, labels)) <= _STR_TYPE and not all(isinstance(label, str) for label in labels)
+        ):
             raise NormalizeError(rid, "labels", "not a list of strings")
+        tags = frozenset(labels)
         status = self._status(rid, fields)
         created_at = parse_jira_time(self._required(rid, fields, "created"), rid, "created")
         updated_at = parse_jira_time(self._required(rid, fields, "updated"), rid, "updated")
@@ -411,7 +472,8 @@ class JsmMapping:
         slas = self._slas(rid, fields)
         first_reply = self._first_reply(rid, fields)
         tier = self._tier(rid, fields)
-        history = _History(self, record, fields, created_at, status, tier).facts()
+        reader = _History(self, record, fields, created_at, status, tier)
+        history = reader.facts()
         times = summary_times(history)
         return Ticket(
             platform=PLATFORM,
@@ -431,36 +493,27 @@ class JsmMapping:
             last_agent_action_at=times.get("last_agent_action_at"),
             solved_at=solved_at,
             requester=user_ref(fields.get("reporter")),
-            organization=self._text(fields, self.spec.organization),
+            organization=self._text(fields, self._organization_ref),
             segment=self._segment(fields),
-            tags=frozenset(labels),
-            assignee_group=self._text(fields, self.spec.assignee_group),
+            tags=tags,
+            assignee_group=self._text(fields, self._group_ref),
             tier=tier,
             tier_entered_at=tier_entry(history.get("tier_changes"), tier),
             flags=self._flags(rid, fields, labels),
             platform_slas=slas,
             revision=str(fields["updated"]) if isinstance(fields["updated"], str) else updated_at.isoformat(),
             **history,
-            **self._handoff_facts(record, fields, created_at, status, tier, frozenset(labels)),
+            **self._handoff_facts(reader, record, fields, tags),
         )
 
     def _handoff_facts(
-        self,
-        record: RawRecord,
-        fields: Mapping[str, Any],
-        created: datetime,
-        status: Status,
-        tier: Tier | None,
-        labels: frozenset[str],
+        self, history: _History, record: RawRecord, fields: Mapping[str, Any], labels: frozenset[str]
     ) -> dict[str, Any]:
         """The handoff form's facts: internal notes' texts, the `attachment` field, the sentiment label."""
-        notes = (
-            _note_texts(_History(self, record, fields, created, status, tier)) if self.spec.history.comments else None
-        )
         return {
-            "note_texts": notes,
+            "note_texts": _note_texts(history) if self.spec.history.comments else None,
             "attachments": _attachments(str(record.data.get("key") or record.id), fields.get("attachment")),
-            "sentiment": sentiment_from_tags(labels, self.spec.sentiment),
+            "sentiment": sentiment_from_tags(labels, self.spec.sentiment) if self.spec.sentiment.tags else None,
         }
 
     @staticmethod
@@ -474,7 +527,7 @@ class JsmMapping:
         raw = fields.get("priority")
         if raw is None:
             return self.spec.priority.default
-        name = raw.get("name") if isinstance(raw, MAPPINGS) else raw
+        name = raw.get("name") if _is_mapping(raw) else raw
         if not isinstance(name, str):
             raise NormalizeError(rid, "priority", f"unreadable priority {raw!r}")
         found = self._priorities.get(name.casefold())
@@ -484,13 +537,13 @@ class JsmMapping:
 
     def _status(self, rid: str, fields: Mapping[str, Any]) -> Status:
         raw = fields.get("status")
-        if not isinstance(raw, MAPPINGS) or not isinstance(raw.get("name"), str):
+        if not _is_mapping(raw) or not isinstance(raw.get("name"), str):
             raise NormalizeError(rid, "status", "missing or without a name")
         by_name = self._status_names.get(raw["name"].casefold())
         if by_name is not None:
             return by_name
         category = raw.get("statusCategory")
-        category_key = category.get("key") if isinstance(category, MAPPINGS) else None
+        category_key = category.get("key") if _is_mapping(category) else None
         found = self.spec.status.categories.get(category_key) if isinstance(category_key, str) else None
         if found is None and category is None:  # Jira Server 5.x: statuses carry no statusCategory
             raise NormalizeError(
@@ -508,90 +561,70 @@ class JsmMapping:
         raw = fields.get(self.spec.tier.field)
         if raw is None:
             return None
-        if not isinstance(raw, MAPPINGS):
+        if not _is_mapping(raw):
             raise NormalizeError(rid, self.spec.tier.field, f"expected a select option, got {raw!r}")
-        for probe in (raw.get("id"), str(raw.get("value", "")).casefold()):
-            if isinstance(probe, str) and probe in self._tier_by_text:
-                return self._tier_by_text[probe]
+        by_text = self._tier_by_text
+        option = raw.get("id")  # the option's id first, then its value
+        if isinstance(option, str) and option in by_text:
+            return by_text[option]
+        value = str(raw.get("value", "")).casefold()
+        if value in by_text:
+            return by_text[value]
         # An option nobody mapped (added in Jira later) is not a tier we know: treat as untiered, not fatal.
         return None
 
     @staticmethod
-    def _text(fields: Mapping[str, Any], ref: FieldRef | None) -> str | None:
+    def _text(fields: Mapping[str, Any], ref: tuple[str, dict[str, str]] | None) -> str | None:
         if ref is None:
             return None
-        texts = field_texts(fields.get(ref.field))
+        texts = field_texts(fields.get(ref[0]))
         if not texts:
             return None
         text = texts[0]
-        translations = {raw.casefold(): value for raw, value in ref.values.items()}
-        return translations.get(text.casefold(), text)
+        return ref[1].get(text.casefold(), text)
 
     def _segment(self, fields: Mapping[str, Any]) -> str | None:
         """With [segment.values], a value not listed there is no segment: the field may hold anything (a Java
         toString of an approvals object on some Server sites), never to be passed through as a segment."""
-        ref = self.spec.segment
-        if ref is None or not ref.values:
+        ref = self._segment_ref
+        if ref is None or not ref[1]:
             return self._text(fields, ref)
-        known = {raw.casefold(): value for raw, value in ref.values.items()}
+        field, known = ref
         return next(
-            (known[text.casefold()] for text in field_texts(fields.get(ref.field)) if text.casefold() in known), None
+            (known[text.casefold()] for text in field_texts(fields.get(field)) if text.casefold() in known), None
         )
 
     def _flags(self, rid: str, fields: Mapping[str, Any], labels: list[str]) -> Flags:
-        spec = self.spec.flags
-        present = {label.casefold() for label in labels}
-        values: dict[str, Any] = {}
-        for name in _BOOLEAN_FLAGS:
-            values[name] = self._flag(rid, name, getattr(spec, name), fields, present)
-        for name, kind in (
-            ("revenue_at_risk", float),
-            ("affected_customers", int),
-            ("linked_incidents", int),
-            ("reopen_count", int),
-        ):
-            rule = getattr(spec, name)
-            if rule is not None:
-                values[name] = _number(rid, rule.field, fields.get(rule.field), kind)
+        present = {label.casefold() for label in labels} if labels else set()
+        if present.isdisjoint(self._label_flag_labels):
+            values: dict[str, Any] = dict.fromkeys(self._label_flag_names, False)
+        else:
+            values = {name: not rule_labels.isdisjoint(present) for name, rule_labels in self._label_flags}
+        values.update(self._unset_flags)
+        for name, rule_labels, field, wanted in self._field_flags:
+            values[name] = not rule_labels.isdisjoint(present) or _field_flag(rid, field, fields.get(field), wanted)
+        for name, kind, field in self._number_rules:
+            values[name] = _number(rid, field, fields.get(field), kind)
         return Flags(**values)
-
-    @staticmethod
-    def _flag(rid: str, name: str, rule: FlagRule | None, fields: Mapping[str, Any], labels: set[str]) -> bool:
-        if rule is None:
-            return False
-        if any(label.casefold() in labels for label in rule.labels):
-            return True
-        if rule.field is None:
-            return False
-        raw = fields.get(rule.field)
-        if not rule.values and isinstance(raw, (bool, int, float, str)):
-            # A scalar (a boolean, number or text field) reads through the documented true/false texts: "false"
-            # or 0 must not count as "a value is set". Options, users and arrays still mean "set when present".
-            return truth(rid, rule.field, raw)
-        texts = [text.casefold() for text in field_texts(fields.get(rule.field))]
-        if not rule.values:
-            return bool(texts)
-        return any(value.casefold() in texts for value in rule.values)
 
     def _slas(self, rid: str, fields: Mapping[str, Any]) -> tuple[PlatformSla, ...]:
         found = []
-        for field_id, name in self.spec.sla.fields.items():
-            sla = _sla(rid, field_id, name, fields.get(field_id))
+        for field in self._sla_fields:
+            sla = _sla(rid, field, fields.get(field.field_id))
             if sla is not None:
                 found.append(sla)
         return tuple(found)
 
     def _first_reply(self, rid: str, fields: Mapping[str, Any]) -> datetime | None:
         """The first stop of the first-response SLA is when the first public reply went out."""
-        name = self.spec.sla.first_response
-        if name is None:
+        field_id = self._first_response_field
+        if field_id is None:
             return None
-        field_id = next(fid for fid, sla_name in self.spec.sla.fields.items() if sla_name == name)
         raw = fields.get(field_id)
-        if not isinstance(raw, MAPPINGS):
+        if not _is_mapping(raw):
             return None
         cycles = raw.get("completedCycles") or []
-        if not cycles or not isinstance(cycles[0], MAPPINGS) or "stopTime" not in cycles[0]:
+        if not cycles or not _is_mapping(cycles[0]) or "stopTime" not in cycles[0]:
             return None
         return parse_jira_time(cycles[0]["stopTime"], rid, f"{field_id}.completedCycles[0].stopTime")
 
@@ -626,16 +659,17 @@ class _History:
         self.tier = tier
         self.reporter = user_ref(fields.get("reporter"))
         raw_status = fields.get("status")
-        self.status_name = raw_status.get("name") if isinstance(raw_status, MAPPINGS) else None
+        self.status_name = raw_status.get("name") if _is_mapping(raw_status) else None
+        self._read_comments: Any = _UNREAD
 
     def _is_agent(self, user: Any) -> bool:
         """A person on the support side: not a customer, and not an app (Automation for Jira, integrations)."""
-        if isinstance(user, MAPPINGS) and user.get("accountType") == "app":
+        if _is_mapping(user) and user.get("accountType") == "app":
             return False
         return user is not None and not self._is_customer(user)
 
     def _is_customer(self, user: Any) -> bool:
-        if isinstance(user, MAPPINGS) and user.get("accountType") == "customer":
+        if _is_mapping(user) and user.get("accountType") == "customer":
             return True
         return user_ref(user) is not None and user_ref(user) == self.reporter
 
@@ -698,7 +732,7 @@ class _History:
             histories = self.record.related["changelog"]
         else:
             embedded = self.record.data.get("changelog")
-            if not isinstance(embedded, MAPPINGS):
+            if not _is_mapping(embedded):
                 return None
             histories = embedded.get("histories")
             if not isinstance(histories, list) or embedded.get("total", len(histories)) != len(histories):
@@ -707,14 +741,14 @@ class _History:
             return None
         found = []
         for history in histories:
-            if not isinstance(history, MAPPINGS) or not isinstance(history.get("items"), list):
+            if not _is_mapping(history) or not isinstance(history.get("items"), list):
                 return None
             try:
                 at = parse_jira_time(history.get("created"), self.rid, "changelog.created")
             except NormalizeError:
                 return None
             for item in history["items"]:
-                if not isinstance(item, MAPPINGS):
+                if not _is_mapping(item):
                     return None
                 found.append((at, history.get("author"), item))
         found.sort(key=lambda change: change[0])
@@ -784,16 +818,22 @@ class _History:
         return tuple(result)
 
     def _comments(self) -> list[tuple[datetime, Any, bool | None, bool]] | None:
-        """(time, author, public or None when the platform does not say, ours) per comment; None when cut off."""
+        """(time, author, public or None when the platform does not say, ours) per comment; None when cut off.
+        Read once per issue (the facts and the notes' texts both ask)."""
+        if self._read_comments is _UNREAD:
+            self._read_comments = self._read_comment_field()
+        return self._read_comments
+
+    def _read_comment_field(self) -> list[tuple[datetime, Any, bool | None, bool]] | None:
         raw = self.fields.get("comment")
-        if not isinstance(raw, MAPPINGS) or not isinstance(raw.get("comments"), list):
+        if not _is_mapping(raw) or not isinstance(raw.get("comments"), list):
             return None
         comments = raw["comments"]
         if raw.get("total", len(comments)) != len(comments):
             return None
         found = []
         for comment in comments:
-            if not isinstance(comment, MAPPINGS):
+            if not _is_mapping(comment):
                 return None
             try:
                 at = parse_jira_time(comment.get("created"), self.rid, "comment.created")
@@ -810,7 +850,7 @@ def _note_texts(history: _History) -> tuple[NoteText, ...] | None:
     """The internal notes `_History.facts` counts (agents' comments with `jsdPublic` false, ours left out) with
     their text; None when the comments are cut off or do not say which are public."""
     raw = history.fields.get("comment")
-    if history._comments() is None or not isinstance(raw, MAPPINGS):
+    if history._comments() is None or not _is_mapping(raw):
         return None
     notes = []
     for comment in raw["comments"]:
@@ -833,7 +873,7 @@ def _attachments(rid: str, value: Any) -> tuple[Attachment, ...] | None:
         return None
     files = []
     for item in value:
-        if not isinstance(item, MAPPINGS) or not isinstance(item.get("content"), str):
+        if not _is_mapping(item) or not isinstance(item.get("content"), str):
             return None
         try:
             at = parse_jira_time(item["created"], rid, "attachment.created") if item.get("created") else None
@@ -843,10 +883,29 @@ def _attachments(rid: str, value: Any) -> tuple[Attachment, ...] | None:
     return tuple(sorted(files, key=lambda item: item.at or datetime.min.replace(tzinfo=UTC)))
 
 
+def _text_ref(ref: FieldRef | None) -> tuple[str, dict[str, str]] | None:
+    """A text field as `JsmMapping._text` reads it: its id and its translations, casefolded once at load."""
+    if ref is None:
+        return None
+    return ref.field, {raw.casefold(): value for raw, value in ref.values.items()}
+
+
+def _field_flag(rid: str, field: str, raw: Any, wanted: list[str]) -> bool:
+    """Whether a flag's field sets it: one of `wanted` (casefolded) among its texts, or with no values listed, a
+    true scalar (through the documented true/false texts: "false" or 0 must not count as "a value is set") or
+    any option, user or array present."""
+    if not wanted and isinstance(raw, (bool, int, float, str)):
+        return truth(rid, field, raw)
+    texts = [text.casefold() for text in field_texts(raw)]
+    if not wanted:
+        return bool(texts)
+    return any(value in texts for value in wanted)
+
+
 def _number(rid: str, field: str, value: Any, kind: type) -> Any:
     if value is None:
         return kind(0)
-    if isinstance(value, MAPPINGS):  # a select whose option values are numbers
+    if _is_mapping(value):  # a select whose option values are numbers
         texts = field_texts(value)
         value = texts[0] if texts else None
         if value is None:
@@ -857,51 +916,79 @@ def _number(rid: str, field: str, value: Any, kind: type) -> Any:
 def _millis(rid: str, where: str, value: Any) -> timedelta | None:
     if value is None:
         return None
-    if not isinstance(value, MAPPINGS) or isinstance(value.get("millis"), bool):
+    if not _is_mapping(value) or isinstance(value.get("millis"), bool):
         raise NormalizeError(rid, where, f"expected {{millis, friendly}}, got {value!r}")
     millis = value.get("millis")
-    if not isinstance(millis, (int, float)):
+    if type(millis) is not int and not isinstance(millis, (int, float)):
         raise NormalizeError(rid, where, f"millis is not a number: {millis!r}")
     return timedelta(milliseconds=millis)
 
 
-def _sla(rid: str, field_id: str, name: str, raw: Any) -> PlatformSla | None:
+class _SlaField(NamedTuple):
+    """An SLA field, its clock's name and the names its parts have in error messages, built once at load."""
+
+    field_id: str
+    name: str
+    completed_cycles: str
+    ongoing_cycle: str
+    ongoing_breach: str
+    ongoing_remaining: str
+    completed_breach: str
+    completed_remaining: str
+
+    @classmethod
+    def of(cls, field_id: str, name: str) -> _SlaField:
+        return cls(
+            field_id,
+            name,
+            f"{field_id}.completedCycles",
+            f"{field_id}.ongoingCycle",
+            f"{field_id}.ongoingCycle.breachTime",
+            f"{field_id}.ongoingCycle.remainingTime",
+            f"{field_id}.completedCycles.breachTime",
+            f"{field_id}.completedCycles.remainingTime",
+        )
+
+
+def _sla(rid: str, field: _SlaField, raw: Any) -> PlatformSla | None:
     """One JSM SLA field -> PlatformSla; None when the SLA does not apply (null, or no cycles at all)."""
     if raw is None:
         return None
-    if not isinstance(raw, MAPPINGS):
-        raise NormalizeError(rid, field_id, f"expected an SLA object, got {type(raw).__name__}")
+    if not _is_mapping(raw):
+        raise NormalizeError(rid, field.field_id, f"expected an SLA object, got {type(raw).__name__}")
     ongoing = raw.get("ongoingCycle")
     completed = raw.get("completedCycles") or []
     if not isinstance(completed, list):
-        raise NormalizeError(rid, f"{field_id}.completedCycles", "not a list")
-    if isinstance(ongoing, MAPPINGS):
+        raise NormalizeError(rid, field.completed_cycles, "not a list")
+    if _is_mapping(ongoing):
         due_at = None
-        if isinstance(ongoing.get("breachTime"), Mapping):
-            due_at = parse_jira_time(ongoing["breachTime"], rid, f"{field_id}.ongoingCycle.breachTime")
+        breach = ongoing.get("breachTime")
+        if type(breach) is dict or isinstance(breach, Mapping):
+            due_at = parse_jira_time(breach, rid, field.ongoing_breach)
         return PlatformSla(
-            name=name,
+            name=field.name,
             breached=bool(ongoing.get("breached")) or any(bool(c.get("breached")) for c in completed),
             paused=bool(ongoing.get("paused")),
-            remaining=_millis(rid, f"{field_id}.ongoingCycle.remainingTime", ongoing.get("remainingTime")),
+            remaining=_millis(rid, field.ongoing_remaining, ongoing.get("remainingTime")),
             due_at=due_at,
             completed=False,
         )
     if ongoing is not None:
-        raise NormalizeError(rid, f"{field_id}.ongoingCycle", "not an object")
+        raise NormalizeError(rid, field.ongoing_cycle, "not an object")
     if not completed:
         return None
     last = completed[-1]
-    if not isinstance(last, MAPPINGS):
-        raise NormalizeError(rid, f"{field_id}.completedCycles", "cycle is not an object")
+    if not _is_mapping(last):
+        raise NormalizeError(rid, field.completed_cycles, "cycle is not an object")
     due_at = None
-    if isinstance(last.get("breachTime"), Mapping):
-        due_at = parse_jira_time(last["breachTime"], rid, f"{field_id}.completedCycles.breachTime")
+    breach = last.get("breachTime")
+    if type(breach) is dict or isinstance(breach, Mapping):
+        due_at = parse_jira_time(breach, rid, field.completed_breach)
     return PlatformSla(
-        name=name,
-        breached=any(isinstance(c, MAPPINGS) and bool(c.get("breached")) for c in completed),
+        name=field.name,
+        breached=any(_is_mapping(c) and bool(c.get("breached")) for c in completed),
         paused=False,
-        remaining=_millis(rid, f"{field_id}.completedCycles.remainingTime", last.get("remainingTime")),
+        remaining=_millis(rid, field.completed_remaining, last.get("remainingTime")),
         due_at=due_at,
         completed=True,
     )

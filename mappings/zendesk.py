@@ -42,6 +42,7 @@ safe update (https://developer.zendesk.com/documentation/ticketing/managing-tick
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -102,6 +103,8 @@ _EVENT_FACTS = ("public_replies", "agent_actions", "tier_changes", "internal_not
 """What the ticket events give; absent (missing) for a ticket whose events were not all seen."""
 _MISSING_EVENT_FACTS = frozenset(_EVENT_FACTS)
 """The same set for every ticket without its events (one object, not one per ticket)."""
+_NO_EVENT_FACTS: dict[str, Any] = {"missing_facts": _MISSING_EVENT_FACTS}
+"""The history facts of a ticket without its events: one dict, never changed."""
 _BOOL_FLAGS = (
     "churn_threat",
     "public_complaint",
@@ -226,6 +229,8 @@ class ZendeskMappingFile(Strict):
 
 
 _STR_TYPE = frozenset({str})
+_NOTHING: Mapping[str, Any] = {}
+"""An absent object, read as empty: one shared dict, never changed."""
 
 
 def parse_time(value: Any) -> datetime:
@@ -262,9 +267,30 @@ class ZendeskMapping:
             for name in _BOOL_FLAGS
             if (rule := getattr(config.flags, name)) is not None
         )
-        self._number_rules = tuple(
-            (name, kind, getattr(config.flags, name), f"flags.{name}") for name, kind in _NUMBER_FLAGS
+        # (name, whole number?, custom field, organization field, where, from the metric set's `reopens`): the
+        # sources of each number flag; the reopen count comes from `reopens` when the mapping names none.
+        self._number_sources = tuple(
+            (name, kind is int, rule.custom_field, rule.org_field, f"flags.{name}", False)
+            if (rule := getattr(config.flags, name)) is not None
+            else (name, True, None, None, f"flags.{name}", True)
+            for name, kind in _NUMBER_FLAGS
+            if getattr(config.flags, name) is not None or name == "reopen_count"
         )
+        # Flags read from tags alone never fail: all of them are answered at once, and a ticket carrying none
+        # of their tags (most tickets) skips the per-flag tests.
+        self._tag_flags = tuple(
+            (name, tags) for name, tags, field, org, _ in self._flag_rules if field is None and org is None
+        )
+        self._tag_flag_names = tuple(name for name, _ in self._tag_flags)
+        self._tag_flag_tags = frozenset().union(*(tags for _, tags in self._tag_flags))
+        self._field_flags = tuple(
+            (f"flags.{name}", name, tags, field, org, wanted)
+            for name, tags, field, org, wanted in self._flag_rules
+            if field is not None or org is not None
+        )
+        self._segment_tags = tuple(config.segment.tags.items())
+        self._tiers_by_group = config.tier.mode == "group"
+        self._reads_events = config.history.ticket_events
 
     # -- what the connector asks ------------------------------------------------------------------------------
 
@@ -321,16 +347,26 @@ class ZendeskMapping:
     # -- normalize --------------------------------------------------------------------------------------------
 
     def normalize(self, record: RawRecord, instance: str) -> Ticket:
+        """The Ticket of one export record; NormalizeError names the first field that cannot be read.
+
+        Runs for every polled ticket (issue 14): the common shapes (a dict, an integer id, a known status, a
+        `Z` timestamp) take a fast path and anything else goes the checked way, which finds the same value or
+        raises the same error. The checks run in the order the fields are listed here."""
         data = record.data
+        related = record.related
+        ticket_id = data.get("id")
         rid = str(data.get("id", record.id))
-        if not isinstance(data.get("id"), int) or isinstance(data.get("id"), bool):
-            raise NormalizeError(rid, "id", f"missing or not an integer: {data.get('id')!r}")
-        status = self._status(rid, data.get("status"))
+        if type(ticket_id) is not int:  # a bool is not an int here
+            raise NormalizeError(rid, "id", f"missing or not an integer: {ticket_id!r}")
+        raw_status = data.get("status")
+        status = STATUSES.get(raw_status) if type(raw_status) is str else None
+        if status is None:
+            status = self._status(rid, raw_status)
         created_at = self._time(rid, data, "created_at", required=True)
         updated_at = self._time(rid, data, "updated_at", required=True)
         assert created_at is not None and updated_at is not None
-        organization = record.related.get("organization") or None
-        metrics = record.related.get("metric_set") or None
+        organization = related.get("organization") or None
+        metrics = related.get("metric_set") or None
         # `type(...) is dict` first: the abstract-class check costs more than the rest of the test.
         if metrics is not None and type(metrics) is not dict and not isinstance(metrics, Mapping):
             raise NormalizeError(rid, "metric_set", "sideloaded metric set is not an object")
@@ -338,11 +374,24 @@ class ZendeskMapping:
             raise NormalizeError(rid, "organization", "sideloaded organization is not an object")
         tags = self._tags(rid, data.get("tags"))
         fields = self._custom_fields(rid, data.get("custom_fields"))
-        org_fields = (organization or {}).get("organization_fields") or {}
+        org_fields = (organization.get("organization_fields") if organization is not None else None) or {}
         tier = self._tier(data, fields)
         first_reply, last_reply, last_agent, solved_at, reopens = self._metric_times(rid, metrics, created_at)
-        history = self._history(rid, data, record, created_at, updated_at)
-        times = summary_times(history)
+        events = self._complete_events(record, created_at, updated_at) if self._reads_events else None
+        history = self._history(rid, data, events)
+        times = summary_times(history) if events is not None else {}
+        priority = self._priority(rid, data.get("priority"), fields)
+        organization_name = self._organization(data, organization)
+        segment = self._segment(tags, org_fields)
+        tier_entered_at = tier_entry(history.get("tier_changes"), tier) or self._tier_entered_at(
+            rid, tier, metrics, created_at
+        )
+        status_history = history.get("status_history") or self._current_status_since(rid, status, metrics)
+        flags = self._flags(rid, tags, fields, org_fields, reopens)
+        if events is not None:
+            # A complete event history (rare on an export page): its facts, the notes' texts and attachments.
+            history = {key: value for key, value in history.items() if key != "status_history"}
+            history.update(self._handoff_facts(data, events))
         return Ticket(
             platform=PLATFORM,
             instance=instance,
@@ -351,7 +400,7 @@ class ZendeskMapping:
             url=self._agent_url(data.get("url"), rid),
             subject=str(data.get("subject") or data.get("raw_subject") or ""),
             status=status,
-            priority=self._priority(rid, data.get("priority"), fields),
+            priority=priority,
             created_at=created_at,
             updated_at=updated_at,
             description=str(data.get("description") or ""),
@@ -360,37 +409,26 @@ class ZendeskMapping:
             last_agent_action_at=times.get("last_agent_action_at", last_agent),
             solved_at=solved_at,
             requester=_id_text(data.get("requester_id")),
-            organization=self._organization(data, organization),
-            segment=self._segment(tags, org_fields),
+            organization=organization_name,
+            segment=segment,
             tags=tags,
             assignee_group=_id_text(data.get("group_id")),
             tier=tier,
-            tier_entered_at=tier_entry(history.get("tier_changes"), tier)
-            or self._tier_entered_at(rid, tier, metrics, created_at),
-            status_history=history.pop("status_history", None) or self._current_status_since(rid, status, metrics),
-            flags=self._flags(rid, tags, fields, org_fields, reopens),
+            tier_entered_at=tier_entered_at,
+            status_history=status_history,
+            flags=flags,
             revision=str(data["updated_at"]),
+            sentiment=self._sentiment(data, tags),
             **history,
-            **self._handoff_facts(data, record, created_at, updated_at, tags),
         )
 
-    def _handoff_facts(
-        self,
-        data: Mapping[str, Any],
-        record: RawRecord,
-        created_at: datetime,
-        updated_at: datetime,
-        tags: frozenset[str],
-    ) -> dict[str, Any]:
-        """The handoff form's facts: the notes' texts and the comments' attachments from the same complete event
-        history `_history` reads (left out without it), and the sentiment."""
-        facts: dict[str, Any] = {"sentiment": self._sentiment(data, tags)}
-        events = self._complete_events(record, created_at, updated_at) if self.config.history.ticket_events else None
-        if events is not None:
-            found = _comment_extras(events, data.get("requester_id"))
-            if found is not None:
-                facts["note_texts"], facts["attachments"] = found
-        return facts
+    def _handoff_facts(self, data: Mapping[str, Any], events: list[Any]) -> dict[str, Any]:
+        """The handoff form's facts from the same complete event history `_history` reads: the notes' texts and
+        the comments' attachments (left out when an event is malformed)."""
+        found = _comment_extras(events, data.get("requester_id"))
+        if found is None:
+            return {}
+        return {"note_texts": found[0], "attachments": found[1]}
 
     def _complete_events(self, record: RawRecord, created_at: datetime, updated_at: datetime) -> list[Any] | None:
         """The ticket's events when the connector saw all of them (the test `_history` applies), else None."""
@@ -413,21 +451,25 @@ class ZendeskMapping:
     def _sentiment(self, data: Mapping[str, Any], tags: frozenset[str]) -> str | None:
         spec = self.config.sentiment
         rating = data.get("satisfaction_rating")
-        if spec.satisfaction_rating and isinstance(rating, MAPPINGS) and rating.get("score") in ("good", "bad"):
+        # `rating is not None` first: most tickets have no rating, and the abstract-class check is the slow part.
+        if (
+            spec.satisfaction_rating
+            and rating is not None
+            and isinstance(rating, MAPPINGS)
+            and rating.get("score") in ("good", "bad")
+        ):
             return f"satisfaction rating: {rating['score']}"
-        return sentiment_from_tags(tags, spec)
+        return sentiment_from_tags(tags, spec) if spec.tags else None
 
-    def _history(
-        self, rid: str, data: Mapping[str, Any], record: RawRecord, created_at: datetime, updated_at: datetime
-    ) -> dict[str, Any]:
-        """History facts from the ticket's events, when the connector saw all of them (see `_EventHistory`)."""
-        if not self.config.history.ticket_events:
+    def _history(self, rid: str, data: Mapping[str, Any], events: list[Any] | None) -> Mapping[str, Any]:
+        """History facts from the ticket's events, when the connector saw all of them (see `_EventHistory`;
+        `events` from `_complete_events`: a single-ticket read brings every audit, complete by construction; a
+        page, the export's events when its window covers the ticket's whole life). Read-only: the answer
+        without events is one shared mapping."""
+        if not self._reads_events:
             return {}
-        # A single-ticket read brings every audit (complete by construction); a page, the export's events when
-        # its window covers the ticket's whole life.
-        events = self._complete_events(record, created_at, updated_at)
         facts = _EventHistory(self, rid, data, events).facts() if events is not None else None
-        return facts if facts is not None else {"missing_facts": _MISSING_EVENT_FACTS}
+        return facts if facts is not None else _NO_EVENT_FACTS
 
     def _status(self, rid: str, value: Any) -> Status:
         if value is None:
@@ -456,11 +498,11 @@ class ZendeskMapping:
                 raise NormalizeError(rid, "priority", f"unknown severity option {option!r} (mapped: {known})")
             return config.field_values[option]
         if value is None:
-            return self.config.priority.default
+            return config.default
         try:
-            return self.config.priority.values[str(value)]
+            return config.values[str(value)]
         except KeyError:
-            known = ", ".join(self.config.priority.values)
+            known = ", ".join(config.values)
             raise NormalizeError(rid, "priority", f"unknown priority {value!r} (mapped: {known})") from None
 
     def _time(self, rid: str, data: Mapping[str, Any], key: str, *, required: bool = False) -> datetime | None:
@@ -469,6 +511,14 @@ class ZendeskMapping:
             if required:
                 raise NormalizeError(rid, key, "missing")
             return None
+        if type(value) is str:
+            # Fast path for the `...Z` form Zendesk sends (half a dozen per ticket): `parse_time` in one step.
+            try:
+                parsed = datetime.fromisoformat(value)
+            except ValueError:
+                parsed = None
+            if parsed is not None and parsed.tzinfo is UTC:
+                return parsed
         try:
             return parse_time(value)
         except ValueError as error:
@@ -493,6 +543,10 @@ class ZendeskMapping:
             raise NormalizeError(rid, "custom_fields", "not a list")
         fields: dict[int, Any] = {}
         for entry in value:
+            # Fast path: an object with an integer id (a bool is no int here), as Zendesk sends every entry.
+            if type(entry) is dict and type(field_id := entry.get("id")) is int:
+                fields[field_id] = entry.get("value")
+                continue
             if not (type(entry) is dict or isinstance(entry, Mapping)) or "id" not in entry:
                 raise NormalizeError(rid, "custom_fields", f"entry without an id: {entry!r}")
             field_id = entry["id"]
@@ -503,8 +557,7 @@ class ZendeskMapping:
         return fields
 
     def _tier(self, data: Mapping[str, Any], fields: Mapping[int, Any]) -> Tier | None:
-        config = self.config.tier
-        if config.mode == "group":
+        if self._tiers_by_group:
             group = data.get("group_id")
             if group is None:
                 return None
@@ -512,7 +565,7 @@ class ZendeskMapping:
                 # Read as "no tier", a group id of the wrong type once moved a ticket back to L1.
                 raise NormalizeError(str(data.get("id")), "group_id", f"not an integer: {str(group)[:60]!r}")
             return self._group_tiers.get(group)
-        value = fields.get(config.field_id or 0)
+        value = fields.get(self.config.tier.field_id or 0)
         return self._option_tiers.get(str(value).lower()) if value is not None else None
 
     def _current_status_since(
@@ -529,7 +582,7 @@ class ZendeskMapping:
         if tier is None or metrics is None:
             return None
         stations = metrics.get("group_stations")
-        if self.config.tier.mode == "group" and isinstance(stations, int) and stations <= 1:
+        if self._tiers_by_group and isinstance(stations, int) and stations <= 1:
             return created_at
         assigned = self._time(rid, metrics, "assigned_at")
         return assigned if assigned is not None and assigned >= created_at else None
@@ -540,8 +593,8 @@ class ZendeskMapping:
         if metrics is None:
             return None, None, None, None, None
         first_reply = None
-        seconds = (metrics.get("reply_time_in_seconds") or {}).get("calendar")
-        minutes = (metrics.get("reply_time_in_minutes") or {}).get("calendar")
+        seconds = (metrics.get("reply_time_in_seconds") or _NOTHING).get("calendar")
+        minutes = (metrics.get("reply_time_in_minutes") or _NOTHING).get("calendar")
         if isinstance(seconds, (int, float)):
             first_reply = created_at + timedelta(seconds=seconds)
         elif isinstance(minutes, (int, float)):
@@ -574,12 +627,14 @@ class ZendeskMapping:
                 text = str(value)
                 if not self._segment_values:
                     return text
-                if text.lower() in self._segment_values:
-                    return self._segment_values[text.lower()]
+                lowered = text.lower()
+                if lowered in self._segment_values:
+                    return self._segment_values[lowered]
                 # With [segment.values], anything else there (a stray value, an object's toString) is no match.
-        for tag, segment in config.tags.items():
-            if tag in tags:
-                return segment
+        if tags:
+            for tag, segment in self._segment_tags:
+                if tag in tags:
+                    return segment
         return config.default
 
     def _flags(
@@ -590,53 +645,42 @@ class ZendeskMapping:
         org_fields: Mapping[str, Any],
         reopens: int | None,
     ) -> Flags:
-        values: dict[str, Any] = {}
-        for name, flag_tags, custom_field, org_field, wanted in self._flag_rules:
-            if custom_field is None and org_field is None:
-                values[name] = not flag_tags.isdisjoint(tags)  # a flag read from tags only (most of them)
+        if tags.isdisjoint(self._tag_flag_tags):
+            values: dict[str, Any] = dict.fromkeys(self._tag_flag_names, False)
+        else:
+            values = {name: not flag_tags.isdisjoint(tags) for name, flag_tags in self._tag_flags}
+        for where, name, flag_tags, custom_field, org_field, wanted in self._field_flags:
+            hit = not flag_tags.isdisjoint(tags)
+            if not hit and custom_field is not None:
+                hit = _source_flag(rid, where, fields.get(custom_field), wanted)
+            if not hit and org_field is not None:
+                hit = _source_flag(rid, where, org_fields.get(org_field), wanted)
+            values[name] = hit
+        for name, is_int, custom_field, org_field, where, from_reopens in self._number_sources:
+            if from_reopens:
+                raw: Any = reopens
             else:
-                values[name] = self._flag(
-                    rid, name, flag_tags, custom_field, org_field, wanted, tags, fields, org_fields
-                )
-        for name, kind, number, where in self._number_rules:
-            raw = None
-            if number is not None:
-                if number.custom_field is not None:
-                    raw = fields.get(number.custom_field)
-                if raw in (None, "") and number.org_field is not None:
-                    raw = org_fields.get(number.org_field)
-            elif name == "reopen_count":
-                raw = reopens
-            if raw in (None, ""):
+                raw = fields.get(custom_field) if custom_field is not None else None
+                if (raw is None or raw == "") and org_field is not None:
+                    raw = org_fields.get(org_field)
+            if raw is None or raw == "":
                 continue
-            values[name] = whole_number(rid, where, raw) if kind is int else finite_number(rid, where, raw)
+            if type(raw) is float and math.isfinite(raw):  # a JSON number: `finite_number` has nothing to do
+                values[name] = int(raw) if is_int else raw
+            else:
+                values[name] = whole_number(rid, where, raw) if is_int else finite_number(rid, where, raw)
         return Flags(**values)
 
-    @staticmethod
-    def _flag(
-        rid: str,
-        name: str,
-        flag_tags: frozenset[str],
-        custom_field: int | None,
-        org_field: str | None,
-        wanted: frozenset[str],
-        tags: frozenset[str],
-        fields: Mapping[int, Any],
-        org_fields: Mapping[str, Any],
-    ) -> bool:
-        if not flag_tags.isdisjoint(tags):
-            return True
-        for source, key in ((fields, custom_field), (org_fields, org_field)):
-            if key is None:
-                continue
-            value = source.get(key)
-            if wanted:
-                items = value if isinstance(value, list) else [value]
-                if any(str(item).lower() in wanted for item in items if item is not None):
-                    return True
-            elif truth(rid, f"flags.{name}", value):
-                return True
-        return False
+
+def _source_flag(rid: str, where: str, value: Any, wanted: frozenset[str]) -> bool:
+    """Whether one source of a flag (a custom field's or organization field's value) sets it: one of `wanted`
+    (a dropdown or text field's values, a multi-select's options), or else a true checkbox (`truth`)."""
+    if wanted:
+        items = value if isinstance(value, list) else [value]
+        return any(str(item).lower() in wanted for item in items if item is not None)
+    if type(value) is bool:  # a checkbox, as Zendesk sends it: `truth` has nothing to do
+        return value
+    return truth(rid, where, value)
 
 
 class _EventHistory:
