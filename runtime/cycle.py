@@ -483,8 +483,9 @@ class Syncer:
         tickets this poll found due (all due at `now`), it reaches at most `max_writes_per_cycle` + 1 (the one
         found over the cap is evaluated too), the first by urgency and id. So those are the ones held, at most
         `DECIDED_SIZE`. Holding the most recent 500 whatever the cap cost a read-mode run about 40 us of CPU
-        per polled ticket (bench/pipeline.py, JSM): each held (record, ticket, decision) is walked by the
-        collector while held and freed cold, and under a cap of one nearly none of them was ever reused."""
+        per polled ticket in all, half of it in the cycle's own share (bench/pipeline.py, JSM): each held
+        (record, ticket, decision) is walked by the collector while held and freed cold, and under a cap of one
+        nearly none of them was ever reused."""
         limit = min(DECIDED_SIZE, self.max_writes_per_cycle + 1)
         order = self._decided_order
         place = (urgency, ticket.id)
