@@ -25,12 +25,13 @@ The order is what makes a crash harmless (DESIGN.md, principles 1, 2 and 7):
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import json
 import logging
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
@@ -81,10 +82,10 @@ BATCH_SIZE = REVIEW_CHUNK
 """Due writes handed to a connector's `apply_many` at once (Zendesk: up to 15 update_many jobs of 100, queued
 before they are followed, so one Show Many Job Statuses poll serves them all)."""
 DECIDED_SIZE = 500
-"""Due tickets of this cycle's poll whose evaluation the review may reuse (most recent kept): bounded, so the
-cycle's memory stays flat in the backlog's size. Smaller than a review chunk: a reused evaluation saves CPU,
-while each held one (record, ticket, decision) weighs; with the chunk at 1,500 and this at 500 a write run
-peaked at 147 MB through 1,000,000 tickets (bench/memory.py)."""
+"""Due tickets of this cycle's poll whose evaluation the review may reuse, at most (fewer under a smaller write
+cap: see `Syncer._hold_decided`): bounded, so the cycle's memory stays flat in the backlog's size. Smaller than
+a review chunk: a reused evaluation saves CPU, while each held one (record, ticket, decision) weighs; with the
+chunk at 1,500 and this at 500 a write run peaked at 147 MB through 1,000,000 tickets (bench/memory.py)."""
 MAX_PAGES = 100_000
 """A poll that pages this often in one cycle is looping, whatever its cursors say."""
 PURGE_EVERY = timedelta(hours=1)
@@ -209,12 +210,12 @@ class Syncer:
         self._planned_from: dict[str, RawRecord] = {}
         """The book's record each queued review write was planned from, until it is settled: a write's answer
         that carries the ticket as written is booked with the sideloads of this record."""
-        self._decided: OrderedDict[str, tuple[RawRecord, Ticket, EscalationHistory, Decision, WriteBack]] = (
-            OrderedDict()
-        )
+        self._decided: dict[str, tuple[RawRecord, Ticket, EscalationHistory, Decision, WriteBack]] = {}
         """What the poll decided for a ticket it found due, and from which history: the review of the same
         ticket at the same `now` from the same history is the same pure evaluation (a written ticket used to
         be decoded, normalized and evaluated twice in one cycle), so it is reused while the history matches."""
+        self._decided_order: list[tuple[int, str]] = []
+        """The held tickets' places in the review's order (urgency, then id), sorted: the last goes first."""
         self._decided_history: EscalationHistory | None = None
         """The history the last `_decide` evaluated with (None when it recorded rows of what it saw)."""
         self.review_interval = review_interval
@@ -260,6 +261,7 @@ class Syncer:
         self._counts_before, self._cycle_counts = {}, None
         self._maybe_applied, self._maybe_queued, self._planned_from = set(), set(), {}
         self._decided.clear()
+        self._decided_order.clear()
         try:
             if not self.dry_run:
                 self._recover_pending(now, report)
@@ -282,6 +284,8 @@ class Syncer:
                     self.store.set_setting(_HOLD + self.instance, error.retry_at.isoformat())
             log.error("cycle aborted", extra={"event": "cycle_error", "instance": self.instance, "error": str(error)})
         finally:
+            self._decided.clear()  # nothing of a cycle's tickets is held until the next one
+            self._decided_order.clear()
             report.api_calls = self.api_calls() - calls_before
             if self.state is not self.store:
                 self.state.close()
@@ -457,13 +461,43 @@ class Syncer:
             self._resolved(ticket, now)
         if ticket.status.is_terminal and not due:
             return _tombstone(ticket, now)
+        urgency = _urgency(decision, ticket)
         if due and self._decided_history is not None:
-            self._decided[ticket.id] = (record, ticket, self._decided_history, decision, writeback)
-            self._decided.move_to_end(ticket.id)
-            while len(self._decided) > DECIDED_SIZE:
-                self._decided.popitem(last=False)
+            self._hold_decided(urgency, record, ticket, self._decided_history, decision, writeback)
         review_at = now if due else self._review_time(decision, now)
-        return _open_entry(record, ticket, decision, review_at, now, adopt=adopting and due and self.adopt_tag_only)
+        adopt = adopting and due and self.adopt_tag_only
+        return _open_entry(record, ticket, decision, review_at, now, adopt=adopt, urgency=urgency)
+
+    def _hold_decided(
+        self,
+        urgency: int,
+        record: RawRecord,
+        ticket: Ticket,
+        history: EscalationHistory,
+        decision: Decision,
+        writeback: WriteBack,
+    ) -> None:
+        """Keep a due ticket's evaluation for the review, if the review can reach it (`_decided`).
+
+        The review takes due tickets by urgency, then review time, then id, and stops at the write cap: of the
+        tickets this poll found due (all due at `now`), it reaches at most `max_writes_per_cycle` + 1 (the one
+        found over the cap is evaluated too), the first by urgency and id. So those are the ones held, at most
+        `DECIDED_SIZE`. Holding the most recent 500 whatever the cap cost a read-mode run about 40 us of CPU
+        per polled ticket in all, half of it in the cycle's own share (bench/pipeline.py, JSM): each held
+        (record, ticket, decision) is walked by the collector while held and freed cold, and under a cap of one
+        nearly none of them was ever reused."""
+        limit = min(DECIDED_SIZE, self.max_writes_per_cycle + 1)
+        order = self._decided_order
+        place = (urgency, ticket.id)
+        if ticket.id in self._decided:  # read twice in one cycle: the later reading replaces the earlier
+            del self._decided[ticket.id]
+            order.pop(next(index for index, (_, held) in enumerate(order) if held == ticket.id))
+        if len(order) >= limit:
+            if not order or place > order[-1]:
+                return  # the review cannot reach it before the cap
+            del self._decided[order.pop()[1]]
+        bisect.insort(order, place)
+        self._decided[ticket.id] = (record, ticket, history, decision, writeback)
 
     def _resolved(self, ticket: Ticket, now: datetime) -> None:
         """A ticket we escalated reached a terminal status: the report's resolution time and success rate by
@@ -1247,9 +1281,10 @@ def _open_entry(
     review_at: datetime | None,
     now: datetime,
     adopt: bool = False,
+    urgency: int | None = None,
 ) -> BookEntry:
     """An open ticket as the book keeps it: its raw record (a mapping edited later applies to it) and when to
-    look at it again."""
+    look at it again. `urgency` is `_urgency(decision, ticket)` where the caller has it already."""
     return BookEntry(
         ticket_id=ticket.id,
         is_open=True,
@@ -1258,7 +1293,7 @@ def _open_entry(
         raw=encode_record(record),
         customer=_customer(ticket),
         review_at=review_at,
-        urgency=_urgency(decision, ticket),
+        urgency=_urgency(decision, ticket) if urgency is None else urgency,
         adopt=adopt,
         seen_at=now,
     )

@@ -129,6 +129,8 @@ def open_store(url: str) -> Store:
 
 def as_utc(value: datetime, what: str = "time") -> datetime:
     """`value` as an aware UTC datetime; a naive one is refused (its zone would be a guess)."""
+    if value.tzinfo is UTC:  # most times are UTC already: no conversion, no copy
+        return value
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"{what} must be timezone-aware, got naive {value.isoformat()}")
     return value.astimezone(UTC)

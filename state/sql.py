@@ -441,6 +441,18 @@ class SqlStore:
     def book_put(self, instance: str, entries: Sequence[BookEntry]) -> None:
         if not entries:
             return
+        # A page's entries share their `seen_at` (the cycle's now), and most due ones their `review_at`: each
+        # distinct moment is encoded once a call, not once an entry.
+        moments: dict[datetime, Any] = {}
+
+        def moment(value: datetime | None, what: str) -> Any:
+            if value is None:
+                return None
+            encoded = moments.get(value)
+            if encoded is None:
+                encoded = moments[value] = self._encode_time(value, what)
+            return encoded
+
         rows = [
             (
                 instance,
@@ -450,10 +462,10 @@ class SqlStore:
                 entry.revision,
                 entry.raw,
                 entry.customer,
-                self._time_or_none(entry.review_at, "review_at"),
+                moment(entry.review_at, "review_at"),
                 entry.urgency,
                 int(entry.adopt),
-                self._time_or_none(entry.seen_at, "seen_at"),
+                moment(entry.seen_at, "seen_at"),
             )
             for entry in entries
         ]

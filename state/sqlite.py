@@ -37,6 +37,8 @@ BUSY_TIMEOUT_S = 10.0
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%f000+00:00"
 """SQLite's clock in the stored format: its %f is seconds with milliseconds, padded here to microseconds."""
 MEMORY = ":memory:"
+_STORED_FORMAT = "%Y-%m-%dT%H:%M:%S.%f+00:00"
+"""How a time is stored (see the module docstring)."""
 
 # Each migration is a list of statements applied in one transaction; its version is its position + 1.
 # Append new migrations, never edit applied ones. postgres.py keeps the same tables and columns.
@@ -229,7 +231,10 @@ class SqliteStore(SqlStore):
 
     @staticmethod
     def _encode_time(value: datetime, what: str) -> str:
-        return as_utc(value, what).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+        # isoformat writes the same text as the strftime below, in a third of the time (three times a booked
+        # ticket), for years of four digits; strftime pads none (glibc), so older years keep its text.
+        utc = as_utc(value, what)
+        return utc.isoformat(timespec="microseconds") if utc.year >= 1000 else utc.strftime(_STORED_FORMAT)
 
     @staticmethod
     def _decode_time(value: str) -> datetime:

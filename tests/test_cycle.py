@@ -287,6 +287,33 @@ def test_a_ticket_polled_due_is_evaluated_once_in_the_cycle(
     assert len(calls) == len(set(calls)) <= report.tickets_seen + report.writes
 
 
+def test_under_a_write_cap_the_tickets_written_are_evaluated_once(
+    zendesk_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under a write cap the review reaches only the most urgent of the tickets the poll found due, and those
+    are the evaluations it reuses, however few it may hold (it held the most recent ones, which the review
+    mostly never reached, and evaluated the ones it wrote a second time)."""
+    import runtime.cycle
+
+    calls: list[tuple[str, str]] = []
+    real = runtime.cycle.evaluate
+
+    def counting(ticket: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append((ticket.id, ticket.revision))
+        return real(ticket, *args, **kwargs)
+
+    monkeypatch.setattr(runtime.cycle, "evaluate", counting)
+    monkeypatch.setattr(runtime.cycle, "DECIDED_SIZE", 5)
+    world = zendesk_world
+    syncer = world.syncer()
+    syncer.max_writes_per_cycle = 3
+    report = syncer.run_cycle()
+    assert report.error == "" and report.writes == 3 and report.deferred == 1
+    assert report.reviewed >= report.writes + report.deferred
+    assert len(calls) == len(set(calls)) <= report.tickets_seen + report.writes
+    assert syncer._decided == {}, "nothing of the cycle's tickets is held once it ends"
+
+
 def test_the_echo_of_our_own_write_costs_no_write(world: World) -> None:
     freeze_customer_history(world)
     syncer = world.syncer()

@@ -345,6 +345,27 @@ def test_sqlite_relative_path_is_relative_to_the_working_directory(
     assert (tmp_path / "var" / "escalation-sync.sqlite3").is_file()
 
 
+@pytest.mark.parametrize(
+    ("moment", "stored"),
+    [
+        (datetime(2026, 6, 1, 9, 0, tzinfo=UTC), "2026-06-01T09:00:00.000000+00:00"),
+        (
+            datetime(2026, 6, 1, 11, 0, 0, 654321, tzinfo=timezone(timedelta(hours=2))),
+            "2026-06-01T09:00:00.654321+00:00",
+        ),
+        (datetime(999, 12, 31, 23, 59, 59, 5, tzinfo=UTC), "999-12-31T23:59:59.000005+00:00"),
+    ],
+)
+def test_sqlite_stores_times_as_fixed_width_utc_text(tmp_path: Path, moment: datetime, stored: str) -> None:
+    """Text order is time order only if every time has its microseconds and the UTC offset written out (a
+    whole second too), as the strftime format has always written them (a year below 1000 is not padded)."""
+    store = SqliteStore(tmp_path / "state.sqlite3")
+    store.book_put("zd", [BookEntry("1", True, moment, "r", "{}", review_at=moment, seen_at=moment)])
+    store.close()
+    with sqlite3.connect(tmp_path / "state.sqlite3") as db:
+        assert db.execute("SELECT updated_at, review_at, seen_at FROM book").fetchone() == (stored,) * 3
+
+
 def test_sqlite_in_memory() -> None:
     with open_store("sqlite:///:memory:") as store:
         store.set_cursor("zd", "c")
