@@ -122,6 +122,43 @@ def _comparisons(source: str, name: str) -> tuple[list[float], int]:
     return numbers, uses
 
 
+_OPERAND_START = re.compile(r"(?:^|\(|&&|\|\||\?|:|,|\[)$")
+"""What may come right before a directly compared operand: the start, an opening bracket, `&&`, `||`, `?`, `:`
+or a comma (no arithmetic, no negation, no other comparison)."""
+
+
+def direct_comparisons(source: str, name: str) -> tuple[float, ...] | None:
+    """The numbers `name` is compared with in `source` (string literals blanked) if every one of its uses, at
+    least one, is a plain comparison with a number literal (`name > 2.0`, `4.0 <= name`); else None.
+
+    Then the condition's result depends on the value of `name` only through its order relative to these
+    numbers (engine.escalate memoizes the time-dependent rules on that). Stricter than `_comparisons`, which
+    the review moment uses: each use is checked on both sides, so `2 < name < 3` or `name > 2 == true` are
+    not taken for plain comparisons.
+    """
+    word = rf"(?<![\w.]){re.escape(name)}(?![\w.(])"
+    after = re.compile(rf"\s*{_COMPARE}\s*({_NUMBER})")
+    before = re.compile(rf"({_NUMBER})\s*{_COMPARE}\s*$")
+    numbers: list[float] = []
+    uses = list(re.finditer(word, source))
+    if not uses:
+        return None
+    for use in uses:
+        found = after.match(source, use.end())
+        if found is not None:
+            if _OPERAND_START.search(source[: use.start()].rstrip()) and _ENDS_OPERAND.match(source, found.end()):
+                numbers.append(float(found.group(1)))
+                continue
+            return None
+        found = before.search(source[: use.start()])
+        if found is None or not _ENDS_OPERAND.match(source, use.end()):
+            return None
+        if not _OPERAND_START.search(source[: found.start()].rstrip()):
+            return None
+        numbers.append(float(found.group(1)))
+    return tuple(sorted(set(numbers)))
+
+
 def _after_arithmetic(source: str, start: int) -> bool:
     before = source[:start].rstrip()
     return bool(before) and before[-1] in "+-*/%"
@@ -151,16 +188,21 @@ def next_review(
     candidates: list[datetime] = []
     """Candidate instants that are not a business wait (wall hours of age, "one second from now")."""
     calendars = policy.calendars
+    fraction = policy.at_risk_fraction
     for clock in clocks:
         state = clock.state
-        if state is not ClockState.OK and state is not ClockState.AT_RISK:
+        if state is not _OK and state is not _AT_RISK:
             continue
         calendar = calendars[clock.calendar]
         # Breached means elapsed > target: one business second past the due instant (a target met at closing
-        # time is breached at the next opening, not overnight).
-        _wait(waits, calendar, clock.remaining + _SECOND)
-        if state is ClockState.OK:
-            to_risk = clock.target * policy.at_risk_fraction - clock.elapsed
+        # time is breached at the next opening, not overnight). `_wait` inlined: this runs for most clocks.
+        wait = clock.remaining + _SECOND
+        if wait > _ZERO:
+            known = waits.get(calendar)
+            if known is None or wait < known:
+                waits[calendar] = wait
+        if state is _OK:
+            to_risk = clock.target * fraction - clock.elapsed
             if to_risk > _ZERO:
                 _wait(waits, calendar, to_risk)
             else:
@@ -193,6 +235,9 @@ def next_review(
 
 
 _ZERO = timedelta(0)
+_OK = ClockState.OK
+_AT_RISK = ClockState.AT_RISK
+"""Module constants: an enum member read off its class is a slower lookup (next_review reads them per clock)."""
 _MINUTE = timedelta(minutes=1)
 _HOUR = timedelta(hours=1)
 
