@@ -25,11 +25,11 @@ the move, passes; the re-escalation is a new one (its own handoff key, `_escalat
 from __future__ import annotations
 
 import threading
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
+from functools import lru_cache, partial
 from itertools import pairwise
 from operator import itemgetter
 from typing import Any
@@ -905,7 +905,7 @@ def _batch_key(policy: Policy, steps: list[_Step]) -> Callable[[dict[str, Any]],
     comparisons with number literals (`hours_at_tier > 2.0`: thresholds are inlined; see
     `engine.review.direct_comparisons`) gives the same result for every value in the same position relative
     to those literals. So the key holds, for each such fact, that position (how many literals lie below the
-    value, and how many at or below it: which tells <, == and > for each), and the other facts the batch
+    value, and whether it equals the next: which tells <, == and > for each), and the other facts the batch
     reads as they are (lists as tuples); then the result is a pure function of the key. One number used in any
     other way (arithmetic, a function call) disables the memo: the batch then runs on every ticket as before.
     """
@@ -923,19 +923,19 @@ def _batch_key(policy: Policy, steps: list[_Step]) -> Callable[[dict[str, Any]],
                 raw.append(path)
     raw_values = _values_of(tuple(raw))
     lists = frozenset(index for index, path in enumerate(raw) if isinstance(FACTS[path], list))
-    bounds = tuple((path, tuple(sorted(numbers))) for path, numbers in cuts.items())
+    bounds = tuple((path, tuple(sorted(numbers)), frozenset(numbers)) for path, numbers in cuts.items())
 
     def key(facts: dict[str, Any]) -> tuple[Any, ...] | None:
         values = raw_values(facts)
         if lists:
             values = tuple(tuple(value) if index in lists else value for index, value in enumerate(values))
         parts: list[Any] = ["batch", values]
-        for path, numbers in bounds:
+        for path, numbers, literals in bounds:
             value = facts[path]
             if value != value:  # NaN: below, above and equal to nothing; let CEL say
                 return None
-            parts.append(bisect_left(numbers, value))
-            parts.append(bisect_right(numbers, value))
+            # The literals below the value, and whether it equals the next one: < == > for each literal.
+            parts.append(2 * bisect_left(numbers, value) + (value in literals))
         return tuple(parts)
 
     return key
@@ -991,17 +991,21 @@ class _Activation:
 
 
 def _outcome(
-    policy: Policy, step: _Step, current: Tier, facts: dict[str, Any], shown: dict[str, Any], cel_run: _Activation
+    policy: Policy, step: _Step, current: Tier, facts: dict[str, Any], prepared: _Prepared, cel_run: _Activation
 ) -> tuple[RuleOutcome, bool]:
     """An exact rule's outcome (see `_prepare`), and whether it may be cached (a run-time error is reported
-    afresh every time)."""
+    afresh every time).
+
+    The key reads the facts as they are: an exact rule shows none that `_shown` changes, so they are its shown
+    values; the shown dict is only built when the reason has to be rendered."""
     cache = policy.outcome_cache
     index, rule, fixed, _, names = step
     target = fixed if fixed is not None else _rule_target(rule, current)
-    key = (index, target, rule.shown(shown))
+    key = (index, target, rule.shown(facts))
     outcome = cache.get(key)
     if outcome is not None:
         return outcome, True
+    shown = _shown(prepared, facts)
     try:
         fired = facts[rule.direct] is True if rule.direct else cel_run.run(index, rule, names)
     except Exception as error:  # a type clash at run time must not stop the cycle: report it instead
@@ -1065,8 +1069,7 @@ def run_rules(policy: Policy, facts: dict[str, Any], current: Tier) -> tuple[Rul
     cache = policy.outcome_cache
     group = cache.get(group_key)
     if group is None:
-        shown = _shown(prepared, facts)
-        found = [_outcome(policy, step, current, facts, shown, cel_run) for step in prepared.steps if step[3]]
+        found = [_outcome(policy, step, current, facts, prepared, cel_run) for step in prepared.steps if step[3]]
         group = tuple(outcome for outcome, _ in found)
         if all(cacheable for _, cacheable in found):
             _memo(cache, group_key, group)
@@ -1312,29 +1315,20 @@ def evaluate(ticket: Ticket, policy: Policy, now: datetime, history: EscalationH
     if end_at is not None and end_at > now and (review_at is None or end_at < review_at):
         review_at = end_at  # the track's end is time passing too: the untouched ticket must drop it on time
     comment = None
+    final = tuple(clocks)
     if RANK[target] > RANK[current] or management_new:
         track = history.management_track + 1 if management_new else history.management_track
         if target != current:
             key_suffix = _escalation_key(target, history, moved_at)
         else:
             key_suffix = management_label(MANAGEMENT_START, track)
-        context = HandoffContext(
-            ticket=ticket,
-            policy=policy,
-            now=now,
-            current=current,
-            target=target,
-            management=management,
-            management_start=started or now,
-            clocks=tuple(clocks),
-            fired=tuple(outcome for outcome in outcomes if outcome.fired),
-            key=f"{ticket.instance}:{ticket.id}:{key_suffix}",
-            tier_start=tier_start,
-            path=tuple(path),
-            customer_escalations_30d=history.customer_escalations_30d if history is not _NO_HISTORY else None,
-        )
-        comment = Comment.deferred(context.key, lambda: render_handoff(context).body)
-    signals = signals_for(clocks, management, kept)
+        key = f"{ticket.instance}:{ticket.id}:{key_suffix}"
+        repeats = history.customer_escalations_30d if history is not _NO_HISTORY else None
+        # The note's context is built when the note is read (the write), as its text is: most decided handoffs
+        # of a backlog are only planned in a sweep, and the context was a share of escalating a ticket.
+        note = (ticket, policy, now, current, target, management, started or now, final, outcomes, key)
+        comment = Comment.deferred(key, partial(_handoff_body, *note, tier_start, tuple(path), repeats))
+    signals = signals_for(final, management, kept)
     return Decision(
         ticket.platform,
         ticket.instance,
@@ -1343,10 +1337,45 @@ def evaluate(ticket: Ticket, policy: Policy, now: datetime, history: EscalationH
         current,
         target,
         management,
-        tuple(clocks),
+        final,
         outcomes,
         signals,
         comment,
         review_at,
         review_exact,
     )
+
+
+def _handoff_body(
+    ticket: Ticket,
+    policy: Policy,
+    now: datetime,
+    current: Tier,
+    target: Tier,
+    management: bool,
+    management_start: datetime,
+    clocks: tuple[Clock, ...],
+    outcomes: tuple[RuleOutcome, ...],
+    key: str,
+    tier_start: datetime,
+    path: tuple[Tier, ...],
+    repeats: int | None,
+) -> str:
+    """The handoff note of a decision (see `evaluate`), rendered from its parts when it is first read."""
+    fired = tuple(outcome for outcome in outcomes if outcome.fired)
+    context = HandoffContext(
+        ticket,
+        policy,
+        now,
+        current,
+        target,
+        management,
+        management_start,
+        clocks,
+        fired,
+        key,
+        tier_start,
+        path,
+        repeats,
+    )
+    return render_handoff(context).body

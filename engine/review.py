@@ -56,6 +56,8 @@ class TimeWatch:
     another way (then every change of a customer's count matters)."""
     clock_paths: tuple[tuple[str, str, str], ...] = ()
     """(path, clock, field) of the clock facts in `thresholds`, split once (read for every ticket)."""
+    ages: tuple[timedelta, ...] = ()
+    """The `ticket.age_hours` thresholds as durations, made once (read for every ticket)."""
 
     def count_crossed(self, before: int, after: int) -> bool:
         """Whether a customer's count moving from `before` to `after` can change a rule's answer."""
@@ -94,11 +96,13 @@ def _derive(policy: Policy) -> TimeWatch:
             numbers, uses = _comparisons(source, flat_name(COUNT_FACT))
             counts = counts | set(numbers) if len(numbers) == uses else None
     clock_paths = tuple((path, *_clock_field(path)) for path in found if path.startswith("clocks."))
+    thresholds = {path: tuple(sorted(values)) for path, values in found.items()}
     return TimeWatch(
-        {path: tuple(sorted(values)) for path, values in found.items()},
+        thresholds,
         tuple(dict.fromkeys(opaque)),
         None if counts is None else tuple(sorted(counts)),
         clock_paths,
+        tuple(timedelta(hours=hours) for hours in thresholds.get("ticket.age_hours", ())),
     )
 
 
@@ -212,8 +216,8 @@ def next_review(
         tier_calendar = policy.sla[ticket.priority].calendar
         for hours in thresholds.get("hours_at_tier", ()):
             _crossing(waits, tier_calendar, hours_at_tier, hours, _HOUR)
-    for hours in thresholds.get("ticket.age_hours", ()):
-        at = ticket.created_at + timedelta(hours=hours)
+    for age in watch.ages:
+        at = ticket.created_at + age
         if at >= now:
             candidates.append(at if at > now else now + _SECOND)
     if watch.clock_paths:

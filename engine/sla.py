@@ -163,7 +163,14 @@ def measure_clock(
     tier: Tier | None = None,
 ) -> Clock:
     """`compute_clock` with positional arguments: the engine measures several clocks per ticket, and keyword
-    arguments through a wrapper or two cost a measurable share of that (issue 14's profile)."""
+    arguments through a wrapper or two cost a measurable share of that (issue 14's profile).
+
+    A clock that starts `now` (the tier clocks and management clocks of an escalation the decision makes) has
+    nothing elapsed and waits for nothing yet: it depends on its name, target, calendar and tier and on `now`
+    only, so one frozen Clock serves every ticket escalated in the same cycle (see `_fresh`).
+    """
+    if not pauses and start == now and (stop is None or stop > now):
+        return _fresh(name, target, calendar, now, at_risk_fraction, tier)
     stopped = stop is not None and stop <= now
     end = stop if stopped and stop is not None else now
     breached_at: datetime | None = None
@@ -182,6 +189,26 @@ def measure_clock(
             elapsed += part
         paused = not stopped and is_paused_at(pauses, now)
     return _finish(name, target, elapsed, breached_at, stopped, paused, now, calendar, at_risk_fraction, tier)
+
+
+def _fresh(
+    name: str, target: timedelta, calendar: BusinessCalendar, now: datetime, at_risk_fraction: float, tier: Tier | None
+) -> Clock:
+    """`measure_clock` of a clock started `now`, not stopped before it, without pauses: memoized. Its due
+    instant is found at once (not on first read, as `_finish` leaves it): a Clock shared between decisions,
+    maybe between threads, must not fill itself in later."""
+    key = (name, target, calendar, now, at_risk_fraction, tier)
+    clock = _FRESH.get(key)
+    if clock is None:
+        if len(_FRESH) >= 1024:
+            _FRESH.clear()
+        state = _AT_RISK if target * at_risk_fraction <= ZERO else _OK
+        due = calendar.add_business_time(now, target)
+        clock = _FRESH[key] = Clock(name, target, ZERO, target, due, state, calendar.name, None, tier)
+    return clock
+
+
+_FRESH: dict[tuple[object, ...], Clock] = {}
 
 
 Period = tuple[datetime | None, timedelta | None, BusinessCalendar]
