@@ -557,14 +557,14 @@ _EXPRESSIONS: dict[str, str] = {
     "platform_slas.any_breached": "any(s.breached for s in t.platform_slas)",
     "platform_slas.breached": "sorted(s.name for s in t.platform_slas if s.breached)",
     **{
-        f"flags.{name}": f"{type(FACTS[f'flags.{name}']).__name__}(t.flags.{name})"
+        f"flags.{name}": f"{type(FACTS[f'flags.{name}']).__name__}(fl.{name})"
         for name in (path[6:] for path in FACTS if path.startswith("flags."))
     },
     **{f"clocks.{name}.{field}": _clock_expression(name, field) for name in CLOCK_NAMES for field in CLOCK_FIELDS},
 }
-"""Each fact of the vocabulary (engine.policy.FACTS) as a Python expression over `t` (ticket), `now`, `cm`
-(clock map), `hours`, `h` (history) and `tier`, computed inline (tests/test_escalate_facts.py holds each equal
-to a plain reading of its definition)."""
+"""Each fact of the vocabulary (engine.policy.FACTS) as a Python expression over `t` (ticket), `fl` (its
+flags), `now`, `cm` (clock map), `hours`, `h` (history) and `tier`, computed inline
+(tests/test_escalate_facts.py holds each equal to a plain reading of its definition)."""
 
 _FACT_GLOBALS: dict[str, Any] = {
     "RANK": RANK,
@@ -586,7 +586,8 @@ def _fact_function(paths: tuple[str, ...]) -> FactFunction:
     function = _FACT_FUNCTIONS.get(paths)
     if function is None:
         items = ", ".join(f"{path!r}: {_EXPRESSIONS[path]}" for path in paths)
-        source = f"def facts(t, now, cm, hours, h, tier):\n    return {{{items}}}\n"
+        # `fl`: the ticket's flags, read once (most policies read several).
+        source = f"def facts(t, now, cm, hours, h, tier):\n    fl = t.flags\n    return {{{items}}}\n"
         namespace = dict(_FACT_GLOBALS)
         exec(source, namespace)  # built from the fixed expressions above only, never from input
         function = namespace["facts"]
@@ -1116,12 +1117,14 @@ def _target_tier(outcomes: tuple[RuleOutcome, ...], current: Tier, lowering: fro
     raising = 0  # the highest rank a fired escalation rule asks for (0: none)
     down = 0  # the highest rank a fired lowering rule asks for (0: none)
     for outcome in outcomes:
-        target = outcome.target_tier
-        if target is not None and outcome.fired:
+        if outcome.fired:  # first: few fire, so most outcomes cost one read
+            target = outcome.target_tier
+            if target is None:
+                continue
             if lowering and outcome.name in lowering:
                 down = max(down, RANK[target])
-            else:
-                raising = max(raising, RANK[target])
+            elif RANK[target] > raising:
+                raising = RANK[target]
     if raising > rank or not down:
         return _TIERS_BY_RANK[max(raising, rank)]
     return _TIERS_BY_RANK[min(max(down, raising), rank)]

@@ -30,6 +30,7 @@ from datetime import datetime, timedelta
 from engine.calendar import BusinessCalendar
 from engine.model import Clock, ClockState, Ticket
 from engine.policy import _STRING, CLOCK_NAMES, Policy, flat_name, rewrite
+from engine.sla import risk_mark
 
 _SECOND = timedelta(seconds=1)
 _NUMBER = r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
@@ -206,7 +207,7 @@ def next_review(
             if known is None or wait < known:
                 waits[calendar] = wait
         if state is _OK:
-            to_risk = clock.target * fraction - clock.elapsed
+            to_risk = risk_mark(clock.target, fraction) - clock.elapsed
             if to_risk > _ZERO:
                 _wait(waits, calendar, to_risk)
             else:

@@ -36,6 +36,20 @@ _AT_RISK, _OK = ClockState.AT_RISK, ClockState.OK
 """Module constants: an enum member read off its class is a slower lookup (`_finish` runs for every clock)."""
 
 
+def risk_mark(target: timedelta, at_risk_fraction: float) -> timedelta:
+    """`target * at_risk_fraction`, where a clock turns at risk; memoized: a policy has a few targets, and the
+    product (a float multiplication rounded to microseconds) costs several dict lookups."""
+    mark = _RISK_MARKS.get((target, at_risk_fraction))
+    if mark is None:
+        if len(_RISK_MARKS) >= 1024:
+            _RISK_MARKS.clear()
+        mark = _RISK_MARKS[(target, at_risk_fraction)] = target * at_risk_fraction
+    return mark
+
+
+_RISK_MARKS: dict[tuple[timedelta, float], timedelta] = {}
+
+
 def _stops(status: Status) -> bool:
     return status in _STOPS
 
@@ -202,7 +216,7 @@ def _fresh(
     if clock is None:
         if len(_FRESH) >= 1024:
             _FRESH.clear()
-        state = _AT_RISK if target * at_risk_fraction <= ZERO else _OK
+        state = _AT_RISK if risk_mark(target, at_risk_fraction) <= ZERO else _OK
         due = calendar.add_business_time(now, target)
         clock = _FRESH[key] = Clock(name, target, ZERO, target, due, state, calendar.name, None, tier)
     return clock
@@ -286,7 +300,7 @@ def _finish(
         state = _PAUSED
         due_at = None  # unknown until the ticket resumes
     else:
-        state = _AT_RISK if elapsed >= target * at_risk_fraction else _OK
+        state = _AT_RISK if elapsed >= risk_mark(target, at_risk_fraction) else _OK
         # Due `remaining` business time from now, walked only if read (see `Clock.due_later`).
         add = calendar.add_business_time
         return Clock.due_later(name, target, elapsed, remaining, state, calendar.name, tier, add, now)
