@@ -6,8 +6,10 @@ given amount of business time after another. Working hours are defined in the ca
 and all arithmetic happens on UTC datetimes, which makes a 23- or 25-hour local day come out right.
 
 Speed matters (the engine evaluates tens of thousands of tickets a second), so the calendar never walks minute
-by minute: it computes, once per local day, the day's business intervals in UTC and their total, caches them,
-and then sums whole days and clips the two partial ends. Holiday lookups are cached per year.
+by minute: it computes, once per local day, the day's business intervals in UTC, lays the intervals of a span
+of days end to end with the running total of business time before and after each, and then answers both
+questions with one bisection over instants (no time zone conversion per instant). Holiday lookups are cached
+per year.
 
 Three shapes share one class:
 - a zone calendar: weekly hours (several intervals a day allowed) in one time zone, minus holidays taken from
