@@ -6,8 +6,10 @@ given amount of business time after another. Working hours are defined in the ca
 and all arithmetic happens on UTC datetimes, which makes a 23- or 25-hour local day come out right.
 
 Speed matters (the engine evaluates tens of thousands of tickets a second), so the calendar never walks minute
-by minute: it computes, once per local day, the day's business intervals in UTC and their total, caches them,
-and then sums whole days and clips the two partial ends. Holiday lookups are cached per year.
+by minute: it computes, once per local day, the day's business intervals in UTC, lays the intervals of a span
+of days end to end with the running total of business time before and after each, and then answers both
+questions with one bisection over instants (no time zone conversion per instant). Holiday lookups are cached
+per year.
 
 Three shapes share one class:
 - a zone calendar: weekly hours (several intervals a day allowed) in one time zone, minus holidays taken from
@@ -18,7 +20,7 @@ Three shapes share one class:
 
 from __future__ import annotations
 
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -105,12 +107,18 @@ class BusinessCalendar:
         self._always = False
         self._members: tuple[BusinessCalendar, ...] = ()
         self._days: dict[int, tuple[tuple[Interval, ...], timedelta]] = {}
-        # Running totals of business time at the start of each day since _cum_base: measuring or adding a
-        # span of months costs two lookups and a bisection instead of a walk over every day.
-        self._cum_base = 0
+        # Every business interval of the days _first.._last (see `_cover`), flat and in order, with the running
+        # total of business time before and after each: measuring or adding a span of months costs a
+        # bisection over instants, with no time zone conversion and no walk over days.
+        self._first = self._last = 0
+        self._covered: tuple[datetime, datetime] | None = None
+        """From the start of day _first to the start of day _last + 1 (UTC); None until first used."""
+        self._starts: list[datetime] = []
+        self._ends: list[datetime] = []
+        self._before: list[timedelta] = []
+        self._after: list[timedelta] = []
         self._ordinals: dict[datetime, int] = {}
         self._positions: dict[datetime, timedelta] = {}
-        self._cum: list[timedelta] = []
         self._holiday_years: dict[int, frozenset[date]] = {}
         if holiday_country:
             # Fail at load, not mid-cycle, on an unknown country or subdivision.
@@ -212,60 +220,64 @@ class BusinessCalendar:
 
     # -- running totals -------------------------------------------------------------------------------------
 
-    def _cumulative(self, ordinal: int) -> timedelta:
-        """Business time from the start of day `_cum_base` to the start of day `ordinal`."""
-        index = ordinal - self._cum_base
-        if 0 <= index < len(self._cum):
-            return self._cum[index]
-        self._extend_to(ordinal)
-        return self._cum[ordinal - self._cum_base]
+    def _day_start(self, ordinal: int) -> datetime:
+        """The instant (UTC) the day `ordinal` starts in this calendar's day zone."""
+        if self._members:
+            return datetime.combine(date.fromordinal(ordinal), time(0), tzinfo=UTC)
+        return self._local_to_utc(date.fromordinal(ordinal), 0)
 
-    def _extend_to(self, ordinal: int) -> None:
-        if not self._cum:
-            self._cum_base, self._cum = ordinal - 366, [ZERO]
-        if ordinal < self._cum_base:
-            base = ordinal - 366
-            prefix = [ZERO]
-            for day in range(base, self._cum_base):
-                prefix.append(prefix[-1] + self.day(day)[1])
-            shift = prefix.pop()
-            self._cum = prefix + [value + shift for value in self._cum]
-            self._cum_base = base
-            self._positions.clear()  # measured from the old base
-        cum = self._cum
-        while len(cum) <= ordinal - self._cum_base:
-            cum.append(cum[-1] + self.day(self._cum_base + len(cum) - 1)[1])
+    def _cover(self, moment: datetime) -> None:
+        """Extend the running totals to the days around `moment`: a year either side on first use, a year
+        further back when reaching back (the totals then start again from the new first day, so memoized
+        positions are dropped), a month further on when reaching forward (earlier totals stay as they are)."""
+        covered = self._covered
+        if covered is not None and covered[0] <= moment < covered[1]:
+            return
+        ordinal = self._day_of(moment)
+        if covered is None or moment < covered[0]:
+            first = ordinal - 366
+            last = max(ordinal + 366, self._last) if covered is not None else ordinal + 366
+            self._starts, self._ends, self._before, self._after = [], [], [], []
+            self._positions.clear()  # measured from the old first day
+            self._first, self._last = first, first - 1
+            self._append_days(last)
+        else:
+            self._append_days(ordinal + 30)
 
-    def _within(self, ordinal: int, low: datetime | None, high: datetime | None) -> timedelta:
-        """Business time of one day, clipped to [low, high) (None: unbounded)."""
-        total = ZERO
-        for start, end in self.day(ordinal)[0]:
-            if low is not None and start < low:
-                start = low
-            if high is not None and end > high:
-                end = high
-            if start < end:
+    def _append_days(self, last: int) -> None:
+        """Add the intervals of the days after `_last` up to `last` to the running totals."""
+        starts, ends, before, after = self._starts, self._ends, self._before, self._after
+        total = after[-1] if after else ZERO
+        for ordinal in range(self._last + 1, last + 1):
+            for start, end in self.day(ordinal)[0]:
+                starts.append(start)
+                ends.append(end)
+                before.append(total)
                 total += end - start
-        return total
+                after.append(total)
+        self._last = last
+        self._covered = (self._day_start(self._first), self._day_start(last + 1))
 
     # -- the two questions ----------------------------------------------------------------------------------
 
     def _position(self, moment: datetime) -> timedelta:
-        """Business time from the start of day `_cum_base` to `moment`: a monotonic clock of business time.
+        """Business time from the start of day `_first` to `moment`: a monotonic clock of business time.
 
         Memoized, small, because `now` and a ticket's creation are measured for several clocks.
         """
         position = self._positions.get(moment)
         if position is None:
-            # Inline `_cumulative(ordinal) + _within(ordinal, None, moment)`: most moments are seen once (a
-            # ticket's own times), so this path runs several times per ticket (issue 14's profile).
-            ordinal = self._day_of(moment)
-            index = ordinal - self._cum_base
-            position = self._cum[index] if 0 <= index < len(self._cum) else self._cumulative(ordinal)
-            for start, end in self.day(ordinal)[0]:
-                if start >= moment:
-                    break  # sorted and disjoint: no later interval starts before `moment` either
-                position += (end if end < moment else moment) - start
+            covered = self._covered
+            if covered is None or not covered[0] <= moment < covered[1]:
+                self._cover(moment)
+            # The last interval starting at or before `moment`: all of it if it ended by then, else up to it.
+            index = bisect_right(self._starts, moment) - 1
+            if index < 0:
+                position = ZERO
+            elif self._ends[index] <= moment:
+                position = self._after[index]
+            else:
+                position = self._before[index] + (moment - self._starts[index])
             if len(self._positions) > 2048:
                 self._positions.clear()
             self._positions[moment] = position
@@ -281,7 +293,7 @@ class BusinessCalendar:
             return ZERO
         if self._always:
             return end - start
-        # start first: reaching back may rebase the totals, reaching forward (end) never does.
+        # start first: reaching back may restart the totals, reaching forward (end) never does.
         low = self._position(start)
         return self._position(end) - low
 
@@ -297,22 +309,13 @@ class BusinessCalendar:
         if self._always:
             return start + duration
         goal = self._position(start) + duration
-        first = self._day_of(start)
-        cum = self._cum
-        while cum[-1] < goal:
-            if len(cum) > first - self._cum_base + _MAX_SEARCH_DAYS:
+        while not self._after or self._after[-1] < goal:
+            if self._last - self._day_of(start) > _MAX_SEARCH_DAYS:
                 raise ValueError(f"calendar {self.name!r}: no business time found within {_MAX_SEARCH_DAYS} days")
-            self._extend_to(self._cum_base + len(cum) + 30)
-            cum = self._cum
-        # The first day whose end-of-day total reaches the goal holds the answer.
-        index = bisect_left(cum, goal, first - self._cum_base + 1) - 1
-        remaining = goal - cum[index]
-        for iv_start, iv_end in self.day(self._cum_base + index)[0]:
-            length = iv_end - iv_start
-            if remaining <= length:
-                return iv_start + remaining
-            remaining -= length
-        raise AssertionError("running totals and day intervals disagree")  # unreachable: totals come from days
+            self._append_days(self._last + 31)
+        # The first interval whose end-of-interval total reaches the goal holds the answer.
+        index = bisect_left(self._after, goal)
+        return self._starts[index] + (goal - self._before[index])
 
 
 def weekly_from_spec(spec: Mapping[str, Sequence[str]]) -> dict[str, list[tuple[int, int]]]:

@@ -25,10 +25,11 @@ the move, passes; the re-escalation is a new one (its own handoff key, `_escalat
 from __future__ import annotations
 
 import threading
+from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
+from functools import lru_cache, partial
 from itertools import pairwise
 from operator import itemgetter
 from typing import Any
@@ -50,15 +51,15 @@ from engine.model import (
     Ticket,
     Tier,
 )
-from engine.policy import CLOCK_FIELDS, CLOCK_NAMES, FACTS, Policy, Rule, flat_name, rewrite
-from engine.review import next_review
+from engine.policy import _STRING, CLOCK_FIELDS, CLOCK_NAMES, FACTS, Policy, Rule, flat_name, rewrite
+from engine.review import direct_comparisons, next_review
 from engine.sla import (
     Pause,
     Period,
     active_business_time,
-    compute_clock,
     compute_clock_periods,
     is_paused_at,
+    measure_clock,
     pauses_of,
     solved_spans,
 )
@@ -70,6 +71,8 @@ _TIERS_BY_RANK = {tier.rank: tier for tier in Tier}
 RANK = {tier: tier.rank for tier in Tier}
 """Tier.rank as a dict: the property parses the enum value on every call, too slow for the hot path."""
 _MINUTE = 60.0
+_CHAIN_STEPS = range(len(Tier))
+"""At most one chained pass per tier (`len(Tier)` is a Python-level call on the enum class: kept here)."""
 
 
 def _utc(moment: datetime) -> datetime:
@@ -244,17 +247,8 @@ def _clock(
     pauses: tuple[Pause, ...],
     tier: Tier | None = None,
 ) -> Clock:
-    return compute_clock(
-        name,
-        start=start,
-        stop=stop if stop is not None else closed,
-        target=target,
-        calendar=calendar,
-        pauses=pauses,
-        now=now,
-        at_risk_fraction=policy.at_risk_fraction,
-        tier=tier,
-    )
+    stop = stop if stop is not None else closed
+    return measure_clock(name, start, stop, target, calendar, pauses, now, policy.at_risk_fraction, tier)
 
 
 def priority_periods(ticket: Ticket, policy: Policy, target: str) -> list[Period] | None:
@@ -296,7 +290,8 @@ def _sla_clock(
     periods: list[Period] | None,
 ) -> Clock:
     if periods is None:
-        return _clock(policy, now, closed, name, start, stop, target, calendar, pauses)
+        stop = stop if stop is not None else closed
+        return measure_clock(name, start, stop, target, calendar, pauses, now, policy.at_risk_fraction)
     return compute_clock_periods(
         name,
         start=start,
@@ -495,13 +490,14 @@ def signals_for(
     parts: list[str] = []
     for clock in clocks:
         if clock.name in _CADENCE_CLOCKS:
-            if clock.state in (ClockState.AT_RISK, ClockState.BREACHED):
+            if clock.state in _DUE_STATES:
                 parts += ("update_due", "", "")
             continue
-        tier = clock.tier.value if clock.tier is not None else ""
+        # `_value_`, not `.value` (a Python-level property of enums): this runs for every clock.
+        tier = clock.tier._value_ if clock.tier is not None else ""
         if clock.breached_at is not None:
             parts += ("breached", clock.name, tier)
-        elif clock.state is ClockState.AT_RISK:
+        elif clock.state is _AT_RISK:
             parts += ("at_risk", clock.name, tier)
     for tier, name in sorted(kept):
         parts += ("breached", name, tier)
@@ -520,6 +516,9 @@ def signals_for(
 
 
 _SIGNAL_SETS: dict[tuple[str, ...], frozenset[TagSignal]] = {}
+_AT_RISK = ClockState.AT_RISK
+_DUE_STATES = (ClockState.AT_RISK, ClockState.BREACHED)
+"""Module constants: an enum member read off its class is a slower lookup, and this runs for every clock."""
 
 
 # -- facts ------------------------------------------------------------------------------------------------------
@@ -558,14 +557,14 @@ _EXPRESSIONS: dict[str, str] = {
     "platform_slas.any_breached": "any(s.breached for s in t.platform_slas)",
     "platform_slas.breached": "sorted(s.name for s in t.platform_slas if s.breached)",
     **{
-        f"flags.{name}": f"{type(FACTS[f'flags.{name}']).__name__}(t.flags.{name})"
+        f"flags.{name}": f"{type(FACTS[f'flags.{name}']).__name__}(fl.{name})"
         for name in (path[6:] for path in FACTS if path.startswith("flags."))
     },
     **{f"clocks.{name}.{field}": _clock_expression(name, field) for name in CLOCK_NAMES for field in CLOCK_FIELDS},
 }
-"""Each fact of the vocabulary (engine.policy.FACTS) as a Python expression over `t` (ticket), `now`, `cm`
-(clock map), `hours`, `h` (history) and `tier`, computed inline (tests/test_escalate_facts.py holds each equal
-to a plain reading of its definition)."""
+"""Each fact of the vocabulary (engine.policy.FACTS) as a Python expression over `t` (ticket), `fl` (its
+flags), `now`, `cm` (clock map), `hours`, `h` (history) and `tier`, computed inline
+(tests/test_escalate_facts.py holds each equal to a plain reading of its definition)."""
 
 _FACT_GLOBALS: dict[str, Any] = {
     "RANK": RANK,
@@ -587,7 +586,8 @@ def _fact_function(paths: tuple[str, ...]) -> FactFunction:
     function = _FACT_FUNCTIONS.get(paths)
     if function is None:
         items = ", ".join(f"{path!r}: {_EXPRESSIONS[path]}" for path in paths)
-        source = f"def facts(t, now, cm, hours, h, tier):\n    return {{{items}}}\n"
+        # `fl`: the ticket's flags, read once (most policies read several).
+        source = f"def facts(t, now, cm, hours, h, tier):\n    fl = t.flags\n    return {{{items}}}\n"
         namespace = dict(_FACT_GLOBALS)
         exec(source, namespace)  # built from the fixed expressions above only, never from input
         function = namespace["facts"]
@@ -765,6 +765,18 @@ def _context() -> tuple[cel.Context, dict[str, Any]]:
     return context, _local.values
 
 
+def _batch_context() -> tuple[cel.Context, dict[str, Any]]:
+    """This thread's CEL activation for the batch (`_Prepared.batch`), apart from the one the rules run alone
+    use: a context converts every variable it holds again after a change, so the batch, which runs on every
+    ticket with a new float or two, is cheaper in a context holding only its own few variables (about 1 us a
+    ticket once the other rules' variables joined, measured)."""
+    context = getattr(_local, "batch_context", None)
+    if context is None:
+        context = _local.batch_context = cel.Context()
+        _local.batch_values = {}
+    return context, _local.batch_values
+
+
 def _activate(context: cel.Context, values: dict[str, Any], names: _Names, facts: dict[str, Any]) -> None:
     """Bring the variables one condition reads up to this ticket's facts, converting only what changed.
 
@@ -806,6 +818,11 @@ class _Prepared:
     """The steps that are not exact, in order: they run on every ticket."""
     reorder: Callable[[tuple[RuleOutcome, ...]], tuple[RuleOutcome, ...]] = lambda outcomes: outcomes
     """The exact group's outcomes followed by the timed ones -> the outcomes in rule order (one C call)."""
+    management: tuple[int, ...] = ()
+    """Indexes of the management rules: outcomes are in rule order, so these tell whether one fired."""
+    batch_key: Callable[[dict[str, Any]], tuple[Any, ...] | None] | None = None
+    """The memo key of the batch's result for a facts dict (None from it: not memoizable); None when the batch's
+    conditions do not allow one (see `_batch_key`)."""
 
 
 def _values_of(paths: tuple[Any, ...]) -> Callable[[Any], tuple[Any, ...]]:
@@ -853,7 +870,12 @@ def _prepare(policy: Policy) -> _Prepared:
         timed_index = iter(range(len(steps) - len(timed), len(steps)))
         order = tuple(next(exact_index) if step[3] else next(timed_index) for step in steps)
         reorder = _values_of(order) if timed else (lambda outcomes: outcomes)
-        prepared = _Prepared(steps, quantized, exact, batch, names, slots, _values_of(exact), timed, reorder)
+        batched = [step for step in steps if not step[3] and not step[1].direct]
+        key = _batch_key(policy, batched) if batch is not None else None
+        management = tuple(index for index, rule in enumerate(policy.rules) if rule.management)
+        prepared = _Prepared(
+            steps, quantized, exact, batch, names, slots, _values_of(exact), timed, reorder, management, key
+        )
         policy.outcome_cache["prepared"] = prepared
     return prepared
 
@@ -876,14 +898,60 @@ def _batch(policy: Policy, steps: list[_Step]) -> tuple[Any, _Names, dict[int, i
     return program, tuple(names), {step[0]: slot for slot, step in enumerate(steps)}
 
 
+def _batch_key(policy: Policy, steps: list[_Step]) -> Callable[[dict[str, Any]], tuple[Any, ...] | None] | None:
+    """A memo key for the batch's result, or None when its conditions do not allow one.
+
+    Why: the batch runs on every ticket, and a ticket's hours and ages are new numbers every time, so the CEL
+    activation is rebuilt for each (some 3 us a ticket). But a condition that uses such a number only in plain
+    comparisons with number literals (`hours_at_tier > 2.0`: thresholds are inlined; see
+    `engine.review.direct_comparisons`) gives the same result for every value in the same position relative
+    to those literals. So the key holds, for each such fact, that position (how many literals lie below the
+    value, and whether it equals the next: which tells <, == and > for each), and the other facts the batch
+    reads as they are (lists as tuples); then the result is a pure function of the key. One number used in any
+    other way (arithmetic, a function call) disables the memo: the batch then runs on every ticket as before.
+    """
+    raw: list[str] = []
+    cuts: dict[str, set[float]] = {}
+    for _, rule, _, _, _ in steps:
+        source = _STRING.sub("''", rewrite(rule.when, policy.thresholds).source)
+        for path in rule.facts:
+            if path in _QUANTIZED and isinstance(FACTS[path], float):
+                numbers = direct_comparisons(source, flat_name(path))
+                if numbers is None:
+                    return None
+                cuts.setdefault(path, set()).update(numbers)
+            elif path not in raw:
+                raw.append(path)
+    raw_values = _values_of(tuple(raw))
+    lists = frozenset(index for index, path in enumerate(raw) if isinstance(FACTS[path], list))
+    bounds = tuple((path, tuple(sorted(numbers)), frozenset(numbers)) for path, numbers in cuts.items())
+
+    def key(facts: dict[str, Any]) -> tuple[Any, ...] | None:
+        values = raw_values(facts)
+        if lists:
+            values = tuple(tuple(value) if index in lists else value for index, value in enumerate(values))
+        parts: list[Any] = ["batch", values]
+        for path, numbers, literals in bounds:
+            value = facts[path]
+            if value != value:  # NaN: below, above and equal to nothing; let CEL say
+                return None
+            # The literals below the value, and whether it equals the next one: < == > for each literal.
+            parts.append(2 * bisect_left(numbers, value) + (value in literals))
+        return tuple(parts)
+
+    return key
+
+
 class _Activation:
     """This ticket's CEL activation, fetched and brought up to date only when a condition has to run."""
 
-    __slots__ = ("batched", "context", "facts", "prepared", "values")
+    __slots__ = ("batched", "cache", "context", "facts", "prepared", "values")
 
-    def __init__(self, facts: dict[str, Any], prepared: _Prepared) -> None:
+    def __init__(self, facts: dict[str, Any], prepared: _Prepared, cache: dict[Any, Any]) -> None:
         self.facts = facts
         self.prepared = prepared
+        self.cache = cache
+        """The policy's memo: the batch's results by `_Prepared.batch_key`."""
         self.context: cel.Context | None = None
         self.values: dict[str, Any] = {}
         self.batched: list[Any] | None = None
@@ -895,13 +963,21 @@ class _Activation:
             if self.prepared.batch is None:
                 self.batched = []
                 return self.batched
-            if self.context is None:
-                self.context, self.values = _context()
+            key = self.prepared.batch_key(self.facts) if self.prepared.batch_key is not None else None
+            if key is not None:
+                known = self.cache.get(key)
+                if known is not None:
+                    self.batched = known
+                    return known
+            context, values = _batch_context()
             try:
-                _activate(self.context, self.values, self.prepared.batch_names, self.facts)
-                self.batched = list(self.prepared.batch.execute(self.context))
+                _activate(context, values, self.prepared.batch_names, self.facts)
+                self.batched = list(self.prepared.batch.execute(context))
             except Exception:  # some condition fails here: each runs alone, the failing one reports
                 self.batched = []
+            else:
+                if key is not None:
+                    _memo(self.cache, key, self.batched)
         return self.batched
 
     def run(self, index: int, rule: Rule, names: _Names) -> bool:
@@ -916,17 +992,21 @@ class _Activation:
 
 
 def _outcome(
-    policy: Policy, step: _Step, current: Tier, facts: dict[str, Any], shown: dict[str, Any], cel_run: _Activation
+    policy: Policy, step: _Step, current: Tier, facts: dict[str, Any], prepared: _Prepared, cel_run: _Activation
 ) -> tuple[RuleOutcome, bool]:
     """An exact rule's outcome (see `_prepare`), and whether it may be cached (a run-time error is reported
-    afresh every time)."""
+    afresh every time).
+
+    The key reads the facts as they are: an exact rule shows none that `_shown` changes, so they are its shown
+    values; the shown dict is only built when the reason has to be rendered."""
     cache = policy.outcome_cache
     index, rule, fixed, _, names = step
     target = fixed if fixed is not None else _rule_target(rule, current)
-    key = (index, target, rule.shown(shown))
+    key = (index, target, rule.shown(facts))
     outcome = cache.get(key)
     if outcome is not None:
         return outcome, True
+    shown = _shown(prepared, facts)
     try:
         fired = facts[rule.direct] is True if rule.direct else cel_run.run(index, rule, names)
     except Exception as error:  # a type clash at run time must not stop the cycle: report it instead
@@ -984,14 +1064,13 @@ def run_rules(policy: Policy, facts: dict[str, Any], current: Tier) -> tuple[Rul
     `facts` must not change afterwards: a deferred reason reads it.
     """
     prepared = _prepare(policy)
-    cel_run = _Activation(facts, prepared)
+    cel_run = _Activation(facts, prepared, policy.outcome_cache)
     # The tier's text, not the enum member: a key of plain values is left alone by the garbage collector.
     group_key = ("exact", current._value_, prepared.exact_values(facts))
     cache = policy.outcome_cache
     group = cache.get(group_key)
     if group is None:
-        shown = _shown(prepared, facts)
-        found = [_outcome(policy, step, current, facts, shown, cel_run) for step in prepared.steps if step[3]]
+        found = [_outcome(policy, step, current, facts, prepared, cel_run) for step in prepared.steps if step[3]]
         group = tuple(outcome for outcome, _ in found)
         if all(cacheable for _, cacheable in found):
             _memo(cache, group_key, group)
@@ -1038,12 +1117,14 @@ def _target_tier(outcomes: tuple[RuleOutcome, ...], current: Tier, lowering: fro
     raising = 0  # the highest rank a fired escalation rule asks for (0: none)
     down = 0  # the highest rank a fired lowering rule asks for (0: none)
     for outcome in outcomes:
-        target = outcome.target_tier
-        if target is not None and outcome.fired:
+        if outcome.fired:  # first: few fire, so most outcomes cost one read
+            target = outcome.target_tier
+            if target is None:
+                continue
             if lowering and outcome.name in lowering:
                 down = max(down, RANK[target])
-            else:
-                raising = max(raising, RANK[target])
+            elif RANK[target] > raising:
+                raising = RANK[target]
     if raising > rank or not down:
         return _TIERS_BY_RANK[max(raising, rank)]
     return _TIERS_BY_RANK[min(max(down, raising), rank)]
@@ -1166,17 +1247,19 @@ def evaluate(ticket: Ticket, policy: Policy, now: datetime, history: EscalationH
                 RuleOutcome(rule.name, rule.description, False, reason, _rule_target(rule, current), rule.management)
                 for rule in policy.rules
             )
+        signals = signals_for(clocks, started is not None, kept)
+        # Positional: Decision's fields in order (a keyword call costs more; tests/test_model_init.py).
         return Decision(
-            platform=ticket.platform,
-            instance=ticket.instance,
-            ticket_id=ticket.id,
-            evaluated_at=now,
-            current_tier=current,
-            target_tier=current,
-            management=started is not None,
-            clocks=tuple(clocks),
-            rules=outcomes,
-            signals=signals_for(clocks, started is not None, kept),
+            ticket.platform,
+            ticket.instance,
+            ticket.id,
+            now,
+            current,
+            current,
+            started is not None,
+            tuple(clocks),
+            outcomes,
+            signals,
         )
 
     calendar = policy.sla[ticket.priority].calendar
@@ -1192,7 +1275,7 @@ def evaluate(ticket: Ticket, policy: Policy, now: datetime, history: EscalationH
     level = current
     path = [current]
     moved_tier_clocks: list[Clock] = []  # the last chained pass's tier clocks: `level`'s, started `now`
-    for _ in range(len(Tier)):
+    for _ in _CHAIN_STEPS:
         if RANK[target] <= RANK[level]:
             break
         level = target
@@ -1202,7 +1285,7 @@ def evaluate(ticket: Ticket, policy: Policy, now: datetime, history: EscalationH
         facts = _moved_facts(facts, ticket, now, moved_clocks, history, policy.fact_paths, level)
         outcomes = _merge_chain(outcomes, run_rules(policy, facts, level), level)
         target = _target_tier(outcomes, level)
-    triggered = any(o.fired and o.management for o in outcomes)
+    triggered = any([outcomes[index].fired for index in _prepare(policy).management])
     end_at = management_ends_at(policy, history)
     if started is not None and end_at is not None and now >= end_at and not triggered:
         # The plan was delivered and nothing calls for management any more: the track ends (tag removed, its
@@ -1235,40 +1318,67 @@ def evaluate(ticket: Ticket, policy: Policy, now: datetime, history: EscalationH
     if end_at is not None and end_at > now and (review_at is None or end_at < review_at):
         review_at = end_at  # the track's end is time passing too: the untouched ticket must drop it on time
     comment = None
+    final = tuple(clocks)
     if RANK[target] > RANK[current] or management_new:
         track = history.management_track + 1 if management_new else history.management_track
         if target != current:
             key_suffix = _escalation_key(target, history, moved_at)
         else:
             key_suffix = management_label(MANAGEMENT_START, track)
-        context = HandoffContext(
-            ticket=ticket,
-            policy=policy,
-            now=now,
-            current=current,
-            target=target,
-            management=management,
-            management_start=started or now,
-            clocks=tuple(clocks),
-            fired=tuple(outcome for outcome in outcomes if outcome.fired),
-            key=f"{ticket.instance}:{ticket.id}:{key_suffix}",
-            tier_start=tier_start,
-            path=tuple(path),
-            customer_escalations_30d=history.customer_escalations_30d if history is not _NO_HISTORY else None,
-        )
-        comment = Comment.deferred(context.key, lambda: render_handoff(context).body)
+        key = f"{ticket.instance}:{ticket.id}:{key_suffix}"
+        repeats = history.customer_escalations_30d if history is not _NO_HISTORY else None
+        # The note's context is built when the note is read (the write), as its text is: most decided handoffs
+        # of a backlog are only planned in a sweep, and the context was a share of escalating a ticket.
+        note = (ticket, policy, now, current, target, management, started or now, final, outcomes, key)
+        comment = Comment.deferred(key, partial(_handoff_body, *note, tier_start, tuple(path), repeats))
+    signals = signals_for(final, management, kept)
     return Decision(
-        platform=ticket.platform,
-        instance=ticket.instance,
-        ticket_id=ticket.id,
-        evaluated_at=now,
-        current_tier=current,
-        target_tier=target,
-        management=management,
-        clocks=tuple(clocks),
-        rules=outcomes,
-        signals=signals_for(clocks, management, kept),
-        comment=comment,
-        review_at=review_at,
-        review_exact=review_exact,
+        ticket.platform,
+        ticket.instance,
+        ticket.id,
+        now,
+        current,
+        target,
+        management,
+        final,
+        outcomes,
+        signals,
+        comment,
+        review_at,
+        review_exact,
     )
+
+
+def _handoff_body(
+    ticket: Ticket,
+    policy: Policy,
+    now: datetime,
+    current: Tier,
+    target: Tier,
+    management: bool,
+    management_start: datetime,
+    clocks: tuple[Clock, ...],
+    outcomes: tuple[RuleOutcome, ...],
+    key: str,
+    tier_start: datetime,
+    path: tuple[Tier, ...],
+    repeats: int | None,
+) -> str:
+    """The handoff note of a decision (see `evaluate`), rendered from its parts when it is first read."""
+    fired = tuple(outcome for outcome in outcomes if outcome.fired)
+    context = HandoffContext(
+        ticket,
+        policy,
+        now,
+        current,
+        target,
+        management,
+        management_start,
+        clocks,
+        fired,
+        key,
+        tier_start,
+        path,
+        repeats,
+    )
+    return render_handoff(context).body

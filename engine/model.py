@@ -335,15 +335,17 @@ class Clock:
         """
         clock = object.__new__(cls)
         clock.__dict__.update(
-            name=name,
-            target=target,
-            elapsed=elapsed,
-            remaining=remaining,
-            state=state,
-            calendar=calendar,
-            breached_at=None,
-            tier=tier,
-            **{_PENDING: (due, (start, remaining))},
+            {
+                "name": name,
+                "target": target,
+                "elapsed": elapsed,
+                "remaining": remaining,
+                "state": state,
+                "calendar": calendar,
+                "breached_at": None,
+                "tier": tier,
+                _PENDING: (due, (start, remaining)),
+            }
         )
         return clock
 
@@ -383,12 +385,14 @@ class RuleOutcome:
         outcome = object.__new__(cls)
         # One dict update, not one object.__setattr__ per field: a ticket builds several of these (issue 14).
         outcome.__dict__.update(
-            name=name,
-            description=description,
-            fired=fired,
-            target_tier=target_tier,
-            management=management,
-            **{_PENDING: (render, args)},
+            {
+                "name": name,
+                "description": description,
+                "fired": fired,
+                "target_tier": target_tier,
+                "management": management,
+                _PENDING: (render, args),
+            }
         )
         return outcome
 

@@ -30,6 +30,7 @@ from datetime import datetime, timedelta
 from engine.calendar import BusinessCalendar
 from engine.model import Clock, ClockState, Ticket
 from engine.policy import _STRING, CLOCK_NAMES, Policy, flat_name, rewrite
+from engine.sla import risk_mark
 
 _SECOND = timedelta(seconds=1)
 _NUMBER = r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?"
@@ -56,6 +57,8 @@ class TimeWatch:
     another way (then every change of a customer's count matters)."""
     clock_paths: tuple[tuple[str, str, str], ...] = ()
     """(path, clock, field) of the clock facts in `thresholds`, split once (read for every ticket)."""
+    ages: tuple[timedelta, ...] = ()
+    """The `ticket.age_hours` thresholds as durations, made once (read for every ticket)."""
 
     def count_crossed(self, before: int, after: int) -> bool:
         """Whether a customer's count moving from `before` to `after` can change a rule's answer."""
@@ -94,11 +97,13 @@ def _derive(policy: Policy) -> TimeWatch:
             numbers, uses = _comparisons(source, flat_name(COUNT_FACT))
             counts = counts | set(numbers) if len(numbers) == uses else None
     clock_paths = tuple((path, *_clock_field(path)) for path in found if path.startswith("clocks."))
+    thresholds = {path: tuple(sorted(values)) for path, values in found.items()}
     return TimeWatch(
-        {path: tuple(sorted(values)) for path, values in found.items()},
+        thresholds,
         tuple(dict.fromkeys(opaque)),
         None if counts is None else tuple(sorted(counts)),
         clock_paths,
+        tuple(timedelta(hours=hours) for hours in thresholds.get("ticket.age_hours", ())),
     )
 
 
@@ -120,6 +125,43 @@ def _comparisons(source: str, name: str) -> tuple[list[float], int]:
         if _ENDS_OPERAND.match(source, match.end()) and not _after_arithmetic(source, match.start()):
             numbers.append(float(match.group(1)))
     return numbers, uses
+
+
+_OPERAND_START = re.compile(r"(?:^|\(|&&|\|\||\?|:|,|\[)$")
+"""What may come right before a directly compared operand: the start, an opening bracket, `&&`, `||`, `?`, `:`
+or a comma (no arithmetic, no negation, no other comparison)."""
+
+
+def direct_comparisons(source: str, name: str) -> tuple[float, ...] | None:
+    """The numbers `name` is compared with in `source` (string literals blanked) if every one of its uses, at
+    least one, is a plain comparison with a number literal (`name > 2.0`, `4.0 <= name`); else None.
+
+    Then the condition's result depends on the value of `name` only through its order relative to these
+    numbers (engine.escalate memoizes the time-dependent rules on that). Stricter than `_comparisons`, which
+    the review moment uses: each use is checked on both sides, so `2 < name < 3` or `name > 2 == true` are
+    not taken for plain comparisons.
+    """
+    word = rf"(?<![\w.]){re.escape(name)}(?![\w.(])"
+    after = re.compile(rf"\s*{_COMPARE}\s*({_NUMBER})")
+    before = re.compile(rf"({_NUMBER})\s*{_COMPARE}\s*$")
+    numbers: list[float] = []
+    uses = list(re.finditer(word, source))
+    if not uses:
+        return None
+    for use in uses:
+        found = after.match(source, use.end())
+        if found is not None:
+            if _OPERAND_START.search(source[: use.start()].rstrip()) and _ENDS_OPERAND.match(source, found.end()):
+                numbers.append(float(found.group(1)))
+                continue
+            return None
+        found = before.search(source[: use.start()])
+        if found is None or not _ENDS_OPERAND.match(source, use.end()):
+            return None
+        if not _OPERAND_START.search(source[: found.start()].rstrip()):
+            return None
+        numbers.append(float(found.group(1)))
+    return tuple(sorted(set(numbers)))
 
 
 def _after_arithmetic(source: str, start: int) -> bool:
@@ -151,16 +193,21 @@ def next_review(
     candidates: list[datetime] = []
     """Candidate instants that are not a business wait (wall hours of age, "one second from now")."""
     calendars = policy.calendars
+    fraction = policy.at_risk_fraction
     for clock in clocks:
         state = clock.state
-        if state is not ClockState.OK and state is not ClockState.AT_RISK:
+        if state is not _OK and state is not _AT_RISK:
             continue
         calendar = calendars[clock.calendar]
         # Breached means elapsed > target: one business second past the due instant (a target met at closing
-        # time is breached at the next opening, not overnight).
-        _wait(waits, calendar, clock.remaining + _SECOND)
-        if state is ClockState.OK:
-            to_risk = clock.target * policy.at_risk_fraction - clock.elapsed
+        # time is breached at the next opening, not overnight). `_wait` inlined: this runs for most clocks.
+        wait = clock.remaining + _SECOND
+        if wait > _ZERO:
+            known = waits.get(calendar)
+            if known is None or wait < known:
+                waits[calendar] = wait
+        if state is _OK:
+            to_risk = risk_mark(clock.target, fraction) - clock.elapsed
             if to_risk > _ZERO:
                 _wait(waits, calendar, to_risk)
             else:
@@ -170,8 +217,8 @@ def next_review(
         tier_calendar = policy.sla[ticket.priority].calendar
         for hours in thresholds.get("hours_at_tier", ()):
             _crossing(waits, tier_calendar, hours_at_tier, hours, _HOUR)
-    for hours in thresholds.get("ticket.age_hours", ()):
-        at = ticket.created_at + timedelta(hours=hours)
+    for age in watch.ages:
+        at = ticket.created_at + age
         if at >= now:
             candidates.append(at if at > now else now + _SECOND)
     if watch.clock_paths:
@@ -193,6 +240,9 @@ def next_review(
 
 
 _ZERO = timedelta(0)
+_OK = ClockState.OK
+_AT_RISK = ClockState.AT_RISK
+"""Module constants: an enum member read off its class is a slower lookup (next_review reads them per clock)."""
 _MINUTE = timedelta(minutes=1)
 _HOUR = timedelta(hours=1)
 

@@ -31,6 +31,25 @@ _STOPS = frozenset(status for status in Status if status.pauses_sla or status.is
 """Statuses no clock counts: waiting on the customer (pending, on hold) or solved (nobody waits at all)."""
 
 
+_MET, _BREACHED, _PAUSED = ClockState.MET, ClockState.BREACHED, ClockState.PAUSED
+_AT_RISK, _OK = ClockState.AT_RISK, ClockState.OK
+"""Module constants: an enum member read off its class is a slower lookup (`_finish` runs for every clock)."""
+
+
+def risk_mark(target: timedelta, at_risk_fraction: float) -> timedelta:
+    """`target * at_risk_fraction`, where a clock turns at risk; memoized: a policy has a few targets, and the
+    product (a float multiplication rounded to microseconds) costs several dict lookups."""
+    mark = _RISK_MARKS.get((target, at_risk_fraction))
+    if mark is None:
+        if len(_RISK_MARKS) >= 1024:
+            _RISK_MARKS.clear()
+        mark = _RISK_MARKS[(target, at_risk_fraction)] = target * at_risk_fraction
+    return mark
+
+
+_RISK_MARKS: dict[tuple[timedelta, float], timedelta] = {}
+
+
 def _stops(status: Status) -> bool:
     return status in _STOPS
 
@@ -45,6 +64,9 @@ def pauses_of(ticket: Ticket) -> tuple[Pause, ...]:
     Without status history we only know the current status: a ticket that is pending or on hold now is taken
     to have been paused since its last update (the best evidence we have of when it got there).
     """
+    if not ticket.status_history:
+        # No history (most platforms' polled records): only the current status tells (see below).
+        return ((ticket.updated_at, None),) if ticket.status.pauses_sla else ()
     history = sorted(ticket.status_history, key=lambda change: change.at)
     pauses: list[Pause] = []
     paused_since: datetime | None = None
@@ -140,6 +162,29 @@ def compute_clock(
 ) -> Clock:
     """Measure one clock as of `now` (`tier`: whose tier clock it is). A stop later than `now` has not happened
     yet and is ignored."""
+    return measure_clock(name, start, stop, target, calendar, pauses, now, at_risk_fraction, tier)
+
+
+def measure_clock(
+    name: str,
+    start: datetime,
+    stop: datetime | None,
+    target: timedelta,
+    calendar: BusinessCalendar,
+    pauses: Sequence[Pause],
+    now: datetime,
+    at_risk_fraction: float,
+    tier: Tier | None = None,
+) -> Clock:
+    """`compute_clock` with positional arguments: the engine measures several clocks per ticket, and keyword
+    arguments through a wrapper or two cost a measurable share of that (issue 14's profile).
+
+    A clock that starts `now` (the tier clocks and management clocks of an escalation the decision makes) has
+    nothing elapsed and waits for nothing yet: it depends on its name, target, calendar and tier and on `now`
+    only, so one frozen Clock serves every ticket escalated in the same cycle (see `_fresh`).
+    """
+    if not pauses and start == now and (stop is None or stop > now):
+        return _fresh(name, target, calendar, now, at_risk_fraction, tier)
     stopped = stop is not None and stop <= now
     end = stop if stopped and stop is not None else now
     breached_at: datetime | None = None
@@ -158,6 +203,26 @@ def compute_clock(
             elapsed += part
         paused = not stopped and is_paused_at(pauses, now)
     return _finish(name, target, elapsed, breached_at, stopped, paused, now, calendar, at_risk_fraction, tier)
+
+
+def _fresh(
+    name: str, target: timedelta, calendar: BusinessCalendar, now: datetime, at_risk_fraction: float, tier: Tier | None
+) -> Clock:
+    """`measure_clock` of a clock started `now`, not stopped before it, without pauses: memoized. Its due
+    instant is found at once (not on first read, as `_finish` leaves it): a Clock shared between decisions,
+    maybe between threads, must not fill itself in later."""
+    key = (name, target, calendar, now, at_risk_fraction, tier)
+    clock = _FRESH.get(key)
+    if clock is None:
+        if len(_FRESH) >= 1024:
+            _FRESH.clear()
+        state = _AT_RISK if risk_mark(target, at_risk_fraction) <= ZERO else _OK
+        due = calendar.add_business_time(now, target)
+        clock = _FRESH[key] = Clock(name, target, ZERO, target, due, state, calendar.name, None, tier)
+    return clock
+
+
+_FRESH: dict[tuple[object, ...], Clock] = {}
 
 
 Period = tuple[datetime | None, timedelta | None, BusinessCalendar]
@@ -226,27 +291,17 @@ def _finish(
     remaining = target - elapsed
     due_at: datetime | None
     if stopped:
-        state = ClockState.MET
+        state = _MET
         due_at = breached_at
     elif breached_at is not None:
-        state = ClockState.BREACHED
+        state = _BREACHED
         due_at = breached_at
     elif paused:
-        state = ClockState.PAUSED
+        state = _PAUSED
         due_at = None  # unknown until the ticket resumes
     else:
-        state = ClockState.AT_RISK if elapsed >= target * at_risk_fraction else ClockState.OK
+        state = _AT_RISK if elapsed >= risk_mark(target, at_risk_fraction) else _OK
         # Due `remaining` business time from now, walked only if read (see `Clock.due_later`).
         add = calendar.add_business_time
         return Clock.due_later(name, target, elapsed, remaining, state, calendar.name, tier, add, now)
-    return Clock(
-        name=name,
-        target=target,
-        elapsed=elapsed,
-        remaining=remaining,
-        due_at=due_at,
-        state=state,
-        calendar=calendar.name,
-        breached_at=breached_at,
-        tier=tier,
-    )
+    return Clock(name, target, elapsed, remaining, due_at, state, calendar.name, breached_at, tier)

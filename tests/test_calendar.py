@@ -220,3 +220,25 @@ def test_business_time_between_matches_a_minute_by_minute_count(calendar: Busine
     for _ in range(300):
         start, end = sorted(base + timedelta(seconds=rng.randrange(minutes * 60 - 1)) for _ in range(2))
         assert calendar.business_time_between(start, end) == position(end) - position(start), (start, end)
+
+
+def test_answers_do_not_depend_on_what_was_asked_before() -> None:
+    """The running totals start around the first instant asked about and grow both ways (a reach years back
+    starts them again from there): the same question gets the same answer before and after such reaches, and
+    the same as on a calendar asked nothing else."""
+    spec = weekly_from_spec({"weekdays": ["08:00-12:00", "13:00-17:00"], "sat": ["00:00-24:00"]})
+
+    def calendar() -> BusinessCalendar:
+        return BusinessCalendar("ny", "America/New_York", spec, holiday_country="US")
+
+    questions = [
+        (u(3, 6, 15), u(3, 10, 14)),  # across the spring DST change
+        (u(10, 30, 20), u(11, 3, 13)),  # across the autumn one
+        (u(12, 24, 9), u(1, 5, 9, year=2027)),  # across holidays and the year's end
+    ]
+    fresh = [(calendar().business_time_between(a, b), calendar().add_business_time(a, 30 * H)) for a, b in questions]
+    asked = calendar()
+    for reach in (u(6, 1), u(1, 1, year=2021), u(6, 1, year=2030), u(1, 1, year=2019), u(3, 8, 7)):
+        asked.business_time_between(reach, reach + 50 * H)
+        answers = [(asked.business_time_between(a, b), asked.add_business_time(a, 30 * H)) for a, b in questions]
+        assert answers == fresh

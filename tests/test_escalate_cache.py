@@ -124,3 +124,64 @@ def test_a_full_memo_keeps_the_compiled_rules(monkeypatch) -> None:
         assert run_rules(warm, dict(facts), current) == run_rules(_fresh(), dict(facts), current)
     assert warm.outcome_cache["prepared"] is prepared
     assert len(warm.outcome_cache) <= 8 + 1
+
+
+def _policy_with_rules(rules: list[dict[str, object]]) -> Policy:
+    import copy
+    import tomllib
+
+    from engine.policy import policy_from_dict
+
+    data = copy.deepcopy(tomllib.loads(CONFIG.read_text(encoding="utf-8"))["policy"])
+    data["rules"] = rules
+    return policy_from_dict(data)
+
+
+CONFIG = Path(__file__).resolve().parent.parent / "config.example.toml"
+_TIMED_RULES: list[dict[str, object]] = [
+    {"name": "over", "description": "", "when": "hours_at_tier > 2.0 && ticket.tier == 'L1'", "tier": "L2"},
+    {"name": "at-least", "description": "", "when": "4 <= hours_at_tier || ticket.age_hours == 8.0", "tier": "L3"},
+    {"name": "exactly", "description": "", "when": "hours_at_tier == 3.5", "management": True},
+]
+
+
+def test_the_batch_memo_tells_each_side_of_every_threshold() -> None:
+    """The batch of time-dependent rules is memoized by where each hours value lies among the numbers the
+    conditions compare it with (engine.escalate._batch_key): values just below, at and just above each of
+    them, met in any order with a warm memo, give what a cold memo gives."""
+    from engine.escalate import _prepare
+
+    warm = _policy_with_rules(_TIMED_RULES)
+    assert _prepare(warm).batch_key is not None
+    values = [0.0, 1.99, 2.0, 2.01, 3.49, 3.5, 3.51, 3.99, 4.0, 4.01, 7.99, 8.0, 8.01, 100.0]
+    rng = random.Random(5)
+    seen = set()
+    for _ in range(300):
+        facts = {path: 0 for path in warm.fact_paths}
+        facts.update({"ticket.tier": rng.choice(["L1", "L2"]), "hours_at_tier": rng.choice(values)})
+        facts["ticket.age_hours"] = rng.choice(values)
+        current = Tier(str(facts["ticket.tier"]))
+        cold = replace(warm, outcome_cache={})
+        expected = run_rules(cold, dict(facts), current)
+        got = run_rules(warm, dict(facts), current)
+        assert got == expected
+        seen.add(tuple(outcome.fired for outcome in got))
+    assert len(seen) >= 6  # every rule both fired and not, in several combinations
+
+
+def test_the_batch_memo_is_off_when_a_number_is_used_otherwise() -> None:
+    """Arithmetic on an hours value (or a chained comparison) is not a plain comparison: no memo key, and the
+    conditions run on every ticket."""
+    from engine.escalate import _prepare
+
+    for when in ("hours_at_tier * 2.0 > 5.0", "hours_at_tier + 1.0 > 3.5 || ticket.tier == 'L3'"):
+        rules = [*_TIMED_RULES, {"name": "odd", "description": "", "when": when, "tier": "L2"}]
+        policy = _policy_with_rules(rules)
+        assert _prepare(policy).batch_key is None
+        facts = {"ticket.tier": "L2", "hours_at_tier": 2.6, "ticket.age_hours": 1.0}
+        fired = {outcome.name: outcome.fired for outcome in run_rules(policy, dict(facts), Tier.L2)}
+        assert fired["odd"] is True and fired["over"] is False
+        # 2.4 lies where 2.6 does among the other rules' literals (2, 3.5, 4, 8), not for this condition.
+        facts["hours_at_tier"] = 2.4
+        fired = {outcome.name: outcome.fired for outcome in run_rules(policy, dict(facts), Tier.L2)}
+        assert fired["odd"] is False

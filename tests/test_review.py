@@ -202,3 +202,27 @@ def test_a_customer_count_matters_only_where_it_crosses_a_rules_number() -> None
     assert not watch.count_crossed(4, 5) and not watch.count_crossed(0, 2) and not watch.count_crossed(4, 4)
     opaque = custom_policy("history.customer_escalations_30d * 2 > 5")
     assert time_watch(opaque).customer_counts is None and time_watch(opaque).count_crossed(7, 8)
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("ticket__tier == '' && hours_at_tier > 2.0", (2.0,)),
+        ("hours_at_tier > 8 || 2.0 <= hours_at_tier", (2.0, 8.0)),
+        ("x || (hours_at_tier >= -1.5e2) ? a : b", (-150.0,)),
+        ("2 < hours_at_tier < 3", None),
+        ("hours_at_tier > 2 == true", None),
+        ("-hours_at_tier > 2", None),
+        ("hours_at_tier * 2.0 > 1.0", None),
+        ("1 + 2 > hours_at_tier", None),
+        ("hours_at_tier > 2 - 1", None),
+        ("f(hours_at_tier) > 2", None),
+        ("a ? hours_at_tier : 3.0", None),
+        ("hours_at_tier_x > 2", None),
+        ("y", None),
+    ],
+)
+def test_direct_comparisons_accepts_only_plain_comparisons_with_literals(source, expected):
+    from engine.review import direct_comparisons
+
+    assert direct_comparisons(source, "hours_at_tier") == expected
