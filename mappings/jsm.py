@@ -278,10 +278,13 @@ def adf_to_text(node: Any) -> str:
     if kind == "hardBreak":
         return "\n"
     if kind in ("mention", "emoji"):
-        attrs = node.get("attrs") or {}
+        attrs = node.get("attrs")
+        if not _is_mapping(attrs):
+            return ""  # no attributes to show, as for any node this reader does not know: text, never a refusal
         return str(attrs.get("text") or attrs.get("shortName") or "")
     if kind in ("inlineCard", "blockCard"):
-        return str((node.get("attrs") or {}).get("url", ""))
+        attrs = node.get("attrs")
+        return str(attrs.get("url", "")) if _is_mapping(attrs) else ""
     content = node.get("content")
     # A node's content is a list of nodes: joined here, one call per child (this runs for every description).
     inner = "".join([adf_to_text(child) for child in content]) if type(content) is list else adf_to_text(content or [])
@@ -961,6 +964,9 @@ def _sla(rid: str, field: _SlaField, raw: Any) -> PlatformSla | None:
     if not isinstance(completed, list):
         raise NormalizeError(rid, field.completed_cycles, "not a list")
     if _is_mapping(ongoing):
+        if not all(_is_mapping(cycle) for cycle in completed):
+            # Refused as the last cycle is below: a breach recorded in it cannot be read.
+            raise NormalizeError(rid, field.completed_cycles, "cycle is not an object")
         due_at = None
         breach = ongoing.get("breachTime")
         if type(breach) is dict or isinstance(breach, Mapping):

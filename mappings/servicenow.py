@@ -599,22 +599,38 @@ class _Normalizer:
         rows = self.related.get("task_sla") or []
         config = self.spec.platform_sla
         result: list[PlatformSla] = []
+        # Malformed rows are refused, as a bad planned_end_time always was: an SLA read wrong or left out could
+        # hide a breach the platform itself reports.
+        if not isinstance(rows, list):
+            raise self.fail("task_sla", f"not a list of rows: {str(rows)[:60]!r}")
         for row in rows:
-            stage = text_value(row.get("stage"))
+            if not isinstance(row, dict):
+                raise self.fail("task_sla", f"row is not an object: {str(row)[:60]!r}")
+            stage = self._sla_text(row, "stage")
             if stage in config.skip_stages:
                 continue
-            name = text_value(row.get("sla.name")) or text_value(row.get("sla")) or "task_sla"
+            name = self._sla_text(row, "sla.name") or self._sla_text(row, "sla") or "task_sla"
             result.append(
                 PlatformSla(
                     name=name,
-                    breached=text_value(row.get("has_breached")) == "true",
+                    breached=self._sla_text(row, "has_breached") == "true",
                     paused=stage == "paused",
-                    remaining=self._duration(text_value(row.get(config.remaining))),
-                    due_at=self._sla_date(text_value(row.get("planned_end_time"))),
+                    remaining=self._duration(self._sla_text(row, config.remaining)),
+                    due_at=self._sla_date(self._sla_text(row, "planned_end_time")),
                     completed=stage == "completed",
                 )
             )
         return tuple(result)
+
+    def _sla_text(self, row: dict[str, Any], field: str) -> str:
+        """A task_sla row's field as text (`text_value`); another shape is refused as `task_sla.<field>`."""
+        value = row.get(field)
+        if type(value) is str:
+            return value
+        try:
+            return text_value(value)
+        except TypeError as error:
+            raise self.fail(f"task_sla.{field}", str(error)) from None
 
     def _sla_date(self, value: str) -> datetime | None:
         if not value:
@@ -632,6 +648,10 @@ class _Normalizer:
             return parse_datetime(value) - _EPOCH
         except ValueError:
             raise self.fail("task_sla.time_left", f"not a duration: {value!r}") from None
+
+
+_HISTORY_TEXT_FIELDS = ("sys_id", "fieldname", "oldvalue", "newvalue", "element", "value")
+"""The fields of sys_audit and sys_journal_field rows that `_History` reads as text (`text_value`)."""
 
 
 class _History:
@@ -667,6 +687,11 @@ class _History:
                 return None
             try:
                 at = parse_datetime(text_value(row.get("sys_created_on")))
+                # Every field the readers take as text (sort key included), checked here once: a row holding
+                # another shape is malformed, and leaves the source's facts missing like any malformed row.
+                for field in _HISTORY_TEXT_FIELDS:
+                    if field in row and type(row[field]) is not str:
+                        text_value(row[field])
                 text_value(row.get(author))
             except (ValueError, TypeError):
                 return None

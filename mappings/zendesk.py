@@ -374,7 +374,10 @@ class ZendeskMapping:
             raise NormalizeError(rid, "organization", "sideloaded organization is not an object")
         tags = self._tags(rid, data.get("tags"))
         fields = self._custom_fields(rid, data.get("custom_fields"))
-        org_fields = (organization.get("organization_fields") if organization is not None else None) or {}
+        org_fields = (organization.get("organization_fields") if organization is not None else None) or _NOTHING
+        if type(org_fields) is not dict and not isinstance(org_fields, Mapping):
+            # Refused like an organization that is no object: a flag or segment read from it would be guessed.
+            raise NormalizeError(rid, "organization.organization_fields", "not an object")
         tier = self._tier(data, fields)
         first_reply, last_reply, last_agent, solved_at, reopens = self._metric_times(rid, metrics, created_at)
         events = self._complete_events(record, created_at, updated_at) if self._reads_events else None
@@ -593,8 +596,8 @@ class ZendeskMapping:
         if metrics is None:
             return None, None, None, None, None
         first_reply = None
-        seconds = (metrics.get("reply_time_in_seconds") or _NOTHING).get("calendar")
-        minutes = (metrics.get("reply_time_in_minutes") or _NOTHING).get("calendar")
+        seconds = _calendar(rid, metrics, "reply_time_in_seconds")
+        minutes = _calendar(rid, metrics, "reply_time_in_minutes")
         if isinstance(seconds, (int, float)):
             first_reply = created_at + timedelta(seconds=seconds)
         elif isinstance(minutes, (int, float)):
@@ -670,6 +673,17 @@ class ZendeskMapping:
             else:
                 values[name] = whole_number(rid, where, raw) if is_int else finite_number(rid, where, raw)
         return Flags(**values)
+
+
+def _calendar(rid: str, metrics: Mapping[str, Any], key: str) -> Any:
+    """The `calendar` value of a metric set's duration (`{"calendar": 42, "business": 40}`; null or absent: none).
+    Any other shape is refused like a metric set that is no object: the first reply time would be guessed."""
+    value = metrics.get(key)
+    if not value:  # null, or an empty value of any type: no time, as before
+        return None
+    if type(value) is not dict and not isinstance(value, Mapping):
+        raise NormalizeError(rid, f"metric_set.{key}", f"not an object: {str(value)[:60]!r}")
+    return value.get("calendar")
 
 
 def _source_flag(rid: str, where: str, value: Any, wanted: frozenset[str]) -> bool:
@@ -899,7 +913,10 @@ def _comment_extras(events: list[Any], requester: Any) -> tuple[tuple[NoteText, 
             text = str(child.get("body") or child.get("plain_body") or "")
             if OUR_MARKER in text:
                 continue
-            for item in child.get("attachments") or ():
+            attachments = child.get("attachments") or ()
+            if not isinstance(attachments, list | tuple):
+                return None  # malformed: the handoff facts are left out, as for any malformed event
+            for item in attachments:
                 if isinstance(item, MAPPINGS) and not item.get("deleted") and item.get("content_url"):
                     files.append(Attachment(str(item.get("file_name") or ""), str(item["content_url"]), at))
             if not creating and child.get("author_id") != requester and child.get("public") is not True:
