@@ -69,11 +69,16 @@ def plan(decision: Decision, observed: Ticket, tags: TagScheme) -> WriteBack:
     present = observed.tags
     add = desired - present
     managed = _manages(tags)
-    # The tags of a clock UNKNOWN now stay as they are: kept when present, and never added for it (an UNKNOWN
-    # clock gives no signal; `desired` holds such a tag only on other evidence, e.g. another cadence clock).
-    unknown = tuple((clock.name, clock.tier) for clock in decision.clocks if clock.state is _UNKNOWN)
-    held = _unknown_tags(tags, unknown) & present if unknown else _NOTHING
-    remove = frozenset(tag for tag in present if tag not in desired and tag not in held and managed(tag))
+    remove = frozenset(tag for tag in present if tag not in desired and managed(tag))
+    held = _NOTHING
+    if remove:
+        # The tags of a clock UNKNOWN now stay as they are: kept when present, and never added for it (an
+        # UNKNOWN clock gives no signal; `desired` holds such a tag only on other evidence, e.g. another cadence
+        # clock). Only a tag about to be removed can be held, so most plans (nothing to remove) skip the look-up.
+        unknown = tuple((clock.name, clock.tier) for clock in decision.clocks if clock.state is _UNKNOWN)
+        if unknown:
+            held = _unknown_tags(tags, unknown) & remove
+            remove -= held
     observed_tier = observed.effective_tier
     observed_rank = _RANK[observed_tier]
     target = decision.target_tier
