@@ -5,7 +5,10 @@ the difference is what makes the daemon idempotent: the echo of our own write, a
 or a replay after a crash all plan an empty WriteBack. Tags we do not manage (`TagScheme.is_managed`) are never
 touched, and neither are the tags of a clock that is UNKNOWN now (its facts cannot be read this time: the event
 book catching up after a restart, unreadable comments, a missing history row): not knowing is not evidence, so
-a breach tag written earlier stays rather than being removed now and written back once the facts return. The
+a breach tag written earlier stays rather than being removed now and written back once the facts return. So do
+the breach tags of earlier stays at other tiers while the tier history is missing (`tier_changes` in the ticket's
+`missing_facts`): the engine keeps them only from a known history, and a read without it (a Zendesk export page of
+a ticket older than the followed event export) must not undo what a read with it (the ticket's audits) found. The
 one event-like output, the handoff comment, is planned only when the tier actually changes on the platform or
 the management track newly starts (its tag is not there yet); its idempotency key lets the ledger catch any
 remaining duplicate.
@@ -13,6 +16,7 @@ remaining duplicate.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -60,6 +64,16 @@ def _unknown_tags(tags: TagScheme, clocks: tuple[tuple[str, Tier | None], ...]) 
     return _render(tags, signals_for(hypothetical, False))
 
 
+@lru_cache(maxsize=64)
+def _past_stay_breach(tags: TagScheme, current: Tier) -> Callable[[str], bool]:
+    """A test for "a breach tag of a tier clock at another tier than `current`" (`tier_breached`, any clock): the
+    tags `past_tier_breaches` keeps as history when the tier history is known."""
+    others = "|".join(re.escape(tier.value.lower()) for tier in Tier if tier is not current)
+    text = re.escape(tags.tier_breached).replace(r"\{clock\}", ".+").replace(r"\{tier\}", f"(?:{others})")
+    compiled = re.compile(text)
+    return lambda tag: compiled.fullmatch(tag) is not None
+
+
 def plan(decision: Decision, observed: Ticket, tags: TagScheme) -> WriteBack:
     if observed.status in _READ_ONLY:
         # Closed and deleted tickets refuse every update (Zendesk 422, Jira workflows, ServiceNow ACLs); their
@@ -78,7 +92,11 @@ def plan(decision: Decision, observed: Ticket, tags: TagScheme) -> WriteBack:
         unknown = tuple((clock.name, clock.tier) for clock in decision.clocks if clock.state is _UNKNOWN)
         if unknown:
             held = _unknown_tags(tags, unknown) & remove
-            remove -= held
+        if "tier_changes" in observed.missing_facts:
+            # Earlier stays cannot be dated on this read: their breach tags are neither confirmed nor disproved.
+            past = _past_stay_breach(tags, decision.current_tier)
+            held = held | frozenset(tag for tag in remove if past(tag))
+        remove -= held
     observed_tier = observed.effective_tier
     observed_rank = _RANK[observed_tier]
     target = decision.target_tier

@@ -598,10 +598,12 @@ class ZendeskMapping:
         first_reply = None
         seconds = _calendar(rid, metrics, "reply_time_in_seconds")
         minutes = _calendar(rid, metrics, "reply_time_in_minutes")
-        if isinstance(seconds, (int, float)):
-            first_reply = created_at + timedelta(seconds=seconds)
-        elif isinstance(minutes, (int, float)):
-            first_reply = created_at + timedelta(minutes=minutes)
+        key, span = ("seconds", seconds) if isinstance(seconds, (int, float)) else ("minutes", minutes)
+        if isinstance(span, (int, float)):
+            try:
+                first_reply = created_at + timedelta(**{key: span})
+            except (OverflowError, ValueError):  # a time before year 1 or after 9999, NaN: no reply time to read
+                raise NormalizeError(rid, f"metric_set.reply_time_in_{key}", f"out of range: {span!r}") from None
         replies = metrics.get("replies")
         last_reply = first_reply if replies == 1 else None
         last_agent = self._time(rid, metrics, "assignee_updated_at")

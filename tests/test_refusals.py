@@ -151,6 +151,14 @@ def _mutated(records: list[RawRecord], where: str, path: tuple[Any, ...], new: A
     [
         ("zendesk", "related", ("metric_set", "reply_time_in_seconds"), "42", "metric_set.reply_time_in_seconds"),
         ("zendesk", "related", ("metric_set", "reply_time_in_minutes"), [1], "metric_set.reply_time_in_minutes"),
+        # A reply time that puts the first reply before year 1 (hypothesis found -1_065_512_656): OverflowError.
+        (
+            "zendesk",
+            "related",
+            ("metric_set", "reply_time_in_minutes", "calendar"),
+            -1_065_512_656,
+            "metric_set.reply_time_in_minutes",
+        ),
         ("zendesk", "related", ("organization", "organization_fields"), "x", "organization.organization_fields"),
         ("servicenow", "related", ("task_sla",), "x", "task_sla"),
         ("servicenow", "related", ("task_sla", 0), 1, "task_sla"),
