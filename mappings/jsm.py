@@ -234,18 +234,11 @@ def parse_jira_time(value: Any, record_id: str, field: str) -> datetime:
     """`2015-11-21T07:03:02.000-0500` (or a JSM date object) -> aware UTC; anything else: NormalizeError.
 
     The text is tested first: for a string, the abstract-class test of a mapping is the slowest step."""
-    if type(value) is str:
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            raise NormalizeError(record_id, field, f"not a timestamp: {value!r}") from None
-        if parsed.tzinfo is None:
-            raise NormalizeError(record_id, field, f"timestamp without a UTC offset: {value!r}")
-        return parsed.astimezone(UTC)
-    if _is_mapping(value) and "epochMillis" in value:
-        return from_epoch_millis(value["epochMillis"], record_id, field)
-    if not isinstance(value, str):
-        raise NormalizeError(record_id, field, f"expected a timestamp, got {type(value).__name__}")
+    if type(value) is not str:
+        if _is_mapping(value) and "epochMillis" in value:
+            return from_epoch_millis(value["epochMillis"], record_id, field)
+        if not isinstance(value, str):
+            raise NormalizeError(record_id, field, f"expected a timestamp, got {type(value).__name__}")
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:

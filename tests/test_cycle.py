@@ -265,12 +265,8 @@ def test_a_backlog_larger_than_the_connectors_memo_is_written_with_no_read(
     assert world.writes() == report.writes
 
 
-def test_a_ticket_polled_due_is_evaluated_once_in_the_cycle(
-    zendesk_world: World, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The review of a ticket the same cycle's poll found due, at the same moment and from the same history, is
-    the same pure evaluation: the poll's decision is reused (it was decoded, normalized and evaluated again).
-    A written ticket is evaluated once more as the write left it (a new revision: see the echo test below)."""
+def _count_evaluations(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """The (ticket, revision) of every evaluation the cycle runs from now on."""
     import runtime.cycle
 
     calls: list[tuple[str, str]] = []
@@ -281,6 +277,17 @@ def test_a_ticket_polled_due_is_evaluated_once_in_the_cycle(
         return real(ticket, *args, **kwargs)
 
     monkeypatch.setattr(runtime.cycle, "evaluate", counting)
+    return calls
+
+
+def test_a_ticket_polled_due_is_evaluated_once_in_the_cycle(
+    zendesk_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The review of a ticket the same cycle's poll found due, at the same moment and from the same history, is
+    the same pure evaluation: the poll's decision is reused (it was decoded, normalized and evaluated again).
+    A written ticket is evaluated once more as the write left it (a new revision: see the echo test below)."""
+
+    calls = _count_evaluations(monkeypatch)
     world = zendesk_world
     report = world.syncer().run_cycle()
     assert report.error == "" and report.writes > 0 and report.reviewed >= report.writes
@@ -295,14 +302,7 @@ def test_under_a_write_cap_the_tickets_written_are_evaluated_once(
     mostly never reached, and evaluated the ones it wrote a second time)."""
     import runtime.cycle
 
-    calls: list[tuple[str, str]] = []
-    real = runtime.cycle.evaluate
-
-    def counting(ticket: Any, *args: Any, **kwargs: Any) -> Any:
-        calls.append((ticket.id, ticket.revision))
-        return real(ticket, *args, **kwargs)
-
-    monkeypatch.setattr(runtime.cycle, "evaluate", counting)
+    calls = _count_evaluations(monkeypatch)
     monkeypatch.setattr(runtime.cycle, "DECIDED_SIZE", 5)
     world = zendesk_world
     syncer = world.syncer()

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from connectors.base import RawRecord
 from mappings import NormalizeError, load_mapping
+from tests.test_fuzz import _paths, _replace
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -94,24 +95,6 @@ def servicenow_records() -> list[RawRecord]:
 
 
 SAMPLES = {"zendesk": zendesk_records, "jsm": jsm_records, "servicenow": servicenow_records}
-
-
-def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Every place in a JSON value that a mutation can replace (the value's own place excluded)."""
-    found = [prefix] if prefix else []
-    if isinstance(value, dict):
-        for key, child in value.items():
-            found += _paths(child, (*prefix, key))
-    elif isinstance(value, list):
-        for index, child in enumerate(value):
-            found += _paths(child, (*prefix, index))
-    return found
-
-
-def _replace(value: Any, path: tuple[Any, ...], new: Any) -> None:
-    for step in path[:-1]:
-        value = value[step]
-    value[path[-1]] = new
 
 
 @pytest.fixture(scope="module", params=sorted(SAMPLES))
