@@ -148,23 +148,6 @@ def is_paused_at(pauses: Sequence[Pause], moment: datetime) -> bool:
     return any(start <= moment and (end is None or end > moment) for start, end in pauses)
 
 
-def compute_clock(
-    name: str,
-    *,
-    start: datetime,
-    stop: datetime | None,
-    target: timedelta,
-    calendar: BusinessCalendar,
-    pauses: Sequence[Pause],
-    now: datetime,
-    at_risk_fraction: float,
-    tier: Tier | None = None,
-) -> Clock:
-    """Measure one clock as of `now` (`tier`: whose tier clock it is). A stop later than `now` has not happened
-    yet and is ignored."""
-    return measure_clock(name, start, stop, target, calendar, pauses, now, at_risk_fraction, tier)
-
-
 def measure_clock(
     name: str,
     start: datetime,
@@ -176,8 +159,9 @@ def measure_clock(
     at_risk_fraction: float,
     tier: Tier | None = None,
 ) -> Clock:
-    """`compute_clock` with positional arguments: the engine measures several clocks per ticket, and keyword
-    arguments through a wrapper or two cost a measurable share of that (issue 14's profile).
+    """Measure one clock as of `now` (`tier`: whose tier clock it is). A stop later than `now` has not happened
+    yet and is ignored. The engine calls it with positional arguments: it measures several clocks per ticket,
+    and keyword arguments through a wrapper or two cost a measurable share of that (issue 14's profile).
 
     A clock that starts `now` (the tier clocks and management clocks of an escalation the decision makes) has
     nothing elapsed and waits for nothing yet: it depends on its name, target, calendar and tier and on `now`

@@ -15,7 +15,7 @@ from engine.escalate import evaluate
 from engine.model import EscalationHistory, Flags, Priority, Status, StatusChange, TagScheme, Ticket, Tier
 from engine.plan import plan
 from engine.policy import load_policy
-from engine.sla import compute_clock
+from engine.sla import measure_clock
 
 POLICY = load_policy(Path(__file__).resolve().parent.parent / "config.example.toml")
 BERLIN = BusinessCalendar(
@@ -61,7 +61,7 @@ def test_clock_elapsed_is_monotonic_in_now(calendar, start, first, extra, raw_pa
         merged.append((pause_start, pause_end))
 
     def elapsed(now):
-        return compute_clock(
+        return measure_clock(
             "c",
             start=start,
             stop=None,

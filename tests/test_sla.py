@@ -8,7 +8,7 @@ import pytest
 
 from engine.calendar import BusinessCalendar, weekly_from_spec
 from engine.model import ClockState, Priority, Status, StatusChange, Ticket
-from engine.sla import active_segments, compute_clock, pauses_of
+from engine.sla import active_segments, measure_clock, pauses_of
 
 H = timedelta(hours=1)
 T0 = datetime(2026, 11, 24, 9, 0, tzinfo=UTC)  # a Tuesday
@@ -17,7 +17,7 @@ BERLIN = BusinessCalendar("berlin", "Europe/Berlin", weekly_from_spec({"weekdays
 
 
 def clock(now, *, stop=None, pauses=(), target=4 * H, calendar=ALWAYS, start=T0):
-    return compute_clock(
+    return measure_clock(
         "resolution",
         start=start,
         stop=stop,
