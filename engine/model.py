@@ -489,10 +489,14 @@ class TagScheme:
         Notifications and the report read breaches from the tags: a tier clock's tag is one of them too."""
         patterns = (self.breached, self.tier_breached) if kind == "breached" else (self.at_risk, self.tier_at_risk)
         for pattern in patterns:
-            found = _clock_matcher(pattern)(tag)
+            found = _part_matcher(pattern, "clock")(tag)
             if found is not None:
                 return found
         return None
+
+    def breached_tier(self, tag: str) -> str | None:
+        """The tier (as rendered: `l2`) a tier clock's breach tag names; None: another tag."""
+        return _part_matcher(self.tier_breached, "tier")(tag)
 
 
 @lru_cache(maxsize=64)
@@ -508,15 +512,18 @@ def _matcher(patterns: tuple[str, ...]) -> Callable[[str], bool]:
 
 
 @lru_cache(maxsize=64)
-def _clock_matcher(pattern: str) -> Callable[[str], str | None]:
-    text = re.escape(pattern).replace(r"\{clock\}", "(?P<clock>.+)").replace(r"\{tier\}", "[A-Za-z0-9]+")
+def _part_matcher(pattern: str, part: str) -> Callable[[str], str | None]:
+    """What a tag of `pattern` holds in its `{part}` (`clock` or `tier`); None when the tag is not of it, or the
+    pattern has no such part."""
+    text = re.escape(pattern).replace(r"\{clock\}", "(?P<clock>.+)").replace(r"\{tier\}", "(?P<tier>[A-Za-z0-9]+)")
     compiled = re.compile(text)
+    named = "{" + part + "}" in pattern
 
-    def clock(tag: str) -> str | None:
+    def value(tag: str) -> str | None:
         found = compiled.fullmatch(tag)
-        return found.group("clock") if found is not None and "{clock}" in pattern else None
+        return found.group(part) if found is not None and named else None
 
-    return clock
+    return value
 
 
 @fast_init

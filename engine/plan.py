@@ -16,7 +16,6 @@ remaining duplicate.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -64,16 +63,6 @@ def _unknown_tags(tags: TagScheme, clocks: tuple[tuple[str, Tier | None], ...]) 
     return _render(tags, signals_for(hypothetical, False))
 
 
-@lru_cache(maxsize=64)
-def _past_stay_breach(tags: TagScheme, current: Tier) -> Callable[[str], bool]:
-    """A test for "a breach tag of a tier clock at another tier than `current`" (`tier_breached`, any clock): the
-    tags `past_tier_breaches` keeps as history when the tier history is known."""
-    others = "|".join(re.escape(tier.value.lower()) for tier in Tier if tier is not current)
-    text = re.escape(tags.tier_breached).replace(r"\{clock\}", ".+").replace(r"\{tier\}", f"(?:{others})")
-    compiled = re.compile(text)
-    return lambda tag: compiled.fullmatch(tag) is not None
-
-
 def plan(decision: Decision, observed: Ticket, tags: TagScheme) -> WriteBack:
     if observed.status in _READ_ONLY:
         # Closed and deleted tickets refuse every update (Zendesk 422, Jira workflows, ServiceNow ACLs); their
@@ -94,8 +83,8 @@ def plan(decision: Decision, observed: Ticket, tags: TagScheme) -> WriteBack:
             held = _unknown_tags(tags, unknown) & remove
         if "tier_changes" in observed.missing_facts:
             # Earlier stays cannot be dated on this read: their breach tags are neither confirmed nor disproved.
-            past = _past_stay_breach(tags, decision.current_tier)
-            held = held | frozenset(tag for tag in remove if past(tag))
+            current = decision.current_tier.value.lower()
+            held = held | frozenset(tag for tag in remove if tags.breached_tier(tag) not in (None, current))
         remove -= held
     observed_tier = observed.effective_tier
     observed_rank = _RANK[observed_tier]
